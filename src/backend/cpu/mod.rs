@@ -1,0 +1,6 @@
+//! The CPU backend: plain, multi-threaded implementations of every op the model needs.
+
+pub mod attention;
+pub mod matmul;
+pub mod ops;
+pub mod parallel;

@@ -1,0 +1,62 @@
+//! The `implicit` command line.
+
+mod generate;
+
+use crate::error::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "implicit",
+    version,
+    about = "A native transformer runtime for instruction-following experiments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    Generate(generate::GenerateArgs),
+    /// Convert a GGUF file (versions 1-3) into a Hugging Face model folder.
+    ConvertGguf {
+        /// The .gguf file to read.
+        input: PathBuf,
+        /// The folder to write model.safetensors, config.json and tokenizer.json into.
+        out_dir: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::ConvertGguf { input, out_dir } => {
+            let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the CLI and returns the process exit code: 0, 1 on an error (one line on stderr),
+/// 2 on bad usage (clap's own message).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

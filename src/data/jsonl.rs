@@ -1,0 +1,193 @@
+//! Tulu `messages` JSONL: reading training examples, and writing rows the way Python's
+//! `json.dumps` does (so our files diff cleanly against the paper's).
+
+use crate::bail;
+use crate::error::{Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One chat turn: `role` is "user", "assistant" or "system".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Message {
+        Message { role: role.to_string(), content: content.into() }
+    }
+}
+
+/// One training example: its turns and, when the file has one, its `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Example {
+    pub messages: Vec<Message>,
+    #[serde(default, deserialize_with = "id_as_string")]
+    pub id: Option<String>,
+}
+
+/// A row as the paper's scripts write it: `{"dataset", "id", "messages"}` in that order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub dataset: String,
+    pub id: String,
+    pub messages: Vec<Message>,
+}
+
+/// Ids are strings in every file we know, but a number is accepted too (and kept as text).
+fn id_as_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    })
+}
+
+/// Every example of a `messages` JSONL file; blank lines are skipped, and a malformed line is an
+/// error naming the file and its (1-based) line number.
+pub fn read_messages_jsonl(path: &Path) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex: Example = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        out.push(ex);
+    }
+    Ok(out)
+}
+
+/// The lines of a JSONL file with their 1-based numbers, blank lines skipped, each parsed as
+/// JSON (an error names the file and line).
+pub(crate) fn jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+/// `value[name]` as a string, or an error naming file, line and field.
+pub(crate) fn str_field<'a>(
+    v: &'a serde_json::Value,
+    name: &str,
+    path: &Path,
+    line: usize,
+) -> Result<&'a str> {
+    match v.get(name) {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => bail!("{} line {line}: field {name} is not a string", path.display()),
+        None => bail!("{} line {line}: missing field {name}", path.display()),
+    }
+}
+
+/// Python's `json.dumps(record)`: `", "` and `": "` separators, non-ASCII as `\uXXXX`.
+pub fn to_python_json<T: Serialize>(value: &T) -> Result<String> {
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, PythonFormatter);
+    value.serialize(&mut ser).context("cannot serialize to JSON")?;
+    String::from_utf8(buf).context("JSON output is not UTF-8")
+}
+
+/// Writes `rows` as JSONL to `out` atomically: all of it goes to `out.tmp`, which is then renamed
+/// over `out`, so a failed build never leaves a half-written training set behind.
+pub fn write_jsonl_atomic<T: Serialize>(out: &Path, rows: &[T]) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        for row in rows {
+            let line = to_python_json(row)?;
+            writeln!(w, "{line}").with_context(|| format!("{}: cannot write", tmp.display()))?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error());
+        let file = file.with_context(|| format!("{}: cannot write", tmp.display()))?;
+        file.sync_all().with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("{}: cannot rename to {}", tmp.display(), out.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// serde_json formatter matching CPython's default `json.dumps` (ensure_ascii=True).
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    /// serde_json already escapes quotes, backslashes and control characters exactly as Python
+    /// does; what is left is everything outside printable ASCII, which Python writes as
+    /// `\uXXXX` (UTF-16 surrogate pairs above the BMP).
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if (' '..='~').contains(&c) {
+                continue;
+            }
+            w.write_all(fragment[start..i].as_bytes())?;
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(w, "\\u{unit:04x}")?;
+            }
+            start = i + c.len_utf8();
+        }
+        w.write_all(fragment[start..].as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_matches_json_dumps() {
+        let r = Record {
+            dataset: "d".into(),
+            id: "d_0".into(),
+            messages: vec![Message::new("user", "Kl\u{e4}mbt \u{1F600}\t\"q\"\u{7f}\u{1}")],
+        };
+        // json.dumps({"dataset": "d", "id": "d_0", "messages": [...]}) in CPython:
+        let want = r#"{"dataset": "d", "id": "d_0", "messages": [{"role": "user", "content": "Kl\u00e4mbt \ud83d\ude00\t\"q\"\u007f\u0001"}]}"#;
+        assert_eq!(to_python_json(&r).unwrap(), want);
+    }
+}

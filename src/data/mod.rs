@@ -1,0 +1,1 @@
+//! Training data: building the paper's sets and encoding them for training.

@@ -1,0 +1,6 @@
+//! Reading and writing model files: safetensors (memory-mapped), GGUF, tokenizers.
+
+pub mod convert;
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;

@@ -1,0 +1,13 @@
+//! implicit: a native transformer runtime for the experiments of
+//! "Instruction Following without Instruction Tuning" (Hewitt et al., 2024).
+
+pub mod backend;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod generate;
+pub mod io;
+pub mod model;
+pub mod tensor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,177 @@
+//! config.json of a Hugging Face `llama` or `olmo` model.
+
+use crate::bail;
+use crate::error::{Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama-2 and every Llama-architecture model: RMSNorm with weights.
+    Llama,
+    /// OLMo-7B-Feb2024 (`olmo`): LayerNorm without parameters, optional clip_qkv.
+    Olmo,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    /// Meta/GGUF interleaved-pair RoPE instead of Hugging Face's half rotation.
+    pub rope_interleaved: bool,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub clip_qkv: Option<f32>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The fields of config.json this engine reads; unknown fields are ignored.
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    #[serde(default)]
+    rope_interleaved: bool,
+    rope_scaling: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    clip_qkv: Option<f32>,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    hidden_act: Option<String>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<ModelConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        ModelConfig::from_json(&text).with_context(|| path.display().to_string())
+    }
+
+    pub fn from_json(text: &str) -> Result<ModelConfig> {
+        let raw: RawConfig = serde_json::from_str(text).context("invalid config.json")?;
+        let arch = match raw.model_type.as_deref() {
+            Some("llama") => Architecture::Llama,
+            Some("olmo") => Architecture::Olmo,
+            Some(other) => bail!("unknown model type {other:?} (supported: \"llama\", \"olmo\")"),
+            None => bail!("config.json has no model_type (supported: \"llama\", \"olmo\")"),
+        };
+        if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            bail!("rope_scaling {scaling} is not supported");
+        }
+        if raw.attention_bias || raw.mlp_bias {
+            bail!("attention_bias / mlp_bias are not supported");
+        }
+        if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+            bail!("hidden_act {act:?} is not supported (only \"silu\")");
+        }
+        let heads = raw.num_attention_heads;
+        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            bail!("num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}");
+        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            bail!("head dimension {head_dim} must be even and positive");
+        }
+        let eos_token_ids = match raw.eos_token_id {
+            None | Some(serde_json::Value::Null) => vec![],
+            Some(serde_json::Value::Number(n)) => vec![n
+                .as_u64()
+                .context("eos_token_id must be a non-negative integer")?
+                as u32],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().map(|x| x as u32).context("eos_token_id"))
+                .collect::<Result<_>>()?,
+            Some(v) => bail!("eos_token_id {v} is neither a number nor a list"),
+        };
+        Ok(ModelConfig {
+            arch,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            // OLMo's LayerNorm uses a fixed eps of 1e-5 (HF OlmoLayerNorm).
+            norm_eps: raw.rms_norm_eps.unwrap_or(1e-5),
+            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            rope_interleaved: raw.rope_interleaved,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(4096),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            clip_qkv: raw.clip_qkv,
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids,
+        })
+    }
+
+    /// Parameters in the model (tied embeddings counted once).
+    pub fn num_parameters(&self) -> usize {
+        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let norms = if self.arch == Architecture::Llama {
+            2 * d
+        } else {
+            0
+        };
+        let layer = d * q + 2 * d * kv + q * d + 3 * d * f + norms;
+        let head = if self.tie_word_embeddings { 0 } else { v * d };
+        v * d
+            + self.num_layers * layer
+            + head
+            + if self.arch == Architecture::Llama {
+                d
+            } else {
+                0
+            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let c = ModelConfig::from_json(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"eos_token_id":[2,3]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.head_dim, c.num_kv_heads, c.eos_token_ids.clone()),
+            (2, 2, vec![2, 3])
+        );
+        let e = ModelConfig::from_json(
+            r#"{"model_type":"gpt2","vocab_size":1,"hidden_size":1,"intermediate_size":1,"num_hidden_layers":1,"num_attention_heads":1}"#,
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("unknown model type \"gpt2\""));
+    }
+}

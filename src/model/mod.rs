@@ -1,0 +1,7 @@
+//! Model definitions: config.json, weights, the forward pass with a KV cache.
+
+pub mod config;
+pub mod transformer;
+
+pub use config::{Architecture, ModelConfig};
+pub use transformer::{KvCache, Logits, Transformer};

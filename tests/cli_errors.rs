@@ -1,0 +1,134 @@
+//! Bad input gets one clear line naming the file and the fault, a non-zero exit and no panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `implicit ARGS`, asserts a clean failure, and returns its one stderr line.
+fn fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_implicit"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    lines[0].to_string()
+}
+
+/// A copy of the committed Llama fixture model, to be broken by each test.
+fn fixture_copy(name: &str) -> std::path::PathBuf {
+    let dir = common::temp_dir(name);
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::fixtures().join("llama-gqa").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+fn generate(dir: &Path) -> String {
+    fails(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ])
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "config.json has no {from}");
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = fixture_copy("truncated");
+    let file = dir.join("model.safetensors");
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e = generate(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tensor_shape_disagrees_with_config() {
+    let dir = fixture_copy("shape");
+    edit_config(
+        &dir,
+        "\"intermediate_size\": 64",
+        "\"intermediate_size\": 65",
+    );
+    let e = generate(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("gate_proj") && e.contains("[64, 32]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_model_type() {
+    let dir = fixture_copy("model-type");
+    edit_config(
+        &dir,
+        "\"model_type\": \"llama\"",
+        "\"model_type\": \"gpt_neox\"",
+    );
+    let e = generate(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("unknown model type \"gpt_neox\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = fixture_copy("tokenizer");
+    let e = generate(&dir);
+    assert!(
+        e.contains("tokenizer.json") && e.contains("missing tokenizer"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_model_folder() {
+    let e = generate(Path::new("/nonexistent/model"));
+    assert!(e.contains("/nonexistent/model"), "{e}");
+}
+
+#[test]
+fn corrupt_gguf_header() {
+    let dir = common::temp_dir("gguf");
+    let file = dir.join("bad.gguf");
+    // Right magic, absurd version.
+    std::fs::write(&file, b"GGUF\xff\xff\x00\x00garbage").unwrap();
+    let e = fails(&[
+        "convert-gguf",
+        file.to_str().unwrap(),
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert!(e.contains("bad.gguf") && e.contains("version"), "{e}");
+    std::fs::write(&file, b"NOPE0000").unwrap();
+    let e = fails(&[
+        "convert-gguf",
+        file.to_str().unwrap(),
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert!(e.contains("bad.gguf") && e.contains("magic"), "{e}");
+    assert!(!dir.join("out").join("model.safetensors").exists());
+}
