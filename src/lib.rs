@@ -1,6 +1,7 @@
 //! implicit: a native transformer runtime for the experiments of
 //! "Instruction Following without Instruction Tuning" (Hewitt et al., 2024).
 
+pub mod autograd;
 pub mod backend;
 pub mod cli;
 pub mod data;
@@ -8,6 +9,7 @@ pub mod error;
 pub mod generate;
 pub mod io;
 pub mod model;
+pub mod optim;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -54,24 +54,36 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<Vec<CsvRecord>> {
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
                 fields.push(std::mem::take(&mut field));
-                records.push(CsvRecord { line: record_line, fields: std::mem::take(&mut fields) });
+                records.push(CsvRecord {
+                    line: record_line,
+                    fields: std::mem::take(&mut fields),
+                });
                 quoted = false;
                 line += 1;
                 record_line = line;
             }
             _ if quoted => {
-                bail!("{} line {line}: text after the closing quote of a field", path.display())
+                bail!(
+                    "{} line {line}: text after the closing quote of a field",
+                    path.display()
+                )
             }
             _ => field.push(c),
         }
     }
     if in_quotes {
-        bail!("{} line {record_line}: quoted field never closed", path.display());
+        bail!(
+            "{} line {record_line}: quoted field never closed",
+            path.display()
+        );
     }
     // A last record without a final newline.
     if !field.is_empty() || !fields.is_empty() || quoted {
         fields.push(field);
-        records.push(CsvRecord { line: record_line, fields });
+        records.push(CsvRecord {
+            line: record_line,
+            fields,
+        });
     }
     Ok(records)
 }
@@ -87,7 +99,9 @@ impl CsvTable {
         let text = std::fs::read_to_string(path)
             .map_err(|e| crate::Error(format!("{}: cannot read: {e}", path.display())))?;
         let mut records = parse_csv(&text, path)?.into_iter();
-        let Some(header) = records.next() else { bail!("{}: empty CSV file", path.display()) };
+        let Some(header) = records.next() else {
+            bail!("{}: empty CSV file", path.display())
+        };
         let rows: Vec<CsvRecord> = records.collect();
         for r in &rows {
             if r.fields.len() != header.fields.len() {
@@ -100,7 +114,10 @@ impl CsvTable {
                 );
             }
         }
-        Ok(CsvTable { header: header.fields, rows })
+        Ok(CsvTable {
+            header: header.fields,
+            rows,
+        })
     }
 
     /// Index of column `name`, or an error naming the file.
@@ -117,20 +134,30 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Vec<Vec<String>> {
-        parse_csv(s, Path::new("t.csv")).unwrap().into_iter().map(|r| r.fields).collect()
+        parse_csv(s, Path::new("t.csv"))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.fields)
+            .collect()
     }
 
     #[test]
     fn quoted_fields_hold_commas_newlines_and_quotes() {
         let got = parse("a,b\r\n\"x, \"\"y\"\"\nz\",2\n,\"\"\n");
-        assert_eq!(got, vec![vec!["a", "b"], vec!["x, \"y\"\nz", "2"], vec!["", ""]]);
+        assert_eq!(
+            got,
+            vec![vec!["a", "b"], vec!["x, \"y\"\nz", "2"], vec!["", ""]]
+        );
         assert_eq!(parse("a,b"), vec![vec!["a", "b"]]);
     }
 
     #[test]
     fn records_know_their_lines_and_errors_name_them() {
         let recs = parse_csv("h\n\"1\n2\"\n3\n", Path::new("t.csv")).unwrap();
-        assert_eq!(recs.iter().map(|r| r.line).collect::<Vec<_>>(), vec![1, 2, 4]);
+        assert_eq!(
+            recs.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![1, 2, 4]
+        );
         let err = parse_csv("h\n1\n\"open\n", Path::new("t.csv")).unwrap_err();
         assert_eq!(err.to_string(), "t.csv line 3: quoted field never closed");
         let err = parse_csv("h\n\"a\"b\n", Path::new("t.csv")).unwrap_err();

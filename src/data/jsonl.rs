@@ -16,7 +16,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: impl Into<String>) -> Message {
-        Message { role: role.to_string(), content: content.into() }
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+        }
     }
 }
 
@@ -62,15 +65,22 @@ pub fn read_messages_jsonl(path: &Path) -> Result<Vec<Example>> {
     Ok(out)
 }
 
-/// The lines of a JSONL file with their 1-based numbers, blank lines skipped, each parsed as
-/// JSON (an error names the file and line).
-pub(crate) fn jsonl_values(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
+/// The first `limit` rows of a JSONL file (all when None) with their 1-based line numbers, blank
+/// lines skipped, each parsed as JSON (an error names the file and line). Rows past the limit are
+/// not parsed, as the paper's scripts stop reading there.
+pub(crate) fn jsonl_values(
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<Vec<(usize, serde_json::Value)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
+        }
+        if limit.is_some_and(|n| out.len() >= n) {
+            break;
         }
         let v = serde_json::from_str(line)
             .with_context(|| format!("{} line {}", path.display(), i + 1))?;
@@ -88,7 +98,10 @@ pub(crate) fn str_field<'a>(
 ) -> Result<&'a str> {
     match v.get(name) {
         Some(serde_json::Value::String(s)) => Ok(s),
-        Some(_) => bail!("{} line {line}: field {name} is not a string", path.display()),
+        Some(_) => bail!(
+            "{} line {line}: field {name} is not a string",
+            path.display()
+        ),
         None => bail!("{} line {line}: missing field {name}", path.display()),
     }
 }
@@ -97,7 +110,9 @@ pub(crate) fn str_field<'a>(
 pub fn to_python_json<T: Serialize>(value: &T) -> Result<String> {
     let mut buf = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, PythonFormatter);
-    value.serialize(&mut ser).context("cannot serialize to JSON")?;
+    value
+        .serialize(&mut ser)
+        .context("cannot serialize to JSON")?;
     String::from_utf8(buf).context("JSON output is not UTF-8")
 }
 
@@ -121,7 +136,8 @@ pub fn write_jsonl_atomic<T: Serialize>(out: &Path, rows: &[T]) -> Result<()> {
         }
         let file = w.into_inner().map_err(|e| e.into_error());
         let file = file.with_context(|| format!("{}: cannot write", tmp.display()))?;
-        file.sync_all().with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
         std::fs::rename(&tmp, out)
             .with_context(|| format!("{}: cannot rename to {}", tmp.display(), out.display()))
     })();
@@ -135,7 +151,11 @@ pub fn write_jsonl_atomic<T: Serialize>(out: &Path, rows: &[T]) -> Result<()> {
 struct PythonFormatter;
 
 impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -143,7 +163,11 @@ impl serde_json::ser::Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -158,20 +182,24 @@ impl serde_json::ser::Formatter for PythonFormatter {
     /// serde_json already escapes quotes, backslashes and control characters exactly as Python
     /// does; what is left is everything outside printable ASCII, which Python writes as
     /// `\uXXXX` (UTF-16 surrogate pairs above the BMP).
-    fn write_string_fragment<W: ?Sized + Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if (' '..='~').contains(&c) {
                 continue;
             }
-            w.write_all(fragment[start..i].as_bytes())?;
+            w.write_all(&fragment.as_bytes()[start..i])?;
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 write!(w, "\\u{unit:04x}")?;
             }
             start = i + c.len_utf8();
         }
-        w.write_all(fragment[start..].as_bytes())
+        w.write_all(&fragment.as_bytes()[start..])
     }
 }
 
@@ -184,7 +212,10 @@ mod tests {
         let r = Record {
             dataset: "d".into(),
             id: "d_0".into(),
-            messages: vec![Message::new("user", "Kl\u{e4}mbt \u{1F600}\t\"q\"\u{7f}\u{1}")],
+            messages: vec![Message::new(
+                "user",
+                "Kl\u{e4}mbt \u{1F600}\t\"q\"\u{7f}\u{1}",
+            )],
         };
         // json.dumps({"dataset": "d", "id": "d_0", "messages": [...]}) in CPython:
         let want = r#"{"dataset": "d", "id": "d_0", "messages": [{"role": "user", "content": "Kl\u00e4mbt \ud83d\ude00\t\"q\"\u007f\u0001"}]}"#;

@@ -54,9 +54,16 @@ pub fn parse_pgn(text: &str, path: &Path) -> Result<Vec<PgnGame>> {
                 movetext_line: 0,
             });
             let (name, value) = parse_tag(line).ok_or_else(|| {
-                crate::Error(format!("{} line {n}: malformed tag pair {line:?}", path.display()))
+                crate::Error(format!(
+                    "{} line {n}: malformed tag pair {line:?}",
+                    path.display()
+                ))
             })?;
-            game.tags.push(PgnTag { name, value, raw: raw_line.to_string() });
+            game.tags.push(PgnTag {
+                name,
+                value,
+                raw: raw_line.to_string(),
+            });
         } else {
             let game = cur.get_or_insert_with(|| PgnGame {
                 tags: Vec::new(),
@@ -75,7 +82,11 @@ pub fn parse_pgn(text: &str, path: &Path) -> Result<Vec<PgnGame>> {
     }
     if let Some(g) = cur {
         if g.movetext.is_empty() {
-            bail!("{} line {}: game has tags but no movetext", path.display(), g.line);
+            bail!(
+                "{} line {}: game has tags but no movetext",
+                path.display(),
+                g.line
+            );
         }
         games.push(g);
     }
@@ -119,8 +130,15 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let err = parse_pgn("[Event \"x\"]\n[Bad x]\n", Path::new("g.pgn")).unwrap_err();
-        assert!(err.to_string().starts_with("g.pgn line 2: malformed tag pair"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("g.pgn line 2: malformed tag pair"),
+            "{err}"
+        );
         let err = parse_pgn("[Event \"x\"]\n", Path::new("g.pgn")).unwrap_err();
-        assert_eq!(err.to_string(), "g.pgn line 1: game has tags but no movetext");
+        assert_eq!(
+            err.to_string(),
+            "g.pgn line 1: game has tags but no movetext"
+        );
     }
 }

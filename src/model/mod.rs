@@ -1,6 +1,7 @@
 //! Model definitions: config.json, weights, the forward pass with a KV cache.
 
 pub mod config;
+pub mod train;
 pub mod transformer;
 
 pub use config::{Architecture, ModelConfig};

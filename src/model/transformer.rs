@@ -15,12 +15,13 @@ use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
 
 struct Layer {
-    attn_norm: Option<Tensor>,
+    /// Norm weights are tiny: kept as f32 copies whatever the checkpoint's dtype.
+    attn_norm: Option<Vec<f32>>,
     q_proj: Tensor,
     k_proj: Tensor,
     v_proj: Tensor,
     o_proj: Tensor,
-    mlp_norm: Option<Tensor>,
+    mlp_norm: Option<Vec<f32>>,
     gate_proj: Tensor,
     up_proj: Tensor,
     down_proj: Tensor,
@@ -32,7 +33,7 @@ pub struct Transformer {
     pub path: PathBuf,
     embed_tokens: Tensor,
     layers: Vec<Layer>,
-    final_norm: Option<Tensor>,
+    final_norm: Option<Vec<f32>>,
     /// `[vocab, hidden]`; the embedding itself when tied.
     lm_head: Tensor,
 }
@@ -107,7 +108,7 @@ impl Transformer {
         let llama = c.arch == Architecture::Llama;
         let norm = |name: String| {
             if llama {
-                get(&name, &[d]).map(Some)
+                get(&name, &[d]).map(|t| Some(t.to_f32_vec()))
             } else {
                 Ok(None)
             }
@@ -149,18 +150,11 @@ impl Transformer {
         })
     }
 
-    fn normalize(&self, x: &[f32], weight: Option<&Tensor>) -> Vec<f32> {
+    fn normalize(&self, x: &[f32], weight: Option<&Vec<f32>>) -> Vec<f32> {
         let mut y = vec![0.0f32; x.len()];
         match weight {
-            Some(w) => ops::rms_norm(
-                x,
-                w.elems().expect("contiguous"),
-                self.config.norm_eps,
-                &mut y,
-            ),
-            None => {
-                ops::layer_norm_no_params(x, self.config.hidden_size, self.config.norm_eps, &mut y)
-            }
+            Some(w) => ops::rms_norm(x, w, self.config.norm_eps as f64, &mut y),
+            None => ops::layer_norm_no_params(x, self.config.hidden_size, self.config.norm_eps as f64, &mut y),
         }
         y
     }
@@ -216,11 +210,12 @@ impl Transformer {
             let mut v = linear(&h, &layer.v_proj);
             if let Some(clip) = c.clip_qkv {
                 for t in [&mut q, &mut k, &mut v] {
-                    ops::clamp_in_place(t, clip);
+                    ops::clamp_in_place(t.as_mut_slice(), clip);
                 }
             }
-            ops::rope(&mut q, &positions, heads, hd, c.rope_theta, layout);
-            ops::rope(&mut k, &positions, kv_heads, hd, c.rope_theta, layout);
+            let rope = |heads| ops::RopeSpec { heads, head_dim: hd, base: c.rope_theta, layout };
+            ops::rope(&mut q, &positions, rope(heads), false);
+            ops::rope(&mut k, &positions, rope(kv_heads), false);
             let mut attn = vec![0.0f32; total * heads * hd];
             let mut row = 0;
             for ((_, cache), &n) in batch.iter_mut().zip(&lens) {

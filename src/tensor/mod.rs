@@ -3,8 +3,10 @@
 //! Storage is either owned (a `Vec` of one element type) or a read-only view into a
 //! memory-mapped safetensors file, so that weights whose dtype already fits are never copied.
 
+mod real;
 mod storage;
 
+pub use real::Real;
 pub use storage::Storage;
 
 use crate::bail;

@@ -2,7 +2,7 @@
 //!
 //! Rows are contiguous runs of `dim` f32 values; a `[rows, dim]` activation is a flat slice.
 
-use crate::tensor::Elems;
+use crate::tensor::{Elems, Real};
 
 /// out[t] = table[ids[t]] for each token t; `table` is `[vocab, dim]`.
 pub fn embedding(ids: &[u32], table: Elems, dim: usize, out: &mut [f32]) {
@@ -11,28 +11,39 @@ pub fn embedding(ids: &[u32], table: Elems, dim: usize, out: &mut [f32]) {
     }
 }
 
-/// RMSNorm (Zhang & Sennrich 2019): y = x / sqrt(mean(x²) + eps) · w, per row.
-/// Accumulates in f64 so that the reference is not the least precise thing in a test.
-pub fn rms_norm(x: &[f32], weight: Elems, eps: f32, out: &mut [f32]) {
+/// RMSNorm (Zhang & Sennrich 2019): y = x · r · w with r = 1/sqrt(mean(x²) + eps), per row.
+/// The sum of squares accumulates in f64 so that the reference is not the least precise thing in
+/// a test.
+pub fn rms_norm<T: Real>(x: &[T], weight: &[T], eps: f64, out: &mut [T]) {
     let dim = weight.len();
     for (xr, yr) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ms = xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / dim as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for (i, (y, &v)) in yr.iter_mut().zip(xr).enumerate() {
-            *y = v * inv * weight.get(i);
+        let r = T::from_f64(rms_inverse(xr, eps));
+        for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
+            *y = v * r * w;
         }
     }
 }
 
-/// LayerNorm without weight or bias (OLMo-7B): y = (x − mean) / sqrt(var + eps), per row,
-/// with the biased variance as torch's layer_norm uses.
-pub fn layer_norm_no_params(x: &[f32], dim: usize, eps: f32, out: &mut [f32]) {
+/// r = 1/sqrt(mean(x²) + eps) of one row.
+pub fn rms_inverse<T: Real>(row: &[T], eps: f64) -> f64 {
+    let ms = row.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / row.len() as f64;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// (mean, 1/sqrt(var + eps)) of one row, with the biased variance torch's layer_norm uses.
+pub fn layer_norm_stats<T: Real>(row: &[T], eps: f64) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v.to_f64()).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm without weight or bias (OLMo-7B): y = (x − mean) / sqrt(var + eps), per row.
+pub fn layer_norm_no_params<T: Real>(x: &[T], dim: usize, eps: f64, out: &mut [T]) {
     for (xr, yr) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
-        let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
-        let inv = 1.0 / (var + eps as f64).sqrt();
+        let (mean, inv) = layer_norm_stats(xr, eps);
         for (y, &v) in yr.iter_mut().zip(xr) {
-            *y = ((v as f64 - mean) * inv) as f32;
+            *y = T::from_f64((v.to_f64() - mean) * inv);
         }
     }
 }
@@ -46,29 +57,33 @@ pub enum RopeLayout {
     Interleaved,
 }
 
+/// Where RoPE applies and how.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeSpec {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub base: f32,
+    pub layout: RopeLayout,
+}
+
 /// RoPE (Su et al. 2021) in place on `x` of shape `[tokens, heads, head_dim]`:
 /// each pair (a, b) at position p and frequency index i becomes
 /// (a·cos θ − b·sin θ, b·cos θ + a·sin θ) with θ = p · base^(−2i/head_dim).
-pub fn rope(
-    x: &mut [f32],
-    positions: &[usize],
-    heads: usize,
-    head_dim: usize,
-    base: f32,
-    layout: RopeLayout,
-) {
+/// `inverse` rotates by −θ instead: the transpose of the rotation, i.e. RoPE's backward.
+pub fn rope<T: Real>(x: &mut [T], positions: &[usize], spec: RopeSpec, inverse: bool) {
+    let RopeSpec { heads, head_dim, base, layout } = spec;
     let half = head_dim / 2;
-    // Frequencies as Hugging Face computes them: inv_freq in f32, angle = pos · inv_freq in f32.
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    let mut cos = vec![0.0f32; half];
-    let mut sin = vec![0.0f32; half];
+    // Frequencies as Hugging Face computes them: inv_freq in the working precision, angle = pos · inv_freq.
+    let base = T::from_f64(base as f64);
+    let inv_freq: Vec<T> =
+        (0..half).map(|i| T::one() / base.powf(T::from_f64((2 * i) as f64 / head_dim as f64))).collect();
+    let mut cos = vec![T::zero(); half];
+    let mut sin = vec![T::zero(); half];
     for (tok, &pos) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
         for i in 0..half {
-            let angle = pos as f32 * inv_freq[i];
+            let angle = T::from_f64(pos as f64) * inv_freq[i];
             cos[i] = angle.cos();
-            sin[i] = angle.sin();
+            sin[i] = if inverse { -angle.sin() } else { angle.sin() };
         }
         for head in tok.chunks_exact_mut(head_dim) {
             for i in 0..half {
@@ -84,49 +99,55 @@ pub fn rope(
     }
 }
 
+/// sigmoid(x) = 1 / (1 + e^−x).
+#[inline]
+pub fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
 /// SiLU(x) = x · sigmoid(x).
 #[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+pub fn silu<T: Real>(x: T) -> T {
+    x * sigmoid(x)
 }
 
 /// SwiGLU's gate (Shazeer 2020): out = silu(gate) ⊙ up.
-pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub fn swiglu<T: Real>(gate: &[T], up: &[T], out: &mut [T]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = silu(g) * u;
     }
 }
 
 /// Numerically stable softmax of one row, in place.
-pub fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
+pub fn softmax_in_place<T: Real>(row: &mut [T]) {
+    let max = row.iter().copied().fold(T::from_f64(f64::NEG_INFINITY), T::max);
+    let mut sum = T::zero();
     for v in row.iter_mut() {
         *v = (*v - max).exp();
         sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = T::one() / sum;
     for v in row.iter_mut() {
         *v *= inv;
     }
 }
 
-/// log_softmax of one row into `out`: x − max − log Σ exp(x − max).
-pub fn log_softmax(row: &[f32], out: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = row
-        .iter()
-        .map(|&v| ((v - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + max;
+/// log Σ exp(x) of one row, stable, accumulated in f64.
+pub fn log_sum_exp<T: Real>(row: &[T]) -> f64 {
+    let max = row.iter().map(|v| v.to_f64()).fold(f64::NEG_INFINITY, f64::max);
+    row.iter().map(|&v| (v.to_f64() - max).exp()).sum::<f64>().ln() + max
+}
+
+/// log_softmax of one row into `out`: x − log Σ exp(x).
+pub fn log_softmax<T: Real>(row: &[T], out: &mut [T]) {
+    let lse = T::from_f64(log_sum_exp(row));
     for (o, &v) in out.iter_mut().zip(row) {
         *o = v - lse;
     }
 }
 
 /// Index of the largest value (the first one on ties, as torch.argmax).
-pub fn argmax(row: &[f32]) -> usize {
+pub fn argmax<T: Real>(row: &[T]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if v > row[best] {
@@ -137,14 +158,18 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// Clamps every value into [−limit, limit] (OLMo's clip_qkv).
-pub fn clamp_in_place(x: &mut [f32], limit: f32) {
+pub fn clamp_in_place<T: Real>(x: &mut [T], limit: T) {
     for v in x.iter_mut() {
-        *v = v.clamp(-limit, limit);
+        if *v > limit {
+            *v = limit;
+        } else if *v < -limit {
+            *v = -limit;
+        }
     }
 }
 
 /// x += y.
-pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+pub fn add_in_place<T: Real>(x: &mut [T], y: &[T]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -171,7 +196,7 @@ mod tests {
         let x = rand_vec(3 * 8, 1);
         let w = rand_vec(8, 2);
         let mut y = vec![f32::NAN; 24];
-        rms_norm(&x, Elems::F32(&w), 1e-5, &mut y);
+        rms_norm(&x, &w, 1e-5, &mut y);
         for r in 0..3 {
             let xr = &x[r * 8..r * 8 + 8];
             let rms = (xr.iter().map(|v| v * v).sum::<f32>() / 8.0 + 1e-5).sqrt();
@@ -207,23 +232,10 @@ mod tests {
             }
         }
         let pos = [0, 5, 17];
+        let spec = |layout| RopeSpec { heads, head_dim: hd, base: 10000.0, layout };
         let mut half = x.clone();
-        rope(
-            &mut half,
-            &pos,
-            heads,
-            hd,
-            10000.0,
-            RopeLayout::HalfRotation,
-        );
-        rope(
-            &mut permuted,
-            &pos,
-            heads,
-            hd,
-            10000.0,
-            RopeLayout::Interleaved,
-        );
+        rope(&mut half, &pos, spec(RopeLayout::HalfRotation), false);
+        rope(&mut permuted, &pos, spec(RopeLayout::Interleaved), false);
         for t in 0..3 * heads {
             for i in 0..hd {
                 assert!((permuted[t * hd + i] - half[t * hd + perm(i)]).abs() < 1e-6);
@@ -234,6 +246,11 @@ mod tests {
         let n0: f32 = x[16..24].iter().map(|v| v * v).sum();
         let n1: f32 = half[16..24].iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-5);
+        // The inverse rotation undoes it.
+        rope(&mut half, &pos, spec(RopeLayout::HalfRotation), true);
+        for (a, b) in half.iter().zip(&x) {
+            assert!((a - b).abs() < 1e-6);
+        }
     }
 
     #[test]
@@ -248,7 +265,7 @@ mod tests {
             assert!((lp[i].exp() - p[i]).abs() < 1e-6);
         }
         assert_eq!(argmax(&x), argmax(&p));
-        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+        assert_eq!(argmax(&[1.0f32, 3.0, 3.0]), 1);
     }
 
     #[test]

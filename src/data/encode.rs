@@ -1,0 +1,260 @@
+//! Encoding chat examples for training, as open-instruct's `encode_with_messages_format` does
+//! (open_instruct/finetune.py in john-hewitt/implicit-ins, the paper's training code):
+//!
+//! * text = concatenation over messages of `<|system|>\n{c}\n`, `<|user|>\n{c}\n` or
+//!   `<|assistant|>\n{c}{EOS}\n` (each content `.strip()`ped), the whole then `.strip()`ped (so
+//!   the text ends with EOS);
+//! * ids = tokenizer(text): BOS when the tokenizer adds one, truncated to max_len;
+//! * labels masked on every non-assistant message: from the token length of the messages before
+//!   it to the token length of the messages up to it plus `<|assistant|>\n` when an assistant
+//!   turn follows. Prefixes are tokenized separately, exactly as open-instruct does, so the
+//!   spans match HF even where tokenization at a boundary differs.
+//!
+//! EOS goes in as *text* (the tokenizer's EOS token string), not as an id appended afterwards:
+//! that is what open-instruct does, and only the text route reproduces multi-turn rows, where the
+//! text after `</s>` is tokenized as a fresh segment (Llama's normalizer prepends `▁` to it) and
+//! the prefix lengths used for masking include it. For single-turn rows both routes give the same
+//! ids (tests/data.rs checks this with the real Llama-2 tokenizer).
+
+use super::jsonl::{Example, Message};
+use crate::bail;
+use crate::error::{Context, Result};
+use crate::io::tokenizer::Tokenizer;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The paper's max_seq_length.
+pub const DEFAULT_MAX_LEN: usize = 2048;
+
+/// Instruction tuning trains on the rows as they are; response tuning empties every user turn
+/// (the tags stay), as the paper's lima_no_instruction.jsonl does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Instruction,
+    Response,
+}
+
+/// Token ids and, per token, whether it is a training target (open-instruct's `labels != -100`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedExample {
+    pub ids: Vec<u32>,
+    pub loss_mask: Vec<bool>,
+}
+
+impl EncodedExample {
+    pub fn loss_tokens(&self) -> usize {
+        self.loss_mask.iter().filter(|&&m| m).count()
+    }
+}
+
+/// Python's `str.strip()`: Unicode whitespace plus the ASCII separators \x1c..\x1f, which
+/// Python counts as space and Rust's `trim` does not.
+pub fn py_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+/// The Tulu chat text of `messages` (open-instruct's `_concat_messages`), unstripped.
+pub fn concat_messages(messages: &[Message], eos_text: &str) -> Result<String> {
+    let mut text = String::new();
+    for m in messages {
+        let content = py_strip(&m.content);
+        match m.role.as_str() {
+            "system" => text.push_str(&format!("<|system|>\n{content}\n")),
+            "user" => text.push_str(&format!("<|user|>\n{content}\n")),
+            "assistant" => text.push_str(&format!("<|assistant|>\n{content}{eos_text}\n")),
+            other => bail!("invalid role {other:?} (expected user, assistant or system)"),
+        }
+    }
+    Ok(text)
+}
+
+/// The EOS token's string (e.g. `</s>`), checked to encode back to exactly that one id, which
+/// is what lets it go into the training text.
+pub fn eos_text(tok: &Tokenizer) -> Result<String> {
+    let Some(&eos) = tok.eos.first() else {
+        bail!("{}: tokenizer has no EOS token", tok.path.display());
+    };
+    let text = tok.id_to_token(eos).with_context(|| {
+        format!(
+            "{}: EOS id {eos} is not in the vocabulary",
+            tok.path.display()
+        )
+    })?;
+    if tok.encode(&text)? != [eos] {
+        bail!(
+            "{}: EOS token {text:?} does not encode to its own id {eos} (not a special token)",
+            tok.path.display()
+        );
+    }
+    Ok(text)
+}
+
+/// Encodes one example. Returns the ids and loss mask (both cut to `max_len` tokens, as HF's
+/// `truncation=True` does) and whether it was truncated.
+pub fn encode_example(
+    tok: &Tokenizer,
+    ex: &Example,
+    mode: Mode,
+    max_len: usize,
+) -> Result<(EncodedExample, bool)> {
+    let eos = eos_text(tok)?;
+    encode_with_eos(tok, &eos, ex, mode, max_len)
+}
+
+fn encode_with_eos(
+    tok: &Tokenizer,
+    eos: &str,
+    ex: &Example,
+    mode: Mode,
+    max_len: usize,
+) -> Result<(EncodedExample, bool)> {
+    if max_len == 0 {
+        bail!("max_len must be at least 1");
+    }
+    if ex.messages.is_empty() {
+        bail!("messages field is empty");
+    }
+    let messages: Cow<[Message]> = match mode {
+        Mode::Instruction => Cow::Borrowed(&ex.messages),
+        Mode::Response => Cow::Owned(
+            ex.messages
+                .iter()
+                .map(|m| match m.role.as_str() {
+                    "user" => Message::new("user", ""),
+                    _ => m.clone(),
+                })
+                .collect(),
+        ),
+    };
+    // HF's tokenizer(text) adds BOS through the post-processor; the wrapper's encode does not.
+    let tokenize = |text: &str| -> Result<Vec<u32>> { tok.encode_prompt(text) };
+
+    let mut ids = tokenize(py_strip(&concat_messages(&messages, eos)?))?;
+    let truncated = ids.len() > max_len;
+    ids.truncate(max_len);
+    let mut loss_mask = vec![true; ids.len()];
+
+    for (idx, m) in messages.iter().enumerate() {
+        if m.role == "assistant" {
+            continue;
+        }
+        let start = if idx == 0 {
+            0
+        } else {
+            tokenize(&concat_messages(&messages[..idx], eos)?)?
+                .len()
+                .min(max_len)
+        };
+        let mut so_far = concat_messages(&messages[..=idx], eos)?;
+        if messages
+            .get(idx + 1)
+            .is_some_and(|next| next.role == "assistant")
+        {
+            // The assistant's header is masked with the turn before it.
+            so_far.push_str("<|assistant|>\n");
+        }
+        let end = tokenize(&so_far)?.len().min(max_len);
+        let n = loss_mask.len();
+        if start < end {
+            loss_mask[start.min(n)..end.min(n)].fill(false);
+        }
+        if end >= max_len {
+            break;
+        }
+    }
+    Ok((EncodedExample { ids, loss_mask }, truncated))
+}
+
+/// A training set ready for the trainer: the examples that have loss tokens (open-instruct drops
+/// the others), with counts of what happened on the way.
+#[derive(Debug, Clone)]
+pub struct EncodedDataset {
+    pub examples: Vec<EncodedExample>,
+    /// The source index of each kept example (into the `examples` given to `encode_dataset`).
+    pub source_index: Vec<usize>,
+    /// Examples read.
+    pub total: usize,
+    /// Examples longer than max_len, cut (kept or not).
+    pub truncated: usize,
+    /// Examples left out because no token carries loss (e.g. truncated inside the instruction).
+    pub no_loss: usize,
+    /// Tokens over the kept examples, and of those the ones that carry loss.
+    pub tokens: usize,
+    pub loss_tokens: usize,
+}
+
+impl fmt::Display for EncodedDataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "encoded {} of {} examples ({} tokens, {} with loss); {} truncated, {} skipped with no loss tokens",
+            self.examples.len(),
+            self.total,
+            self.tokens,
+            self.loss_tokens,
+            self.truncated,
+            self.no_loss
+        )
+    }
+}
+
+/// Encodes every example; an error names the example by index and id.
+pub fn encode_dataset(
+    tok: &Tokenizer,
+    examples: &[Example],
+    mode: Mode,
+    max_len: usize,
+) -> Result<EncodedDataset> {
+    let eos = eos_text(tok)?;
+    let mut out = EncodedDataset {
+        examples: Vec::with_capacity(examples.len()),
+        source_index: Vec::with_capacity(examples.len()),
+        total: examples.len(),
+        truncated: 0,
+        no_loss: 0,
+        tokens: 0,
+        loss_tokens: 0,
+    };
+    for (i, ex) in examples.iter().enumerate() {
+        let (enc, truncated) = encode_with_eos(tok, &eos, ex, mode, max_len)
+            .with_context(|| format!("example {i} ({})", ex.id.as_deref().unwrap_or("no id")))?;
+        out.truncated += usize::from(truncated);
+        let loss = enc.loss_tokens();
+        if loss == 0 {
+            out.no_loss += 1;
+            continue;
+        }
+        out.tokens += enc.ids.len();
+        out.loss_tokens += loss;
+        out.examples.push(enc);
+        out.source_index.push(i);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_matches_python() {
+        assert_eq!(py_strip("\u{1c}\u{a0} a b\u{3000}\n\u{1f}"), "a b");
+        assert_eq!(py_strip("\u{200b}x"), "\u{200b}x");
+    }
+
+    #[test]
+    fn concat_is_tulu_format() {
+        let m = vec![
+            Message::new("system", " be nice "),
+            Message::new("user", "\nhi\n"),
+            Message::new("assistant", "hello "),
+        ];
+        let text = concat_messages(&m, "</s>").unwrap();
+        assert_eq!(
+            text,
+            "<|system|>\nbe nice\n<|user|>\nhi\n<|assistant|>\nhello</s>\n"
+        );
+        let err = concat_messages(&[Message::new("bot", "x")], "</s>").unwrap_err();
+        assert!(err.to_string().contains("invalid role \"bot\""));
+    }
+}

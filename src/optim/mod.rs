@@ -1,0 +1,1 @@
+//! Optimizers: AdamW with mixed precision, gradient clipping, learning-rate schedules.
