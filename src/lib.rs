@@ -11,5 +11,6 @@ pub mod io;
 pub mod model;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};

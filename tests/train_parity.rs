@@ -8,25 +8,40 @@ use implicit::model::train::{TrainModel, TrainSequence};
 use safetensors::SafeTensors;
 
 fn read_f32(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("{name} in expected.safetensors"));
-    t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("{name} in expected.safetensors"));
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn read_i64(st: &SafeTensors, name: &str) -> Vec<i64> {
     let t = st.tensor(name).unwrap();
-    t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    t.data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn check(name: &str) {
     let dir = common::fixtures().join(name);
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids: Vec<u32> = read_i64(&st, "input_ids").iter().map(|&x| x as u32).collect();
+    let ids: Vec<u32> = read_i64(&st, "input_ids")
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     let labels = read_i64(&st, "labels");
     let mask: Vec<bool> = labels.iter().map(|&l| l != -100).collect();
     let t = 12;
-    let batch: Vec<TrainSequence> =
-        (0..2).map(|r| TrainSequence { ids: &ids[r * t..(r + 1) * t], loss_mask: &mask[r * t..(r + 1) * t] }).collect();
+    let batch: Vec<TrainSequence> = (0..2)
+        .map(|r| TrainSequence {
+            ids: &ids[r * t..(r + 1) * t],
+            loss_mask: &mask[r * t..(r + 1) * t],
+        })
+        .collect();
 
     let model = TrainModel::<f32>::load(&dir).unwrap();
     let mut tape = Tape::new();
@@ -35,7 +50,10 @@ fn check(name: &str) {
     let want_loss = read_f32(&st, "loss")[0];
     let got_loss = tape.value(loss)[0];
     println!("{name}: loss {got_loss} (torch {want_loss})");
-    assert!(((got_loss - want_loss) / want_loss).abs() < 1e-5, "{name}: loss {got_loss} vs {want_loss}");
+    assert!(
+        ((got_loss - want_loss) / want_loss).abs() < 1e-5,
+        "{name}: loss {got_loss} vs {want_loss}"
+    );
 
     let grads = tape.backward(loss);
     let mut worst = 0.0f64;
@@ -43,9 +61,16 @@ fn check(name: &str) {
         let want = read_f32(&st, &format!("grad.{}", p.name));
         let err = common::rel_err(grads.get(v).unwrap(), &want);
         worst = worst.max(err);
-        assert!(err < 1e-4, "{name}: gradient of {}: relative error {err}", p.name);
+        assert!(
+            err < 1e-4,
+            "{name}: gradient of {}: relative error {err}",
+            p.name
+        );
     }
-    println!("{name}: {} gradients, worst relative error {worst:.2e}", model.params.len());
+    println!(
+        "{name}: {} gradients, worst relative error {worst:.2e}",
+        model.params.len()
+    );
 }
 
 #[test]

@@ -64,7 +64,14 @@ impl<T: Real> Tape<T> {
             }
             Op::RmsNorm { x, w, eps } => {
                 let (mut dx, mut dw) = (self.zeros(*x), self.zeros(*w));
-                rules::rms_norm_backward(self.value(*x), self.value(*w), *eps, dy, &mut dx, &mut dw);
+                rules::rms_norm_backward(
+                    self.value(*x),
+                    self.value(*w),
+                    *eps,
+                    dy,
+                    &mut dx,
+                    &mut dw,
+                );
                 add(*x, dx);
                 add(*w, dw);
             }
@@ -118,7 +125,11 @@ impl<T: Real> Tape<T> {
                 rules::clamp_backward(self.value(*x), *limit, dy, &mut dx);
                 add(*x, dx);
             }
-            Op::CrossEntropy { logits, targets, weights } => {
+            Op::CrossEntropy {
+                logits,
+                targets,
+                weights,
+            } => {
                 let vocab = self.last_dim(*logits);
                 let mut dl = self.zeros(*logits);
                 rules::cross_entropy(self.value(*logits), vocab, targets, weights, Some(&mut dl));

@@ -32,7 +32,13 @@ pub struct AttentionSpec {
 
 impl AttentionSpec {
     fn shape(&self, len: usize) -> AttentionShape {
-        AttentionShape { queries: len, keys: len, heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
+        AttentionShape {
+            queries: len,
+            keys: len,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
     }
 }
 
@@ -40,19 +46,56 @@ impl AttentionSpec {
 enum Op<T> {
     Leaf,
     /// y[m,n] = x[m,k]·wᵀ for w[n,k].
-    Linear { x: Var, w: Var },
-    Embedding { table: Var, ids: Vec<u32> },
-    RmsNorm { x: Var, w: Var, eps: f64 },
-    LayerNorm { x: Var, eps: f64 },
-    Rope { x: Var, positions: Vec<usize>, spec: RopeSpec },
-    Attention { q: Var, k: Var, v: Var, spec: AttentionSpec },
-    SwiGlu { gate: Var, up: Var },
-    Add { a: Var, b: Var },
+    Linear {
+        x: Var,
+        w: Var,
+    },
+    Embedding {
+        table: Var,
+        ids: Vec<u32>,
+    },
+    RmsNorm {
+        x: Var,
+        w: Var,
+        eps: f64,
+    },
+    LayerNorm {
+        x: Var,
+        eps: f64,
+    },
+    Rope {
+        x: Var,
+        positions: Vec<usize>,
+        spec: RopeSpec,
+    },
+    Attention {
+        q: Var,
+        k: Var,
+        v: Var,
+        spec: AttentionSpec,
+    },
+    SwiGlu {
+        gate: Var,
+        up: Var,
+    },
+    Add {
+        a: Var,
+        b: Var,
+    },
     /// The same values under another shape (shared, not copied).
-    Reshape { x: Var },
-    Clamp { x: Var, limit: T },
+    Reshape {
+        x: Var,
+    },
+    Clamp {
+        x: Var,
+        limit: T,
+    },
     /// A scalar: Σ_r weights[r]·(−log softmax(logits_r)[targets[r]]).
-    CrossEntropy { logits: Var, targets: Vec<u32>, weights: Vec<f64> },
+    CrossEntropy {
+        logits: Var,
+        targets: Vec<u32>,
+        weights: Vec<f64>,
+    },
 }
 
 pub struct Tape<T: Real> {
@@ -64,7 +107,12 @@ pub struct Tape<T: Real> {
 
 impl<T: Real> Default for Tape<T> {
     fn default() -> Self {
-        Tape { values: Vec::new(), shapes: Vec::new(), ops: Vec::new(), requires_grad: Vec::new() }
+        Tape {
+            values: Vec::new(),
+            shapes: Vec::new(),
+            ops: Vec::new(),
+            requires_grad: Vec::new(),
+        }
     }
 }
 
@@ -85,7 +133,11 @@ impl<T: Real> Tape<T> {
 
     /// An input: a parameter (`requires_grad`) or data. Shared values are not copied.
     pub fn leaf(&mut self, value: Arc<Vec<T>>, shape: &[usize], requires_grad: bool) -> Var {
-        assert_eq!(value.len(), shape.iter().product::<usize>(), "leaf of shape {shape:?}");
+        assert_eq!(
+            value.len(),
+            shape.iter().product::<usize>(),
+            "leaf of shape {shape:?}"
+        );
         self.values.push(value);
         self.shapes.push(shape.to_vec());
         self.ops.push(Op::Leaf);
@@ -108,10 +160,26 @@ impl<T: Real> Tape<T> {
     /// y = x·wᵀ: `x` is `[rows, in]`, `w` is a PyTorch Linear weight `[out, in]`.
     pub fn linear(&mut self, x: Var, w: Var) -> Var {
         let (n, k) = (self.shapes[w.0][0], self.shapes[w.0][1]);
-        assert_eq!(self.last_dim(x), k, "linear: x {:?} w {:?}", self.shape(x), self.shape(w));
+        assert_eq!(
+            self.last_dim(x),
+            k,
+            "linear: x {:?} w {:?}",
+            self.shape(x),
+            self.shape(w)
+        );
         let m = self.values[x.0].len() / k;
         let mut y = vec![T::zero(); m * n];
-        T::gemm(m, n, k, self.value(x), false, self.value(w), true, &mut y, false);
+        T::gemm(
+            m,
+            n,
+            k,
+            self.value(x),
+            false,
+            self.value(w),
+            true,
+            &mut y,
+            false,
+        );
         self.push(y, vec![m, n], Op::Linear { x, w }, &[x, w])
     }
 
@@ -123,7 +191,15 @@ impl<T: Real> Tape<T> {
         for &id in ids {
             y.extend_from_slice(&t[id as usize * dim..][..dim]);
         }
-        self.push(y, vec![ids.len(), dim], Op::Embedding { table, ids: ids.to_vec() }, &[table])
+        self.push(
+            y,
+            vec![ids.len(), dim],
+            Op::Embedding {
+                table,
+                ids: ids.to_vec(),
+            },
+            &[table],
+        )
     }
 
     pub fn rms_norm(&mut self, x: Var, w: Var, eps: f64) -> Var {
@@ -145,23 +221,49 @@ impl<T: Real> Tape<T> {
         let mut y = self.value(x).to_vec();
         ops::rope(&mut y, positions, spec, false);
         let shape = self.shapes[x.0].clone();
-        self.push(y, shape, Op::Rope { x, positions: positions.to_vec(), spec }, &[x])
+        self.push(
+            y,
+            shape,
+            Op::Rope {
+                x,
+                positions: positions.to_vec(),
+                spec,
+            },
+            &[x],
+        )
     }
 
     /// Causal attention of each packed sequence: q `[tokens, heads·hd]`, k, v `[tokens, kv_heads·hd]`.
     pub fn attention(&mut self, q: Var, k: Var, v: Var, spec: AttentionSpec) -> Var {
         let (heads, kvh, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
         let total: usize = spec.segments.iter().sum();
-        assert_eq!(self.values[q.0].len(), total * heads * hd, "attention: q {:?}", self.shape(q));
+        assert_eq!(
+            self.values[q.0].len(),
+            total * heads * hd,
+            "attention: q {:?}",
+            self.shape(q)
+        );
         let mut y = vec![T::zero(); total * heads * hd];
         let mut row = 0;
         for &len in &spec.segments {
-            let (qs, kvs) = (row * heads * hd..(row + len) * heads * hd, row * kvh * hd..(row + len) * kvh * hd);
-            let (qv, kv, vv) = (&self.values[q.0][qs.clone()], &self.values[k.0][kvs.clone()], &self.values[v.0][kvs]);
+            let (qs, kvs) = (
+                row * heads * hd..(row + len) * heads * hd,
+                row * kvh * hd..(row + len) * kvh * hd,
+            );
+            let (qv, kv, vv) = (
+                &self.values[q.0][qs.clone()],
+                &self.values[k.0][kvs.clone()],
+                &self.values[v.0][kvs],
+            );
             causal_attention(qv, kv, vv, spec.shape(len), &mut y[qs]);
             row += len;
         }
-        self.push(y, vec![total, heads * hd], Op::Attention { q, k, v, spec }, &[q, k, v])
+        self.push(
+            y,
+            vec![total, heads * hd],
+            Op::Attention { q, k, v, spec },
+            &[q, k, v],
+        )
     }
 
     pub fn swiglu(&mut self, gate: Var, up: Var) -> Var {
@@ -180,7 +282,12 @@ impl<T: Real> Tape<T> {
     }
 
     pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Var {
-        assert_eq!(shape.iter().product::<usize>(), self.values[x.0].len(), "reshape {:?} to {shape:?}", self.shape(x));
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            self.values[x.0].len(),
+            "reshape {:?} to {shape:?}",
+            self.shape(x)
+        );
         let rg = self.requires_grad[x.0];
         self.values.push(self.values[x.0].clone());
         self.shapes.push(shape.to_vec());
@@ -200,9 +307,17 @@ impl<T: Real> Tape<T> {
     /// no loss (the prompt's tokens, in training).
     pub fn cross_entropy(&mut self, logits: Var, targets: &[u32], weights: &[f64]) -> Var {
         let vocab = self.last_dim(logits);
-        assert_eq!(targets.len() * vocab, self.values[logits.0].len(), "cross_entropy targets");
+        assert_eq!(
+            targets.len() * vocab,
+            self.values[logits.0].len(),
+            "cross_entropy targets"
+        );
         let loss = cross_entropy(self.value(logits), vocab, targets, weights, None);
-        let op = Op::CrossEntropy { logits, targets: targets.to_vec(), weights: weights.to_vec() };
+        let op = Op::CrossEntropy {
+            logits,
+            targets: targets.to_vec(),
+            weights: weights.to_vec(),
+        };
         self.push(vec![T::from_f64(loss)], vec![1], op, &[logits])
     }
 }

@@ -1,6 +1,7 @@
 //! The `implicit` command line.
 
 mod generate;
+mod train;
 
 use crate::error::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,13 @@ struct Cli {
 enum Command {
     /// Generate text from a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
     Generate(generate::GenerateArgs),
+    /// Fully finetune a model (instruction or response tuning, single-task finetuning).
+    Train(train::TrainArgs),
+    /// Training data.
+    Data {
+        #[command(subcommand)]
+        command: train::DataCommand,
+    },
     /// Convert a GGUF file (versions 1-3) into a Hugging Face model folder.
     ConvertGguf {
         /// The .gguf file to read.
@@ -33,6 +41,8 @@ enum Command {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Data { command } => train::run_data(command),
         Command::ConvertGguf { input, out_dir } => {
             let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
             println!("{report}");

@@ -9,7 +9,7 @@ use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,13 +70,16 @@ impl LlamaConfig {
             rms_eps: gguf
                 .get_f32("llama.attention.layer_norm_rms_epsilon")?
                 .ok_or_else(|| {
-                    fault(gguf, "no llama.attention.layer_norm_rms_epsilon in the metadata")
+                    fault(
+                        gguf,
+                        "no llama.attention.layer_norm_rms_epsilon in the metadata",
+                    )
                 })?,
             rope_theta: gguf.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0),
             context: need("llama.context_length")?,
         };
         let c = &config;
-        if c.n_heads == 0 || c.n_kv_heads == 0 || c.hidden % c.n_heads != 0 {
+        if c.n_heads == 0 || c.n_kv_heads == 0 || !c.hidden.is_multiple_of(c.n_heads) {
             crate::bail!(
                 "{}: embedding length {} does not split into {} heads",
                 gguf.path().display(),
@@ -84,7 +87,7 @@ impl LlamaConfig {
                 c.n_heads
             );
         }
-        if c.n_heads % c.n_kv_heads != 0 || c.head_dim() % 2 != 0 {
+        if !c.n_heads.is_multiple_of(c.n_kv_heads) || !c.head_dim().is_multiple_of(2) {
             crate::bail!(
                 "{}: {} heads, {} KV heads of dimension {} is not a valid llama attention",
                 gguf.path().display(),
@@ -129,48 +132,65 @@ struct Planned {
     unpermute_heads: Option<usize>,
 }
 
+/// The Hugging Face name of a llama GGUF tensor, its expected GGUF dims, and the head count
+/// to unpermute with (Q and K only); None for a tensor HF's Llama has no place for.
+fn hf_counterpart(
+    name: &str,
+    c: &LlamaConfig,
+    vocab: u64,
+) -> Option<(String, Vec<u64>, Option<u64>)> {
+    let (d, f) = (c.hidden, c.ffn);
+    let (q_out, kv_out) = (c.n_heads * c.head_dim(), c.n_kv_heads * c.head_dim());
+    match name {
+        "token_embd.weight" => {
+            return Some(("model.embed_tokens.weight".into(), vec![d, vocab], None))
+        }
+        "output_norm.weight" => return Some(("model.norm.weight".into(), vec![d], None)),
+        "output.weight" => return Some(("lm_head.weight".into(), vec![d, vocab], None)),
+        _ => {}
+    }
+    let (layer, part) = name.strip_prefix("blk.")?.split_once('.')?;
+    let layer: u64 = layer.parse().ok().filter(|&i| i < c.n_layers)?;
+    let (hf, dims, heads) = match part {
+        "attn_q.weight" => ("self_attn.q_proj", vec![d, q_out], Some(c.n_heads)),
+        "attn_k.weight" => ("self_attn.k_proj", vec![d, kv_out], Some(c.n_kv_heads)),
+        "attn_v.weight" => ("self_attn.v_proj", vec![d, kv_out], None),
+        "attn_output.weight" => ("self_attn.o_proj", vec![q_out, d], None),
+        "ffn_gate.weight" => ("mlp.gate_proj", vec![d, f], None),
+        "ffn_up.weight" => ("mlp.up_proj", vec![d, f], None),
+        "ffn_down.weight" => ("mlp.down_proj", vec![f, d], None),
+        "attn_norm.weight" => ("input_layernorm", vec![d], None),
+        "ffn_norm.weight" => ("post_attention_layernorm", vec![d], None),
+        _ => return None,
+    };
+    Some((format!("model.layers.{layer}.{hf}.weight"), dims, heads))
+}
+
+/// The HF tensors every llama layer has.
+const LAYER_TENSORS: [&str; 9] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+];
+
 /// Maps every GGUF tensor to its Hugging Face name, checking shapes against the config.
 /// Unknown tensors are an error rather than silently dropped weights.
 fn plan_tensors(gguf: &GgufFile, c: &LlamaConfig, vocab: u64) -> Result<Vec<Planned>> {
-    let (d, f) = (c.hidden, c.ffn);
-    let (q_out, kv_out) = (c.n_heads * c.head_dim(), c.n_kv_heads * c.head_dim());
     let mut plan = Vec::new();
     for t in gguf.tensors() {
-        let (hf_name, expected_dims, unpermute_heads): (String, Vec<u64>, Option<u64>) =
-            match t.name.as_str() {
-                "token_embd.weight" => ("model.embed_tokens.weight".into(), vec![d, vocab], None),
-                "output_norm.weight" => ("model.norm.weight".into(), vec![d], None),
-                "output.weight" => ("lm_head.weight".into(), vec![d, vocab], None),
-                name => {
-                    let Some((layer, part)) = name
-                        .strip_prefix("blk.")
-                        .and_then(|r| r.split_once('.'))
-                        .and_then(|(i, part)| Some((i.parse::<u64>().ok()?, part)))
-                        .filter(|&(i, _)| i < c.n_layers)
-                    else {
-                        crate::bail!(
-                            "{}: tensor '{name}' has no Hugging Face Llama counterpart",
-                            gguf.path().display()
-                        );
-                    };
-                    let (hf, dims, heads) = match part {
-                        "attn_q.weight" => ("self_attn.q_proj.weight", vec![d, q_out], Some(c.n_heads)),
-                        "attn_k.weight" => ("self_attn.k_proj.weight", vec![d, kv_out], Some(c.n_kv_heads)),
-                        "attn_v.weight" => ("self_attn.v_proj.weight", vec![d, kv_out], None),
-                        "attn_output.weight" => ("self_attn.o_proj.weight", vec![q_out, d], None),
-                        "ffn_gate.weight" => ("mlp.gate_proj.weight", vec![d, f], None),
-                        "ffn_up.weight" => ("mlp.up_proj.weight", vec![d, f], None),
-                        "ffn_down.weight" => ("mlp.down_proj.weight", vec![f, d], None),
-                        "attn_norm.weight" => ("input_layernorm.weight", vec![d], None),
-                        "ffn_norm.weight" => ("post_attention_layernorm.weight", vec![d], None),
-                        _ => crate::bail!(
-                            "{}: tensor '{name}' has no Hugging Face Llama counterpart",
-                            gguf.path().display()
-                        ),
-                    };
-                    (format!("model.layers.{layer}.{hf}"), dims, heads)
-                }
-            };
+        let Some((hf_name, expected_dims, heads)) = hf_counterpart(&t.name, c, vocab) else {
+            crate::bail!(
+                "{}: tensor '{}' has no Hugging Face Llama counterpart",
+                gguf.path().display(),
+                t.name
+            );
+        };
         if t.dims != expected_dims {
             crate::bail!(
                 "{}: tensor '{}' has dims {:?}, but the metadata implies {expected_dims:?}",
@@ -191,22 +211,21 @@ fn plan_tensors(gguf: &GgufFile, c: &LlamaConfig, vocab: u64) -> Result<Vec<Plan
             hf_name,
             gguf_name: t.name.clone(),
             shape: t.shape(),
-            unpermute_heads: unpermute_heads.map(|h| h as usize),
+            unpermute_heads: heads.map(|h| h as usize),
         });
     }
-    // Every layer needs all nine of its tensors, and the model its embedding and norm.
-    let have: HashMap<&str, ()> = plan.iter().map(|p| (p.hf_name.as_str(), ())).collect();
-    let mut needed = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".into()];
-    for i in 0..c.n_layers {
-        for part in [
-            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm",
-            "post_attention_layernorm",
-        ] {
-            needed.push(format!("model.layers.{i}.{part}.weight"));
-        }
-    }
-    if let Some(missing) = needed.iter().find(|n| !have.contains_key(n.as_str())) {
+    // Every layer needs all its tensors, and the model its embedding and final norm. (A
+    // block_count beyond the tensor count is caught here before it can drive a long loop.)
+    let have: HashSet<&str> = plan.iter().map(|p| p.hf_name.as_str()).collect();
+    let layers = (0..c.n_layers.min(plan.len() as u64 + 1))
+        .flat_map(|i| LAYER_TENSORS.map(move |part| format!("model.layers.{i}.{part}.weight")));
+    let mut needed = [
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".into(),
+    ]
+    .into_iter()
+    .chain(layers);
+    if let Some(missing) = needed.find(|n| !have.contains(n.as_str())) {
         crate::bail!(
             "{}: no GGUF tensor for the Hugging Face tensor '{missing}'",
             gguf.path().display()
@@ -219,8 +238,16 @@ fn plan_tensors(gguf: &GgufFile, c: &LlamaConfig, vocab: u64) -> Result<Vec<Plan
 /// half-rotation layout (row `j * head_dim/2 + i` of a head, j in 0..2) into interleaved pairs
 /// (row `2i + j`); this moves row `2i + j` of each head back to `j * head_dim/2 + i`.
 /// `w` is row-major with `cols` columns and `n_heads * head_dim` rows.
+///
+/// # Panics
+/// If `w` does not split into `n_heads` heads of an even number of rows of `cols`.
 pub fn unpermute_qk(w: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
+    let rows = w.len() / cols.max(1);
+    assert!(
+        n_heads > 0 && rows * cols == w.len() && rows.is_multiple_of(2 * n_heads),
+        "unpermute_qk: {} values do not form {n_heads} heads of even height with {cols} columns",
+        w.len()
+    );
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
     let mut out = vec![0.0; w.len()];
@@ -252,12 +279,13 @@ impl View for LazyTensor<'_> {
         &self.plan.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        let values = self.gguf.tensor_f32(&self.plan.gguf_name).map(|w| {
-            match self.plan.unpermute_heads {
-                Some(heads) => unpermute_qk(&w, heads, *self.plan.shape.last().unwrap_or(&1)),
-                None => w,
-            }
-        });
+        let values =
+            self.gguf
+                .tensor_f32(&self.plan.gguf_name)
+                .map(|w| match self.plan.unpermute_heads {
+                    Some(heads) => unpermute_qk(&w, heads, *self.plan.shape.last().unwrap_or(&1)),
+                    None => w,
+                });
         match values {
             Ok(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Err(e) => {
@@ -292,9 +320,10 @@ impl Staged {
         self.files.push((tmp.clone(), self.dir.join(name)));
         tmp
     }
-    fn write(&mut self, name: &str, contents: &[u8]) -> Result<()> {
+    fn write(&mut self, name: &str, contents: &[u8]) -> Result<PathBuf> {
         let tmp = self.stage(name);
-        fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))
+        fs::write(&tmp, contents).with_context(|| format!("{}: cannot write", tmp.display()))?;
+        Ok(tmp)
     }
     fn commit(mut self) -> Result<()> {
         for (tmp, path) in std::mem::take(&mut self.files) {
@@ -344,7 +373,12 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
     // The engine loads tokenizer.json with the tokenizers crate: make sure it can.
     tokenizer_json
         .parse::<tokenizers::Tokenizer>()
-        .map_err(|e| fault(&gguf, format_args!("the converted tokenizer does not load: {e}")))?;
+        .map_err(|e| {
+            fault(
+                &gguf,
+                format_args!("the converted tokenizer does not load: {e}"),
+            )
+        })?;
 
     let token_id = |key: &str| -> Result<Option<u64>> {
         Ok(gguf.get_u64(key)?.filter(|&id| id < vocab_size as u64))
@@ -379,6 +413,10 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
     fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
     let mut staged = Staged::new(out_dir);
+    let config_tmp = staged.write("config.json", &json_bytes(&config_json))?;
+    staged.write("tokenizer.json", &json_bytes(&tokenizer.json))?;
+    staged.write("tokenizer_config.json", &json_bytes(&tokenizer_config))?;
+    staged.write("generation_config.json", &json_bytes(&generation_config))?;
     let weights = staged.stage("model.safetensors");
     let failure = RefCell::new(None);
     let tensors = plan.iter().map(|p| {
@@ -395,10 +433,13 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
     if let Some(e) = failure.into_inner() {
         return Err(e);
     }
-    staged.write("config.json", &json_bytes(&config_json))?;
-    staged.write("tokenizer.json", &json_bytes(&tokenizer.json))?;
-    staged.write("tokenizer_config.json", &json_bytes(&tokenizer_config))?;
-    staged.write("generation_config.json", &json_bytes(&generation_config))?;
+    // safetensors writes through a private (0600) temporary file: give the weights the mode
+    // that the other files got from the umask.
+    let mode = fs::metadata(&config_tmp).map(|m| m.permissions());
+    if let Ok(mode) = mode {
+        fs::set_permissions(&weights, mode)
+            .with_context(|| format!("{}: cannot set permissions", weights.display()))?;
+    }
     staged.commit()?;
 
     Ok(ConvertReport {
@@ -437,7 +478,10 @@ fn tokenizer_config(
         ("pad_token", "tokenizer.ggml.padding_token_id"),
     ];
     for (field, key) in extra {
-        if let Some(id) = gguf.get_u64(key)?.filter(|&i| i < tokenizer.tokens.len() as u64) {
+        if let Some(id) = gguf
+            .get_u64(key)?
+            .filter(|&i| i < tokenizer.tokens.len() as u64)
+        {
             config[field] = json!(name(Some(id)));
         }
     }

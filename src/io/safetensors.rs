@@ -70,7 +70,7 @@ impl WeightStore {
             };
             let offset = view.data().as_ptr() as usize - base;
             let len = view.shape().iter().product::<usize>();
-            let storage = if offset % dtype.size() == 0 {
+            let storage = if offset.is_multiple_of(dtype.size()) {
                 Storage::Mapped {
                     map: map.clone(),
                     offset,

@@ -22,7 +22,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Loads `dir/tokenizer.json`; BOS and EOS come from the model's config, except that OLMo
-    /// ends responses with `|||IP_ADDRESS|||`, as the paper's code does.
+    /// begins and ends with `|||IP_ADDRESS|||`, as the paper's code does.
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
@@ -53,7 +53,9 @@ impl Tokenizer {
                     tok.path.display()
                 )
             })?;
+            // The paper's code uses it as both BOS and EOS for OLMo.
             tok.eos = vec![id];
+            tok.bos = Some(id);
         }
         Ok(tok)
     }

@@ -4,10 +4,10 @@
 use super::config::{Architecture, ModelConfig};
 use crate::autograd::{AttentionSpec, Tape, Var};
 use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
+use crate::bail;
 use crate::error::Result;
 use crate::io::safetensors::WeightStore;
 use crate::tensor::Real;
-use crate::bail;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -72,38 +72,67 @@ impl<T: Real> TrainModel<T> {
         let mut params = Vec::new();
         for (name, shape) in parameter_layout(&config) {
             let t = store.get(&name, &shape, dir)?;
-            let value = t.to_f32_vec().into_iter().map(|x| T::from_f64(x as f64)).collect();
-            params.push(Param { name, shape, value: Arc::new(value) });
+            let value = t
+                .to_f32_vec()
+                .into_iter()
+                .map(|x| T::from_f64(x as f64))
+                .collect();
+            params.push(Param {
+                name,
+                shape,
+                value: Arc::new(value),
+            });
         }
         Ok(TrainModel { config, params })
     }
 
     /// A model from given parameter values (in `parameter_layout` order).
     pub fn from_values(config: ModelConfig, values: Vec<Vec<T>>) -> Result<TrainModel<T>> {
+        Self::from_shared(config, values.into_iter().map(Arc::new).collect())
+    }
+
+    /// A model over shared parameter values (in `parameter_layout` order), without copying them.
+    pub fn from_shared(config: ModelConfig, values: Vec<Arc<Vec<T>>>) -> Result<TrainModel<T>> {
         let layout = parameter_layout(&config);
         if values.len() != layout.len() {
-            bail!("{} parameter tensors given, the model has {}", values.len(), layout.len());
+            bail!(
+                "{} parameter tensors given, the model has {}",
+                values.len(),
+                layout.len()
+            );
         }
         let mut params = Vec::new();
         for ((name, shape), value) in layout.into_iter().zip(values) {
             if value.len() != shape.iter().product::<usize>() {
-                bail!("parameter {name} of shape {shape:?} given {} values", value.len());
+                bail!(
+                    "parameter {name} of shape {shape:?} given {} values",
+                    value.len()
+                );
             }
-            params.push(Param { name, shape, value: Arc::new(value) });
+            params.push(Param { name, shape, value });
         }
         Ok(TrainModel { config, params })
     }
 
     /// Puts every parameter on `tape` as a leaf needing a gradient; returns their variables.
     pub fn bind(&self, tape: &mut Tape<T>) -> Vec<Var> {
-        self.params.iter().map(|p| tape.leaf(p.value.clone(), &p.shape, true)).collect()
+        self.params
+            .iter()
+            .map(|p| tape.leaf(p.value.clone(), &p.shape, true))
+            .collect()
     }
 
     /// The training loss of `batch` on `tape`: each sequence's mean next-token cross-entropy over
     /// its loss-carrying tokens (the paper's per-example mean), summed and multiplied by `scale`
     /// (1 / effective batch size, so that accumulated micro-batches average). Sequences with
     /// no loss token add nothing. `vars` come from `bind`.
-    pub fn loss(&self, tape: &mut Tape<T>, vars: &[Var], batch: &[TrainSequence], scale: f64) -> Result<Var> {
+    pub fn loss(
+        &self,
+        tape: &mut Tape<T>,
+        vars: &[Var],
+        batch: &[TrainSequence],
+        scale: f64,
+    ) -> Result<Var> {
         let c = &self.config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let mut ids = Vec::new();
@@ -113,10 +142,17 @@ impl<T: Real> TrainModel<T> {
         let (mut rows, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         for seq in batch {
             if seq.ids.len() != seq.loss_mask.len() {
-                bail!("sequence of {} tokens has a loss mask of {}", seq.ids.len(), seq.loss_mask.len());
+                bail!(
+                    "sequence of {} tokens has a loss mask of {}",
+                    seq.ids.len(),
+                    seq.loss_mask.len()
+                );
             }
             if let Some(&bad) = seq.ids.iter().find(|&&t| t as usize >= c.vocab_size) {
-                bail!("token id {bad} is outside the vocabulary of {} tokens", c.vocab_size);
+                bail!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    c.vocab_size
+                );
             }
             let start = ids.len();
             let counted = seq.loss_mask.iter().skip(1).filter(|&&m| m).count();
@@ -132,8 +168,17 @@ impl<T: Real> TrainModel<T> {
             segments.push(seq.ids.len());
         }
         let llama = c.arch == Architecture::Llama;
-        let layout = if c.rope_interleaved { RopeLayout::Interleaved } else { RopeLayout::HalfRotation };
-        let rope = |heads| RopeSpec { heads, head_dim: hd, base: c.rope_theta, layout };
+        let layout = if c.rope_interleaved {
+            RopeLayout::Interleaved
+        } else {
+            RopeLayout::HalfRotation
+        };
+        let rope = |heads| RopeSpec {
+            heads,
+            head_dim: hd,
+            base: c.rope_theta,
+            layout,
+        };
         let eps = c.norm_eps as f64;
         let mut p = vars.iter().copied();
         let mut next = || p.next().expect("parameters in layout order");
@@ -151,10 +196,15 @@ impl<T: Real> TrainModel<T> {
             let (wg, wu, wdn) = (next(), next(), next());
 
             let h = norm(tape, x, attn_norm);
-            let (mut q, mut k, mut v) = (tape.linear(h, wq), tape.linear(h, wk), tape.linear(h, wv));
+            let (mut q, mut k, mut v) =
+                (tape.linear(h, wq), tape.linear(h, wk), tape.linear(h, wv));
             if let Some(clip) = c.clip_qkv {
                 let clip = T::from_f64(clip as f64);
-                (q, k, v) = (tape.clamp(q, clip), tape.clamp(k, clip), tape.clamp(v, clip));
+                (q, k, v) = (
+                    tape.clamp(q, clip),
+                    tape.clamp(k, clip),
+                    tape.clamp(v, clip),
+                );
             }
             let q = tape.rope(q, &positions, rope(c.num_heads));
             let k = tape.rope(k, &positions, rope(c.num_kv_heads));
@@ -196,7 +246,10 @@ mod tests {
     #[test]
     fn whole_model_matches_finite_differences() {
         for (model_type, extra) in [
-            ("llama", r#""num_key_value_heads": 1, "tie_word_embeddings": false"#),
+            (
+                "llama",
+                r#""num_key_value_heads": 1, "tie_word_embeddings": false"#,
+            ),
             ("olmo", r#""clip_qkv": 0.9, "tie_word_embeddings": true"#),
         ] {
             let config = ModelConfig::from_json(&format!(
@@ -208,16 +261,33 @@ mod tests {
             let inputs: Vec<(Vec<f64>, Vec<usize>)> = layout
                 .iter()
                 .enumerate()
-                .map(|(i, (_, shape))| (rand_vec(shape.iter().product(), 100 + i as u64), shape.clone()))
+                .map(|(i, (_, shape))| {
+                    (
+                        rand_vec(shape.iter().product(), 100 + i as u64),
+                        shape.clone(),
+                    )
+                })
                 .collect();
             let ids = [1u32, 5, 7, 2, 9, 3, 10];
             let mask = [false, false, true, true, false, true, true];
             let ids2 = [4u32, 0, 6, 8];
             let mask2 = [false, true, true, true];
             check(model_type, &inputs, |tape, vars| {
-                let model =
-                    TrainModel::from_values(config.clone(), inputs.iter().map(|(v, _)| v.clone()).collect()).unwrap();
-                let batch = [TrainSequence { ids: &ids, loss_mask: &mask }, TrainSequence { ids: &ids2, loss_mask: &mask2 }];
+                let model = TrainModel::from_values(
+                    config.clone(),
+                    inputs.iter().map(|(v, _)| v.clone()).collect(),
+                )
+                .unwrap();
+                let batch = [
+                    TrainSequence {
+                        ids: &ids,
+                        loss_mask: &mask,
+                    },
+                    TrainSequence {
+                        ids: &ids2,
+                        loss_mask: &mask2,
+                    },
+                ];
                 model.loss(tape, vars, &batch, 0.5).unwrap()
             });
         }

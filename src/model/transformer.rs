@@ -154,7 +154,12 @@ impl Transformer {
         let mut y = vec![0.0f32; x.len()];
         match weight {
             Some(w) => ops::rms_norm(x, w, self.config.norm_eps as f64, &mut y),
-            None => ops::layer_norm_no_params(x, self.config.hidden_size, self.config.norm_eps as f64, &mut y),
+            None => ops::layer_norm_no_params(
+                x,
+                self.config.hidden_size,
+                self.config.norm_eps as f64,
+                &mut y,
+            ),
         }
         y
     }
@@ -213,7 +218,12 @@ impl Transformer {
                     ops::clamp_in_place(t.as_mut_slice(), clip);
                 }
             }
-            let rope = |heads| ops::RopeSpec { heads, head_dim: hd, base: c.rope_theta, layout };
+            let rope = |heads| ops::RopeSpec {
+                heads,
+                head_dim: hd,
+                base: c.rope_theta,
+                layout,
+            };
             ops::rope(&mut q, &positions, rope(heads), false);
             ops::rope(&mut k, &positions, rope(kv_heads), false);
             let mut attn = vec![0.0f32; total * heads * hd];

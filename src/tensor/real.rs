@@ -40,7 +40,17 @@ pub trait Real:
     }
     /// C[m,n] (+)= op(A)·op(B), row-major, as `backend::cpu::matmul::gemm`.
     #[allow(clippy::too_many_arguments)]
-    fn gemm(m: usize, n: usize, k: usize, a: &[Self], a_t: bool, b: &[Self], b_t: bool, c: &mut [Self], acc: bool);
+    fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[Self],
+        a_t: bool,
+        b: &[Self],
+        b_t: bool,
+        c: &mut [Self],
+        acc: bool,
+    );
 }
 
 macro_rules! real_methods {
@@ -77,7 +87,17 @@ macro_rules! real_methods {
 
 impl Real for f32 {
     real_methods!(f32);
-    fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t: bool, c: &mut [f32], acc: bool) {
+    fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        a_t: bool,
+        b: &[f32],
+        b_t: bool,
+        c: &mut [f32],
+        acc: bool,
+    ) {
         crate::backend::cpu::matmul::gemm(m, n, k, a, a_t, Elems::F32(b), b_t, c, acc);
     }
 }
@@ -85,7 +105,17 @@ impl Real for f32 {
 impl Real for f64 {
     real_methods!(f64);
     /// Plain loops: f64 runs only in gradient checks on tiny shapes.
-    fn gemm(m: usize, n: usize, k: usize, a: &[f64], a_t: bool, b: &[f64], b_t: bool, c: &mut [f64], acc: bool) {
+    fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f64],
+        a_t: bool,
+        b: &[f64],
+        b_t: bool,
+        c: &mut [f64],
+        acc: bool,
+    ) {
         for i in 0..m {
             for j in 0..n {
                 let mut s = 0.0;

@@ -1,8 +1,8 @@
 //! Causal self-attention with grouped-query heads over a KV cache: the CPU reference.
 
 use super::ops::softmax_in_place;
-use crate::tensor::Real;
 use super::parallel::parallel_chunks_mut;
+use crate::tensor::Real;
 
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -30,7 +30,7 @@ pub fn causal_attention<T: Real>(q: &[T], k: &[T], v: &[T], s: AttentionShape, o
         head_dim: hd,
     } = s;
     assert!(
-        queries <= keys && heads % kv_heads == 0,
+        queries <= keys && heads.is_multiple_of(kv_heads),
         "attention shape {s:?}"
     );
     let group = heads / kv_heads;
@@ -62,7 +62,14 @@ pub fn causal_attention<T: Real>(q: &[T], k: &[T], v: &[T], s: AttentionShape, o
 }
 
 /// softmax_j(q_i·k_j / √d) over the keys query `i` of head `h` sees (`probs.len()` of them).
-fn attention_probabilities<T: Real>(q: &[T], k: &[T], s: AttentionShape, h: usize, i: usize, probs: &mut [T]) {
+fn attention_probabilities<T: Real>(
+    q: &[T],
+    k: &[T],
+    s: AttentionShape,
+    h: usize,
+    i: usize,
+    probs: &mut [T],
+) {
     let hd = s.head_dim;
     let kvh = h / (s.heads / s.kv_heads);
     let scale = T::one() / T::from_f64(hd as f64).sqrt();
@@ -84,6 +91,7 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
 /// With P = softmax(S), S = q·kᵀ/√d, O = P·v: dv = Pᵀ·dO, dP = dO·vᵀ,
 /// dS = P ⊙ (dP − rowsum(dP ⊙ P)), dq = dS·k/√d, dk = dSᵀ·q/√d; the query heads of a group
 /// add into their shared KV head. P is recomputed rather than stored.
+#[allow(clippy::too_many_arguments)]
 pub fn causal_attention_backward<T: Real>(
     q: &[T],
     k: &[T],
@@ -94,7 +102,13 @@ pub fn causal_attention_backward<T: Real>(
     dk: &mut [T],
     dv: &mut [T],
 ) {
-    let AttentionShape { queries, keys, heads, kv_heads, head_dim: hd } = s;
+    let AttentionShape {
+        queries,
+        keys,
+        heads,
+        kv_heads,
+        head_dim: hd,
+    } = s;
     let group = heads / kv_heads;
     let start = keys - queries;
     let scale = T::one() / T::from_f64(hd as f64).sqrt();
@@ -142,7 +156,8 @@ pub fn causal_attention_backward<T: Real>(
         for g in 0..group {
             let h = kvh * group + g;
             for i in 0..queries {
-                dq[(i * heads + h) * hd..][..hd].copy_from_slice(&dq_g[(g * queries + i) * hd..][..hd]);
+                dq[(i * heads + h) * hd..][..hd]
+                    .copy_from_slice(&dq_g[(g * queries + i) * hd..][..hd]);
             }
         }
         for j in 0..keys {

@@ -6,11 +6,24 @@ use crate::tensor::Real;
 
 /// RMSNorm y = x·r·w, r = (mean(x²) + eps)^−½:
 /// dx = r·(w⊙dy) − r³/d · x · Σ(w⊙dy⊙x);  dw += Σ_rows dy⊙x·r.
-pub fn rms_norm_backward<T: Real>(x: &[T], weight: &[T], eps: f64, dy: &[T], dx: &mut [T], dw: &mut [T]) {
+pub fn rms_norm_backward<T: Real>(
+    x: &[T],
+    weight: &[T],
+    eps: f64,
+    dy: &[T],
+    dx: &mut [T],
+    dw: &mut [T],
+) {
     let d = weight.len();
-    for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+    for ((xr, dyr), dxr) in x
+        .chunks_exact(d)
+        .zip(dy.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+    {
         let r = rms_inverse(xr, eps);
-        let dot: f64 = (0..d).map(|i| weight[i].to_f64() * dyr[i].to_f64() * xr[i].to_f64()).sum();
+        let dot: f64 = (0..d)
+            .map(|i| weight[i].to_f64() * dyr[i].to_f64() * xr[i].to_f64())
+            .sum();
         let c = r * r * r / d as f64 * dot;
         for i in 0..d {
             let (xi, gi) = (xr[i].to_f64(), dyr[i].to_f64());
@@ -22,7 +35,11 @@ pub fn rms_norm_backward<T: Real>(x: &[T], weight: &[T], eps: f64, dy: &[T], dx:
 
 /// LayerNorm without parameters, x̂ = (x − μ)·r: dx = r·(dy − mean(dy) − x̂·mean(dy⊙x̂)).
 pub fn layer_norm_backward<T: Real>(x: &[T], dim: usize, eps: f64, dy: &[T], dx: &mut [T]) {
-    for ((xr, dyr), dxr) in x.chunks_exact(dim).zip(dy.chunks_exact(dim)).zip(dx.chunks_exact_mut(dim)) {
+    for ((xr, dyr), dxr) in x
+        .chunks_exact(dim)
+        .zip(dy.chunks_exact(dim))
+        .zip(dx.chunks_exact_mut(dim))
+    {
         let (mean, r) = layer_norm_stats(xr, eps);
         let n = dim as f64;
         let xhat = |i: usize| (xr[i].to_f64() - mean) * r;
@@ -47,7 +64,11 @@ pub fn swiglu_backward<T: Real>(gate: &[T], up: &[T], dy: &[T], d_gate: &mut [T]
 /// clamp(x, −l, l) passes the gradient where −l ≤ x ≤ l (inclusive, as torch.clamp).
 pub fn clamp_backward<T: Real>(x: &[T], limit: T, dy: &[T], dx: &mut [T]) {
     for i in 0..x.len() {
-        dx[i] = if x[i] >= -limit && x[i] <= limit { dy[i] } else { T::zero() };
+        dx[i] = if x[i] >= -limit && x[i] <= limit {
+            dy[i]
+        } else {
+            T::zero()
+        };
     }
 }
 

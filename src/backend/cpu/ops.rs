@@ -34,7 +34,11 @@ pub fn rms_inverse<T: Real>(row: &[T], eps: f64) -> f64 {
 pub fn layer_norm_stats<T: Real>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
     let mean = row.iter().map(|&v| v.to_f64()).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|&v| (v.to_f64() - mean).powi(2))
+        .sum::<f64>()
+        / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -71,12 +75,18 @@ pub struct RopeSpec {
 /// (a·cos θ − b·sin θ, b·cos θ + a·sin θ) with θ = p · base^(−2i/head_dim).
 /// `inverse` rotates by −θ instead: the transpose of the rotation, i.e. RoPE's backward.
 pub fn rope<T: Real>(x: &mut [T], positions: &[usize], spec: RopeSpec, inverse: bool) {
-    let RopeSpec { heads, head_dim, base, layout } = spec;
+    let RopeSpec {
+        heads,
+        head_dim,
+        base,
+        layout,
+    } = spec;
     let half = head_dim / 2;
     // Frequencies as Hugging Face computes them: inv_freq in the working precision, angle = pos · inv_freq.
     let base = T::from_f64(base as f64);
-    let inv_freq: Vec<T> =
-        (0..half).map(|i| T::one() / base.powf(T::from_f64((2 * i) as f64 / head_dim as f64))).collect();
+    let inv_freq: Vec<T> = (0..half)
+        .map(|i| T::one() / base.powf(T::from_f64((2 * i) as f64 / head_dim as f64)))
+        .collect();
     let mut cos = vec![T::zero(); half];
     let mut sin = vec![T::zero(); half];
     for (tok, &pos) in x.chunks_exact_mut(heads * head_dim).zip(positions) {
@@ -120,7 +130,10 @@ pub fn swiglu<T: Real>(gate: &[T], up: &[T], out: &mut [T]) {
 
 /// Numerically stable softmax of one row, in place.
 pub fn softmax_in_place<T: Real>(row: &mut [T]) {
-    let max = row.iter().copied().fold(T::from_f64(f64::NEG_INFINITY), T::max);
+    let max = row
+        .iter()
+        .copied()
+        .fold(T::from_f64(f64::NEG_INFINITY), T::max);
     let mut sum = T::zero();
     for v in row.iter_mut() {
         *v = (*v - max).exp();
@@ -134,8 +147,15 @@ pub fn softmax_in_place<T: Real>(row: &mut [T]) {
 
 /// log Σ exp(x) of one row, stable, accumulated in f64.
 pub fn log_sum_exp<T: Real>(row: &[T]) -> f64 {
-    let max = row.iter().map(|v| v.to_f64()).fold(f64::NEG_INFINITY, f64::max);
-    row.iter().map(|&v| (v.to_f64() - max).exp()).sum::<f64>().ln() + max
+    let max = row
+        .iter()
+        .map(|v| v.to_f64())
+        .fold(f64::NEG_INFINITY, f64::max);
+    row.iter()
+        .map(|&v| (v.to_f64() - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max
 }
 
 /// log_softmax of one row into `out`: x − log Σ exp(x).
@@ -224,7 +244,13 @@ mod tests {
         // this is why GGUF's permuted Q/K weights need the interleaved layout.
         let (heads, hd) = (2, 8);
         let x = rand_vec(3 * heads * hd, 4);
-        let perm = |i: usize| if i % 2 == 0 { i / 2 } else { hd / 2 + i / 2 };
+        let perm = |i: usize| {
+            if i.is_multiple_of(2) {
+                i / 2
+            } else {
+                hd / 2 + i / 2
+            }
+        };
         let mut permuted = x.clone();
         for t in 0..3 * heads {
             for i in 0..hd {
@@ -232,7 +258,12 @@ mod tests {
             }
         }
         let pos = [0, 5, 17];
-        let spec = |layout| RopeSpec { heads, head_dim: hd, base: 10000.0, layout };
+        let spec = |layout| RopeSpec {
+            heads,
+            head_dim: hd,
+            base: 10000.0,
+            layout,
+        };
         let mut half = x.clone();
         rope(&mut half, &pos, spec(RopeLayout::HalfRotation), false);
         rope(&mut permuted, &pos, spec(RopeLayout::Interleaved), false);

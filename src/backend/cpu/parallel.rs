@@ -32,10 +32,14 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
 pub fn num_threads() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
     *N.get_or_init(|| {
-        let from_env = std::env::var("IMPLICIT_THREADS").ok().and_then(|s| s.trim().parse::<usize>().ok());
+        let from_env = std::env::var("IMPLICIT_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
         match from_env {
             Some(n) if n > 0 => n,
-            _ => thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            _ => thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         }
     })
 }
@@ -152,7 +156,7 @@ fn wait_for_epoch_change(pool: &Pool, seen: usize) -> usize {
         }
         std::hint::spin_loop();
         spins += 1;
-        if spins % 64 == 0 && start.elapsed() > SPIN_BEFORE_SLEEP {
+        if spins.is_multiple_of(64) && start.elapsed() > SPIN_BEFORE_SLEEP {
             break;
         }
     }
@@ -178,7 +182,11 @@ pub fn parallel_for<F: Fn(usize) + Sync>(n_tasks: usize, f: F) {
         return;
     }
     let pool = pool();
-    if pool.busy.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+    if pool
+        .busy
+        .compare_exchange(false, true, SeqCst, SeqCst)
+        .is_err()
+    {
         (0..n_tasks).for_each(f);
         return;
     }
@@ -203,7 +211,7 @@ pub fn parallel_for<F: Fn(usize) + Sync>(n_tasks: usize, f: F) {
 fn run_published(pool: &Pool, job: &Job<'_>) {
     // Erase the lifetime: workers only dereference the pointer while registered in
     // `in_flight`, and we do not return before `in_flight` drops to zero after withdrawal.
-    let ptr = job as *const Job<'_> as *const Job<'static> as *mut Job<'static>;
+    let ptr = std::ptr::from_ref(job).cast::<Job<'static>>().cast_mut();
     pool.job.store(ptr, SeqCst);
     pool.epoch.fetch_add(1, SeqCst);
     if pool.sleepers.load(SeqCst) > 0 {
@@ -229,8 +237,15 @@ fn run_published(pool: &Pool, job: &Job<'_>) {
 
 /// Splits `data` into consecutive chunks of `chunk` elements (the last may be shorter) and
 /// runs `f(chunk_index, chunk)` for each in parallel.
-pub fn parallel_chunks_mut<T: Send, F: Fn(usize, &mut [T]) + Sync>(data: &mut [T], chunk: usize, f: F) {
-    assert!(chunk > 0, "parallel_chunks_mut: chunk size must be positive");
+pub fn parallel_chunks_mut<T: Send, F: Fn(usize, &mut [T]) + Sync>(
+    data: &mut [T],
+    chunk: usize,
+    f: F,
+) {
+    assert!(
+        chunk > 0,
+        "parallel_chunks_mut: chunk size must be positive"
+    );
     let len = data.len();
     let n_chunks = len.div_ceil(chunk);
     let base = SendPtr(data.as_mut_ptr());
@@ -358,7 +373,10 @@ mod tests {
                     *x = ci * chunk + j + 1;
                 }
             });
-            assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1), "len {len} chunk {chunk}");
+            assert!(
+                v.iter().enumerate().all(|(i, &x)| x == i + 1),
+                "len {len} chunk {chunk}"
+            );
         }
     }
 

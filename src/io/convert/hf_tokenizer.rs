@@ -56,9 +56,18 @@ pub(super) fn build(gguf: &GgufFile) -> Result<HfTokenizer> {
                     )))
                 }
             };
-            let unk_id = gguf.get_u64("tokenizer.ggml.unknown_token_id")?.unwrap_or(0) as usize;
-            let unk = tokens.get(unk_id).cloned().unwrap_or_else(|| "<unk>".into());
-            sentencepiece_json(vocab, &tokens, &scores, &types, &unk)
+            let unk_id = gguf
+                .get_u64("tokenizer.ggml.unknown_token_id")?
+                .unwrap_or(0) as usize;
+            let unk = tokens
+                .get(unk_id)
+                .cloned()
+                .unwrap_or_else(|| "<unk>".into());
+            // SentencePiece's dummy prefix ("▁" before the text) is on unless the file says not.
+            let add_prefix = gguf
+                .get_bool("tokenizer.ggml.add_space_prefix")?
+                .unwrap_or(true);
+            sentencepiece_json(vocab, &tokens, &scores, &types, &unk, add_prefix)
         }
         "gpt2" => {
             let merges = gguf
@@ -107,43 +116,41 @@ fn added_tokens(tokens: &[String], types: &[i64]) -> Vec<Value> {
         .collect()
 }
 
-/// The legacy LlamaTokenizerFast layout: "▁" prepended and spaces replaced by the normalizer,
-/// a BPE over the SentencePiece pieces with byte fallback, no post-processor (the engine adds
-/// BOS itself).
+/// The legacy LlamaTokenizerFast layout: "▁" prepended (if `add_prefix`) and spaces replaced
+/// by the normalizer, a BPE over the SentencePiece pieces with byte fallback, and no
+/// post-processor (the engine adds BOS itself).
 fn sentencepiece_json(
     vocab: Map<String, Value>,
     tokens: &[String],
     scores: &[f32],
     types: &[i64],
     unk: &str,
+    add_prefix: bool,
 ) -> Value {
     let merges: Vec<Value> = sentencepiece_merges(tokens, scores)
         .into_iter()
         .map(|(a, b)| json!([a, b]))
         .collect();
+    let mut normalizers =
+        vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"})];
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if add_prefix {
+        normalizers.insert(0, json!({"type": "Prepend", "prepend": "▁"}));
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
     json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added_tokens(tokens, types),
-        "normalizer": {
-            "type": "Sequence",
-            "normalizers": [
-                {"type": "Prepend", "prepend": "▁"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-            ],
-        },
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": null,
         "post_processor": null,
-        "decoder": {
-            "type": "Sequence",
-            "decoders": [
-                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-                {"type": "ByteFallback"},
-                {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-            ],
-        },
+        "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
             "type": "BPE",
             "dropout": null,
@@ -165,7 +172,11 @@ fn sentencepiece_json(
 /// whole piece's id and the parts' ids. HF's BPE then reproduces SentencePiece's choices.
 pub(super) fn sentencepiece_merges(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
     // Later duplicates win, as in a Python dict built from the pieces.
-    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     struct Merge<'a> {
         left: &'a str,
         right: &'a str,
@@ -210,12 +221,8 @@ pub(super) fn sentencepiece_merges(tokens: &[String], scores: &[f32]) -> Vec<(St
 /// The pre-tokenizer for a `tokenizer.ggml.pre` name, following llama.cpp's table of regexes.
 /// Names not listed get GPT-2's byte-level split.
 fn pre_tokenizer(pre: &str) -> (Value, Option<Value>, bool) {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
-    let split = |regex: &str| {
-        json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |regex: &str| json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false});
     // (pre-tokenizer, normalizer, ignore_merges)
     match pre {
         // Digits one by one, then GPT-2's split.

@@ -1,0 +1,117 @@
+//! `implicit train` and `implicit data build`.
+
+use crate::data::{build_task, Mode, Task, DEFAULT_MAX_LEN};
+use crate::error::Result;
+use crate::optim::Schedule;
+use crate::train::{train, Precision, TrainOptions};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Build one of the paper's training sets as Tulu `messages` JSONL (first 1000 rows).
+    Build {
+        #[arg(long, value_enum)]
+        task: Task,
+        /// The source file (or the shared data folder holding it).
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run_data(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Build { task, source, out } => {
+            println!("{}", build_task(task, &source, &out)?);
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model folder to start from (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data: Tulu `messages` JSONL (`implicit data build`).
+    #[arg(long)]
+    data: PathBuf,
+    /// `response` replaces every user turn with "" (response tuning).
+    #[arg(long, value_enum, default_value_t = Mode::Instruction)]
+    mode: Mode,
+    #[arg(long)]
+    epochs: usize,
+    #[arg(long)]
+    lr: f32,
+    /// Effective batch: examples per optimizer step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Examples per forward/backward pass; gradients accumulate to --batch-size.
+    #[arg(long, default_value_t = 1)]
+    micro_batch: usize,
+    /// Fraction of the steps spent warming the learning rate up from 0.
+    #[arg(long, default_value_t = 0.03)]
+    warmup: f32,
+    #[arg(long, value_enum, default_value_t = Schedule::Linear)]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Global gradient-norm clipping threshold.
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Examples are cut at this many tokens.
+    #[arg(long, default_value_t = DEFAULT_MAX_LEN)]
+    max_len: usize,
+    /// Use only the first N examples of --data.
+    #[arg(long)]
+    max_examples: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Parameter storage: bf16 with fp32 master weights, or fp32.
+    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
+    precision: Precision,
+    /// Output folder: epoch-N/ checkpoints (loadable by `generate`) and metrics.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let opts = TrainOptions {
+        model: a.model,
+        data: a.data,
+        mode: a.mode,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch_size: a.batch_size,
+        micro_batch: a.micro_batch,
+        warmup: a.warmup,
+        schedule: a.schedule,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        max_len: a.max_len,
+        max_examples: a.max_examples,
+        seed: a.seed,
+        precision: a.precision,
+        out: a.out,
+        resume: a.resume,
+        progress: true,
+    };
+    let summary = train(&opts)?;
+    println!(
+        "trained {} steps; final loss {:.4}; checkpoints: {}",
+        summary.steps,
+        summary.final_loss,
+        summary
+            .checkpoints
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! Full finetuning on the CPU: the paper's recipe (AdamW, linear decay with warmup, global
+//! grad-norm clipping, gradient accumulation to an effective batch, per-example mean token loss),
+//! with per-epoch checkpoints, resume, progress and a metrics JSONL log.
+
+pub mod checkpoint;
+
+use crate::autograd::Tape;
+use crate::bail;
+use crate::data::{encode_dataset, read_messages_jsonl, EncodedExample, Mode};
+use crate::error::{Context, Result};
+use crate::io::safetensors::WeightStore;
+use crate::io::tokenizer::Tokenizer;
+use crate::model::train::{parameter_layout, TrainModel, TrainSequence};
+use crate::model::ModelConfig;
+use crate::optim::{
+    clip_grad_norm, learning_rate, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule,
+};
+use checkpoint::{ParamValues, TrainerState};
+use half::bf16;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How parameters are stored between steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// bf16 parameters, fp32 master weights and moments in the optimizer (the paper's setting).
+    Bf16,
+    /// fp32 parameters (they are their own master weights).
+    F32,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub mode: Mode,
+    pub epochs: usize,
+    pub lr: f32,
+    pub batch_size: usize,
+    pub micro_batch: usize,
+    pub warmup: f32,
+    pub schedule: Schedule,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    pub max_len: usize,
+    /// Train on the first N examples only (small CPU runs).
+    pub max_examples: Option<usize>,
+    pub seed: u64,
+    pub precision: Precision,
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Print a progress line to stderr each step.
+    pub progress: bool,
+}
+
+/// Parameters between steps, in their storage precision.
+enum Store {
+    F32(Vec<Arc<Vec<f32>>>),
+    BF16(Vec<Vec<bf16>>),
+}
+
+impl Store {
+    /// f32 values for the forward pass (shared, not copied, when stored in f32).
+    fn f32_values(&self) -> Vec<Arc<Vec<f32>>> {
+        match self {
+            Store::F32(v) => v.clone(),
+            Store::BF16(v) => v
+                .iter()
+                .map(|p| Arc::new(p.iter().map(|x| x.to_f32()).collect()))
+                .collect(),
+        }
+    }
+}
+
+/// A permutation of 0..n drawn from (seed, epoch): the data order of that epoch, the same
+/// whether or not the run was resumed.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut state = seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// One line of metrics.jsonl.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StepLog {
+    step: usize,
+    epoch: usize,
+    loss: f64,
+    lr: f32,
+    grad_norm: f32,
+    examples: usize,
+    tokens: usize,
+    tokens_per_s: f64,
+    elapsed_s: f64,
+}
+
+fn format_duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// What a finished run reports.
+pub struct TrainSummary {
+    pub steps: usize,
+    pub final_loss: f64,
+    pub checkpoints: Vec<PathBuf>,
+}
+
+pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    if opts.epochs == 0 || opts.batch_size == 0 || opts.micro_batch == 0 {
+        bail!("--epochs, --batch-size and --micro-batch must be positive");
+    }
+    let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
+    let tok = Tokenizer::load(&opts.model, &config)?;
+    let mut examples = read_messages_jsonl(&opts.data)?;
+    if let Some(n) = opts.max_examples {
+        examples.truncate(n);
+    }
+    let data = encode_dataset(&tok, &examples, opts.mode, opts.max_len)
+        .with_context(|| opts.data.display().to_string())?;
+    eprintln!("{}: {data}", opts.data.display());
+    if data.examples.is_empty() {
+        bail!(
+            "{}: no example has a token that carries loss",
+            opts.data.display()
+        );
+    }
+    let n = data.examples.len();
+    let steps_per_epoch = n.div_ceil(opts.batch_size);
+    let total_steps = steps_per_epoch * opts.epochs;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("{}: cannot create", opts.out.display()))?;
+
+    // Start from the model, or from the newest checkpoint when resuming.
+    let layout = parameter_layout(&config);
+    let (start_epoch, source) = match (opts.resume, checkpoint::latest_checkpoint(&opts.out)) {
+        (true, Some((epoch, dir))) => {
+            let state = checkpoint::read_state(&dir)?;
+            if state.seed != opts.seed || state.examples != n || state.total_steps != total_steps {
+                bail!(
+                    "{}: checkpoint was made with seed {}, {} examples, {} steps; this run has seed {}, {n}, {total_steps}",
+                    dir.display(),
+                    state.seed,
+                    state.examples,
+                    state.total_steps,
+                    opts.seed
+                );
+            }
+            eprintln!(
+                "resuming from {} (epoch {epoch}, step {})",
+                dir.display(),
+                state.step
+            );
+            (epoch, dir)
+        }
+        _ => (0, opts.model.clone()),
+    };
+    let store = WeightStore::open(&source)?;
+    let mut params = match opts.precision {
+        Precision::F32 => Store::F32(
+            layout
+                .iter()
+                .map(|(name, shape)| Ok(Arc::new(store.get(name, shape, &source)?.to_f32_vec())))
+                .collect::<Result<_>>()?,
+        ),
+        Precision::Bf16 => Store::BF16(
+            layout
+                .iter()
+                .map(|(name, shape)| {
+                    Ok(store
+                        .get(name, shape, &source)?
+                        .to_f32_vec()
+                        .into_iter()
+                        .map(bf16::from_f32)
+                        .collect())
+                })
+                .collect::<Result<_>>()?,
+        ),
+    };
+    drop(store);
+    let adamw = AdamWConfig {
+        lr: opts.lr,
+        weight_decay: opts.weight_decay,
+        ..AdamWConfig::default()
+    };
+    let mut optimizer = match &params {
+        Store::F32(v) => AdamW::new(
+            adamw,
+            layout
+                .iter()
+                .zip(v)
+                .map(|((name, _), p)| (name.clone(), ParamRef::F32(p))),
+        ),
+        Store::BF16(v) => AdamW::new(
+            adamw,
+            layout
+                .iter()
+                .zip(v)
+                .map(|((name, _), p)| (name.clone(), ParamRef::BF16(p))),
+        ),
+    }?;
+    let mut step = 0;
+    let metrics_path = opts.out.join("metrics.jsonl");
+    if start_epoch > 0 {
+        optimizer.load_state(&checkpoint::read_f32_tensors(
+            &source.join("optimizer.safetensors"),
+        )?)?;
+        step = checkpoint::read_state(&source)?.step;
+        truncate_metrics(&metrics_path, step)?;
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path)
+            .with_context(|| format!("{}: cannot reset", metrics_path.display()))?;
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+
+    let started = Instant::now();
+    let mut tokens_done = 0usize;
+    let mut steps_this_run = 0usize;
+    let mut last_loss = f64::NAN;
+    let mut checkpoints = Vec::new();
+    for epoch in start_epoch..opts.epochs {
+        let order = epoch_order(n, opts.seed, epoch);
+        for batch in order.chunks(opts.batch_size) {
+            let (loss, grad_norm, tokens) = accumulate_and_step(
+                &config,
+                &mut params,
+                &mut optimizer,
+                &data.examples,
+                batch,
+                opts,
+                step,
+                total_steps,
+            )?;
+            step += 1;
+            steps_this_run += 1;
+            tokens_done += tokens;
+            last_loss = loss;
+            let elapsed = started.elapsed().as_secs_f64();
+            let lr = learning_rate(opts.schedule, opts.lr, step - 1, total_steps, opts.warmup);
+            let log = StepLog {
+                step,
+                epoch: epoch + 1,
+                loss,
+                lr,
+                grad_norm,
+                examples: batch.len(),
+                tokens,
+                tokens_per_s: tokens_done as f64 / elapsed,
+                elapsed_s: elapsed,
+            };
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&log).context("metrics")?
+            )
+            .with_context(|| format!("{}: cannot append", metrics_path.display()))?;
+            if opts.progress {
+                let eta = elapsed / steps_this_run as f64 * (total_steps - step) as f64;
+                eprintln!(
+                    "epoch {}/{} step {step}/{total_steps} loss {loss:.4} lr {lr:.2e} grad-norm {grad_norm:.3} | {:.0} tokens/s | ETA {}",
+                    epoch + 1,
+                    opts.epochs,
+                    log.tokens_per_s,
+                    format_duration(eta)
+                );
+            }
+        }
+        let state = TrainerState {
+            epoch: epoch + 1,
+            step,
+            total_steps,
+            seed: opts.seed,
+            examples: n,
+        };
+        let dir = save_checkpoint(opts, &config, &layout, &params, &optimizer, &state)?;
+        eprintln!("saved {}", dir.display());
+        checkpoints.push(dir);
+    }
+    Ok(TrainSummary {
+        steps: step,
+        final_loss: last_loss,
+        checkpoints,
+    })
+}
+
+/// One optimizer step over the examples `batch` (indices into `examples`): micro-batches of
+/// forward and backward, gradients summed (each example's loss scaled by 1/|batch|), clipped,
+/// then AdamW at the scheduled learning rate. Returns (mean loss, pre-clip grad norm, tokens).
+#[allow(clippy::too_many_arguments)]
+fn accumulate_and_step(
+    config: &ModelConfig,
+    params: &mut Store,
+    optimizer: &mut AdamW,
+    examples: &[EncodedExample],
+    batch: &[usize],
+    opts: &TrainOptions,
+    step: usize,
+    total_steps: usize,
+) -> Result<(f64, f32, usize)> {
+    let values = params.f32_values();
+    let model = TrainModel::from_shared(config.clone(), values)?;
+    let mut grads: Vec<Vec<f32>> = model
+        .params
+        .iter()
+        .map(|p| vec![0.0; p.value.len()])
+        .collect();
+    let scale = 1.0 / batch.len() as f64;
+    let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
+    for micro in batch.chunks(opts.micro_batch) {
+        let seqs: Vec<TrainSequence> = micro
+            .iter()
+            .map(|&i| TrainSequence {
+                ids: &examples[i].ids,
+                loss_mask: &examples[i].loss_mask,
+            })
+            .collect();
+        tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
+        let mut tape = Tape::new();
+        let vars = model.bind(&mut tape);
+        let loss = model.loss(&mut tape, &vars, &seqs, scale)?;
+        loss_sum += tape.value(loss)[0] as f64;
+        let g = tape.backward(loss);
+        for (acc, &v) in grads.iter_mut().zip(&vars) {
+            if let Some(gv) = g.get(v) {
+                crate::backend::cpu::ops::add_in_place(acc, gv);
+            }
+        }
+    }
+    drop(model);
+    let grad_norm = {
+        let mut refs: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
+        clip_grad_norm(&mut refs, opts.max_grad_norm)
+    };
+    if !grad_norm.is_finite() {
+        bail!(
+            "step {}: gradient norm is {grad_norm}; stopping before the parameters are corrupted",
+            step + 1
+        );
+    }
+    let lr = learning_rate(opts.schedule, opts.lr, step, total_steps, opts.warmup);
+    let grad_refs: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
+    match params {
+        Store::F32(v) => {
+            let mut muts: Vec<ParamMut> = v
+                .iter_mut()
+                .map(|p| {
+                    ParamMut::F32(
+                        Arc::get_mut(p)
+                            .expect("no tape holds the parameters now")
+                            .as_mut_slice(),
+                    )
+                })
+                .collect();
+            optimizer.step(&mut muts, &grad_refs, lr);
+        }
+        Store::BF16(v) => {
+            let mut muts: Vec<ParamMut> = v
+                .iter_mut()
+                .map(|p| ParamMut::BF16(p.as_mut_slice()))
+                .collect();
+            optimizer.step(&mut muts, &grad_refs, lr);
+        }
+    }
+    Ok((loss_sum, grad_norm, tokens))
+}
+
+fn save_checkpoint(
+    opts: &TrainOptions,
+    config: &ModelConfig,
+    layout: &[(String, Vec<usize>)],
+    params: &Store,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    let _ = config;
+    let dir = checkpoint::epoch_dir(&opts.out, state.epoch);
+    let tmp = opts.out.join(format!(".epoch-{}.tmp", state.epoch));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let tensors: Vec<(String, Vec<usize>, ParamValues)> = match params {
+        Store::F32(v) => layout
+            .iter()
+            .zip(v)
+            .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::F32(p)))
+            .collect(),
+        Store::BF16(v) => layout
+            .iter()
+            .zip(v)
+            .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::BF16(p)))
+            .collect(),
+    };
+    checkpoint::write_safetensors(&tmp.join("model.safetensors"), &tensors)?;
+    let opt_tensors = optimizer.state_tensors();
+    let opt_state: Vec<(String, Vec<usize>, ParamValues)> = opt_tensors
+        .iter()
+        .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
+        .collect();
+    checkpoint::write_safetensors(&tmp.join("optimizer.safetensors"), &opt_state)?;
+    checkpoint::copy_model_files(&opts.model, &tmp)?;
+    checkpoint::write_state(&tmp, state)?;
+    checkpoint::commit_dir(&tmp, &dir)?;
+    Ok(dir)
+}
+
+/// Keeps the metrics of steps up to `step` (a resumed run rewrites the ones after).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<StepLog>(l)
+                .map(|s| s.step <= step)
+                .unwrap_or(false)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, kept).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename", path.display()))
+}
