@@ -1,6 +1,8 @@
 //! The `implicit` command line.
 
+mod eval;
 mod generate;
+mod serve;
 mod train;
 
 use crate::error::Result;
@@ -29,6 +31,13 @@ enum Command {
         #[command(subcommand)]
         command: train::DataCommand,
     },
+    /// Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions).
+    Serve(serve::ServeArgs),
+    /// The paper's evaluations: response ranking, judged pairwise comparisons, win rates.
+    Eval {
+        #[command(subcommand)]
+        command: eval::EvalCommand,
+    },
     /// Convert a GGUF file (versions 1-3) into a Hugging Face model folder.
     ConvertGguf {
         /// The .gguf file to read.
@@ -43,6 +52,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Train(args) => train::run_train(args),
         Command::Data { command } => train::run_data(command),
+        Command::Serve(args) => serve::run(args),
+        Command::Eval { command } => eval::run(command),
         Command::ConvertGguf { input, out_dir } => {
             let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
             println!("{report}");

@@ -189,7 +189,7 @@ fn available_isas() -> Vec<Isa> {
 
 /// Above this many rows of A the packed, blocked path wins; at or below it, streaming the
 /// weight once (GEMV-style) does, since packing B would cost as much as using it.
-const GEMV_MAX_M: usize = 4;
+const GEMV_MAX_M: usize = 8;
 
 fn gemm_with(isa: Isa, g: &Gemm, c: &mut [f32]) {
     let (m, n, k) = (g.m, g.n, g.k);
@@ -1018,34 +1018,36 @@ mod x86 {
         }
     }
 
-    /// Walks B's rows in groups of `R`, against A's rows in pairs: 8 accumulators either way
-    /// (1 A row × 8 B rows, or 2 × 4), so FMA latency is hidden while each B element is
-    /// loaded and converted once per pair of A rows.
+    /// Walks A's rows in chunks of `M` = 4, 2 or 1 and B's rows in groups of `R` = 8 / M:
+    /// 8 accumulators either way, enough to hide FMA latency, while each B element is loaded
+    /// and converted once per chunk of A rows.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows_typed<T: Load8>(g: &Gemm, a: &[f32], b: &[T], out: &mut OutCols) {
         let cols = out.cols.clone();
         let k = g.k;
         let mut i = 0;
         while i < g.m {
-            let pair = g.m - i >= 2;
-            let step = if pair { 4 } else { 8 };
+            let mc = match g.m - i {
+                1 => 1,
+                2 | 3 => 2,
+                _ => 4,
+            };
+            let group = 8 / mc;
             let mut j = cols.start;
             while j < cols.end {
-                let r = step.min(cols.end - j);
-                let bj = &b[j * k..(j + r) * k];
-                let ai = &a[i * k..];
+                let r = group.min(cols.end - j);
+                let (ai, bj) = (&a[i * k..], &b[j * k..(j + r) * k]);
                 // Two row groups ahead: far enough to cover DRAM latency (~8-16 KiB in flight).
-                let ahead = b.as_ptr().wrapping_add((j + 2 * step) * k);
+                let ahead = b.as_ptr().wrapping_add((j + 2 * group) * k);
                 // SAFETY: forwarded; slices are bounds-checked inside.
-                let sums: [[f32; 8]; 2] = unsafe {
-                    match (pair, r == step) {
-                        (true, true) => widen(dots::<T, 2, 4>(ai, bj, k, ahead)),
-                        (false, true) => widen(dots::<T, 1, 8>(ai, bj, k, ahead)),
-                        (true, false) => widen_partial(ai, bj, k, 2, r),
-                        (false, false) => widen_partial(ai, bj, k, 1, r),
+                let sums = unsafe {
+                    match mc {
+                        1 => block_dots::<T, 1, 8>(ai, bj, k, ahead),
+                        2 => block_dots::<T, 2, 4>(ai, bj, k, ahead),
+                        _ => block_dots::<T, 4, 2>(ai, bj, k, ahead),
                     }
                 };
-                for (di, row_sums) in sums.iter().enumerate().take(if pair { 2 } else { 1 }) {
+                for (di, row_sums) in sums.iter().enumerate().take(mc) {
                     let dst = &mut out.row(i + di)[j - cols.start..][..r];
                     for (d, &v) in dst.iter_mut().zip(row_sums) {
                         *d = if g.accumulate { *d + v } else { v };
@@ -1053,41 +1055,35 @@ mod x86 {
                 }
                 j += r;
             }
-            i += if pair { 2 } else { 1 };
+            i += mc;
         }
     }
 
-    /// Pads an `[M][R]` block of sums to `[2][8]`.
-    fn widen<const M: usize, const R: usize>(s: [[f32; R]; M]) -> [[f32; 8]; 2] {
-        let mut w = [[0.0; 8]; 2];
-        for (wi, si) in w.iter_mut().zip(&s) {
-            wi[..R].copy_from_slice(si);
-        }
-        w
-    }
-
-    /// The ragged end of a task's rows: `r` B rows one at a time.
+    /// Sums for `M` rows of A against the `b.len() / k` (at most `R`) rows of B in `b`, padded
+    /// to `[4][8]`. A short group (the end of a task's range) goes one B row at a time.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn widen_partial<T: Load8>(
+    unsafe fn block_dots<T: Load8, const M: usize, const R: usize>(
         a: &[f32],
         b: &[T],
         k: usize,
-        m: usize,
-        r: usize,
-    ) -> [[f32; 8]; 2] {
-        let mut w = [[0.0; 8]; 2];
-        for jr in 0..r {
-            let brow = &b[jr * k..][..k];
-            // SAFETY: forwarded.
-            let s = unsafe {
-                if m == 2 {
-                    dots::<T, 2, 1>(a, brow, k, std::ptr::null()).map(|x| x[0])
-                } else {
-                    [dots::<T, 1, 1>(a, brow, k, std::ptr::null())[0][0], 0.0]
+        ahead: *const T,
+    ) -> [[f32; 8]; 4] {
+        let mut w = [[0.0; 8]; 4];
+        let r = b.len() / k;
+        if r == R {
+            // SAFETY: forwarded; `dots` bounds-checks its slices.
+            let s = unsafe { dots::<T, M, R>(a, b, k, ahead) };
+            for (wi, si) in w.iter_mut().zip(&s) {
+                wi[..R].copy_from_slice(si);
+            }
+        } else {
+            for jr in 0..r {
+                // SAFETY: as above.
+                let s = unsafe { dots::<T, M, 1>(a, &b[jr * k..][..k], k, std::ptr::null()) };
+                for (wi, si) in w.iter_mut().zip(&s) {
+                    wi[jr] = si[0];
                 }
-            };
-            w[0][jr] = s[0];
-            w[1][jr] = s[1];
+            }
         }
         w
     }
@@ -1343,5 +1339,32 @@ mod tests {
         let mut y = [0.0; 2];
         gemm(1, 2, 3, &x, false, Elems::F32(&w), true, &mut y, false);
         assert_eq!(y, [-2.0, 3.0]);
+    }
+}
+
+#[cfg(test)]
+mod tmp_crossover {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn crossover() {
+        let (n, k) = (1536, 576);
+        let a = vec![0.5f32; 16 * k];
+        let b: Vec<half::bf16> = (0..n * k).map(|i| half::bf16::from_f32((i % 13) as f32 * 0.1)).collect();
+        let mut c = vec![0.0f32; 16 * n];
+        for m in 1..=16 {
+            let g = Gemm::new(m, n, k, &a, false, Elems::BF16(&b), true, false, c.len());
+            let isa = detected_isa();
+            let mut best = [f64::MAX; 2];
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                gemv::run(isa, &g, &mut c[..m * n]);
+                best[0] = best[0].min(t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                blocked::run(isa, &g, &mut c[..m * n]);
+                best[1] = best[1].min(t.elapsed().as_secs_f64());
+            }
+            println!("m={m:2} gemv {:7.1} µs  blocked {:7.1} µs", best[0] * 1e6, best[1] * 1e6);
+        }
     }
 }
