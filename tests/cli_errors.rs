@@ -132,3 +132,24 @@ fn corrupt_gguf_header() {
     assert!(e.contains("bad.gguf") && e.contains("magic"), "{e}");
     assert!(!dir.join("out").join("model.safetensors").exists());
 }
+
+#[test]
+fn malformed_jsonl_line_is_named() {
+    let dir = fixture_copy("jsonl");
+    let data = dir.join("train.jsonl");
+    let good = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
+    std::fs::write(&data, format!("{good}\n{good}\n{{\"messages\": [oops\n")).unwrap();
+    let (m, d, o) = (dir.to_str().unwrap(), data.to_str().unwrap(), dir.join("out"));
+    let e = fails(&["train", "--model", m, "--data", d, "--epochs", "1", "--lr", "1e-5", "--out", o.to_str().unwrap()]);
+    assert!(e.contains("train.jsonl") && e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn data_build_of_a_missing_source() {
+    let dir = common::temp_dir("build");
+    let src = dir.join("nope.jsonl");
+    let out = dir.join("gsm.jsonl");
+    let e = fails(&["data", "build", "--task", "gsm", "--source", src.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(e.contains("nope.jsonl"), "{e}");
+    assert!(!out.exists());
+}

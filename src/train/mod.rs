@@ -128,8 +128,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         bail!("--epochs, --batch-size and --micro-batch must be positive");
     }
     let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
-    let tok = Tokenizer::load(&opts.model, &config)?;
     let mut examples = read_messages_jsonl(&opts.data)?;
+    let tok = Tokenizer::load(&opts.model, &config)?;
     if let Some(n) = opts.max_examples {
         examples.truncate(n);
     }
