@@ -13,4 +13,7 @@ pub mod optim;
 pub mod tensor;
 pub mod train;
 
+#[cfg(test)]
+mod testutil;
+
 pub use error::{Error, Result};

@@ -139,8 +139,24 @@ fn malformed_jsonl_line_is_named() {
     let data = dir.join("train.jsonl");
     let good = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#;
     std::fs::write(&data, format!("{good}\n{good}\n{{\"messages\": [oops\n")).unwrap();
-    let (m, d, o) = (dir.to_str().unwrap(), data.to_str().unwrap(), dir.join("out"));
-    let e = fails(&["train", "--model", m, "--data", d, "--epochs", "1", "--lr", "1e-5", "--out", o.to_str().unwrap()]);
+    let (m, d, o) = (
+        dir.to_str().unwrap(),
+        data.to_str().unwrap(),
+        dir.join("out"),
+    );
+    let e = fails(&[
+        "train",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-5",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
     assert!(e.contains("train.jsonl") && e.contains("line 3"), "{e}");
 }
 
@@ -149,7 +165,16 @@ fn data_build_of_a_missing_source() {
     let dir = common::temp_dir("build");
     let src = dir.join("nope.jsonl");
     let out = dir.join("gsm.jsonl");
-    let e = fails(&["data", "build", "--task", "gsm", "--source", src.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let e = fails(&[
+        "data",
+        "build",
+        "--task",
+        "gsm",
+        "--source",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(e.contains("nope.jsonl"), "{e}");
     assert!(!out.exists());
 }

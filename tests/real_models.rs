@@ -66,24 +66,49 @@ fn smollm2_knows_the_capital_of_france() {
 
 #[test]
 fn cli_converts_and_generates() {
-    let Some(data) = common::data_dir("cli_converts_and_generates") else { return };
+    let Some(data) = common::data_dir("cli_converts_and_generates") else {
+        return;
+    };
     let dir = common::temp_dir("cli-stories");
     let model = dir.join("model");
     let bin = env!("CARGO_BIN_EXE_implicit");
     let gguf = data.join("models/stories260k-f32.gguf");
     let out = std::process::Command::new(bin)
-        .args(["convert-gguf", gguf.to_str().unwrap(), model.to_str().unwrap()])
+        .args([
+            "convert-gguf",
+            gguf.to_str().unwrap(),
+            model.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("llama"));
     let out = std::process::Command::new(bin)
-        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", "Once upon a time", "--max-new-tokens", "12"])
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "12",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("Once upon a time, there was"), "{text:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("decode") && stderr.contains("tokens/s"), "{stderr}");
+    assert!(
+        stderr.contains("decode") && stderr.contains("tokens/s"),
+        "{stderr}"
+    );
 }

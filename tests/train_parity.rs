@@ -68,24 +68,57 @@ fn check(name: &str) {
             p.name
         );
     }
-    println!("{name}: {} gradients, worst relative error {worst:.2e}", model.params.len());
+    println!(
+        "{name}: {} gradients, worst relative error {worst:.2e}",
+        model.params.len()
+    );
 
     // Our gradients, clipped, through one AdamW step: the parameters torch has after its step.
-    let mut g: Vec<Vec<f32>> = vars.iter().map(|&v| grads.get(v).unwrap().to_vec()).collect();
-    let norm = clip_grad_norm(&mut g.iter_mut().map(|x| x.as_mut_slice()).collect::<Vec<_>>(), 1.0);
+    let mut g: Vec<Vec<f32>> = vars
+        .iter()
+        .map(|&v| grads.get(v).unwrap().to_vec())
+        .collect();
+    let norm = clip_grad_norm(
+        &mut g.iter_mut().map(|x| x.as_mut_slice()).collect::<Vec<_>>(),
+        1.0,
+    );
     let want_norm = read_f32(&st, "grad_norm")[0];
-    assert!(((norm - want_norm) / want_norm).abs() < 1e-5, "{name}: grad norm {norm} vs {want_norm}");
-    let config = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+    assert!(
+        ((norm - want_norm) / want_norm).abs() < 1e-5,
+        "{name}: grad norm {norm} vs {want_norm}"
+    );
+    let config = AdamWConfig {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
     let mut values: Vec<Vec<f32>> = model.params.iter().map(|p| p.value.to_vec()).collect();
-    let mut opt =
-        AdamW::new(config, model.params.iter().zip(&values).map(|(p, v)| (p.name.clone(), ParamRef::F32(v)))).unwrap();
+    let mut opt = AdamW::new(
+        config,
+        model
+            .params
+            .iter()
+            .zip(&values)
+            .map(|(p, v)| (p.name.clone(), ParamRef::F32(v))),
+    )
+    .unwrap();
     let mut muts: Vec<ParamMut> = values.iter_mut().map(|v| ParamMut::F32(v)).collect();
-    opt.step(&mut muts, &g.iter().map(|x| x.as_slice()).collect::<Vec<_>>(), 1e-3);
+    opt.step(
+        &mut muts,
+        &g.iter().map(|x| x.as_slice()).collect::<Vec<_>>(),
+        1e-3,
+    );
     let mut worst = 0.0f64;
     for (p, v) in model.params.iter().zip(&values) {
         let err = common::rel_err(v, &read_f32(&st, &format!("adamw.{}", p.name)));
         worst = worst.max(err);
-        assert!(err < 1e-4, "{name}: {} after one AdamW step: relative error {err}", p.name);
+        assert!(
+            err < 1e-4,
+            "{name}: {} after one AdamW step: relative error {err}",
+            p.name
+        );
     }
     println!("{name}: parameters after one AdamW step, worst relative error {worst:.2e}");
 }

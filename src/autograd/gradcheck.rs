@@ -5,15 +5,7 @@ use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
 use std::sync::Arc;
 
 pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-        .collect()
+    crate::testutil::rand_vec(n, seed)
 }
 
 /// Builds a graph from `inputs` (leaves requiring grad) to a scalar with `f`, then compares

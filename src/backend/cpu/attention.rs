@@ -170,18 +170,7 @@ pub fn causal_attention_backward<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::testutil::rand_vec;
 
     /// Naive attention over full sequences, repeating KV heads explicitly.
     fn naive(
@@ -223,9 +212,9 @@ mod tests {
     #[test]
     fn matches_naive_and_cache_split() {
         let (t, heads, kvh, hd) = (9, 4, 2, 8);
-        let q = rand_vec(t * heads * hd, 1);
-        let k = rand_vec(t * kvh * hd, 2);
-        let v = rand_vec(t * kvh * hd, 3);
+        let q = rand_vec::<f32>(t * heads * hd, 1);
+        let k = rand_vec::<f32>(t * kvh * hd, 2);
+        let v = rand_vec::<f32>(t * kvh * hd, 3);
         let want = naive(&q, &k, &v, t, heads, kvh, hd);
         let mut full = vec![f32::NAN; want.len()];
         let shape = AttentionShape {

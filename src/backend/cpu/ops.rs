@@ -198,23 +198,12 @@ pub fn add_in_place<T: Real>(x: &mut [T], y: &[T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::testutil::rand_vec;
 
     #[test]
     fn rms_norm_matches_definition() {
-        let x = rand_vec(3 * 8, 1);
-        let w = rand_vec(8, 2);
+        let x = rand_vec::<f32>(3 * 8, 1);
+        let w = rand_vec::<f32>(8, 2);
         let mut y = vec![f32::NAN; 24];
         rms_norm(&x, &w, 1e-5, &mut y);
         for r in 0..3 {
@@ -228,7 +217,7 @@ mod tests {
 
     #[test]
     fn layer_norm_has_zero_mean_unit_variance() {
-        let x = rand_vec(2 * 16, 3);
+        let x = rand_vec::<f32>(2 * 16, 3);
         let mut y = vec![f32::NAN; 32];
         layer_norm_no_params(&x, 16, 1e-5, &mut y);
         for r in y.chunks(16) {
@@ -243,7 +232,7 @@ mod tests {
         // Interleaved RoPE on permuted dims equals half-rotation RoPE on the original dims:
         // this is why GGUF's permuted Q/K weights need the interleaved layout.
         let (heads, hd) = (2, 8);
-        let x = rand_vec(3 * heads * hd, 4);
+        let x = rand_vec::<f32>(3 * heads * hd, 4);
         let perm = |i: usize| {
             if i.is_multiple_of(2) {
                 i / 2
@@ -286,7 +275,7 @@ mod tests {
 
     #[test]
     fn softmax_and_log_softmax_agree() {
-        let x: Vec<f32> = rand_vec(10, 5).iter().map(|v| v * 30.0).collect();
+        let x: Vec<f32> = rand_vec::<f32>(10, 5).iter().map(|v| v * 30.0).collect();
         let mut p = x.clone();
         softmax_in_place(&mut p);
         let mut lp = vec![0.0; 10];
@@ -301,14 +290,14 @@ mod tests {
 
     #[test]
     fn swiglu_and_embedding() {
-        let g = rand_vec(6, 6);
-        let u = rand_vec(6, 7);
+        let g = rand_vec::<f32>(6, 6);
+        let u = rand_vec::<f32>(6, 7);
         let mut o = vec![0.0; 6];
         swiglu(&g, &u, &mut o);
         for i in 0..6 {
             assert!((o[i] - g[i] / (1.0 + (-g[i]).exp()) * u[i]).abs() < 1e-6);
         }
-        let table = rand_vec(4 * 3, 8);
+        let table = rand_vec::<f32>(4 * 3, 8);
         let mut e = vec![0.0; 6];
         embedding(&[2, 0], Elems::F32(&table), 3, &mut e);
         assert_eq!(&e[..3], &table[6..9]);
