@@ -105,14 +105,18 @@ fn measured_peak_gflops() -> (f64, &'static str) {
         black_box(sink);
         start.elapsed().as_secs_f64()
     };
-    let secs = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..num_threads())
-            .map(|t| s.spawn(move || per_thread(t)))
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap())
-            .fold(0.0, f64::max)
-    });
+    let all_threads = || {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..num_threads())
+                .map(|t| s.spawn(move || per_thread(t)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .fold(0.0, f64::max)
+        })
+    };
+    // Best of a few tries: on a shared machine, other processes only ever slow it down.
+    let secs = (0..5).map(|_| all_threads()).fold(f64::MAX, f64::min);
     let flops = (num_threads() * CHAINS * STEPS * lanes * 2) as f64;
     (flops / secs / 1e9, name)
 }
@@ -176,7 +180,8 @@ mod x86 {
 }
 
 /// Read bandwidth in GB/s over a buffer far larger than the caches, all threads summing
-/// their own part (a vectorised sum, 8 partial sums per thread).
+/// their own part (a vectorised sum with 64 partial sums, so add latency never limits it).
+/// Best of several passes.
 fn measured_read_gbs() -> f64 {
     let n: usize = 64 << 20; // 256 MiB of f32
     let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
@@ -185,10 +190,10 @@ fn measured_read_gbs() -> f64 {
         std::thread::scope(|s| {
             for part in buf.chunks(chunk) {
                 s.spawn(move || {
-                    let mut acc = [0.0f32; 8];
-                    for c in part.chunks_exact(8) {
-                        for l in 0..8 {
-                            acc[l] += c[l];
+                    let mut acc = [0.0f32; 64];
+                    for c in part.chunks_exact(64) {
+                        for (a, &x) in acc.iter_mut().zip(c) {
+                            *a += x;
                         }
                     }
                     black_box(acc);
@@ -196,7 +201,14 @@ fn measured_read_gbs() -> f64 {
             }
         })
     };
-    let secs = time_it(Duration::from_millis(500), pass);
+    pass();
+    let secs = (0..6)
+        .map(|_| {
+            let start = Instant::now();
+            pass();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
     (n * 4) as f64 / secs / 1e9
 }
 
