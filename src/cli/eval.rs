@@ -1,16 +1,281 @@
-//! `implicit eval` (placeholder until the evaluations land).
+//! `implicit eval`: response ranking, the AlpacaEval judge and win rates.
 
+use crate::bail;
+use crate::data::read_messages_jsonl;
 use crate::error::Result;
-use clap::Subcommand;
+use crate::eval::endpoint::EndpointJudge;
+use crate::eval::judge::{run_judge, Judge, JudgeOptions, ANNOTATOR};
+use crate::eval::judge_local::LocalJudge;
+use crate::eval::ranking::{run_ranking, RankingOptions};
+use crate::eval::winrate::{length_controlled, raw_winrate, read_annotations, Difficulty};
+use crate::eval::write_json_atomic;
+use crate::io::tokenizer::Tokenizer;
+use crate::model::Transformer;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
-    /// Response ranking.
-    Ranking,
+    /// Response ranking (the paper's Section 4.2): how often an instruction's own response is
+    /// more likely than responses drawn from other instructions.
+    Ranking(RankingArgs),
+    /// AlpacaEval 2's weighted judge (weighted_alpaca_eval_gpt4_turbo): annotate model outputs
+    /// against reference outputs, writing annotations.json.
+    Judge(JudgeArgs),
+    /// Raw and length-controlled win rates from an AlpacaEval annotations.json.
+    Winrate(WinrateArgs),
+}
+
+#[derive(Args)]
+pub struct RankingArgs {
+    /// Model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Tulu `messages` JSONL (e.g. LIMA, or Stanford Alpaca as the paper used).
+    #[arg(long)]
+    data: PathBuf,
+    /// Negatives drawn per instruction (the paper: 5).
+    #[arg(long, default_value_t = 5)]
+    negatives: usize,
+    /// Seed of Python's random.seed for the draws (the paper: 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N examples (the pool of negatives too), as --max_examples does.
+    #[arg(long)]
+    max_examples: Option<usize>,
+    /// Sequences are cut to this many tokens (the paper's run: 1024).
+    #[arg(long, default_value_t = 1024)]
+    max_len: usize,
+    /// At most this many new tokens per forward pass (bounds memory: logits are tokens x vocab).
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Bootstrap resamples for the 95% interval.
+    #[arg(long, default_value_t = 10_000)]
+    bootstrap: usize,
+    /// Write the full result (fraction, intervals, per-instruction scores) here, atomically.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct JudgeArgs {
+    /// The model's outputs: AlpacaEval model_outputs.json ([{instruction, output, generator,
+    /// dataset}]); they become output_2.
+    #[arg(long)]
+    outputs: PathBuf,
+    /// The reference outputs (same format), paired by instruction; they become output_1.
+    #[arg(long)]
+    reference: PathBuf,
+    /// Base URL of an OpenAI-compatible server (http:// only): POST {URL}/v1/chat/completions.
+    #[arg(long, requires = "judge_model", conflicts_with = "judge_local")]
+    endpoint: Option<String>,
+    /// Model name sent to the endpoint.
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// Environment variable holding an API key for the endpoint (sent as a bearer token).
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Judge with a model folder run in-process instead of an endpoint.
+    #[arg(long)]
+    judge_local: Option<PathBuf>,
+    /// Longest judge prompt (tokens) the local judge accepts.
+    #[arg(long, default_value_t = 16_384)]
+    judge_max_len: usize,
+    /// Prompts handed to the judge at once (a local judge runs them in one forward pass).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Where to write annotations.json (atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Annotate only the first N model outputs.
+    #[arg(long)]
+    max_examples: Option<usize>,
+    /// The seed in AlpacaEval's output-order switch ("is_switched_outputs" + instruction + seed).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The annotator name written in each record.
+    #[arg(long, default_value = ANNOTATOR)]
+    annotator: String,
+}
+
+#[derive(Args)]
+pub struct WinrateArgs {
+    /// AlpacaEval annotations.json (output_1 the reference, output_2 the model).
+    #[arg(long)]
+    annotations: PathBuf,
+    /// Instruction difficulty for the GLM: JSON object {instruction: value}, JSON list, or CSV
+    /// (alpaca_eval's instruction_difficulty.csv).
+    #[arg(long)]
+    difficulty: Option<PathBuf>,
+    /// Write the metrics here, atomically.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
-        EvalCommand::Ranking => crate::bail!("eval ranking: not implemented yet"),
+        EvalCommand::Ranking(args) => ranking(args),
+        EvalCommand::Judge(args) => judge(args),
+        EvalCommand::Winrate(args) => winrate(args),
     }
+}
+
+fn ranking(args: RankingArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let model = Transformer::load(&args.model)?;
+    let tok = Tokenizer::load(&args.model, &model.config)?;
+    let examples = read_messages_jsonl(&args.data)?;
+    eprintln!(
+        "loaded {} and {} examples from {} in {:.1}s",
+        args.model.display(),
+        examples.len(),
+        args.data.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let opts = RankingOptions {
+        negatives: args.negatives,
+        seed: args.seed,
+        max_examples: args.max_examples,
+        max_len: args.max_len,
+        batch_tokens: args.batch_tokens.max(1),
+        bootstrap: args.bootstrap,
+    };
+    let report = run_ranking(&model, &tok, &examples, &opts)
+        .map_err(|e| crate::Error(format!("{}: {e}", args.data.display())))?;
+    println!(
+        "response ranking: true response preferred in {}/{} pairs = {:.4} over {} instructions; \
+         95% CI [{:.4}, {:.4}] ({}); Wilson [{:.4}, {:.4}]; {} ties",
+        report.wins,
+        report.pairs,
+        report.fraction,
+        report.n_instructions,
+        report.ci95[0],
+        report.ci95[1],
+        report.ci_method,
+        report.wilson_ci95[0],
+        report.wilson_ci95[1],
+        report.ties
+    );
+    if let Some(out) = &args.json {
+        let value = json!({
+            "model": args.model.display().to_string(),
+            "data": args.data.display().to_string(),
+            "result": report,
+        });
+        write_json_atomic(out, &value)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn judge(args: JudgeArgs) -> Result<()> {
+    let opts = JudgeOptions {
+        max_examples: args.max_examples,
+        seed: args.seed,
+        batch: args.batch,
+        annotator: args.annotator.clone(),
+    };
+    let annotations = match (&args.endpoint, &args.judge_local) {
+        (Some(url), None) => {
+            let name = args.judge_model.as_deref().unwrap_or_default();
+            let key = match &args.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    crate::Error(format!("--api-key-env {var}: the variable is not set"))
+                })?),
+                None => None,
+            };
+            let mut judge = EndpointJudge::new(url, name, key)?;
+            run_judge(&args.outputs, &args.reference, &mut judge, &opts, &args.out)?
+        }
+        (None, Some(dir)) => {
+            let model = Transformer::load(dir)?;
+            let tok = Tokenizer::load(dir, &model.config)?;
+            let mut judge = LocalJudge::new(&model, &tok, args.judge_max_len)?;
+            eprintln!("judging with {} in-process", judge.name());
+            run_judge(&args.outputs, &args.reference, &mut judge, &opts, &args.out)?
+        }
+        _ => bail!("give a judge: --endpoint URL --judge-model NAME, or --judge-local DIR"),
+    };
+    let prefs: Vec<Option<f64>> = annotations.iter().map(|a| a.preference).collect();
+    let w = raw_winrate(&prefs);
+    println!(
+        "wrote {} annotations to {}: win rate {:.2} ± {:.2} ({} wins, {} losses, {} draws, {} without a preference)",
+        annotations.len(),
+        args.out.display(),
+        w.win_rate,
+        w.standard_error,
+        w.n_wins,
+        w.n_wins_base,
+        w.n_draws,
+        annotations.len() - w.n_total
+    );
+    Ok(())
+}
+
+fn winrate(args: WinrateArgs) -> Result<()> {
+    let rows = read_annotations(&args.annotations)?;
+    let difficulty = args
+        .difficulty
+        .as_deref()
+        .map(Difficulty::read)
+        .transpose()?;
+    let prefs: Vec<Option<f64>> = rows.iter().map(|r| r.preference).collect();
+    let raw = raw_winrate(&prefs);
+    let lc = length_controlled(&rows, difficulty.as_ref())
+        .map_err(|e| crate::Error(format!("{}: {e}", args.annotations.display())))?;
+    let model = rows
+        .first()
+        .and_then(|r| r.generator_2.clone())
+        .unwrap_or_default();
+    let baseline = rows
+        .first()
+        .and_then(|r| r.generator_1.clone())
+        .unwrap_or_default();
+    println!(
+        "{model} vs {baseline} ({} annotations): win rate {:.4} ± {:.4} (n_wins {}, n_wins_base {}, n_draws {}, n_total {}); discrete {:.4}",
+        rows.len(),
+        raw.win_rate,
+        raw.standard_error,
+        raw.n_wins,
+        raw.n_wins_base,
+        raw.n_draws,
+        raw.n_total,
+        raw.discrete_win_rate
+    );
+    let coefs: Vec<String> = lc
+        .coefficients
+        .iter()
+        .map(|(n, v)| format!("{n} {v:.4}"))
+        .collect();
+    println!(
+        "length-controlled win rate {:.4} (GLM {}; C = {:.4}{})",
+        lc.length_controlled_winrate,
+        coefs.join(", "),
+        lc.best_c,
+        if lc.with_difficulty {
+            ""
+        } else {
+            "; no instruction difficulty given, and AlpacaEval's gamed-baseline rows are not used"
+        }
+    );
+    if let Some(out) = &args.json {
+        let value = json!({
+            "annotations": args.annotations.display().to_string(),
+            "model": model,
+            "baseline": baseline,
+            "win_rate": raw.win_rate,
+            "standard_error": raw.standard_error,
+            "n_wins": raw.n_wins,
+            "n_wins_base": raw.n_wins_base,
+            "n_draws": raw.n_draws,
+            "n_total": raw.n_total,
+            "discrete_win_rate": raw.discrete_win_rate,
+            "length_controlled_winrate": lc.length_controlled_winrate,
+            "glm": lc,
+        });
+        write_json_atomic(out, &value)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,119 @@
+//! The paper's evaluations.
+//!
+//! * [`ranking`]: response ranking (Section 4.2 of the paper): does the model score an
+//!   instruction's own response above responses to other instructions?
+//! * [`judge`]: AlpacaEval 2's pairwise judge (`weighted_alpaca_eval_gpt4_turbo`) against an
+//!   OpenAI-compatible endpoint ([`endpoint`], over [`http`]) or a model run in-process
+//!   ([`judge_local`]).
+//! * [`winrate`]: AlpacaEval's raw win rate with its standard error, and the length-controlled
+//!   win rate through a logistic GLM ([`glm`]).
+//! * [`pyrandom`]: CPython's `random` module, which both protocols use to draw and to swap.
+
+pub mod endpoint;
+pub mod glm;
+pub mod http;
+pub mod judge;
+pub mod judge_local;
+pub mod pyrandom;
+pub mod ranking;
+pub mod sha512;
+pub mod winrate;
+
+use crate::error::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Writes `value` as pretty JSON to `out` atomically: everything goes to `out.tmp`, which is
+/// synced and renamed over `out`, so an interrupted run never leaves half a file behind.
+pub fn write_json_atomic<T: serde::Serialize>(out: &Path, value: &T) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer_pretty(&mut w, value)
+            .with_context(|| format!("{}: cannot write JSON", tmp.display()))?;
+        w.write_all(b"\n")
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        let file = w.into_inner().map_err(|e| e.into_error());
+        let file = file.with_context(|| format!("{}: cannot write", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("{}: cannot rename to {}", tmp.display(), out.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads and parses a JSON file; errors name the file (and serde's line and column).
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Progress lines on stderr: `label: done/total (rate, ETA)`, at most about once a second
+/// (and always for the last item).
+pub struct Progress {
+    label: String,
+    total: usize,
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    pub fn new(label: &str, total: usize) -> Progress {
+        Progress {
+            label: label.to_string(),
+            total,
+            start: Instant::now(),
+            last: None,
+        }
+    }
+
+    /// Reports `done` items finished; `extra` is appended to the line (e.g. tokens/s).
+    pub fn update(&mut self, done: usize, extra: &str) {
+        let now = Instant::now();
+        let due = self
+            .last
+            .is_none_or(|t| now.duration_since(t).as_secs_f64() >= 1.0);
+        if !due && done < self.total {
+            return;
+        }
+        self.last = Some(now);
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 {
+            elapsed / done as f64 * (self.total - done.min(self.total)) as f64
+        } else {
+            f64::NAN
+        };
+        eprintln!(
+            "{}: {done}/{} ({:.1}s elapsed, ETA {}){}{extra}",
+            self.label,
+            self.total,
+            elapsed,
+            format_secs(eta),
+            if extra.is_empty() { "" } else { ", " },
+        );
+    }
+}
+
+fn format_secs(s: f64) -> String {
+    if !s.is_finite() {
+        "?".into()
+    } else if s < 120.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{:.0}m{:02.0}s", (s / 60.0).floor(), s % 60.0)
+    }
+}
