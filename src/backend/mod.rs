@@ -2,3 +2,5 @@
 //! backend (feature `cuda`) is checked against it.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -1,0 +1,213 @@
+//! Global grad-norm clipping and the fused mixed-precision AdamW update on the GPU
+//! (kernels/adamw.cu). References: `optim::clip_grad_norm` and `optim::AdamW::step`.
+//!
+//! A step is: [`CudaBackend::grad_norm`] over all gradients (writes ‖g‖ and the clip
+//! coefficient to a 2-element device buffer), then one [`CudaBackend::adamw_step_bf16`] /
+//! [`CudaBackend::adamw_step_f32`] per parameter reading that buffer: no host round trip. The
+//! host reads the norm whenever it logs (a non-finite norm makes every update a no-op, and the
+//! trainer stops on it).
+
+use super::{check_len, CudaBackend, DeviceBuffer};
+use crate::bail;
+use crate::error::Result;
+use crate::optim::{as_python_float, AdamWConfig};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+use half::bf16;
+
+/// Most blocks one gradient tensor's Σg² is split over.
+const NORM_BLOCKS: usize = 1024;
+/// Elements per block of the Σg² pass before another block is worth it.
+const NORM_ELEMS_PER_BLOCK: usize = 256 * 4 * 8;
+
+/// The f32 scalars of AdamW step t, as `optim::adamw`'s `StepScalars` computes them (Python
+/// floats in f64, rounded to f32 where they meet the tensors). Mirrors kernels/adamw.cu's
+/// `AdamWScalars` field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// 1 − lr·λ.
+    pub decay: f32,
+    /// 1 − β1, the lerp weight.
+    pub lerp_weight: f32,
+    /// 1 − (1 − β1) in f32 (torch's lerp for weights ≥ 0.5).
+    pub one_minus_lerp_weight: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// √(1 − β2^t).
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+    /// −lr / (1 − β1^t).
+    pub neg_step_size: f32,
+    /// 1 when |1 − β1| < 0.5.
+    pub lerp_small: i32,
+}
+
+// SAFETY: #[repr(C)] plain old data whose layout matches the C struct AdamWScalars (eight
+// floats and an int, 4-byte aligned), passed to the kernels by value.
+unsafe impl DeviceRepr for AdamWStep {}
+
+impl AdamWStep {
+    /// The scalars of step `t` (1 for the first step) at learning rate `lr`.
+    pub fn new(config: &AdamWConfig, lr: f32, t: u64) -> AdamWStep {
+        let lr = as_python_float(lr);
+        let weight_decay = as_python_float(config.weight_decay);
+        let beta1 = as_python_float(config.beta1);
+        let beta2 = as_python_float(config.beta2);
+        // torch keeps t in an f32 tensor and reads it back as a Python float.
+        let t = t as f32 as f64;
+        let bias_correction1 = 1.0 - beta1.powf(t);
+        let bias_correction2 = 1.0 - beta2.powf(t);
+        let lerp_weight = (1.0 - beta1) as f32;
+        AdamWStep {
+            decay: (1.0 - lr * weight_decay) as f32,
+            lerp_weight,
+            one_minus_lerp_weight: 1.0 - lerp_weight,
+            beta2: beta2 as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            eps: as_python_float(config.eps) as f32,
+            neg_step_size: (-(lr / bias_correction1)) as f32,
+            lerp_small: (lerp_weight.abs() < 0.5) as i32,
+        }
+    }
+}
+
+fn one_block(blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CudaBackend {
+    /// The global L2 norm of `grads` and torch's clip coefficient, into `clip` (2 elements):
+    /// clip[0] = ‖g‖, clip[1] = min(1, max_norm / (‖g‖ + 1e-6)), or NaN when ‖g‖ is not
+    /// finite. Σg² is accumulated in f64 in an order fixed by the tensors' sizes (deterministic).
+    /// The gradients are not modified: the update applies the coefficient.
+    pub fn grad_norm(
+        &self,
+        grads: &[&DeviceBuffer<f32>],
+        max_norm: f32,
+        clip: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        check_len("grad_norm_finalize", "clip", clip.len(), 2)?;
+        let blocks: Vec<usize> = grads
+            .iter()
+            .map(|g| g.len().div_ceil(NORM_ELEMS_PER_BLOCK).clamp(1, NORM_BLOCKS))
+            .collect();
+        let total: usize = blocks.iter().sum();
+        let Ok(count) = i32::try_from(total) else {
+            bail!(
+                "CUDA grad_norm: {} gradient tensors are too many",
+                grads.len()
+            );
+        };
+        let mut partial = self.zeros::<f64>(total.max(1))?;
+        let mut offset = 0;
+        for (i, (g, &b)) in grads.iter().zip(&blocks).enumerate() {
+            if !g.is_empty() {
+                let n = g.len() as u64;
+                let mut slot = partial.slice.slice_mut(offset..offset + b);
+                launch!(
+                    self,
+                    "grad_sumsq_partial",
+                    one_block(b),
+                    format!("tensor {i} of {}, n {n}, {b} blocks", grads.len()),
+                    [&g.slice, &n, &mut slot]
+                )?;
+            }
+            offset += b;
+        }
+        launch!(
+            self,
+            "grad_norm_finalize",
+            one_block(1),
+            format!("{} tensors, {total} partial sums", grads.len()),
+            [&partial.slice, &count, &max_norm, &mut clip.slice]
+        )
+    }
+
+    /// One AdamW step of a bf16 parameter with fp32 master weights: the master and the moments
+    /// are updated in f32 exactly as `optim::AdamW::step` (bit for bit), then the master is
+    /// rounded into `param`. `clip` is [`CudaBackend::grad_norm`]'s output (None: no clipping).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_step_bf16(
+        &self,
+        param: &mut DeviceBuffer<bf16>,
+        master: &mut DeviceBuffer<f32>,
+        grad: &DeviceBuffer<f32>,
+        exp_avg: &mut DeviceBuffer<f32>,
+        exp_avg_sq: &mut DeviceBuffer<f32>,
+        clip: Option<&DeviceBuffer<f32>>,
+        step: &AdamWStep,
+    ) -> Result<()> {
+        let kernel = "adamw_bf16";
+        let n = param.len();
+        check_len(kernel, "master", master.len(), n)?;
+        check_len(kernel, "grad", grad.len(), n)?;
+        check_len(kernel, "exp_avg", exp_avg.len(), n)?;
+        check_len(kernel, "exp_avg_sq", exp_avg_sq.len(), n)?;
+        let clip = clip.unwrap_or(&self.unit_clip);
+        check_len(kernel, "clip", clip.len(), 2)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        launch!(
+            self,
+            kernel,
+            self.grid_stride(n / 4),
+            format!("n {n}"),
+            [
+                &mut master.slice,
+                &mut param.slice,
+                &grad.slice,
+                &mut exp_avg.slice,
+                &mut exp_avg_sq.slice,
+                &n64,
+                &clip.slice,
+                step
+            ]
+        )
+    }
+
+    /// One AdamW step of an f32 parameter (its own master copy), as `optim::AdamW::step`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_step_f32(
+        &self,
+        param: &mut DeviceBuffer<f32>,
+        grad: &DeviceBuffer<f32>,
+        exp_avg: &mut DeviceBuffer<f32>,
+        exp_avg_sq: &mut DeviceBuffer<f32>,
+        clip: Option<&DeviceBuffer<f32>>,
+        step: &AdamWStep,
+    ) -> Result<()> {
+        let kernel = "adamw_f32";
+        let n = param.len();
+        check_len(kernel, "grad", grad.len(), n)?;
+        check_len(kernel, "exp_avg", exp_avg.len(), n)?;
+        check_len(kernel, "exp_avg_sq", exp_avg_sq.len(), n)?;
+        let clip = clip.unwrap_or(&self.unit_clip);
+        check_len(kernel, "clip", clip.len(), 2)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        launch!(
+            self,
+            kernel,
+            self.grid_stride(n / 4),
+            format!("n {n}"),
+            [
+                &mut param.slice,
+                &grad.slice,
+                &mut exp_avg.slice,
+                &mut exp_avg_sq.slice,
+                &n64,
+                &clip.slice,
+                step
+            ]
+        )
+    }
+}

@@ -1,0 +1,167 @@
+//! Device buffers of f32, bf16, u32 (and f64 scratch), over cudarc's `CudaSlice`.
+//!
+//! bf16 travels as its bits (`u16`): cudarc implements its device traits for `half::bf16` only
+//! behind a feature that would pull in more crates, and the kernels see `__nv_bfloat16` anyway.
+
+use super::{driver_error, CudaBackend};
+use crate::bail;
+use crate::error::Result;
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
+use std::sync::Arc;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for u32 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// An element type a [`DeviceBuffer`] can hold. Every bit pattern is a valid value of each, so
+/// reading memory no kernel wrote is wrong but never undefined behaviour.
+pub trait DeviceElem: Copy + Send + Sync + 'static + sealed::Sealed {
+    /// How the device stores it.
+    type Raw: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static;
+    fn as_raw(host: &[Self]) -> &[Self::Raw];
+    fn from_raw(raw: Vec<Self::Raw>) -> Vec<Self>;
+}
+
+impl DeviceElem for f32 {
+    type Raw = f32;
+    fn as_raw(host: &[f32]) -> &[f32] {
+        host
+    }
+    fn from_raw(raw: Vec<f32>) -> Vec<f32> {
+        raw
+    }
+}
+
+impl DeviceElem for f64 {
+    type Raw = f64;
+    fn as_raw(host: &[f64]) -> &[f64] {
+        host
+    }
+    fn from_raw(raw: Vec<f64>) -> Vec<f64> {
+        raw
+    }
+}
+
+impl DeviceElem for u32 {
+    type Raw = u32;
+    fn as_raw(host: &[u32]) -> &[u32] {
+        host
+    }
+    fn from_raw(raw: Vec<u32>) -> Vec<u32> {
+        raw
+    }
+}
+
+impl DeviceElem for bf16 {
+    type Raw = u16;
+    fn as_raw(host: &[bf16]) -> &[u16] {
+        bytemuck::cast_slice(host)
+    }
+    fn from_raw(raw: Vec<u16>) -> Vec<bf16> {
+        bytemuck::allocation::cast_vec(raw)
+    }
+}
+
+/// The floating-point types the kernels come in; picks a kernel's variant by name.
+pub trait Float: DeviceElem {
+    /// `pick("k_f32", "k_bf16")` is the name of this type's variant of kernel k.
+    fn pick(f32_name: &'static str, bf16_name: &'static str) -> &'static str;
+}
+
+impl Float for f32 {
+    fn pick(f32_name: &'static str, _: &'static str) -> &'static str {
+        f32_name
+    }
+}
+
+impl Float for bf16 {
+    fn pick(_: &'static str, bf16_name: &'static str) -> &'static str {
+        bf16_name
+    }
+}
+
+/// A run of `T` in device memory.
+pub struct DeviceBuffer<T: DeviceElem> {
+    pub(crate) slice: CudaSlice<T::Raw>,
+}
+
+impl<T: DeviceElem> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DeviceBuffer<{}>[{}]",
+            std::any::type_name::<T>(),
+            self.len()
+        )
+    }
+}
+
+impl<T: DeviceElem> DeviceBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+
+    pub(crate) fn from_slice(stream: &Arc<CudaStream>, host: &[T]) -> Result<DeviceBuffer<T>> {
+        let slice = stream
+            .clone_htod(T::as_raw(host))
+            .map_err(|e| driver_error(&format!("copying {} elements to the GPU", host.len()), e))?;
+        Ok(DeviceBuffer { slice })
+    }
+}
+
+impl CudaBackend {
+    /// A copy of `host` on the GPU.
+    pub fn upload<T: DeviceElem>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        DeviceBuffer::from_slice(&self.stream, host)
+    }
+
+    /// Overwrites `dst` with `host` (same length).
+    pub fn upload_into<T: DeviceElem>(&self, host: &[T], dst: &mut DeviceBuffer<T>) -> Result<()> {
+        if host.len() != dst.len() {
+            bail!(
+                "CUDA: copying {} elements into a device buffer of {}",
+                host.len(),
+                dst.len()
+            );
+        }
+        self.stream
+            .memcpy_htod(T::as_raw(host), &mut dst.slice)
+            .map_err(|e| driver_error(&format!("copying {} elements to the GPU", host.len()), e))
+    }
+
+    /// The buffer's contents, after all queued work (so a kernel's fault shows up here).
+    pub fn download<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        let raw = self.stream.clone_dtoh(&src.slice).map_err(|e| {
+            driver_error(&format!("copying {} elements from the GPU", src.len()), e)
+        })?;
+        self.synchronize()?;
+        Ok(T::from_raw(raw))
+    }
+
+    /// `len` zeros.
+    pub fn zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        let slice = self
+            .stream
+            .alloc_zeros::<T::Raw>(len)
+            .map_err(|e| driver_error(&format!("allocating {len} elements"), e))?;
+        Ok(DeviceBuffer { slice })
+    }
+
+    /// `len` elements of unspecified value, for outputs a kernel overwrites.
+    pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        // SAFETY: every bit pattern is a valid T::Raw (see DeviceElem), and the host never
+        // reads device memory except through copies.
+        let slice = unsafe { self.stream.alloc::<T::Raw>(len) }
+            .map_err(|e| driver_error(&format!("allocating {len} elements"), e))?;
+        Ok(DeviceBuffer { slice })
+    }
+}

@@ -1,0 +1,264 @@
+//! The CUDA backend (feature `cuda`): hand-written kernels from `kernels/*.cu`, compiled by
+//! build.rs into fatbins embedded in the binary, launched through cudarc's driver API.
+//!
+//! The driver library is loaded at run time, so a `cuda` build links and runs on a machine
+//! without one: [`CudaBackend::open`] then says why no GPU can be used and callers stay on the
+//! CPU. Every kernel has a CPU reference in `backend::cpu` (or in tests/cuda_kernels.rs) and a
+//! typed wrapper here that checks the buffer lengths against the shapes, then every CUDA call.
+//!
+//! Kernel execution is asynchronous: an error inside a kernel surfaces at the next synchronising
+//! call ([`CudaBackend::synchronize`], a download). Set `IMPLICIT_CUDA_SYNC=1` to synchronise
+//! after every launch, so that such an error names its kernel and shapes.
+
+use crate::bail;
+use crate::error::{Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// Launches kernel `$kernel` with the arguments in order (each a reference), mapping a failure
+/// to an error that names the kernel and `$shapes` (a `String` expression, built only then).
+macro_rules! launch {
+    ($backend:expr, $kernel:expr, $cfg:expr, $shapes:expr, [$($arg:expr),* $(,)?]) => {{
+        use cudarc::driver::PushKernelArg as _;
+        let backend: &$crate::backend::cuda::CudaBackend = $backend;
+        let kernel: &'static str = $kernel;
+        let func = backend.function(kernel)?;
+        let mut builder = backend.stream().launch_builder(func);
+        $( builder.arg($arg); )*
+        // SAFETY: the wrapper checked every buffer's length against the shapes it passes, and
+        // the arguments follow the kernel's C signature in kernels/*.cu, type for type.
+        unsafe { builder.launch($cfg) }
+            .map_err(|e| $crate::backend::cuda::kernel_error(kernel, &$shapes, "launch", e))?;
+        backend.after_launch(kernel, || $shapes)
+    }};
+}
+
+mod adamw;
+mod buffer;
+mod norm;
+mod ops;
+mod vocab;
+
+pub use adamw::AdamWStep;
+pub use buffer::{DeviceBuffer, DeviceElem, Float};
+pub use vocab::RuleAdapterOutput;
+
+/// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise
+/// kernels' `__launch_bounds__(256)`).
+const THREADS: u32 = 256;
+
+type RopeTables = HashMap<(u32, usize), Arc<DeviceBuffer<f32>>>;
+
+/// Whether a usable GPU was found.
+pub enum CudaAvailability {
+    Ready(CudaBackend),
+    /// No driver library, no device, or a device older than the kernels' sm_80: the reason.
+    NoGpu(String),
+}
+
+/// One GPU: its context, the stream all work goes to, and the loaded kernels.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    device_name: String,
+    compute_capability: (i32, i32),
+    multiprocessors: u32,
+    sync_each_launch: bool,
+    /// [0, 1]: the "clip state" of a step without clipping (finite norm, coefficient 1).
+    unit_clip: DeviceBuffer<f32>,
+    /// RoPE's inverse frequencies per (base bits, head_dim), uploaded once.
+    rope_tables: Mutex<RopeTables>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.device_name)
+            .field("compute_capability", &self.compute_capability)
+            .field("multiprocessors", &self.multiprocessors)
+            .finish()
+    }
+}
+
+/// The error of a CUDA call made for `kernel` on `shapes`.
+pub(crate) fn kernel_error(kernel: &str, shapes: &str, what: &str, e: DriverError) -> Error {
+    Error(format!(
+        "CUDA kernel {kernel} ({shapes}): {what} failed: {e}"
+    ))
+}
+
+fn driver_error(what: &str, e: DriverError) -> Error {
+    Error(format!("CUDA: {what} failed: {e}"))
+}
+
+impl CudaBackend {
+    /// The GPU backend on device 0, or `None` when no usable GPU is there (see
+    /// [`CudaBackend::open`] for the reason). Errors are faults of a GPU that is there.
+    pub fn new() -> Result<Option<CudaBackend>> {
+        Ok(match Self::open()? {
+            CudaAvailability::Ready(b) => Some(b),
+            CudaAvailability::NoGpu(_) => None,
+        })
+    }
+
+    /// Opens device 0 and loads every kernel, or says why no GPU can be used.
+    pub fn open() -> Result<CudaAvailability> {
+        // cudarc panics on a missing driver symbol; an unusable driver means "no GPU" too.
+        let probe = std::panic::catch_unwind(|| -> std::result::Result<_, String> {
+            // SAFETY: only tries to dlopen the driver library.
+            if !unsafe { sys::is_culib_present() } {
+                return Err("the CUDA driver library (libcuda.so) is not installed".into());
+            }
+            let count = CudaContext::device_count()
+                .map_err(|e| format!("the CUDA driver found no usable device: {e}"))?;
+            if count < 1 {
+                return Err("the CUDA driver reports no device".into());
+            }
+            CudaContext::new(0).map_err(|e| format!("cannot create a context on device 0: {e}"))
+        });
+        let ctx = match probe {
+            Ok(Ok(ctx)) => ctx,
+            Ok(Err(reason)) => return Ok(CudaAvailability::NoGpu(reason)),
+            Err(_) => {
+                return Ok(CudaAvailability::NoGpu(
+                    "the CUDA driver library lacks a function cudarc needs (driver too old?)"
+                        .into(),
+                ))
+            }
+        };
+        let device_name = ctx.name().map_err(|e| driver_error("cuDeviceGetName", e))?;
+        let compute_capability = ctx
+            .compute_capability()
+            .map_err(|e| driver_error("reading the compute capability", e))?;
+        if compute_capability.0 < 8 {
+            return Ok(CudaAvailability::NoGpu(format!(
+                "{device_name} has compute capability {}.{}; the kernels need 8.0 or newer",
+                compute_capability.0, compute_capability.1
+            )));
+        }
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver_error("reading the multiprocessor count", e))?
+            .max(1) as u32;
+        // SAFETY: all work goes to one stream, so no cross-stream events are needed; this is
+        // called before any allocation.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let mut functions = HashMap::new();
+        for &(module, fatbin, kernels) in MODULES {
+            let loaded = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
+                .map_err(|e| driver_error(&format!("loading kernels/{module}.cu's fatbin"), e))?;
+            for &kernel in kernels {
+                let f = loaded.load_function(kernel).map_err(|e| {
+                    driver_error(&format!("finding {kernel} in kernels/{module}.cu"), e)
+                })?;
+                functions.insert(kernel, f);
+            }
+        }
+        let sync_each_launch = std::env::var("IMPLICIT_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let unit_clip = DeviceBuffer::from_slice(&stream, &[0.0f32, 1.0])?;
+        Ok(CudaAvailability::Ready(CudaBackend {
+            ctx,
+            stream,
+            functions,
+            device_name,
+            compute_capability,
+            multiprocessors,
+            sync_each_launch,
+            unit_clip,
+            rope_tables: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for all queued work; reports an error raised inside any kernel since the last sync.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| driver_error("synchronizing the stream", e))?;
+        self.ctx
+            .check_err()
+            .map_err(|e| driver_error("an earlier asynchronous free", e))
+    }
+
+    pub(crate) fn function(&self, kernel: &str) -> Result<&CudaFunction> {
+        match self.functions.get(kernel) {
+            Some(f) => Ok(f),
+            None => bail!("CUDA kernel {kernel} is not in any embedded kernels/*.cu fatbin"),
+        }
+    }
+
+    pub(crate) fn after_launch(&self, kernel: &str, shapes: impl FnOnce() -> String) -> Result<()> {
+        if self.sync_each_launch {
+            self.stream
+                .synchronize()
+                .map_err(|e| kernel_error(kernel, &shapes(), "execution", e))?;
+        }
+        Ok(())
+    }
+
+    /// A grid-stride launch over `units` independent work items: enough blocks to fill the
+    /// GPU several times over, never more than the items need.
+    pub(crate) fn grid_stride(&self, units: usize) -> LaunchConfig {
+        let needed = units.div_ceil(THREADS as usize).max(1);
+        let cap = self.multiprocessors as usize * 16;
+        LaunchConfig {
+            grid_dim: (needed.min(cap) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+/// One block of [`THREADS`] per row.
+fn per_row(rows: usize, shared_mem_bytes: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes,
+    }
+}
+
+/// `got == want`, or an error naming the kernel, the buffer and both lengths.
+fn check_len(kernel: &str, buffer: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        bail!("CUDA kernel {kernel}: {buffer} has {got} elements, the shapes need {want}");
+    }
+    Ok(())
+}
+
+/// A dimension as the kernels' `int`, or an error.
+fn as_int(kernel: &str, what: &str, v: usize) -> Result<i32> {
+    match i32::try_from(v) {
+        Ok(v) => Ok(v),
+        Err(_) => bail!("CUDA kernel {kernel}: {what} = {v} does not fit in an int"),
+    }
+}
+
+/// Rows of a `[rows, dim]` buffer of `len` elements, checking that dim divides it and that the
+/// row count fits a grid.
+fn rows_of(kernel: &str, buffer: &str, len: usize, dim: usize) -> Result<usize> {
+    if dim == 0 || !len.is_multiple_of(dim) {
+        bail!("CUDA kernel {kernel}: {buffer} has {len} elements, not a whole number of rows of {dim}");
+    }
+    let rows = len / dim;
+    as_int(kernel, "rows", rows)?;
+    Ok(rows)
+}

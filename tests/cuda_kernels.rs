@@ -1,0 +1,500 @@
+//! Every CUDA kernel against its CPU reference (backend::cpu, optim, or a small f64 one here),
+//! on fresh random inputs (seed printed; set IMPLICIT_TEST_SEED to replay), several shapes
+//! including odd ones and the paper's (d 4096, vocab 32000), outputs poisoned with NaN first.
+//! Error bounds (‖out − ref‖/‖ref‖): f32 1e-5, bf16 storage 8e-3; argmax exact; AdamW bit-exact.
+//! Without a GPU each test prints "SKIPPED (no GPU): reason" and passes.
+#![cfg(feature = "cuda")]
+
+#[path = "cuda_kernels/adamw.rs"]
+mod adamw;
+#[path = "cuda_kernels/support.rs"]
+mod support;
+
+use half::bf16;
+use implicit::backend::cpu::{backward, ops};
+use implicit::backend::cuda::{CudaAvailability, CudaBackend, RuleAdapterOutput};
+use support::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
+
+fn norms<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, rows: usize, d: usize) {
+    let tag = format!("{} rows {rows} d {d}", std::any::type_name::<T>());
+    let (xq, x) = T::quantize(&rng.vec(rows * d, 2.0));
+    let (wq, w) = T::quantize(&rng.vec(d, 1.5));
+    let (dyq, dy) = T::quantize(&rng.vec(rows * d, 1.0));
+    let (xs, ws, dys) = (f64s(&x), f64s(&w), f64s(&dy));
+    let (gx, gw, gdy) = (
+        gpu.upload(&xq).unwrap(),
+        gpu.upload(&wq).unwrap(),
+        gpu.upload(&dyq).unwrap(),
+    );
+    let eps = 1e-5;
+
+    let mut y = vec![0.0f64; rows * d];
+    ops::rms_norm(&xs, &ws, eps, &mut y);
+    let mut gy = poisoned::<T>(gpu, rows * d);
+    gpu.rms_norm(&gx, &gw, eps, &mut gy).unwrap();
+    check(
+        &format!("rms_norm {tag}"),
+        &gpu.download(&gy).unwrap(),
+        &y,
+        T::BOUND,
+    );
+
+    let (mut dx, mut dw) = (vec![0.0f64; rows * d], vec![0.0f64; d]);
+    backward::rms_norm_backward(&xs, &ws, eps, &dys, &mut dx, &mut dw);
+    let mut gdx = poisoned::<T>(gpu, rows * d);
+    let mut gdw = gpu.upload(&vec![f32::NAN; d]).unwrap();
+    gpu.rms_norm_backward(&gx, &gw, eps, &gdy, &mut gdx, &mut gdw, false)
+        .unwrap();
+    check(
+        &format!("rms_norm dx {tag}"),
+        &gpu.download(&gdx).unwrap(),
+        &dx,
+        T::BOUND,
+    );
+    let dw_gpu = gpu.download(&gdw).unwrap();
+    check(&format!("rms_norm dw {tag}"), &dw_gpu, &dw, F32_BOUND);
+    // Deterministic: the same inputs give the same bits; `accumulate` adds to what is there.
+    gpu.rms_norm_backward(&gx, &gw, eps, &gdy, &mut gdx, &mut gdw, false)
+        .unwrap();
+    assert_eq!(
+        gpu.download(&gdw).unwrap(),
+        dw_gpu,
+        "dw differs between two runs"
+    );
+    gpu.rms_norm_backward(&gx, &gw, eps, &gdy, &mut gdx, &mut gdw, true)
+        .unwrap();
+    let twice: Vec<f64> = dw.iter().map(|v| 2.0 * v).collect();
+    check(
+        &format!("rms_norm dw accumulated {tag}"),
+        &gpu.download(&gdw).unwrap(),
+        &twice,
+        F32_BOUND,
+    );
+
+    let mut ly = vec![0.0f64; rows * d];
+    ops::layer_norm_no_params(&xs, d, eps, &mut ly);
+    let mut gly = poisoned::<T>(gpu, rows * d);
+    gpu.layer_norm(&gx, d, eps, &mut gly).unwrap();
+    check(
+        &format!("layer_norm {tag}"),
+        &gpu.download(&gly).unwrap(),
+        &ly,
+        T::BOUND,
+    );
+    let mut ldx = vec![0.0f64; rows * d];
+    backward::layer_norm_backward(&xs, d, eps, &dys, &mut ldx);
+    let mut gldx = poisoned::<T>(gpu, rows * d);
+    gpu.layer_norm_backward(&gx, d, eps, &gdy, &mut gldx)
+        .unwrap();
+    check(
+        &format!("layer_norm dx {tag}"),
+        &gpu.download(&gldx).unwrap(),
+        &ldx,
+        T::BOUND,
+    );
+}
+
+#[test]
+fn rms_norm_and_layer_norm_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("norms");
+    // d 7/33: scalar path; 4100: f32 vectors, bf16 scalar; 600 and 2100 rows: several blocks,
+    // and 2100 (9 rows a block) two tiles of the backward per block.
+    for (rows, d) in [
+        (1, 7),
+        (3, 33),
+        (5, 4096),
+        (17, 4100),
+        (600, 256),
+        (2100, 4096),
+    ] {
+        norms::<f32>(gpu, &mut rng, rows, d);
+        norms::<bf16>(gpu, &mut rng, rows, d);
+    }
+}
+
+fn rope_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, tokens: usize, heads: usize, hd: usize) {
+    for layout in [ops::RopeLayout::HalfRotation, ops::RopeLayout::Interleaved] {
+        let spec = ops::RopeSpec {
+            heads,
+            head_dim: hd,
+            base: 10000.0,
+            layout,
+        };
+        let (xq, x) = T::quantize(&rng.vec(tokens * heads * hd, 1.0));
+        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(4096)).collect();
+        let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
+        let gpos = gpu.upload(&positions).unwrap();
+        for inverse in [false, true] {
+            let mut reference = x.clone();
+            ops::rope(&mut reference, &pos, spec, inverse);
+            let mut gx = gpu.upload(&xq).unwrap();
+            gpu.rope(&mut gx, &gpos, spec, inverse).unwrap();
+            let what = format!(
+                "rope {} {tokens}x{heads}x{hd} {layout:?} inverse {inverse}",
+                std::any::type_name::<T>()
+            );
+            check(
+                &what,
+                &gpu.download(&gx).unwrap(),
+                &f64s(&reference),
+                T::BOUND,
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_matches_cpu_in_both_layouts() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("rope");
+    // head_dim 6: half 3, the scalar path; 128 × 32 heads: Llama-2-7B.
+    for (tokens, heads, hd) in [(3, 2, 8), (7, 3, 6), (5, 32, 128), (4, 8, 64)] {
+        rope_case::<f32>(gpu, &mut rng, tokens, heads, hd);
+        rope_case::<bf16>(gpu, &mut rng, tokens, heads, hd);
+    }
+}
+
+fn swiglu_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, n: usize) {
+    let tag = format!("{} n {n}", std::any::type_name::<T>());
+    let (gq, g) = T::quantize(&rng.vec(n, 4.0));
+    let (uq, u) = T::quantize(&rng.vec(n, 2.0));
+    let (dq, dy) = T::quantize(&rng.vec(n, 1.0));
+    let (g, u, dy) = (f64s(&g), f64s(&u), f64s(&dy));
+    let (gg, gu, gd) = (
+        gpu.upload(&gq).unwrap(),
+        gpu.upload(&uq).unwrap(),
+        gpu.upload(&dq).unwrap(),
+    );
+    let mut out = vec![0.0f64; n];
+    ops::swiglu(&g, &u, &mut out);
+    let mut gout = poisoned::<T>(gpu, n);
+    gpu.swiglu(&gg, &gu, &mut gout).unwrap();
+    check(
+        &format!("swiglu {tag}"),
+        &gpu.download(&gout).unwrap(),
+        &out,
+        T::BOUND,
+    );
+    let (mut dg, mut du) = (vec![0.0f64; n], vec![0.0f64; n]);
+    backward::swiglu_backward(&g, &u, &dy, &mut dg, &mut du);
+    let (mut gdg, mut gdu) = (poisoned::<T>(gpu, n), poisoned::<T>(gpu, n));
+    gpu.swiglu_backward(&gg, &gu, &gd, &mut gdg, &mut gdu)
+        .unwrap();
+    check(
+        &format!("swiglu d_gate {tag}"),
+        &gpu.download(&gdg).unwrap(),
+        &dg,
+        T::BOUND,
+    );
+    check(
+        &format!("swiglu d_up {tag}"),
+        &gpu.download(&gdu).unwrap(),
+        &du,
+        T::BOUND,
+    );
+}
+
+#[test]
+fn swiglu_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("swiglu");
+    for n in [1, 7, 1000, 3 * 11008 + 5, 4 * 11008 * 8] {
+        swiglu_case::<f32>(gpu, &mut rng, n);
+        swiglu_case::<bf16>(gpu, &mut rng, n);
+    }
+}
+
+fn embedding_case<T: Dtype>(
+    gpu: &CudaBackend,
+    rng: &mut Rng,
+    vocab: usize,
+    dim: usize,
+    tokens: usize,
+) {
+    let tag = format!(
+        "{} vocab {vocab} dim {dim} tokens {tokens}",
+        std::any::type_name::<T>()
+    );
+    let (tq, table) = T::quantize(&rng.vec(vocab * dim, 1.0));
+    // Ids anywhere in the table, each odd token repeating an earlier id, so that the backward
+    // adds several rows into one.
+    let mut ids: Vec<u32> = Vec::with_capacity(tokens);
+    for t in 0..tokens {
+        let id = if t % 2 == 1 {
+            ids[rng.below(t as u32) as usize]
+        } else {
+            rng.below(vocab as u32)
+        };
+        ids.push(id);
+    }
+    let gids = gpu.upload(&ids).unwrap();
+    let mut out = vec![0.0f32; tokens * dim];
+    ops::embedding(&ids, implicit::tensor::Elems::F32(&table), dim, &mut out);
+    let mut gout = poisoned::<T>(gpu, tokens * dim);
+    gpu.embedding(&gids, &gpu.upload(&tq).unwrap(), dim, &mut gout)
+        .unwrap();
+    let got: Vec<f32> = gpu
+        .download(&gout)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    assert_eq!(got, out, "embedding {tag} is a copy: bit-exact");
+
+    let (dyq, dy) = T::quantize(&rng.vec(tokens * dim, 1.0));
+    let init = rng.vec(vocab * dim, 0.5);
+    let mut d_table = f64s(&init);
+    backward::embedding_backward(&ids, &f64s(&dy), dim, &mut d_table);
+    let mut gdt = gpu.upload(&init).unwrap();
+    gpu.embedding_backward(&gids, &gpu.upload(&dyq).unwrap(), dim, &mut gdt)
+        .unwrap();
+    // Compare what was added (the table's other rows would hide an error in the touched ones).
+    let got = gpu.download(&gdt).unwrap();
+    let added: Vec<f32> = got.iter().zip(&init).map(|(g, i)| g - i).collect();
+    let want: Vec<f64> = d_table
+        .iter()
+        .zip(&init)
+        .map(|(d, &i)| d - i as f64)
+        .collect();
+    check(
+        &format!("embedding d_table {tag}"),
+        &added,
+        &want,
+        F32_BOUND,
+    );
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("embedding");
+    for (vocab, dim, tokens) in [(50, 13, 9), (32000, 4096, 33), (1000, 100, 257)] {
+        embedding_case::<f32>(gpu, &mut rng, vocab, dim, tokens);
+        embedding_case::<bf16>(gpu, &mut rng, vocab, dim, tokens);
+    }
+    // An id past the table gives a NaN row, and no out-of-bounds access.
+    let table = gpu.upload(&rng.vec(4 * 8, 1.0)).unwrap();
+    let mut out = gpu.zeros::<f32>(2 * 8).unwrap();
+    gpu.embedding(&gpu.upload(&[1u32, 4]).unwrap(), &table, 8, &mut out)
+        .unwrap();
+    let got = gpu.download(&out).unwrap();
+    assert!(got[..8].iter().all(|v| v.is_finite()) && got[8..].iter().all(|v| v.is_nan()));
+}
+
+fn cross_entropy_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, rows: usize, vocab: usize) {
+    let tag = format!("{} rows {rows} vocab {vocab}", std::any::type_name::<T>());
+    let (zq, z) = T::quantize(&rng.vec(rows * vocab, 8.0));
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u32)).collect();
+    // Row 1 carries no loss (weight 0), as prompt tokens do.
+    let weights: Vec<f32> = (0..rows)
+        .map(|r| if r == 1 { 0.0 } else { 0.25 + r as f32 * 0.5 })
+        .collect();
+    let zs = f64s(&z);
+    let (gz, gt, gw) = (
+        gpu.upload(&zq).unwrap(),
+        gpu.upload(&targets).unwrap(),
+        gpu.upload(&weights).unwrap(),
+    );
+    let (mut loss, mut lse) = (poisoned::<f32>(gpu, rows), poisoned::<f32>(gpu, rows));
+    gpu.cross_entropy(&gz, vocab, &gt, &gw, &mut loss, &mut lse)
+        .unwrap();
+    let loss = gpu.download(&loss).unwrap();
+    let per_row: Vec<f64> = (0..rows)
+        .map(|r| {
+            let row = &zs[r * vocab..][..vocab];
+            backward::cross_entropy(row, vocab, &targets[r..r + 1], &[weights[r] as f64], None)
+        })
+        .collect();
+    check(
+        &format!("cross_entropy loss {tag}"),
+        &loss,
+        &per_row,
+        F32_BOUND,
+    );
+    let mut dz = vec![0.0f64; rows * vocab];
+    let w64 = f64s(&weights);
+    let total = backward::cross_entropy(&zs, vocab, &targets, &w64, Some(&mut dz));
+    let gpu_total: f64 = loss.iter().map(|&l| l as f64).sum();
+    assert!(
+        (gpu_total - total).abs() <= 1e-5 * total.abs(),
+        "total {gpu_total} vs {total}"
+    );
+    let mut gdz = poisoned::<T>(gpu, rows * vocab);
+    gpu.cross_entropy_backward(&gz, vocab, &gt, &gw, &lse, &mut gdz)
+        .unwrap();
+    check(
+        &format!("cross_entropy d_logits {tag}"),
+        &gpu.download(&gdz).unwrap(),
+        &dz,
+        T::BOUND,
+    );
+}
+
+#[test]
+fn cross_entropy_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("cross_entropy");
+    for (rows, vocab) in [(2, 7), (3, 1001), (16, 32000), (5, 32003)] {
+        cross_entropy_case::<f32>(gpu, &mut rng, rows, vocab);
+        cross_entropy_case::<bf16>(gpu, &mut rng, rows, vocab);
+    }
+}
+
+/// f64 reference of the rule adapter: (argmax of log_softmax(z) + s, its adapted log-prob,
+/// its base log-prob, the gap to the runner-up).
+fn rule_reference(z: &[f32], s: &[f64]) -> (usize, f64, f64, f64) {
+    let zs = f64s(z);
+    let lse = ops::log_sum_exp(&zs);
+    let score: Vec<f64> = zs.iter().zip(s).map(|(&v, &b)| v - lse + b).collect();
+    let best = ops::argmax(&score);
+    let runner_up = (0..score.len())
+        .filter(|&i| i != best)
+        .map(|i| score[i])
+        .fold(f64::NEG_INFINITY, f64::max);
+    (
+        best,
+        score[best] - ops::log_sum_exp(&score),
+        zs[best] - lse,
+        score[best] - runner_up,
+    )
+}
+
+fn rule_case<T: Dtype>(
+    gpu: &CudaBackend,
+    rng: &mut Rng,
+    rows: usize,
+    vocab: usize,
+    per_row_bias: bool,
+) {
+    let tag = format!(
+        "{} rows {rows} vocab {vocab} per-row bias {per_row_bias}",
+        std::any::type_name::<T>()
+    );
+    let (mut zq, mut z) = T::quantize(&rng.vec(rows * vocab, 6.0));
+    let bias_len = if per_row_bias { rows * vocab } else { vocab };
+    let mut bias = rng.vec(bias_len, 3.0);
+    let eos_bias = rng.vec(rows, 2.0);
+    // With a shared bias, row 0 gets an exact tie for the maximum at indices 1 and vocab − 2
+    // (same logit, same bias, EOS elsewhere): the lower index must win.
+    let plant_tie = vocab > 4 && !per_row_bias;
+    let eos = if plant_tie {
+        0
+    } else {
+        rng.below(vocab as u32)
+    };
+    if plant_tie {
+        for i in [1, vocab - 2] {
+            z[i] = 40.0;
+            zq[i] = T::from_f32(40.0);
+            bias[i] = 5.0;
+        }
+    }
+    let b_of = |r: usize, i: usize| bias[if per_row_bias { r * vocab + i } else { i }];
+    let mut tokens = gpu.upload(&vec![u32::MAX; rows]).unwrap();
+    let (mut lp, mut blp) = (poisoned::<f32>(gpu, rows), poisoned::<f32>(gpu, rows));
+    let out = RuleAdapterOutput {
+        tokens: &mut tokens,
+        logprobs: &mut lp,
+        base_logprobs: &mut blp,
+    };
+    gpu.rule_adapter(
+        &gpu.upload(&zq).unwrap(),
+        vocab,
+        &gpu.upload(&bias).unwrap(),
+        eos,
+        &gpu.upload(&eos_bias).unwrap(),
+        out,
+    )
+    .unwrap();
+    let (tokens, lp, blp) = (
+        gpu.download(&tokens).unwrap(),
+        gpu.download(&lp).unwrap(),
+        gpu.download(&blp).unwrap(),
+    );
+    let (mut want_lp, mut want_blp) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        let s: Vec<f64> = (0..vocab)
+            .map(|i| {
+                b_of(r, i) as f64
+                    + if i == eos as usize {
+                        eos_bias[r] as f64
+                    } else {
+                        0.0
+                    }
+            })
+            .collect();
+        let (best, lp_ref, blp_ref, gap) = rule_reference(&z[r * vocab..][..vocab], &s);
+        // Exact unless the runner-up is within rounding of the best (then either may win).
+        if gap > 1e-4 || gap == 0.0 {
+            assert_eq!(
+                tokens[r] as usize, best,
+                "rule_adapter {tag} row {r}: argmax"
+            );
+        } else {
+            eprintln!("rule_adapter {tag} row {r}: near tie (gap {gap:.1e}), argmax not compared");
+        }
+        want_lp.push(lp_ref);
+        want_blp.push(blp_ref);
+    }
+    check(
+        &format!("rule_adapter logprob {tag}"),
+        &lp,
+        &want_lp,
+        F32_BOUND,
+    );
+    check(
+        &format!("rule_adapter base logprob {tag}"),
+        &blp,
+        &want_blp,
+        F32_BOUND,
+    );
+}
+
+#[test]
+fn rule_adapter_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("rule_adapter");
+    for (rows, vocab, per_row) in [
+        (3, 7, false),
+        (4, 1001, true),
+        (8, 32000, false),
+        (4, 32000, true),
+    ] {
+        rule_case::<f32>(gpu, &mut rng, rows, vocab, per_row);
+        rule_case::<bf16>(gpu, &mut rng, rows, vocab, per_row);
+    }
+}
+
+#[test]
+fn wrong_lengths_are_errors_naming_the_kernel() {
+    let Some(gpu) = gpu() else { return };
+    let x = gpu.zeros::<f32>(10).unwrap();
+    let w = gpu.zeros::<f32>(4).unwrap();
+    let mut y = gpu.zeros::<f32>(10).unwrap();
+    let e = gpu.rms_norm(&x, &w, 1e-5, &mut y).unwrap_err().to_string();
+    assert!(e.contains("rmsnorm_fwd_f32") && e.contains("10"), "{e}");
+    let mut short = gpu.zeros::<f32>(3).unwrap();
+    let e = gpu.swiglu(&x, &x, &mut short).unwrap_err().to_string();
+    assert!(e.contains("swiglu_fwd_f32") && e.contains("out"), "{e}");
+}
+
+#[test]
+fn cuda_build_without_gpu_falls_back_to_cpu() {
+    match CudaBackend::open().expect("open never fails for lack of a GPU") {
+        CudaAvailability::NoGpu(reason) => {
+            assert!(!reason.is_empty());
+            assert!(CudaBackend::new().unwrap().is_none());
+            println!("no GPU ({reason}): a cuda build uses the CPU");
+        }
+        CudaAvailability::Ready(b) => {
+            println!(
+                "GPU: {} (sm_{}{})",
+                b.device_name(),
+                b.compute_capability().0,
+                b.compute_capability().1
+            );
+            println!("{}", implicit::backend::cuda::RESOURCE_USAGE);
+        }
+    }
+}

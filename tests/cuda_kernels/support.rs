@@ -1,0 +1,128 @@
+//! Helpers of the CUDA kernel tests: the shared backend, a seeded RNG, the dtypes under test
+//! and the error measure.
+
+use half::bf16;
+use implicit::backend::cuda::{CudaAvailability, CudaBackend, DeviceBuffer, Float};
+use std::sync::OnceLock;
+
+pub const F32_BOUND: f64 = 1e-5;
+pub const BF16_BOUND: f64 = 8e-3;
+
+/// The shared backend, or None after printing why the test is skipped.
+pub fn gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let opened =
+        GPU.get_or_init(
+            || match CudaBackend::open().expect("a GPU is there but failed") {
+                CudaAvailability::Ready(b) => {
+                    eprintln!("CUDA device: {}", b.device_name());
+                    Ok(b)
+                }
+                CudaAvailability::NoGpu(reason) => Err(reason),
+            },
+        );
+    match opened {
+        Ok(b) => Some(b),
+        Err(reason) => {
+            println!("SKIPPED (no GPU): {reason}");
+            None
+        }
+    }
+}
+
+/// xorshift64*, seeded from the clock (or IMPLICIT_TEST_SEED) so every run draws new inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("IMPLICIT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                t.map(|d| d.as_nanos() as u64).unwrap_or(1)
+            });
+        eprintln!("{test}: IMPLICIT_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    /// Uniform in [−scale, scale), never exactly 0.
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * scale
+            })
+            .collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next() % n as u64) as u32
+    }
+}
+
+/// A float type under test: how its inputs are drawn and how close its outputs must be.
+pub trait Dtype: Float {
+    const BOUND: f64;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// The values as stored (bf16-rounded for bf16), so the reference sees the same inputs.
+    fn quantize(v: &[f32]) -> (Vec<Self>, Vec<f32>) {
+        let q: Vec<Self> = v.iter().map(|&x| Self::from_f32(x)).collect();
+        let back = q.iter().map(|&x| x.to_f32()).collect();
+        (q, back)
+    }
+}
+
+impl Dtype for f32 {
+    const BOUND: f64 = F32_BOUND;
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Dtype for bf16 {
+    const BOUND: f64 = BF16_BOUND;
+    fn from_f32(x: f32) -> bf16 {
+        bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// ‖out − ref‖ / ‖ref‖ (infinite if any output is not finite: unwritten or poisoned).
+pub fn rel_err<T: Dtype>(out: &[T], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        let o = o.to_f32() as f64;
+        if !o.is_finite() {
+            return f64::INFINITY;
+        }
+        num += (o - r) * (o - r);
+        den += r * r;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+pub fn check<T: Dtype>(what: &str, out: &[T], reference: &[f64], bound: f64) {
+    let e = rel_err(out, reference);
+    eprintln!("{what}: rel err {e:.2e} (bound {bound:.0e})");
+    assert!(e <= bound, "{what}: rel err {e:.3e} > {bound:.0e}");
+}
+
+pub fn poisoned<T: Dtype>(gpu: &CudaBackend, n: usize) -> DeviceBuffer<T> {
+    gpu.upload(&vec![T::from_f32(f32::NAN); n]).unwrap()
+}
+
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
