@@ -1,15 +1,18 @@
 //! implicit: a native transformer runtime for the experiments of
 //! "Instruction Following without Instruction Tuning" (Hewitt et al., 2024).
 
+pub mod adapter;
 pub mod autograd;
 pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

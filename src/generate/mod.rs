@@ -1,15 +1,30 @@
 //! Text generation: greedy or temperature sampling with a KV cache, one sequence streamed or a
-//! batch of sequences decoded together.
+//! batch of sequences decoded together, optionally through a score adjuster (the paper's rule
+//! adapter, `crate::adapter`).
+
+pub mod detok;
+pub mod engine;
+pub mod instructions;
+pub mod scoring;
+pub mod vocab;
+
+pub use detok::IncrementalDecoder;
+pub use engine::{run_batched, step, Finish, Finished, Sequence, SequenceRequest, TokenChoice};
+pub use scoring::{adapted_log_probs, greedy_pick, top_k, Pick, ScoreAdjuster, SequenceScores};
 
 use crate::backend::cpu::ops::{argmax, softmax_in_place};
 use crate::error::Result;
-use crate::model::{KvCache, Logits, Transformer};
+use crate::model::Transformer;
+use std::sync::Arc;
 
 /// How the next token is chosen from logits.
 #[derive(Clone, Debug)]
 pub struct Sampler {
     /// 0 means greedy (argmax).
     pub temperature: f32,
+    /// Nucleus sampling: only the most likely tokens whose probabilities add up to `top_p`
+    /// are drawn from (1 = all).
+    pub top_p: f32,
     state: u64,
 }
 
@@ -17,11 +32,26 @@ impl Sampler {
     pub fn new(temperature: f32, seed: u64) -> Sampler {
         Sampler {
             temperature,
+            top_p: 1.0,
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         }
     }
     pub fn greedy() -> Sampler {
         Sampler::new(0.0, 0)
+    }
+    pub fn with_top_p(mut self, top_p: f32) -> Sampler {
+        self.top_p = top_p;
+        self
+    }
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+    /// An independent sampler for the `index`-th sequence of a batch, derived from this one's
+    /// state, so that batch members do not draw the same random numbers.
+    pub fn for_sequence(&self, index: usize) -> Sampler {
+        let mut s = self.clone();
+        s.state = (self.state ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)) | 1;
+        s
     }
 
     fn next_uniform(&mut self) -> f32 {
@@ -34,20 +64,36 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.temperature <= 0.0 {
+        if self.is_greedy() {
             return argmax(logits) as u32;
         }
         let mut p: Vec<f32> = logits.iter().map(|&l| l / self.temperature).collect();
         softmax_in_place(&mut p);
-        let u = self.next_uniform();
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        let mut mass = 1.0;
+        if self.top_p < 1.0 {
+            // Keep the smallest set of most likely tokens whose mass reaches top_p.
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            let mut acc = 0.0;
+            let keep = order
+                .iter()
+                .position(|&i| {
+                    acc += p[i];
+                    acc >= self.top_p
+                })
+                .map_or(order.len(), |k| k + 1);
+            order.truncate(keep);
+            mass = acc.min(1.0);
+        }
+        let u = self.next_uniform() * mass;
         let mut acc = 0.0;
-        for (i, &pi) in p.iter().enumerate() {
-            acc += pi;
+        for &i in &order {
+            acc += p[i];
             if u < acc {
                 return i as u32;
             }
         }
-        (p.len() - 1) as u32
+        *order.last().expect("non-empty vocabulary") as u32
     }
 }
 
@@ -68,27 +114,41 @@ pub fn generate(
     sampler: &mut Sampler,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
-    let mut cache = KvCache::new(&model.config);
-    let mut out = Vec::new();
-    let mut next_input = prompt.to_vec();
-    while out.len() < opts.max_new_tokens {
-        let logits = model
-            .forward(&mut [(&next_input, &mut cache)], Logits::Last)?
-            .remove(0);
-        let tok = sampler.sample(&logits);
-        out.push(tok);
-        on_token(tok)?;
-        if opts.stop_tokens.contains(&tok) {
-            break;
-        }
-        next_input = vec![tok];
+    generate_adjusted(model, prompt, opts, sampler, None, |c| on_token(c.token))
+}
+
+/// [`generate`] with an optional score adjuster (e.g. the rule adapter); `on_token` also sees
+/// each token's log-probability.
+pub fn generate_adjusted(
+    model: &Transformer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    adjuster: Option<Arc<dyn ScoreAdjuster>>,
+    mut on_token: impl FnMut(&TokenChoice) -> Result<()>,
+) -> Result<Vec<u32>> {
+    let req = SequenceRequest {
+        prompt: prompt.to_vec(),
+        max_new_tokens: opts.max_new_tokens,
+        stop_tokens: opts.stop_tokens.clone(),
+        sampler: sampler.clone(),
+        top_logprobs: 0,
+        adjuster,
+    };
+    let mut seq = Sequence::new(model, req)?;
+    while seq.finish().is_none() {
+        let choice = step(model, &mut [&mut seq])?.remove(0);
+        on_token(&choice)?;
     }
-    Ok(out)
+    // Hand the sampler's advanced state back, so consecutive calls keep drawing fresh numbers.
+    *sampler = seq.sampler_state();
+    Ok(seq.generated().to_vec())
 }
 
 /// Generates after every prompt at once: each step runs one forward over all sequences still
 /// going (ragged lengths, no padding), so the weights are read once per step for the batch.
-/// `on_step(done, total)` reports progress after each step. Returns each prompt's new tokens.
+/// `on_step(done, total)` reports progress each time a sequence ends. Returns each prompt's new
+/// tokens (empty for an empty prompt).
 pub fn generate_batch(
     model: &Transformer,
     prompts: &[Vec<u32>],
@@ -97,35 +157,55 @@ pub fn generate_batch(
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<u32>>> {
     let n = prompts.len();
-    let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new(&model.config)).collect();
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
-    let mut live: Vec<usize> = (0..n)
-        .filter(|&i| opts.max_new_tokens > 0 && !prompts[i].is_empty())
+    let mut done = 0;
+    generate_batch_adjusted(model, prompts, opts, sampler, None, n, |_, _| {
+        done += 1;
+        on_step(done, n);
+    })
+}
+
+/// [`generate_batch`] with an optional score adjuster and at most `max_batch` sequences decoded
+/// together (continuous batching: a finished sequence's slot goes to the next prompt at once).
+/// `on_done(i, tokens)` sees each sequence as it ends. Empty prompts give empty outputs.
+pub fn generate_batch_adjusted(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    adjuster: Option<Arc<dyn ScoreAdjuster>>,
+    max_batch: usize,
+    mut on_done: impl FnMut(usize, &[u32]),
+) -> Result<Vec<Vec<u32>>> {
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let runnable: Vec<usize> = (0..prompts.len())
+        .filter(|&i| !prompts[i].is_empty())
         .collect();
-    while !live.is_empty() {
-        let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::with_capacity(live.len());
-        let mut live_caches: Vec<Option<&mut KvCache>> = caches.iter_mut().map(Some).collect();
-        for &i in &live {
-            batch.push((
-                &inputs[i],
-                live_caches[i].take().expect("each sequence once"),
-            ));
+    let requests = runnable.iter().map(|&i| SequenceRequest {
+        prompt: prompts[i].clone(),
+        max_new_tokens: opts.max_new_tokens,
+        stop_tokens: opts.stop_tokens.clone(),
+        sampler: sampler.for_sequence(i),
+        top_logprobs: 0,
+        adjuster: adjuster.clone(),
+    });
+    run_batched(
+        model,
+        requests,
+        max_batch,
+        |_, _| Ok(()),
+        |k, finished| {
+            let i = runnable[k];
+            on_done(i, &finished.tokens);
+            outputs[i] = finished.tokens;
+            Ok(())
+        },
+    )?;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            on_done(i, &[]);
         }
-        let logits = model.forward(&mut batch, Logits::Last)?;
-        drop(batch);
-        let mut still = Vec::with_capacity(live.len());
-        for (&i, l) in live.iter().zip(&logits) {
-            let tok = sampler.sample(l);
-            outputs[i].push(tok);
-            if !opts.stop_tokens.contains(&tok) && outputs[i].len() < opts.max_new_tokens {
-                inputs[i] = vec![tok];
-                still.push(i);
-            }
-        }
-        live = still;
-        on_step(n - live.len(), n);
     }
+    *sampler = sampler.for_sequence(prompts.len());
     Ok(outputs)
 }
 
@@ -147,5 +227,16 @@ mod tests {
             d.contains(&1) && d.contains(&2),
             "temperature 1 samples both likely tokens: {d:?}"
         );
+    }
+
+    #[test]
+    fn top_p_keeps_only_the_nucleus() {
+        let logits = [0.0, 5.0, 4.9, -5.0];
+        let mut s = Sampler::new(1.0, 3).with_top_p(0.5);
+        let d: Vec<u32> = (0..100).map(|_| s.sample(&logits)).collect();
+        assert!(d.iter().all(|&t| t == 1), "only the top token: {d:?}");
+        let mut s = Sampler::new(1.0, 3).with_top_p(0.9);
+        let d: Vec<u32> = (0..200).map(|_| s.sample(&logits)).collect();
+        assert!(d.contains(&1) && d.contains(&2) && !d.contains(&3));
     }
 }

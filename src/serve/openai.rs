@@ -1,0 +1,412 @@
+//! The OpenAI API's request side: validating `/v1/chat/completions` and `/v1/completions`
+//! bodies, rendering chat messages in the paper's Tulu template, and OpenAI-style errors.
+
+use crate::data::encode::py_strip;
+use serde_json::{json, Map, Value};
+
+/// An error answered as `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> ApiError {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+    pub fn with_code(mut self, code: &str) -> ApiError {
+        self.code = Some(code.to_string());
+        self
+    }
+    pub fn status(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: if status >= 500 {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            },
+            param: None,
+            code: None,
+        }
+    }
+    pub fn to_json(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+/// Which endpoint a request came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// A prompt as text (tokenised with BOS by the server) or as token ids (used as they are).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// A validated generation request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenParams {
+    pub endpoint: Endpoint,
+    /// One per choice (several only for `/v1/completions` with a list of prompts).
+    pub prompts: Vec<PromptInput>,
+    pub max_tokens: Option<usize>,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// None: no logprobs; Some(k): logprobs with the k most likely alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives a request may ask for.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+fn field<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    body.get(key).filter(|v| !v.is_null())
+}
+
+fn number(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> ApiResult<Option<f64>> {
+    match field(body, key) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
+            _ => Err(ApiError::invalid(
+                format!("'{key}' must be a number between {lo} and {hi}, not {v}"),
+                Some(key),
+            )),
+        },
+    }
+}
+
+fn count(body: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> ApiResult<Option<usize>> {
+    match field(body, key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(x) if (lo..=hi).contains(&x) => Ok(Some(x as usize)),
+            _ => Err(ApiError::invalid(
+                format!("'{key}' must be an integer between {lo} and {hi}, not {v}"),
+                Some(key),
+            )),
+        },
+    }
+}
+
+fn boolean(body: &Map<String, Value>, key: &str) -> ApiResult<bool> {
+    match field(body, key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ApiError::invalid(
+            format!("'{key}' must be a boolean, not {v}"),
+            Some(key),
+        )),
+    }
+}
+
+/// The parameters both endpoints share.
+fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams> {
+    match field(body, "model") {
+        Some(Value::String(_)) | None => {}
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'model' must be a string, not {v}"),
+                Some("model"),
+            ))
+        }
+    }
+    if let Some(n) = count(body, "n", 1, 128)? {
+        if n != 1 {
+            return Err(ApiError::invalid("only n = 1 is supported", Some("n")));
+        }
+    }
+    let stop = match field(body, "stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.len() <= 4 => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("'stop' must hold strings", Some("stop")))?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'stop' must be a string or a list of up to 4 strings",
+                Some("stop"),
+            ))
+        }
+    };
+    let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    let max_tokens = match count(body, "max_completion_tokens", 1, u32::MAX as u64)? {
+        Some(m) => Some(m),
+        None => count(body, "max_tokens", 1, u32::MAX as u64)?,
+    };
+    let stream = boolean(body, "stream")?;
+    let include_usage = match field(body, "stream_options") {
+        None => false,
+        Some(Value::Object(o)) => boolean(o, "include_usage")?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'stream_options' must be an object",
+                Some("stream_options"),
+            ))
+        }
+    };
+    Ok(GenParams {
+        endpoint,
+        prompts: Vec::new(),
+        max_tokens,
+        // OpenAI's default temperature is 1; 0 is greedy.
+        temperature: number(body, "temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32,
+        top_p: number(body, "top_p", 0.0, 1.0)?.unwrap_or(1.0) as f32,
+        seed: match field(body, "seed") {
+            None => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .map(|s| s as u64)
+                    .ok_or_else(|| ApiError::invalid("'seed' must be an integer", Some("seed")))?,
+            ),
+        },
+        stop,
+        stream,
+        include_usage,
+        logprobs: None,
+    })
+}
+
+fn object(body: &Value) -> ApiResult<&Map<String, Value>> {
+    body.as_object()
+        .ok_or_else(|| ApiError::invalid("the request body must be a JSON object", None))
+}
+
+/// A message's text: a string, or a list of `{"type": "text", "text": ...}` parts.
+fn content_text(content: Option<&Value>, i: usize) -> ApiResult<String> {
+    let param = format!("messages[{i}].content");
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(
+                |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
+                    _ => Err(ApiError::invalid(
+                        "only text content parts are supported",
+                        Some(&param),
+                    )),
+                },
+            )
+            .collect::<ApiResult<Vec<&str>>>()
+            .map(|t| t.concat()),
+        None | Some(Value::Null) => Err(ApiError::invalid(
+            format!("'{param}' is required"),
+            Some(&param),
+        )),
+        Some(_) => Err(ApiError::invalid(
+            format!("'{param}' must be a string or a list of text parts"),
+            Some(&param),
+        )),
+    }
+}
+
+/// The paper's Tulu chat template, as its evaluation renders messages
+/// (`create_prompt_with_tulu_chat_format` in eval/templates.py): `<|system|>\n{c}\n`,
+/// `<|user|>\n{c}\n`, `<|assistant|>\n{c.strip()}{eos}\n`, then `<|assistant|>\n` to answer.
+/// BOS is added by the tokenizer. One user message gives `chat_prompt(instruction)`.
+pub fn render_chat(messages: &[(String, String)], eos_text: &str) -> String {
+    let mut text = String::new();
+    for (role, content) in messages {
+        match role.as_str() {
+            "system" => text.push_str(&format!("<|system|>\n{content}\n")),
+            "user" => text.push_str(&format!("<|user|>\n{content}\n")),
+            _ => text.push_str(&format!("<|assistant|>\n{}{eos_text}\n", py_strip(content))),
+        }
+    }
+    text.push_str("<|assistant|>\n");
+    text
+}
+
+/// Validates a `/v1/chat/completions` body; the prompt is the rendered conversation.
+pub fn parse_chat(body: &Value, eos_text: &str) -> ApiResult<GenParams> {
+    let body = object(body)?;
+    let mut params = common(body, Endpoint::Chat)?;
+    let messages = match field(body, "messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid(
+                "'messages' must not be empty",
+                Some("messages"),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'messages' must be a list",
+                Some("messages"),
+            ))
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "'messages' is a required property",
+                Some("messages"),
+            ))
+        }
+    };
+    let mut turns = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let role = match role {
+            "system" | "developer" => "system",
+            "user" | "assistant" => role,
+            other => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "messages[{i}].role {other:?} is not supported (system, user, assistant)"
+                    ),
+                    Some(&format!("messages[{i}].role")),
+                ))
+            }
+        };
+        turns.push((role.to_string(), content_text(m.get("content"), i)?));
+    }
+    let logprobs = boolean(body, "logprobs")?;
+    let top = count(body, "top_logprobs", 0, MAX_TOP_LOGPROBS as u64)?;
+    if top.is_some() && !logprobs {
+        return Err(ApiError::invalid(
+            "'top_logprobs' needs 'logprobs' set to true",
+            Some("top_logprobs"),
+        ));
+    }
+    params.logprobs = logprobs.then_some(top.unwrap_or(0));
+    params.prompts = vec![PromptInput::Text(render_chat(&turns, eos_text))];
+    Ok(params)
+}
+
+/// Validates a `/v1/completions` body: `prompt` is a string, a list of strings, a list of token
+/// ids or a list of such lists (one choice per prompt).
+pub fn parse_completion(body: &Value) -> ApiResult<GenParams> {
+    let body = object(body)?;
+    let mut params = common(body, Endpoint::Completions)?;
+    let ids = |v: &Value| -> Option<Vec<u32>> {
+        v.as_array()?
+            .iter()
+            .map(|t| {
+                t.as_u64()
+                    .filter(|&x| x <= u32::MAX as u64)
+                    .map(|x| x as u32)
+            })
+            .collect()
+    };
+    let bad = || {
+        ApiError::invalid(
+            "'prompt' must be a string, a list of strings, or token ids",
+            Some("prompt"),
+        )
+    };
+    params.prompts = match field(body, "prompt") {
+        None => {
+            return Err(ApiError::invalid(
+                "'prompt' is a required property",
+                Some("prompt"),
+            ))
+        }
+        Some(Value::String(s)) => vec![PromptInput::Text(s.clone())],
+        Some(Value::Array(items)) if items.is_empty() => return Err(bad()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .map(|s| PromptInput::Text(s.as_str().unwrap_or_default().to_string()))
+            .collect(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            vec![PromptInput::Ids(
+                ids(&Value::Array(items.clone())).ok_or_else(bad)?,
+            )]
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| ids(v).map(PromptInput::Ids).ok_or_else(bad))
+            .collect::<ApiResult<_>>()?,
+        Some(_) => return Err(bad()),
+    };
+    if params.prompts.len() > 64 {
+        return Err(ApiError::invalid(
+            "at most 64 prompts per request",
+            Some("prompt"),
+        ));
+    }
+    if boolean(body, "echo")? {
+        return Err(ApiError::invalid("'echo' is not supported", Some("echo")));
+    }
+    if field(body, "suffix").is_some() {
+        return Err(ApiError::invalid(
+            "'suffix' is not supported",
+            Some("suffix"),
+        ));
+    }
+    count(body, "best_of", 1, 1)?;
+    params.logprobs = count(body, "logprobs", 0, MAX_TOP_LOGPROBS as u64)?;
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_renders_the_tulu_template() {
+        let turns = vec![
+            ("system".to_string(), "Be brief.".to_string()),
+            ("user".to_string(), "Hi".to_string()),
+            ("assistant".to_string(), " Hello! \n".to_string()),
+            ("user".to_string(), "Bye".to_string()),
+        ];
+        assert_eq!(
+            render_chat(&turns, "</s>"),
+            "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!</s>\n<|user|>\nBye\n<|assistant|>\n"
+        );
+        let one = vec![("user".to_string(), "Hi".to_string())];
+        assert_eq!(
+            render_chat(&one, "</s>"),
+            crate::io::tokenizer::chat_prompt("Hi")
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_parameter() {
+        let err = parse_chat(&json!({"model": "m"}), "").unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        let err = parse_chat(&json!({"messages": [{"role": "tool", "content": "x"}]}), "");
+        assert_eq!(err.unwrap_err().param.as_deref(), Some("messages[0].role"));
+        let ok = json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3});
+        assert_eq!(
+            parse_chat(&ok, "").unwrap_err().param.as_deref(),
+            Some("temperature")
+        );
+        let err = parse_completion(&json!({"prompt": "x", "logprobs": 99})).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("logprobs"));
+        let p = parse_completion(&json!({"prompt": [[1, 2], [3]], "stop": "\n"})).unwrap();
+        assert_eq!(p.prompts.len(), 2);
+        assert_eq!(p.stop, vec!["\n".to_string()]);
+        assert_eq!(p.temperature, 1.0);
+    }
+}

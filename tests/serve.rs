@@ -1,0 +1,435 @@
+//! `implicit serve` end to end: the official `openai` Python client against the server
+//! (tools/openai_client_check.py), and raw HTTP for errors, keep-alive, the adapter and
+//! concurrent requests.
+
+mod common;
+
+use implicit::adapter::{RuleAdapter, RuleSet};
+use implicit::generate::detok::decode_continuation;
+use implicit::generate::vocab::VocabText;
+use implicit::generate::{generate_adjusted, GenerateOptions, Sampler, ScoreAdjuster};
+use implicit::io::convert::convert_gguf;
+use implicit::io::tokenizer::{chat_prompt, Tokenizer};
+use implicit::model::Transformer;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// The server process; killed when dropped, so also when a test fails.
+struct ServerGuard {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(model: &Path, extra: &[&str], log: PathBuf) -> ServerGuard {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_implicit"))
+        .arg("serve")
+        .arg("--model")
+        .arg(model)
+        .args(["--port", "0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start implicit serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut guard = ServerGuard {
+        child,
+        port: 0,
+        log,
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_default();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(&guard.log).unwrap_or_default();
+            panic!("no port in the server's first line {line:?}; its log:\n{log}")
+        });
+    assert!(line.starts_with("listening on http://127.0.0.1:"), "{line}");
+    guard.port = port;
+    guard
+}
+
+fn stories260k(test: &str) -> Option<PathBuf> {
+    let data = common::data_dir(test)?;
+    let dir = common::temp_dir(test);
+    convert_gguf(
+        &data.join("models/stories260k-f32.gguf"),
+        &dir.join("stories"),
+    )
+    .unwrap();
+    Some(dir.join("stories"))
+}
+
+fn load(dir: &Path) -> (Transformer, Tokenizer) {
+    let model = Transformer::load(dir).unwrap();
+    let tok = Tokenizer::load(dir, &model.config).unwrap();
+    (model, tok)
+}
+
+/// The library's own greedy decoding: (token ids without EOS, log-probabilities, text).
+fn greedy(
+    model: &Transformer,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    max: usize,
+    adapter: Option<Arc<dyn ScoreAdjuster>>,
+) -> (Vec<u32>, Vec<f32>, String) {
+    let opts = GenerateOptions {
+        max_new_tokens: max,
+        stop_tokens: tok.eos.clone(),
+    };
+    let mut logprobs = Vec::new();
+    let out = generate_adjusted(model, prompt, &opts, &mut Sampler::greedy(), adapter, |c| {
+        logprobs.push(c.logprob);
+        Ok(())
+    })
+    .unwrap();
+    let body: Vec<u32> = out.iter().copied().filter(|&t| !tok.is_eos(t)).collect();
+    logprobs.truncate(body.len());
+    let text = decode_continuation(tok, prompt, &body).unwrap();
+    (body, logprobs, text)
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+fn python_has_openai() -> bool {
+    Command::new("python3")
+        .args(["-c", "import openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn the_openai_python_client_talks_to_the_server() {
+    if !python_has_openai() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the openai client (pip install in .ci/run)"
+        );
+        eprintln!("SKIPPED the_openai_python_client_talks_to_the_server: python3 -c 'import openai' fails");
+        return;
+    }
+    // IMPLICIT_SERVE_TEST_MODEL=DIR runs the same checks on another model folder (e.g. SmolLM2).
+    let dir = match std::env::var_os("IMPLICIT_SERVE_TEST_MODEL") {
+        Some(d) => PathBuf::from(d),
+        None => match stories260k("serve-openai") {
+            Some(d) => d,
+            None => return,
+        },
+    };
+    let (model, tok) = load(&dir);
+    let work = common::temp_dir("serve-openai-work");
+    let server = start_server(&dir, &["--model-name", "stories"], work.join("server.log"));
+
+    let chat_msg = "Tell me a story about a dog.";
+    let prompt = tok.encode_prompt(&chat_prompt(chat_msg)).unwrap();
+    let (_, _, chat_text) = greedy(&model, &tok, &prompt, 24, None);
+    let completion_prompt = "Once upon a time";
+    let ids = tok.encode_prompt(completion_prompt).unwrap();
+    let (body, logprobs, text) = greedy(&model, &tok, &ids, 20, None);
+    let vocab = VocabText::detect(&tok);
+    let tokens: Vec<String> = body.iter().map(|&t| vocab.token_text(&tok, t)).collect();
+    let concurrent: Vec<Value> = [
+        "Tell me about a cat.",
+        "What is the sun?",
+        "Tell me about a cat.",
+        "Write a poem about a frog.",
+        "Who was Lily?",
+        "What is the sun?",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, m)| json!({"messages": user(m), "max_tokens": 16 + i, "stream": i % 3 == 1}))
+    .collect();
+    let expected = json!({
+        "model": "stories",
+        "chat": {"messages": user(chat_msg), "max_tokens": 24, "text": chat_text},
+        "completion": {
+            "prompt": completion_prompt, "max_tokens": 20, "text": text,
+            "tokens": tokens, "logprobs": logprobs,
+        },
+        "concurrent": concurrent,
+    });
+    let expected_path = work.join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/openai_client_check.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--base-url")
+        .arg(format!("http://127.0.0.1:{}/v1", server.port))
+        .arg("--expected")
+        .arg(&expected_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "openai_client_check.py failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+    assert!(stdout.contains("openai client check:"), "{stdout}");
+}
+
+/// One HTTP exchange on `stream`: (status, headers, body), reading the body by Content-Length.
+fn exchange(stream: &mut TcpStream, request: &str) -> (u16, String, String) {
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head[9..12].parse().unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+fn post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn request(port: u16, raw: &str) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let (status, head, body) = exchange(&mut s, raw);
+    let json = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (status, head, json)
+}
+
+/// The events of a streamed response (`data: ` stripped), the connection closed after it.
+fn sse(port: u16, raw: &str) -> Vec<String> {
+    let raw = raw.replacen("Host: x\r\n", "Host: x\r\nConnection: close\r\n", 1);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let all = String::from_utf8(all).unwrap();
+    let (head, mut rest) = all.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains("text/event-stream") && head.contains("chunked"),
+        "{head}"
+    );
+    let mut body = String::new();
+    loop {
+        let (size, tail) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size, 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.push_str(&tail[..size]);
+        rest = &tail[size + 2..];
+    }
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap().to_string())
+        .collect()
+}
+
+fn chat_request(message: &str, max_tokens: usize) -> String {
+    let body = json!({"model": "m", "messages": user(message), "max_tokens": max_tokens, "temperature": 0});
+    post("/v1/chat/completions", &body.to_string())
+}
+
+#[test]
+fn raw_http_errors_keep_alive_adapter_and_concurrency() {
+    let Some(dir) = stories260k("serve-raw") else {
+        return;
+    };
+    let (model, tok) = load(&dir);
+    let server = start_server(&dir, &["--adapter", "rules"], dir.join("../server.log"));
+    let port = server.port;
+
+    let (status, _, v) = request(port, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(v["data"][0]["id"], "stories");
+
+    // The greedy text through the adapter is the library's, with the paper's rules.
+    let adapter: Arc<dyn ScoreAdjuster> =
+        Arc::new(RuleAdapter::paper(RuleSet::all(), &tok).unwrap());
+    let msg = "Tell me a story about a dog.";
+    let prompt = tok.encode_prompt(&chat_prompt(msg)).unwrap();
+    let (_, _, want) = greedy(&model, &tok, &prompt, 30, Some(adapter.clone()));
+    let (plain, _, _) = greedy(&model, &tok, &prompt, 30, None);
+    let (with_rules, _, _) = greedy(&model, &tok, &prompt, 30, Some(adapter));
+    assert_ne!(plain, with_rules, "the adapter changes the output");
+    let (status, _, v) = request(port, &chat_request(msg, 30));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], want.as_str());
+    assert_eq!(v["object"], "chat.completion");
+
+    // Two requests on one keep-alive connection.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let (a, _, body_a) = exchange(&mut s, &chat_request(msg, 30));
+    let (b, _, body_b) = exchange(&mut s, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((a, b), (200, 200), "{body_a} {body_b}");
+
+    // Errors are OpenAI-shaped JSON with the right status.
+    let error_cases: Vec<(String, u16, Option<&str>)> = vec![
+        ("GET /v1/nope HTTP/1.1\r\n\r\n".into(), 404, None),
+        ("GET /v1/completions HTTP/1.1\r\n\r\n".into(), 405, None),
+        ("DELETE /v1/models HTTP/1.1\r\n\r\n".into(), 405, None),
+        ("GET /v1/models/other HTTP/1.1\r\n\r\n".into(), 404, None),
+        (post("/v1/chat/completions", "{not json"), 400, None),
+        (post("/v1/chat/completions", "[1, 2]"), 400, None),
+        (
+            post("/v1/chat/completions", r#"{"model": "m"}"#),
+            400,
+            Some("messages"),
+        ),
+        (
+            post("/v1/completions", r#"{"prompt": "x", "n": 2}"#),
+            400,
+            Some("n"),
+        ),
+        (
+            post("/v1/completions", r#"{"prompt": [99999]}"#),
+            400,
+            Some("prompt"),
+        ),
+        (
+            post("/v1/completions", r#"{"prompt": "x", "max_tokens": 0}"#),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            post("/v1/completions", r#"{"prompt": "x", "stop": 3}"#),
+            400,
+            Some("stop"),
+        ),
+        (
+            "POST /v1/completions HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n".into(),
+            413,
+            None,
+        ),
+        (
+            "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+            None,
+        ),
+        ("NONSENSE\r\n\r\n".into(), 400, None),
+    ];
+    for (raw, want_status, param) in &error_cases {
+        let (status, head, v) = request(port, raw);
+        assert_eq!(status, *want_status, "{raw:?}: {v}");
+        let err = &v["error"];
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{raw:?}: {v}"
+        );
+        assert!(err["type"].is_string(), "{v}");
+        assert!(
+            err.get("param").is_some() && err.get("code").is_some(),
+            "{v}"
+        );
+        if let Some(p) = param {
+            assert_eq!(err["param"], *p, "{raw:?}: {v}");
+            assert_eq!(err["type"], "invalid_request_error");
+        }
+        if *want_status == 405 {
+            assert!(head.contains("Allow: "), "{head}");
+        }
+    }
+
+    // Stop strings cut the text before them, streamed or not; the stream adds up to the text.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0});
+    let (_, _, v) = request(port, &post("/v1/completions", &body.to_string()));
+    let full = v["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let stop = format!(" {}", full.split(' ').nth(3).unwrap());
+    let cut = full.find(&stop).unwrap();
+    let with_stop =
+        json!({"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0, "stop": [stop]});
+    let (_, _, v) = request(port, &post("/v1/completions", &with_stop.to_string()));
+    assert_eq!(v["choices"][0]["text"], &full[..cut], "stop {stop:?}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    for (body, want) in [(body, &full[..]), (with_stop, &full[..cut])] {
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let events = sse(port, &post("/v1/completions", &streamed.to_string()));
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let text: String = events[..events.len() - 1]
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(text, want);
+    }
+
+    // Concurrent requests (one thread each) give the same text as one after another.
+    let prompts = [
+        "Tell me about a cat.",
+        "What is the sun?",
+        "Who was Lily?",
+        "Tell me about a cat.",
+    ];
+    let sequential: Vec<Value> = prompts
+        .iter()
+        .map(|m| request(port, &chat_request(m, 20)).2["choices"][0]["message"]["content"].clone())
+        .collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|m| {
+            let raw = chat_request(m, 20);
+            std::thread::spawn(move || {
+                request(port, &raw).2["choices"][0]["message"]["content"].clone()
+            })
+        })
+        .collect();
+    let parallel: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(parallel, sequential);
+    assert_ne!(sequential[0], sequential[1]);
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("rule adapter"), "{log}");
+}
