@@ -3,9 +3,10 @@
 
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::io::atomic::write_atomic;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One chat turn: `role` is "user", "assistant" or "system".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,35 +117,15 @@ pub fn to_python_json<T: Serialize>(value: &T) -> Result<String> {
     String::from_utf8(buf).context("JSON output is not UTF-8")
 }
 
-/// Writes `rows` as JSONL to `out` atomically: all of it goes to `out.tmp`, which is then renamed
-/// over `out`, so a failed build never leaves a half-written training set behind.
+/// Writes `rows` as JSONL to `out` atomically (see [`write_atomic`]), so a failed build never
+/// leaves a half-written training set behind.
 pub fn write_jsonl_atomic<T: Serialize>(out: &Path, rows: &[T]) -> Result<()> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let mut text = String::new();
+    for row in rows {
+        text += &to_python_json(row)?;
+        text.push('\n');
     }
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        for row in rows {
-            let line = to_python_json(row)?;
-            writeln!(w, "{line}").with_context(|| format!("{}: cannot write", tmp.display()))?;
-        }
-        let file = w.into_inner().map_err(|e| e.into_error());
-        let file = file.with_context(|| format!("{}: cannot write", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("{}: cannot rename to {}", tmp.display(), out.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_atomic(out, text.as_bytes())
 }
 
 /// serde_json formatter matching CPython's default `json.dumps` (ensure_ascii=True).

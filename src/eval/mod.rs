@@ -20,39 +20,17 @@ pub mod sha512;
 pub mod winrate;
 
 use crate::error::{Context, Result};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use crate::io::atomic::write_atomic;
+use std::path::Path;
 use std::time::Instant;
 
-/// Writes `value` as pretty JSON to `out` atomically: everything goes to `out.tmp`, which is
-/// synced and renamed over `out`, so an interrupted run never leaves half a file behind.
+/// Writes `value` as pretty JSON to `out` atomically (see [`write_atomic`]), so an interrupted
+/// run never leaves half a file behind.
 pub fn write_json_atomic<T: serde::Serialize>(out: &Path, value: &T) -> Result<()> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    }
-    let mut tmp = out.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        serde_json::to_writer_pretty(&mut w, value)
-            .with_context(|| format!("{}: cannot write JSON", tmp.display()))?;
-        w.write_all(b"\n")
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        let file = w.into_inner().map_err(|e| e.into_error());
-        let file = file.with_context(|| format!("{}: cannot write", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("{}: cannot rename to {}", tmp.display(), out.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut json = serde_json::to_vec_pretty(value)
+        .with_context(|| format!("{}: cannot write JSON", out.display()))?;
+    json.push(b'\n');
+    write_atomic(out, &json)
 }
 
 /// Reads and parses a JSON file; errors name the file (and serde's line and column).

@@ -7,9 +7,9 @@
 
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::io::atomic::write_atomic;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One instruction to answer, with the dataset it comes from when the file says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,35 +85,10 @@ pub fn read_model_outputs(path: &Path) -> Result<Vec<ModelOutput>> {
     serde_json::from_str(&text).with_context(|| format!("{}: not model outputs", path.display()))
 }
 
-/// Writes model_outputs.json atomically: to a temporary file beside `out`, synced, then renamed
-/// over it, so an interrupted run never leaves a truncated file that AlpacaEval would read.
+/// Writes model_outputs.json atomically (see [`write_atomic`]), so an interrupted run never
+/// leaves a truncated file that AlpacaEval would read.
 pub fn write_model_outputs(out: &Path, rows: &[ModelOutput]) -> Result<()> {
-    let dir = out
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a file name", out.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp: PathBuf = dir.join(tmp_name);
-    let result = (|| {
-        let json = serde_json::to_string_pretty(rows).context("cannot serialize outputs")?;
-        let mut file = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        file.write_all(json.as_bytes())
-            .and_then(|_| file.write_all(b"\n"))
-            .and_then(|_| file.sync_all())
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, out)
-            .with_context(|| format!("{}: cannot rename to {}", tmp.display(), out.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut json = serde_json::to_string_pretty(rows).context("cannot serialize outputs")?;
+    json.push('\n');
+    write_atomic(out, json.as_bytes())
 }

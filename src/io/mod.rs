@@ -1,5 +1,6 @@
 //! Reading and writing model files: safetensors (memory-mapped), GGUF, tokenizers.
 
+pub mod atomic;
 pub mod convert;
 pub mod gguf;
 pub mod safetensors;

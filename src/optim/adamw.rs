@@ -129,23 +129,23 @@ impl std::fmt::Debug for AdamW {
 }
 
 /// The f32 scalars of one step (see the module comment for where each enters).
-struct StepScalars {
+pub(crate) struct StepScalars {
     /// 1 − lr·λ.
-    decay: f32,
+    pub(crate) decay: f32,
     /// 1 − β1, the lerp weight.
-    lerp_weight: f32,
+    pub(crate) lerp_weight: f32,
     /// torch's lerp computes `end − (end − self)·(1 − w)` when |w| ≥ 0.5 (β1 ≤ 0.5).
-    lerp_small: bool,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
+    pub(crate) lerp_small: bool,
+    pub(crate) beta2: f32,
+    pub(crate) one_minus_beta2: f32,
+    pub(crate) bias_correction2_sqrt: f32,
+    pub(crate) eps: f32,
     /// −lr / (1 − β1^t).
-    neg_step_size: f32,
+    pub(crate) neg_step_size: f32,
 }
 
 impl StepScalars {
-    fn new(config: &AdamWConfig, lr: f32, t: u64) -> StepScalars {
+    pub(crate) fn new(config: &AdamWConfig, lr: f32, t: u64) -> StepScalars {
         let lr = as_python_float(lr);
         let weight_decay = as_python_float(config.weight_decay);
         let beta1 = as_python_float(config.beta1);

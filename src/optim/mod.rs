@@ -11,7 +11,7 @@
 //! `accelerator.accumulate` amounts to in open-instruct, and the clip then sees the norm of the
 //! full-batch gradient, as there.
 
-mod adamw;
+pub(crate) mod adamw;
 mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig};

@@ -8,6 +8,7 @@ use crate::autograd::Tape;
 use crate::bail;
 use crate::data::{encode_dataset, read_messages_jsonl, EncodedExample, Mode};
 use crate::error::{Context, Result};
+use crate::io::atomic::write_atomic;
 use crate::io::safetensors::WeightStore;
 use crate::io::tokenizer::Tokenizer;
 use crate::model::train::{parameter_layout, TrainModel, TrainSequence};
@@ -439,7 +440,5 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, kept).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename", path.display()))
+    write_atomic(path, kept.as_bytes())
 }

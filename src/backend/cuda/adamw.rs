@@ -10,7 +10,8 @@
 use super::{check_len, CudaBackend, DeviceBuffer};
 use crate::bail;
 use crate::error::Result;
-use crate::optim::{as_python_float, AdamWConfig};
+use crate::optim::adamw::StepScalars;
+use crate::optim::AdamWConfig;
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 use half::bf16;
 
@@ -49,25 +50,17 @@ unsafe impl DeviceRepr for AdamWStep {}
 impl AdamWStep {
     /// The scalars of step `t` (1 for the first step) at learning rate `lr`.
     pub fn new(config: &AdamWConfig, lr: f32, t: u64) -> AdamWStep {
-        let lr = as_python_float(lr);
-        let weight_decay = as_python_float(config.weight_decay);
-        let beta1 = as_python_float(config.beta1);
-        let beta2 = as_python_float(config.beta2);
-        // torch keeps t in an f32 tensor and reads it back as a Python float.
-        let t = t as f32 as f64;
-        let bias_correction1 = 1.0 - beta1.powf(t);
-        let bias_correction2 = 1.0 - beta2.powf(t);
-        let lerp_weight = (1.0 - beta1) as f32;
+        let s = StepScalars::new(config, lr, t);
         AdamWStep {
-            decay: (1.0 - lr * weight_decay) as f32,
-            lerp_weight,
-            one_minus_lerp_weight: 1.0 - lerp_weight,
-            beta2: beta2 as f32,
-            one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
-            eps: as_python_float(config.eps) as f32,
-            neg_step_size: (-(lr / bias_correction1)) as f32,
-            lerp_small: (lerp_weight.abs() < 0.5) as i32,
+            decay: s.decay,
+            lerp_weight: s.lerp_weight,
+            one_minus_lerp_weight: 1.0 - s.lerp_weight,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            bias_correction2_sqrt: s.bias_correction2_sqrt,
+            eps: s.eps,
+            neg_step_size: s.neg_step_size,
+            lerp_small: s.lerp_small as i32,
         }
     }
 }
