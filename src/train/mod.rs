@@ -294,7 +294,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             seed: opts.seed,
             examples: n,
         };
-        let dir = save_checkpoint(opts, &config, &layout, &params, &optimizer, &state)?;
+        let dir = save_checkpoint(opts, &layout, &params, &optimizer, &state)?;
         eprintln!("saved {}", dir.display());
         checkpoints.push(dir);
     }
@@ -388,13 +388,11 @@ fn accumulate_and_step(
 
 fn save_checkpoint(
     opts: &TrainOptions,
-    config: &ModelConfig,
     layout: &[(String, Vec<usize>)],
     params: &Store,
     optimizer: &AdamW,
     state: &TrainerState,
 ) -> Result<PathBuf> {
-    let _ = config;
     let dir = checkpoint::epoch_dir(&opts.out, state.epoch);
     let tmp = opts.out.join(format!(".epoch-{}.tmp", state.epoch));
     let _ = std::fs::remove_dir_all(&tmp);
