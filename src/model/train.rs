@@ -64,26 +64,24 @@ pub fn parameter_layout(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// Every parameter of the checkpoint in `dir`, in `parameter_layout` order, as f32.
+pub fn load_parameter_values(dir: &Path, config: &ModelConfig) -> Result<Vec<Vec<f32>>> {
+    let store = WeightStore::open(dir)?;
+    parameter_layout(config)
+        .iter()
+        .map(|(name, shape)| Ok(store.get(name, shape, dir)?.to_f32_vec()))
+        .collect()
+}
+
 impl<T: Real> TrainModel<T> {
     /// Loads the parameters of a Hugging Face model folder, converted to `T`.
     pub fn load(dir: &Path) -> Result<TrainModel<T>> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let store = WeightStore::open(dir)?;
-        let mut params = Vec::new();
-        for (name, shape) in parameter_layout(&config) {
-            let t = store.get(&name, &shape, dir)?;
-            let value = t
-                .to_f32_vec()
-                .into_iter()
-                .map(|x| T::from_f64(x as f64))
-                .collect();
-            params.push(Param {
-                name,
-                shape,
-                value: Arc::new(value),
-            });
-        }
-        Ok(TrainModel { config, params })
+        let values = load_parameter_values(dir, &config)?
+            .into_iter()
+            .map(|v| v.into_iter().map(|x| T::from_f64(x as f64)).collect())
+            .collect();
+        Self::from_values(config, values)
     }
 
     /// A model from given parameter values (in `parameter_layout` order).

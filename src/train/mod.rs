@@ -9,9 +9,8 @@ use crate::bail;
 use crate::data::{encode_dataset, read_messages_jsonl, EncodedExample, Mode};
 use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
-use crate::io::safetensors::WeightStore;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::train::{parameter_layout, TrainModel, TrainSequence};
+use crate::model::train::{load_parameter_values, parameter_layout, TrainModel, TrainSequence};
 use crate::model::ModelConfig;
 use crate::optim::{
     clip_grad_norm, learning_rate, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule,
@@ -173,29 +172,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         }
         _ => (0, opts.model.clone()),
     };
-    let store = WeightStore::open(&source)?;
+    let values = load_parameter_values(&source, &config)?;
     let mut params = match opts.precision {
-        Precision::F32 => Store::F32(
-            layout
-                .iter()
-                .map(|(name, shape)| Ok(Arc::new(store.get(name, shape, &source)?.to_f32_vec())))
-                .collect::<Result<_>>()?,
-        ),
+        Precision::F32 => Store::F32(values.into_iter().map(Arc::new).collect()),
         Precision::Bf16 => Store::BF16(
-            layout
-                .iter()
-                .map(|(name, shape)| {
-                    Ok(store
-                        .get(name, shape, &source)?
-                        .to_f32_vec()
-                        .into_iter()
-                        .map(bf16::from_f32)
-                        .collect())
-                })
-                .collect::<Result<_>>()?,
+            values
+                .into_iter()
+                .map(|v| v.into_iter().map(bf16::from_f32).collect())
+                .collect(),
         ),
     };
-    drop(store);
     let adamw = AdamWConfig {
         lr: opts.lr,
         weight_decay: opts.weight_decay,
