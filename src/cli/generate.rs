@@ -4,18 +4,18 @@
 use crate::adapter::{AdapterSpec, RuleAdapter, RuleSet};
 use crate::bail;
 use crate::error::{Context, Result};
-use crate::generate::detok::{decode_continuation, IncrementalDecoder};
-use crate::generate::instructions::{read_instructions, write_model_outputs, ModelOutput};
-use crate::generate::{
-    generate_adjusted, run_batched, GenerateOptions, Sampler, ScoreAdjuster, SequenceRequest,
+use crate::generate::detok::IncrementalDecoder;
+use crate::generate::instructions::{
+    answer_instructions, read_instructions, write_model_outputs, AnswerOptions,
 };
+use crate::generate::{generate_adjusted, GenerateOptions, Sampler, ScoreAdjuster};
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
 use crate::model::Transformer;
 use clap::{ArgGroup, Args, ValueEnum};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
@@ -209,144 +209,23 @@ fn run_instructions(
     let dataset_default = set
         .file_stem()
         .map_or("instructions".into(), |s| s.to_string_lossy().into_owned());
-    let prompts = rows
-        .iter()
-        .map(|r| tok.encode_prompt(&chat_prompt(&r.instruction)))
-        .collect::<Result<Vec<_>>>()?;
-    let sampler = Sampler::new(args.temperature, args.seed);
-    let requests: Vec<SequenceRequest> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| SequenceRequest {
-            prompt: p.clone(),
-            max_new_tokens: args.max_new_tokens,
-            stop_tokens: tok.eos.clone(),
-            sampler: sampler.for_sequence(i),
-            top_logprobs: 0,
-            adjuster: adjuster.clone(),
-        })
-        .collect();
-    let total = rows.len();
     eprintln!(
-        "{total} instructions from {}, batch size {}, at most {} new tokens each",
+        "{} instructions from {}, batch size {}, at most {} new tokens each",
+        rows.len(),
         set.display(),
         args.batch_size,
         args.max_new_tokens
     );
-    let mut texts: Vec<Option<String>> = vec![None; total];
-    let mut progress = Progress::new(total);
-    let tokens = std::cell::Cell::new(0usize);
-    run_batched(
-        model,
-        requests,
-        args.batch_size as usize,
-        |_, _| {
-            tokens.set(tokens.get() + 1);
-            Ok(())
-        },
-        |i, finished| {
-            let body: Vec<u32> = finished
-                .tokens
-                .iter()
-                .copied()
-                .filter(|&t| !tok.is_eos(t))
-                .collect();
-            texts[i] = Some(decode_continuation(tok, &prompts[i], &body)?);
-            progress.done += 1;
-            progress.tokens = tokens.get();
-            progress.report(false);
-            Ok(())
-        },
-    )?;
-    progress.tokens = tokens.get();
-    progress.report(true);
-    let outputs: Vec<ModelOutput> = rows
-        .into_iter()
-        .zip(texts)
-        .map(|(r, text)| ModelOutput {
-            instruction: r.instruction,
-            output: text.unwrap_or_default(),
-            generator: generator.to_string(),
-            dataset: r.dataset.unwrap_or_else(|| dataset_default.clone()),
-        })
-        .collect();
+    let opts = AnswerOptions {
+        max_new_tokens: args.max_new_tokens,
+        batch_size: args.batch_size as usize,
+        temperature: args.temperature,
+        seed: args.seed,
+        generator: generator.to_string(),
+        dataset: dataset_default,
+    };
+    let outputs = answer_instructions(model, tok, &rows, &opts, adjuster)?;
     write_model_outputs(out, &outputs)?;
     eprintln!("wrote {} outputs to {}", outputs.len(), out.display());
     Ok(())
-}
-
-/// done/total, tokens/s and ETA on stderr, at most twice a second (on one line on a terminal).
-struct Progress {
-    total: usize,
-    done: usize,
-    tokens: usize,
-    start: Instant,
-    last: Option<Instant>,
-    /// `done` when the last line was printed.
-    shown: Option<usize>,
-    terminal: bool,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        Progress {
-            total,
-            done: 0,
-            tokens: 0,
-            start: Instant::now(),
-            last: None,
-            shown: None,
-            terminal: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn report(&mut self, last: bool) {
-        let now = Instant::now();
-        let recent = self
-            .last
-            .is_some_and(|t| now - t < Duration::from_millis(500));
-        if (!last && recent) || (last && self.shown == Some(self.done)) {
-            if last && self.terminal {
-                eprintln!();
-            }
-            return;
-        }
-        self.last = Some(now);
-        self.shown = Some(self.done);
-        let secs = self.start.elapsed().as_secs_f64();
-        let eta = if self.done > 0 {
-            secs / self.done as f64 * (self.total - self.done) as f64
-        } else {
-            f64::NAN
-        };
-        let line = format!(
-            "[{:>w$}/{}] {} tokens, {:.1} tokens/s, elapsed {}, ETA {}",
-            self.done,
-            self.total,
-            self.tokens,
-            self.tokens as f64 / secs.max(1e-9),
-            clock(secs),
-            clock(eta),
-            w = self.total.to_string().len()
-        );
-        if self.terminal && !last {
-            eprint!("\r{line}");
-        } else if self.terminal {
-            eprintln!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-}
-
-fn clock(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "?".into();
-    }
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }

@@ -1,6 +1,7 @@
 //! The `implicit` command line.
 
 mod eval;
+mod experiment;
 mod generate;
 mod serve;
 mod train;
@@ -38,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         command: eval::EvalCommand,
     },
+    /// Run the paper's experiment grid from one config, or redraw its tables and plots.
+    Experiment {
+        #[command(subcommand)]
+        command: experiment::ExperimentCommand,
+    },
     /// Convert a GGUF file (versions 1-3) into a Hugging Face model folder.
     ConvertGguf {
         /// The .gguf file to read.
@@ -54,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data { command } => train::run_data(command),
         Command::Serve(args) => serve::run(args),
         Command::Eval { command } => eval::run(command),
+        Command::Experiment { command } => experiment::run(command),
         Command::ConvertGguf { input, out_dir } => {
             let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
             println!("{report}");

@@ -5,11 +5,18 @@
 //! `{"instruction": ...}` per line (the paper's val.jsonl). Output: a JSON list of
 //! `{instruction, output, generator, dataset}`, the format `alpaca_eval --model_outputs` reads.
 
+use super::detok::decode_continuation;
+use super::{run_batched, Sampler, ScoreAdjuster, SequenceRequest};
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
+use crate::io::tokenizer::{chat_prompt, Tokenizer};
+use crate::model::Transformer;
 use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// One instruction to answer, with the dataset it comes from when the file says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,4 +98,161 @@ pub fn write_model_outputs(out: &Path, rows: &[ModelOutput]) -> Result<()> {
     let mut json = serde_json::to_string_pretty(rows).context("cannot serialize outputs")?;
     json.push('\n');
     write_atomic(out, json.as_bytes())
+}
+
+/// How [`answer_instructions`] decodes, and what it writes in each row.
+#[derive(Clone, Debug)]
+pub struct AnswerOptions {
+    pub max_new_tokens: usize,
+    /// Sequences decoded together (continuous batching).
+    pub batch_size: usize,
+    /// 0 is greedy decoding.
+    pub temperature: f32,
+    pub seed: u64,
+    /// The `generator` field of every row.
+    pub generator: String,
+    /// The `dataset` field of rows whose instruction names none.
+    pub dataset: String,
+}
+
+/// Answers every instruction in the paper's chat format (EOS ends an answer and is not kept),
+/// optionally through a score adjuster (the rule adapter); progress on stderr.
+pub fn answer_instructions(
+    model: &Transformer,
+    tok: &Tokenizer,
+    rows: &[Instruction],
+    opts: &AnswerOptions,
+    adjuster: Option<Arc<dyn ScoreAdjuster>>,
+) -> Result<Vec<ModelOutput>> {
+    let prompts = rows
+        .iter()
+        .map(|r| tok.encode_prompt(&chat_prompt(&r.instruction)))
+        .collect::<Result<Vec<_>>>()?;
+    let sampler = Sampler::new(opts.temperature, opts.seed);
+    let requests: Vec<SequenceRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| SequenceRequest {
+            prompt: p.clone(),
+            max_new_tokens: opts.max_new_tokens,
+            stop_tokens: tok.eos.clone(),
+            sampler: sampler.for_sequence(i),
+            top_logprobs: 0,
+            adjuster: adjuster.clone(),
+        })
+        .collect();
+    let total = rows.len();
+    let mut texts: Vec<Option<String>> = vec![None; total];
+    let mut progress = Progress::new(total);
+    let tokens = std::cell::Cell::new(0usize);
+    run_batched(
+        model,
+        requests,
+        opts.batch_size.max(1),
+        |_, _| {
+            tokens.set(tokens.get() + 1);
+            Ok(())
+        },
+        |i, finished| {
+            let body: Vec<u32> = finished
+                .tokens
+                .iter()
+                .copied()
+                .filter(|&t| !tok.is_eos(t))
+                .collect();
+            texts[i] = Some(decode_continuation(tok, &prompts[i], &body)?);
+            progress.done += 1;
+            progress.tokens = tokens.get();
+            progress.report(false);
+            Ok(())
+        },
+    )?;
+    progress.tokens = tokens.get();
+    progress.report(true);
+    Ok(rows
+        .iter()
+        .zip(texts)
+        .map(|(r, text)| ModelOutput {
+            instruction: r.instruction.clone(),
+            output: text.unwrap_or_default(),
+            generator: opts.generator.clone(),
+            dataset: r.dataset.clone().unwrap_or_else(|| opts.dataset.clone()),
+        })
+        .collect())
+}
+
+/// done/total, tokens/s and ETA on stderr, at most twice a second (on one line on a terminal).
+struct Progress {
+    total: usize,
+    done: usize,
+    tokens: usize,
+    start: Instant,
+    last: Option<Instant>,
+    /// `done` when the last line was printed.
+    shown: Option<usize>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            tokens: 0,
+            start: Instant::now(),
+            last: None,
+            shown: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn report(&mut self, last: bool) {
+        let now = Instant::now();
+        let recent = self
+            .last
+            .is_some_and(|t| now - t < Duration::from_millis(500));
+        if (!last && recent) || (last && self.shown == Some(self.done)) {
+            if last && self.terminal {
+                eprintln!();
+            }
+            return;
+        }
+        self.last = Some(now);
+        self.shown = Some(self.done);
+        let secs = self.start.elapsed().as_secs_f64();
+        let eta = if self.done > 0 {
+            secs / self.done as f64 * (self.total - self.done) as f64
+        } else {
+            f64::NAN
+        };
+        let line = format!(
+            "[{:>w$}/{}] {} tokens, {:.1} tokens/s, elapsed {}, ETA {}",
+            self.done,
+            self.total,
+            self.tokens,
+            self.tokens as f64 / secs.max(1e-9),
+            clock(secs),
+            clock(eta),
+            w = self.total.to_string().len()
+        );
+        if self.terminal && !last {
+            eprint!("\r{line}");
+        } else if self.terminal {
+            eprintln!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn clock(secs: f64) -> String {
+    if !secs.is_finite() {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }

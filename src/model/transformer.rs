@@ -70,6 +70,8 @@ pub enum Logits {
     Last,
     /// Every new token (scoring, tests).
     All,
+    /// No logits: every new token's final-normed hidden state, `[tokens, hidden]` (embeddings).
+    Hidden,
 }
 
 /// y[rows, out] = x[rows, in] · Wᵀ for a PyTorch-layout weight W[out, in].
@@ -257,7 +259,7 @@ impl Transformer {
         }
         // Only the rows whose logits are wanted go through the final norm and the LM head.
         let rows: Vec<f32> = match want {
-            Logits::All => x,
+            Logits::All | Logits::Hidden => x,
             Logits::Last => {
                 let mut end = 0;
                 lens.iter()
@@ -269,10 +271,20 @@ impl Transformer {
             }
         };
         let h = self.normalize(&rows, self.final_norm.as_ref());
+        if want == Logits::Hidden {
+            let mut start = 0;
+            return Ok(lens
+                .iter()
+                .map(|&n| {
+                    start += n;
+                    h[(start - n) * d..start * d].to_vec()
+                })
+                .collect());
+        }
         let logits = linear(&h, &self.lm_head);
         let v = c.vocab_size;
         let per_seq: Vec<usize> = match want {
-            Logits::All => lens,
+            Logits::All | Logits::Hidden => lens,
             Logits::Last => vec![1; batch.len()],
         };
         let mut out = Vec::with_capacity(batch.len());
@@ -282,6 +294,24 @@ impl Transformer {
             start += n;
         }
         Ok(out)
+    }
+
+    /// The mean over positions of the final-normed hidden states of `tokens`, L2-normalised: a
+    /// text embedding (mean pooling, as the paper's plot_embeds.py does with its embedder).
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let d = self.config.hidden_size;
+        let mut cache = KvCache::new(&self.config);
+        let h = self
+            .forward(&mut [(tokens, &mut cache)], Logits::Hidden)?
+            .remove(0);
+        let mut mean = vec![0.0f64; d];
+        for row in h.chunks_exact(d) {
+            for (m, &x) in mean.iter_mut().zip(row) {
+                *m += x as f64;
+            }
+        }
+        let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        Ok(mean.iter().map(|x| (x / norm) as f32).collect())
     }
 
     /// Logits of every position of one sequence, from an empty cache: `[tokens, vocab]`.

@@ -1,0 +1,341 @@
+//! The results folder: where every artifact of a grid lives, and the manifest that makes a run
+//! resumable and idempotent.
+//!
+//! Each unit of work is a *step* with a key (`tiny/response/seed1/e2/train`), a fingerprint
+//! (the settings that determine its result, as JSON) and the artifacts it writes. A step is done
+//! when the manifest records it and its artifacts exist; a done step is never run again. A done
+//! step whose fingerprint no longer matches the config is an error that names the step and what
+//! changed, rather than a silent mix of old and new results. Artifacts are written atomically
+//! and the manifest is rewritten (atomically) after every step, so a killed run loses at most
+//! the step it was in.
+
+use crate::bail;
+use crate::error::{Context, Result};
+use crate::eval::sha512::sha512;
+use crate::eval::write_json_atomic;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One finished step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub fingerprint: Value,
+    /// Artifacts, relative to the results folder.
+    pub artifacts: Vec<String>,
+    pub seconds: f64,
+    /// Seconds since the Unix epoch when it finished.
+    pub finished: u64,
+    /// Figures the step reports (win rate, loss, selected epochs...).
+    #[serde(default)]
+    pub result: Value,
+}
+
+/// manifest.json: what produced the folder and every step's record.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub name: String,
+    /// The implicit build that made each invocation, newest last.
+    pub runs: Vec<Value>,
+    /// SHA-512 of each input file (`sha512-sampled:` for files over 64 MiB: size, first and
+    /// last 8 MiB), by path.
+    pub inputs: BTreeMap<String, String>,
+    pub steps: BTreeMap<String, StepRecord>,
+}
+
+pub struct Store {
+    pub root: PathBuf,
+    pub manifest: Manifest,
+    started: Instant,
+    /// Inputs hashed by this invocation (each file once).
+    hashed: Vec<String>,
+}
+
+impl Store {
+    /// Opens (or creates) a results folder; records this invocation with the config's text.
+    pub fn open(root: &Path, name: &str, config_text: &str) -> Result<Store> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("{}: cannot create the results folder", root.display()))?;
+        let path = root.join("manifest.json");
+        let manifest = if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not an experiment manifest", path.display()))?
+        } else {
+            Manifest {
+                name: name.to_string(),
+                ..Manifest::default()
+            }
+        };
+        let mut store = Store {
+            root: root.to_path_buf(),
+            manifest,
+            started: Instant::now(),
+            hashed: Vec::new(),
+        };
+        store.manifest.runs.push(json!({
+            "started": unix_now(),
+            "commit": commit(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_sha512": hex(&sha512(config_text.as_bytes())),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+        }));
+        crate::io::atomic::write_atomic(&root.join("config.toml"), config_text.as_bytes())?;
+        store.save()?;
+        Ok(store)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn save(&self) -> Result<()> {
+        write_json_atomic(&self.root.join("manifest.json"), &self.manifest)
+    }
+
+    /// Hashes an input file once per invocation and records it under its path.
+    pub fn hash_input(&mut self, path: &Path) -> Result<String> {
+        let key = path.display().to_string();
+        if self.hashed.contains(&key) {
+            if let Some(h) = self.manifest.inputs.get(&key) {
+                return Ok(h.clone());
+            }
+        }
+        let h = hash_file(path)?;
+        self.manifest.inputs.insert(key.clone(), h.clone());
+        self.hashed.push(key);
+        Ok(h)
+    }
+
+    /// The record of a finished step, if it is finished with this fingerprint. Errors when it
+    /// finished with another one.
+    pub fn done(&self, key: &str, fingerprint: &Value) -> Result<Option<&StepRecord>> {
+        let fingerprint = &as_stored(fingerprint);
+        let Some(rec) = self.manifest.steps.get(key) else {
+            return Ok(None);
+        };
+        if !rec.artifacts.iter().all(|a| self.root.join(a).exists()) {
+            return Ok(None);
+        }
+        if &rec.fingerprint != fingerprint {
+            bail!(
+                "{}: step {key} was finished with other settings ({}); use a new results folder, or delete that step's artifacts to redo it",
+                self.root.join("manifest.json").display(),
+                describe_change(&rec.fingerprint, fingerprint)
+            );
+        }
+        Ok(Some(rec))
+    }
+
+    /// Runs `work` unless the step is done; records it. `work` returns the step's result
+    /// figures; artifacts are paths relative to the results folder that it must have written.
+    pub fn step(
+        &mut self,
+        key: &str,
+        fingerprint: Value,
+        artifacts: &[&str],
+        work: impl FnOnce(&Path) -> Result<Value>,
+    ) -> Result<Value> {
+        if let Some(rec) = self.done(key, &fingerprint)? {
+            return Ok(rec.result.clone());
+        }
+        let t0 = Instant::now();
+        eprintln!("[{}] {key}", clock(self.started.elapsed().as_secs_f64()));
+        let result = work(&self.root).map_err(|e| crate::Error(format!("step {key}: {e}")))?;
+        for a in artifacts {
+            if !self.root.join(a).exists() {
+                bail!(
+                    "step {key}: finished without writing {}",
+                    self.root.join(a).display()
+                );
+            }
+        }
+        self.manifest.steps.insert(
+            key.to_string(),
+            StepRecord {
+                fingerprint: as_stored(&fingerprint),
+                artifacts: artifacts.iter().map(|s| s.to_string()).collect(),
+                seconds: t0.elapsed().as_secs_f64(),
+                finished: unix_now(),
+                result: result.clone(),
+            },
+        );
+        self.save()?;
+        Ok(result)
+    }
+
+    /// Whether a step's record exists (finished at some point), whatever its fingerprint.
+    pub fn has(&self, key: &str) -> bool {
+        self.manifest.steps.contains_key(key)
+    }
+}
+
+/// `v` as it reads back from manifest.json: JSON text does not carry every float bit for bit
+/// (an f32 0.03 widened to f64 reads back one ulp off), so fingerprints compare in this form.
+fn as_stored(v: &Value) -> Value {
+    serde_json::to_string(v)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_else(|| v.clone())
+}
+
+/// What differs between two fingerprints, for the error message.
+fn describe_change(old: &Value, new: &Value) -> String {
+    match (old.as_object(), new.as_object()) {
+        (Some(a), Some(b)) => {
+            let mut diffs = Vec::new();
+            for (k, v) in b {
+                match a.get(k) {
+                    Some(old_v) if old_v == v => {}
+                    Some(old_v) => diffs.push(format!("{k}: {old_v} -> {v}")),
+                    None => diffs.push(format!("{k}: (none) -> {v}")),
+                }
+            }
+            for k in a.keys().filter(|k| !b.contains_key(*k)) {
+                diffs.push(format!("{k}: removed"));
+            }
+            diffs.join(", ")
+        }
+        _ => format!("{old} -> {new}"),
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-512 of a file; files over 64 MiB (model weights) are hashed from their size and their
+/// first and last 8 MiB, and say so.
+pub fn hash_file(path: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const WHOLE: u64 = 64 << 20;
+    const PART: usize = 8 << 20;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", path.display()))?
+        .len();
+    let read_err = || format!("{}: cannot read", path.display());
+    if len <= WHOLE {
+        let mut buf = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut buf).with_context(read_err)?;
+        return Ok(format!("sha512:{}", hex(&sha512(&buf))));
+    }
+    let mut buf = len.to_le_bytes().to_vec();
+    let mut part = vec![0u8; PART];
+    f.read_exact(&mut part).with_context(read_err)?;
+    buf.extend_from_slice(&part);
+    f.seek(SeekFrom::End(-(PART as i64)))
+        .with_context(read_err)?;
+    f.read_exact(&mut part).with_context(read_err)?;
+    buf.extend_from_slice(&part);
+    Ok(format!("sha512-sampled:{}", hex(&sha512(&buf))))
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The git commit of the source tree this binary was built from (read at run time from the
+/// crate's folder), with "-dirty" when it has uncommitted changes; "unknown" without git.
+pub fn commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "HEAD"]) {
+        Some(head) if !head.is_empty() => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head}-dirty")
+            } else {
+                head
+            }
+        }
+        _ => "unknown".into(),
+    }
+}
+
+fn clock(secs: f64) -> String {
+    let s = secs as u64;
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_run_once_and_fingerprints_are_checked() {
+        let dir = std::env::temp_dir().join(format!("implicit-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir, "t", "name = \"t\"\n").unwrap();
+        let mut runs = 0;
+        for _ in 0..2 {
+            let r = store
+                .step("a/b", json!({"lr": 1}), &["a/b.json"], |root| {
+                    runs += 1;
+                    write_json_atomic(&root.join("a/b.json"), &json!({"x": 1}))?;
+                    Ok(json!({"win_rate": 42.0}))
+                })
+                .unwrap();
+            assert_eq!(r["win_rate"], 42.0);
+        }
+        assert_eq!(runs, 1);
+        // Reopened: still done.
+        let mut store = Store::open(&dir, "t", "name = \"t\"\n").unwrap();
+        assert_eq!(store.manifest.runs.len(), 2);
+        store
+            .step("a/b", json!({"lr": 1}), &["a/b.json"], |_| {
+                panic!("ran twice")
+            })
+            .unwrap();
+        // Another fingerprint: an error naming the step and the change.
+        let e = store
+            .step("a/b", json!({"lr": 2}), &["a/b.json"], |_| Ok(Value::Null))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a/b") && e.contains("lr: 1 -> 2"), "{e}");
+        // A deleted artifact: the step runs again.
+        std::fs::remove_file(dir.join("a/b.json")).unwrap();
+        let mut again = false;
+        store
+            .step("a/b", json!({"lr": 1}), &["a/b.json"], |root| {
+                again = true;
+                write_json_atomic(&root.join("a/b.json"), &json!({}))?;
+                Ok(Value::Null)
+            })
+            .unwrap();
+        assert!(again);
+        // A step that does not write its artifact fails.
+        assert!(store
+            .step("c", json!({}), &["c.json"], |_| Ok(Value::Null))
+            .is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_hashes() {
+        let dir = std::env::temp_dir().join(format!("implicit-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert!(hash_file(&p)
+            .unwrap()
+            .starts_with("sha512:ddaf35a193617aba"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
