@@ -7,6 +7,10 @@
 
 #[path = "cuda_kernels/adamw.rs"]
 mod adamw;
+#[path = "cuda_kernels/attention.rs"]
+mod attention;
+#[path = "cuda_kernels/gemm.rs"]
+mod gemm;
 #[path = "cuda_kernels/support.rs"]
 mod support;
 

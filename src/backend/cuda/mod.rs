@@ -37,13 +37,16 @@ macro_rules! launch {
 }
 
 mod adamw;
+mod attention;
 mod buffer;
+mod gemm;
 mod norm;
 mod ops;
 mod vocab;
 
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float};
+pub use gemm::GemmLayout;
 pub use vocab::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise

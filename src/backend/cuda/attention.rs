@@ -1,0 +1,384 @@
+//! Flash attention on the GPU (kernels/flash_attention.cu): FlashAttention-2 (Dao 2023),
+//! causal, grouped-query heads, head_dim 64 or 128, bf16 in and out with f32 accumulation on
+//! the tensor cores, the log-sum-exp saved by the forward for the backward. References:
+//! `backend::cpu::attention::{causal_attention, causal_attention_backward}`; tests in
+//! tests/cuda_kernels/attention.rs.
+//!
+//! Layouts are the CPU reference's, for `batch` independent sequences of equal length stored
+//! one after the other: q, out, d_out, dq `[batch, queries, heads, head_dim]`; k, v, dk, dv
+//! `[batch, keys, kv_heads, head_dim]`; lse `[batch, heads, queries]` f32. Query i sits at
+//! position keys − queries + i (prefill over a KV cache when queries < keys); query head h reads
+//! KV head h / (heads / kv_heads). Scale 1/√head_dim.
+
+use super::{kernel_error, CudaBackend, DeviceBuffer};
+use crate::backend::cpu::attention::AttentionShape;
+use crate::bail;
+use crate::error::Result;
+use cudarc::driver::{sys, DevicePtr, LaunchConfig};
+use half::bf16;
+
+/// Threads per block of the forward and backward kernels (kernels/flash_attention.cu).
+const BLOCK_THREADS: u32 = 128;
+/// Queries per forward block, keys per backward block.
+const TILE: usize = 64;
+/// Most blocks along a grid's y and z dimensions (heads, batch).
+const MAX_GRID_YZ: usize = 65535;
+
+/// Dynamic shared memory of each kernel (kernels/flash_attention.cu asserts the same numbers).
+fn fwd_smem(head_dim: usize) -> u32 {
+    if head_dim == 64 {
+        46080
+    } else {
+        87040
+    }
+}
+
+fn bwd_smem(head_dim: usize) -> u32 {
+    if head_dim == 64 {
+        65536
+    } else {
+        75264
+    }
+}
+
+/// A checked call: the shapes as the kernels' ints, and the element counts of each tensor.
+struct Checked {
+    queries: i32,
+    keys: i32,
+    heads: i32,
+    kv_heads: i32,
+    /// Elements of q (and out, d_out, dq).
+    q_len: usize,
+    /// Elements of k (and v, dk, dv).
+    kv_len: usize,
+    /// Elements of lse: batch · heads · queries.
+    lse_len: usize,
+}
+
+fn describe(s: AttentionShape, batch: usize) -> String {
+    format!(
+        "batch {batch}, queries {}, keys {}, heads {}, kv_heads {}, head_dim {}",
+        s.queries, s.keys, s.heads, s.kv_heads, s.head_dim
+    )
+}
+
+/// Checks the shape itself (head_dim 64 or 128, heads a multiple of kv_heads, queries ≤ keys,
+/// sizes that fit the kernels' ints and a grid); the errors name the shapes.
+fn check_shape(what: &str, s: AttentionShape, batch: usize) -> Result<Checked> {
+    let desc = || describe(s, batch);
+    if s.head_dim != 64 && s.head_dim != 128 {
+        bail!(
+            "{what} ({}): head_dim {} is not supported (64 or 128)",
+            desc(),
+            s.head_dim
+        );
+    }
+    if s.heads == 0 || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+        bail!(
+            "{what} ({}): heads must be a positive multiple of kv_heads",
+            desc()
+        );
+    }
+    if s.queries > s.keys {
+        bail!(
+            "{what} ({}): more queries than keys (the keys include the queries' own)",
+            desc()
+        );
+    }
+    if s.heads > MAX_GRID_YZ || batch > MAX_GRID_YZ {
+        bail!(
+            "{what} ({}): heads and batch must be at most {MAX_GRID_YZ} (one launch)",
+            desc()
+        );
+    }
+    let int = |name: &str, v: usize| -> Result<i32> {
+        match i32::try_from(v) {
+            Ok(v) => Ok(v),
+            Err(_) => bail!("{what} ({}): {name} = {v} does not fit in an int", desc()),
+        }
+    };
+    let count = |dims: &[usize]| -> Result<usize> {
+        match dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
+            Some(n) => Ok(n),
+            None => bail!(
+                "{what} ({}): a tensor has more elements than usize holds",
+                desc()
+            ),
+        }
+    };
+    Ok(Checked {
+        queries: int("queries", s.queries)?,
+        keys: int("keys", s.keys)?,
+        heads: int("heads", s.heads)?,
+        kv_heads: int("kv_heads", s.kv_heads)?,
+        q_len: count(&[batch, s.queries, s.heads, s.head_dim])?,
+        kv_len: count(&[batch, s.keys, s.kv_heads, s.head_dim])?,
+        lse_len: count(&[batch, s.heads, s.queries])?,
+    })
+}
+
+/// `got == want` for the buffer `name` of layout `layout`, or an error naming the shapes.
+fn check_buffer(
+    what: &str,
+    s: AttentionShape,
+    batch: usize,
+    name: &str,
+    layout: &str,
+    got: usize,
+    want: usize,
+) -> Result<()> {
+    if got != want {
+        bail!(
+            "{what} ({}): {name} has {got} elements, {layout} needs {want}",
+            describe(s, batch)
+        );
+    }
+    Ok(())
+}
+
+const Q_LAYOUT: &str = "[batch × queries × heads × head_dim]";
+const KV_LAYOUT: &str = "[batch × keys × kv_heads × head_dim]";
+const LSE_LAYOUT: &str = "[batch × heads × queries]";
+
+impl CudaBackend {
+    /// Causal attention out = softmax(q·kᵀ/√d + mask)·v for `batch` sequences (FlashAttention-2
+    /// forward), and the log-sum-exp of each row of scaled scores, `lse[b, h, i]` =
+    /// ln Σ_j exp(q_i·k_j/√d) over the keys query i sees, which
+    /// [`CudaBackend::flash_attention_backward`] needs. Layouts: see the module docs. `out` is
+    /// rounded to bf16 (nearest even); the scores, softmax and P·V accumulate in f32.
+    /// Deterministic. head_dim must be 64 or 128.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_forward(
+        &self,
+        shape: AttentionShape,
+        batch: usize,
+        q: &DeviceBuffer<bf16>,
+        k: &DeviceBuffer<bf16>,
+        v: &DeviceBuffer<bf16>,
+        out: &mut DeviceBuffer<bf16>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        const WHAT: &str = "CUDA flash attention forward";
+        let c = check_shape(WHAT, shape, batch)?;
+        for (name, layout, got, want) in [
+            ("q", Q_LAYOUT, q.len(), c.q_len),
+            ("k", KV_LAYOUT, k.len(), c.kv_len),
+            ("v", KV_LAYOUT, v.len(), c.kv_len),
+            ("out", Q_LAYOUT, out.len(), c.q_len),
+            ("lse", LSE_LAYOUT, lse.len(), c.lse_len),
+        ] {
+            check_buffer(WHAT, shape, batch, name, layout, got, want)?;
+        }
+        if c.q_len == 0 {
+            return Ok(()); // no query: nothing to write
+        }
+        check_aligned(self, WHAT, shape, batch, &[q, k, v, &*out])?;
+        let kernel = if shape.head_dim == 64 {
+            "flash_fwd_hd64"
+        } else {
+            "flash_fwd_hd128"
+        };
+        let smem = fwd_smem(shape.head_dim);
+        raise_smem_limit(self, kernel, smem, || describe(shape, batch))?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                shape.queries.div_ceil(TILE) as u32,
+                shape.heads as u32,
+                batch as u32,
+            ),
+            block_dim: (BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let scale_log2 = std::f32::consts::LOG2_E / (shape.head_dim as f32).sqrt();
+        launch!(
+            self,
+            kernel,
+            cfg,
+            describe(shape, batch),
+            [
+                &q.slice,
+                &k.slice,
+                &v.slice,
+                &mut out.slice,
+                &mut lse.slice,
+                &c.queries,
+                &c.keys,
+                &c.heads,
+                &c.kv_heads,
+                &scale_log2
+            ]
+        )
+    }
+
+    /// Gradients of [`CudaBackend::flash_attention_forward`] for the gradient `d_out` of its
+    /// output (FlashAttention-2 backward), written (not accumulated) into `dq`, `dk`, `dv`
+    /// (bf16; the query heads of a group are summed into their KV head in f32 first). `out` and
+    /// `lse` are the forward's outputs on the same q, k, v. Layouts: see the module docs.
+    ///
+    /// Allocates two f32 scratch buffers per call: D = rowsum(dO ∘ O) (`[batch, heads,
+    /// queries]`) and the dQ accumulator (as large as q, in f32). dk and dv are deterministic;
+    /// dq is summed over key tiles with f32 atomics, so its last bits can vary between runs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_backward(
+        &self,
+        shape: AttentionShape,
+        batch: usize,
+        q: &DeviceBuffer<bf16>,
+        k: &DeviceBuffer<bf16>,
+        v: &DeviceBuffer<bf16>,
+        out: &DeviceBuffer<bf16>,
+        d_out: &DeviceBuffer<bf16>,
+        lse: &DeviceBuffer<f32>,
+        dq: &mut DeviceBuffer<bf16>,
+        dk: &mut DeviceBuffer<bf16>,
+        dv: &mut DeviceBuffer<bf16>,
+    ) -> Result<()> {
+        const WHAT: &str = "CUDA flash attention backward";
+        let c = check_shape(WHAT, shape, batch)?;
+        for (name, layout, got, want) in [
+            ("q", Q_LAYOUT, q.len(), c.q_len),
+            ("k", KV_LAYOUT, k.len(), c.kv_len),
+            ("v", KV_LAYOUT, v.len(), c.kv_len),
+            ("out", Q_LAYOUT, out.len(), c.q_len),
+            ("d_out", Q_LAYOUT, d_out.len(), c.q_len),
+            ("lse", LSE_LAYOUT, lse.len(), c.lse_len),
+            ("dq", Q_LAYOUT, dq.len(), c.q_len),
+            ("dk", KV_LAYOUT, dk.len(), c.kv_len),
+            ("dv", KV_LAYOUT, dv.len(), c.kv_len),
+        ] {
+            check_buffer(WHAT, shape, batch, name, layout, got, want)?;
+        }
+        if c.kv_len == 0 {
+            return Ok(()); // no key (so no query either): nothing to write
+        }
+        check_aligned(
+            self,
+            WHAT,
+            shape,
+            batch,
+            &[q, k, v, out, d_out, &*dq, &*dk, &*dv],
+        )?;
+        let hd = shape.head_dim;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let scale_log2 = std::f32::consts::LOG2_E * scale;
+        let hd_int = hd as i32;
+        // One allocation of at least one element each, so that the kernels always get valid
+        // pointers (with no query they read neither).
+        let mut delta = self.alloc::<f32>(c.lse_len.max(1))?;
+        let mut dq_acc = self.alloc::<f32>(c.q_len.max(4))?;
+
+        // 1. D = rowsum(dO ∘ O), dQ accumulator ← 0.
+        if c.q_len > 0 {
+            let rows = (c.q_len / hd) as i64;
+            launch!(
+                self,
+                "flash_bwd_preprocess",
+                self.grid_stride(c.q_len / hd * 32),
+                describe(shape, batch),
+                [
+                    &out.slice,
+                    &d_out.slice,
+                    &mut delta.slice,
+                    &mut dq_acc.slice,
+                    &rows,
+                    &c.queries,
+                    &c.heads,
+                    &hd_int
+                ]
+            )?;
+        }
+
+        // 2. dK, dV per key tile (written whole, zeros for keys no query sees), dQ accumulated.
+        let kernel = if hd == 64 {
+            "flash_bwd_hd64"
+        } else {
+            "flash_bwd_hd128"
+        };
+        let smem = bwd_smem(hd);
+        raise_smem_limit(self, kernel, smem, || describe(shape, batch))?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                shape.keys.div_ceil(TILE) as u32,
+                shape.kv_heads as u32,
+                batch as u32,
+            ),
+            block_dim: (BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        launch!(
+            self,
+            kernel,
+            cfg,
+            describe(shape, batch),
+            [
+                &q.slice,
+                &k.slice,
+                &v.slice,
+                &d_out.slice,
+                &lse.slice,
+                &delta.slice,
+                &mut dq_acc.slice,
+                &mut dk.slice,
+                &mut dv.slice,
+                &c.queries,
+                &c.keys,
+                &c.heads,
+                &c.kv_heads,
+                &scale,
+                &scale_log2
+            ]
+        )?;
+
+        // 3. dQ = bf16(τ · accumulator).
+        if c.q_len > 0 {
+            let n4 = (c.q_len / 4) as i64;
+            launch!(
+                self,
+                "flash_bwd_convert_dq",
+                self.grid_stride(c.q_len / 4),
+                describe(shape, batch),
+                [&dq_acc.slice, &mut dq.slice, &n4, &scale]
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The kernels read and write rows with 16-byte (cp.async) and 4-byte accesses: every
+/// buffer must start 16-byte aligned (whole allocations always do).
+fn check_aligned(
+    backend: &CudaBackend,
+    what: &str,
+    shape: AttentionShape,
+    batch: usize,
+    buffers: &[&DeviceBuffer<bf16>],
+) -> Result<()> {
+    let stream = backend.stream();
+    for buffer in buffers {
+        let (ptr, _record) = buffer.slice.device_ptr(stream);
+        if ptr % 16 != 0 {
+            bail!(
+                "{what} ({}): a buffer at {ptr:#x} is not 16-byte aligned",
+                describe(shape, batch)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Allows `kernel` `bytes` of dynamic shared memory (over 48 KiB needs the opt-in; cheap,
+/// so set on every call).
+fn raise_smem_limit(
+    backend: &CudaBackend,
+    kernel: &'static str,
+    bytes: u32,
+    shapes: impl FnOnce() -> String,
+) -> Result<()> {
+    backend
+        .function(kernel)?
+        .set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))
+}

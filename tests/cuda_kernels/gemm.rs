@@ -1,0 +1,512 @@
+//! The bf16 GEMM (kernels/gemm.cu) and the cuBLAS path against an f64 reference computed on
+//! the CPU from the same bf16-rounded inputs: every layout × {bf16 out, f32 out, f32
+//! accumulated twice (micro-batches), bf16 accumulated}, odd shapes (both the 16-byte and the
+//! scalar path of every layout), batches, and Llama-2-7B's shapes (checked on a sample of rows
+//! to keep the CPU time sane; every output element is still checked to be written).
+//! Bounds (‖out − ref‖/‖ref‖): 8e-3 for bf16 outputs, 2e-3 for f32 outputs.
+
+use super::support::{gpu, poisoned, rel_err, Dtype, Rng};
+use half::bf16;
+use implicit::backend::cuda::{CudaBackend, DeviceBuffer, GemmLayout};
+
+const BF16_OUT_BOUND: f64 = 8e-3;
+const F32_OUT_BOUND: f64 = 2e-3;
+/// Products (m·n·k·batch) above this are checked on a sample of rows.
+const FULL_CHECK_MACS: usize = 1 << 27;
+/// Rows of C checked (in every batch) when sampling.
+const SAMPLED_ROWS: usize = 12;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    Ours,
+    Cublas,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    layout: GemmLayout,
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+}
+
+impl Case {
+    fn a_len(&self) -> usize {
+        self.batch * self.m * self.k
+    }
+    fn b_len(&self) -> usize {
+        self.batch * self.k * self.n
+    }
+    fn c_len(&self) -> usize {
+        self.batch * self.m * self.n
+    }
+}
+
+/// Rows i of C (the same in every batch) the reference computes.
+fn rows_to_check(case: &Case, rng: &mut Rng) -> Vec<usize> {
+    let Case { m, n, k, batch, .. } = *case;
+    if m * n * k.max(1) * batch <= FULL_CHECK_MACS || m <= SAMPLED_ROWS {
+        return (0..m).collect();
+    }
+    let mut rows = vec![0, m - 1, m / 2];
+    while rows.len() < SAMPLED_ROWS {
+        let r = rng.below(m as u32) as usize;
+        if !rows.contains(&r) {
+            rows.push(r);
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// C[b][i][j] = Σ_p A(b,i,p)·B(b,p,j) in f64, for i in `rows`, laid out [batch][rows][n].
+fn reference(case: &Case, a: &[f32], b: &[f32], rows: &[usize]) -> Vec<f64> {
+    let Case {
+        layout,
+        m,
+        n,
+        k,
+        batch,
+    } = *case;
+    let mut out = vec![0.0f64; batch * rows.len() * n];
+    for bi in 0..batch {
+        let (a, b) = (
+            &a[bi * m * k..(bi + 1) * m * k],
+            &b[bi * k * n..(bi + 1) * k * n],
+        );
+        for (ri, &i) in rows.iter().enumerate() {
+            let a_row: Vec<f64> = (0..k)
+                .map(|p| match layout {
+                    GemmLayout::NN | GemmLayout::NT => a[i * k + p] as f64,
+                    GemmLayout::TN => a[p * m + i] as f64,
+                })
+                .collect();
+            let c = &mut out[(bi * rows.len() + ri) * n..][..n];
+            match layout {
+                GemmLayout::NN | GemmLayout::TN => {
+                    for (p, &av) in a_row.iter().enumerate() {
+                        for (cj, &bv) in c.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                            *cj += av * bv as f64;
+                        }
+                    }
+                }
+                GemmLayout::NT => {
+                    for (j, cj) in c.iter_mut().enumerate() {
+                        *cj = a_row
+                            .iter()
+                            .zip(&b[j * k..(j + 1) * k])
+                            .map(|(&av, &bv)| av * bv as f64)
+                            .sum();
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The rows of `c` ([batch, m, n]) the reference holds, widened.
+fn pick_rows<T: Dtype>(case: &Case, c: &[T], rows: &[usize]) -> Vec<T> {
+    let (m, n) = (case.m, case.n);
+    let mut out = Vec::with_capacity(case.batch * rows.len() * n);
+    for bi in 0..case.batch {
+        for &i in rows {
+            out.extend_from_slice(&c[(bi * m + i) * n..][..n]);
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<O: Dtype>(
+    engine: Engine,
+    gpu: &CudaBackend,
+    case: &Case,
+    a: &DeviceBuffer<bf16>,
+    b: &DeviceBuffer<bf16>,
+    c: &mut DeviceBuffer<O>,
+    accumulate: bool,
+) {
+    let Case {
+        layout,
+        m,
+        n,
+        k,
+        batch,
+    } = *case;
+    let result = match engine {
+        Engine::Ours => gpu.gemm_bf16(layout, m, n, k, batch, a, b, c, accumulate),
+        Engine::Cublas => gpu.cublas_gemm_bf16(layout, m, n, k, batch, a, b, c, accumulate),
+    };
+    result.unwrap_or_else(|e| panic!("{engine:?} {case:?}: {e}"));
+}
+
+/// Checks `out` (all of C) against the reference rows: every element finite, then the error.
+fn check_out<O: Dtype>(
+    what: &str,
+    case: &Case,
+    out: &[O],
+    want: &[f64],
+    rows: &[usize],
+    bound: f64,
+) {
+    if let Some(i) = out.iter().position(|v| !v.to_f32().is_finite()) {
+        panic!("{what}: C[{}] = {} (not written?)", i, out[i].to_f32());
+    }
+    let e = rel_err(&pick_rows(case, out, rows), want);
+    eprintln!(
+        "{what}: rel err {e:.2e} (bound {bound:.0e}, {} of {} rows)",
+        rows.len(),
+        case.m
+    );
+    assert!(e <= bound, "{what}: rel err {e:.3e} > {bound:.0e}");
+}
+
+/// One case, on `engines`, in every output mode, on fresh inputs.
+fn gemm_case(gpu: &CudaBackend, rng: &mut Rng, case: Case, engines: &[Engine]) {
+    let (aq, a) = bf16::quantize(&rng.vec(case.a_len(), 1.0));
+    let (bq, b) = bf16::quantize(&rng.vec(case.b_len(), 1.0));
+    let rows = rows_to_check(&case, rng);
+    let ab = reference(&case, &a, &b, &rows);
+    let (ga, gb) = match (gpu.upload(&aq), gpu.upload(&bq)) {
+        (Ok(ga), Ok(gb)) => (ga, gb),
+        // The driver may refuse a 0-byte allocation: then no k = 0 product can be asked for.
+        (Err(e), _) | (_, Err(e)) if case.k == 0 => {
+            eprintln!("{case:?}: skipped, no empty device buffer ({e})");
+            return;
+        }
+        (a, b) => panic!("{case:?}: upload: {:?} {:?}", a.err(), b.err()),
+    };
+    // The accumulators start at values of about the product's size.
+    let c0_scale = (case.k as f32).sqrt().max(1.0) * 0.5;
+    let (c0_bf16q, c0_bf16) = bf16::quantize(&rng.vec(case.c_len(), c0_scale));
+    let c0_f32 = rng.vec(case.c_len(), c0_scale);
+    let path = if case.layout.vectorized(case.m, case.n, case.k) {
+        "16-byte"
+    } else {
+        "scalar"
+    };
+    for &engine in engines {
+        let tag = format!(
+            "{engine:?} {:?} {}x{}x{} batch {} ({path})",
+            case.layout, case.m, case.n, case.k, case.batch
+        );
+
+        let mut c = poisoned::<bf16>(gpu, case.c_len());
+        run(engine, gpu, &case, &ga, &gb, &mut c, false);
+        let out = gpu.download(&c).unwrap();
+        check_out(
+            &format!("{tag} bf16 out"),
+            &case,
+            &out,
+            &ab,
+            &rows,
+            BF16_OUT_BOUND,
+        );
+
+        let mut c = poisoned::<f32>(gpu, case.c_len());
+        run(engine, gpu, &case, &ga, &gb, &mut c, false);
+        let out = gpu.download(&c).unwrap();
+        check_out(
+            &format!("{tag} f32 out"),
+            &case,
+            &out,
+            &ab,
+            &rows,
+            F32_OUT_BOUND,
+        );
+
+        // Two micro-batches into an f32 gradient: C0 + A·B + A·B.
+        let mut c = gpu.upload(&c0_f32).unwrap();
+        run(engine, gpu, &case, &ga, &gb, &mut c, true);
+        run(engine, gpu, &case, &ga, &gb, &mut c, true);
+        let c0_rows = pick_rows(&case, &c0_f32, &rows);
+        let want: Vec<f64> = ab
+            .iter()
+            .zip(&c0_rows)
+            .map(|(&p, &c0)| c0 as f64 + 2.0 * p)
+            .collect();
+        let out = gpu.download(&c).unwrap();
+        check_out(
+            &format!("{tag} f32 accumulate ×2"),
+            &case,
+            &out,
+            &want,
+            &rows,
+            F32_OUT_BOUND,
+        );
+
+        let mut c = gpu.upload(&c0_bf16q).unwrap();
+        run(engine, gpu, &case, &ga, &gb, &mut c, true);
+        let c0_rows = pick_rows(&case, &c0_bf16, &rows);
+        let want: Vec<f64> = ab
+            .iter()
+            .zip(&c0_rows)
+            .map(|(&p, &c0)| c0 as f64 + p)
+            .collect();
+        let out = gpu.download(&c).unwrap();
+        check_out(
+            &format!("{tag} bf16 accumulate"),
+            &case,
+            &out,
+            &want,
+            &rows,
+            BF16_OUT_BOUND,
+        );
+    }
+}
+
+const LAYOUTS: [GemmLayout; 3] = [GemmLayout::NN, GemmLayout::NT, GemmLayout::TN];
+
+/// (m, n, k, batch): edge tiles in every dimension, k tails, both load paths of each layout.
+const ODD_SHAPES: &[(usize, usize, usize, usize)] = &[
+    (1, 64, 64, 1),
+    (1, 4096, 4096, 1), // one token against a layer
+    (8, 8, 8, 1),
+    (7, 13, 24, 1),
+    (129, 257, 72, 1),
+    (128, 256, 40, 1),  // k not a multiple of the 32-wide k tile
+    (136, 200, 30, 1),  // k not a multiple of 8: TN stays on the 16-byte path
+    (33, 17, 5, 3),     // k < 8, batch 3
+    (65, 72, 48, 3),    // batch 3
+    (257, 129, 100, 2), // k % 8 = 4
+    (200, 64, 1, 1),
+    (64, 40, 0, 1), // k = 0: C = 0, or C unchanged when accumulating
+    (300, 520, 264, 1),
+];
+
+/// Llama-2-7B at 512 tokens: forward X·Wᵀ (NT), input gradients dY·W (NN), weight gradients
+/// dYᵀ·X (TN), and attention's batched products over 32 heads of 128.
+const MODEL_SHAPES: &[(GemmLayout, usize, usize, usize, usize)] = &[
+    (GemmLayout::NT, 512, 4096, 4096, 1),  // q/k/v/o projections
+    (GemmLayout::NT, 512, 11008, 4096, 1), // gate/up
+    (GemmLayout::NT, 512, 4096, 11008, 1), // down
+    (GemmLayout::NN, 512, 11008, 4096, 1), // dX of down
+    (GemmLayout::NN, 512, 4096, 11008, 1), // dX of gate/up
+    (GemmLayout::TN, 11008, 4096, 512, 1), // dW of gate/up
+    (GemmLayout::TN, 4096, 11008, 512, 1), // dW of down
+    (GemmLayout::NT, 512, 512, 128, 32),   // scores Q·Kᵀ per head
+    (GemmLayout::NN, 512, 128, 512, 32),   // P·V per head
+];
+
+#[test]
+fn gemm_covers_both_load_paths_of_every_layout() {
+    for layout in LAYOUTS {
+        let paths: Vec<bool> = ODD_SHAPES
+            .iter()
+            .map(|&(m, n, k, _)| layout.vectorized(m, n, k))
+            .collect();
+        assert!(
+            paths.contains(&true) && paths.contains(&false),
+            "{layout:?}: ODD_SHAPES must exercise both the 16-byte and the scalar path"
+        );
+    }
+}
+
+#[test]
+fn gemm_matches_f64_on_odd_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("gemm_odd");
+    for layout in LAYOUTS {
+        for &(m, n, k, batch) in ODD_SHAPES {
+            let case = Case {
+                layout,
+                m,
+                n,
+                k,
+                batch,
+            };
+            gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_f64_on_model_shapes() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("gemm_model");
+    for &(layout, m, n, k, batch) in MODEL_SHAPES {
+        let case = Case {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+        };
+        gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+    }
+}
+
+#[test]
+fn cublas_gemm_matches_f64() {
+    let Some(gpu) = gpu() else { return };
+    if let Err(e) = gpu.cublas_available() {
+        println!("SKIPPED (no cuBLAS): {e}");
+        return;
+    }
+    let mut rng = Rng::new("gemm_cublas");
+    for layout in LAYOUTS {
+        for &(m, n, k, batch) in &[
+            (7, 13, 24, 1),
+            (129, 257, 72, 1),
+            (33, 17, 5, 3),
+            (64, 40, 0, 1),
+        ] {
+            let case = Case {
+                layout,
+                m,
+                n,
+                k,
+                batch,
+            };
+            gemm_case(gpu, &mut rng, case, &[Engine::Cublas]);
+        }
+    }
+    for &(layout, m, n, k, batch) in &MODEL_SHAPES[..1] {
+        let case = Case {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+        };
+        gemm_case(gpu, &mut rng, case, &[Engine::Cublas]);
+    }
+}
+
+#[test]
+fn gemm_rejects_bad_shapes_with_errors() {
+    let Some(gpu) = gpu() else { return };
+    let a = gpu.upload(&[bf16::ONE; 4 * 6]).unwrap();
+    let b = gpu.upload(&[bf16::ONE; 6 * 5]).unwrap();
+    let mut c = poisoned::<f32>(gpu, 4 * 5);
+    let mut c_long = gpu.alloc::<bf16>(4 * 5 + 1).unwrap();
+    gpu.gemm_bf16(GemmLayout::NN, 4, 5, 6, 1, &a, &b, &mut c, false)
+        .unwrap();
+    assert_eq!(gpu.download(&c).unwrap(), vec![6.0f32; 20]);
+    for (what, result) in [
+        (
+            "A too short",
+            gpu.gemm_bf16(GemmLayout::NN, 4, 5, 7, 1, &a, &b, &mut c, false),
+        ),
+        (
+            "batch 2",
+            gpu.gemm_bf16(GemmLayout::NT, 4, 5, 6, 2, &a, &b, &mut c, false),
+        ),
+        (
+            "C too long",
+            gpu.gemm_bf16(GemmLayout::TN, 4, 5, 6, 1, &a, &b, &mut c_long, false),
+        ),
+        (
+            "batch over the grid",
+            gpu.gemm_bf16(GemmLayout::NN, 0, 5, 6, 70000, &a, &b, &mut c, false),
+        ),
+        (
+            "cuBLAS, A too short",
+            gpu.cublas_gemm_bf16(GemmLayout::NN, 4, 5, 8, 1, &a, &b, &mut c, false),
+        ),
+    ] {
+        match result {
+            Ok(()) => panic!("{what}: accepted"),
+            Err(e) => {
+                eprintln!("{what}: {e}");
+                assert!(e.to_string().contains(" m "), "{what}: {e} names no shapes");
+            }
+        }
+    }
+}
+
+/// Times (host clock around synchronised launches: median of 7 samples of 10 launches, two
+/// input sets alternating) ours against cuBLAS at 4096³ and Llama-2-7B's shapes at 4096
+/// tokens. Not a test of correctness: run with `--ignored gemm_speed --nocapture`.
+#[test]
+#[ignore]
+fn gemm_speed() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("gemm_speed");
+    let have_cublas = gpu.cublas_available();
+    if let Err(e) = &have_cublas {
+        println!("no cuBLAS: {e}");
+    }
+    let shapes: &[(&str, GemmLayout, usize, usize, usize)] = &[
+        ("4096³ NN", GemmLayout::NN, 4096, 4096, 4096),
+        ("4096³ NT", GemmLayout::NT, 4096, 4096, 4096),
+        ("4096³ TN (f32 +=)", GemmLayout::TN, 4096, 4096, 4096),
+        ("q/k/v/o x·Wᵀ", GemmLayout::NT, 4096, 4096, 4096),
+        ("fused qkv x·Wᵀ", GemmLayout::NT, 4096, 12288, 4096),
+        ("gate/up x·Wᵀ", GemmLayout::NT, 4096, 11008, 4096),
+        ("down x·Wᵀ", GemmLayout::NT, 4096, 4096, 11008),
+        ("dX of gate/up dY·W", GemmLayout::NN, 4096, 4096, 11008),
+        ("dX of down dY·W", GemmLayout::NN, 4096, 11008, 4096),
+        ("dW of gate/up (f32 +=)", GemmLayout::TN, 11008, 4096, 4096),
+        ("dW of down (f32 +=)", GemmLayout::TN, 4096, 11008, 4096),
+    ];
+    let mut table = vec![format!(
+        "{:<24} {:>20} {:>10} {:>8} {:>10} {:>8} {:>6}",
+        "shape", "m x n x k", "ours ms", "TFLOP/s", "cuBLAS ms", "TFLOP/s", "ratio"
+    )];
+    for &(name, layout, m, n, k) in shapes {
+        let case = Case {
+            layout,
+            m,
+            n,
+            k,
+            batch: 1,
+        };
+        let inputs: Vec<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)> = (0..2)
+            .map(|_| {
+                let (aq, _) = bf16::quantize(&rng.vec(case.a_len(), 1.0));
+                let (bq, _) = bf16::quantize(&rng.vec(case.b_len(), 1.0));
+                (gpu.upload(&aq).unwrap(), gpu.upload(&bq).unwrap())
+            })
+            .collect();
+        let f32_acc = layout == GemmLayout::TN;
+        let mut c_bf16 = poisoned::<bf16>(gpu, case.c_len());
+        let mut c_f32 = gpu.zeros::<f32>(case.c_len()).unwrap();
+        let mut time = |engine: Engine| -> f64 {
+            let mut launch = |i: usize| {
+                let (a, b) = &inputs[i % 2];
+                if f32_acc {
+                    run(engine, gpu, &case, a, b, &mut c_f32, true);
+                } else {
+                    run(engine, gpu, &case, a, b, &mut c_bf16, false);
+                }
+            };
+            for i in 0..3 {
+                launch(i);
+            }
+            gpu.synchronize().unwrap();
+            let mut samples: Vec<f64> = (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for i in 0..10 {
+                        launch(i);
+                    }
+                    gpu.synchronize().unwrap();
+                    t.elapsed().as_secs_f64() / 10.0
+                })
+                .collect();
+            samples.sort_by(f64::total_cmp);
+            samples[3]
+        };
+        let flops = 2.0 * (m * n * k) as f64;
+        let ours = time(Engine::Ours);
+        let theirs = if have_cublas.is_ok() {
+            time(Engine::Cublas)
+        } else {
+            f64::NAN
+        };
+        table.push(format!(
+            "{:<24} {:>20} {:>10.3} {:>8.1} {:>10.3} {:>8.1} {:>6.2}",
+            name,
+            format!("{m}x{n}x{k}"),
+            ours * 1e3,
+            flops / ours / 1e12,
+            theirs * 1e3,
+            flops / theirs / 1e12,
+            theirs / ours
+        ));
+    }
+    println!("{}", table.join("\n"));
+}
