@@ -62,6 +62,15 @@ const HOT_KERNELS: &[&str] = &[
     "flash_bwd_hd128",
     "flash_bwd_preprocess",
     "flash_bwd_convert_dq",
+    "model_embed_f32",
+    "model_norm_bf16",
+    "model_norm_f32",
+    "model_clamp_bf16",
+    "model_kv_append",
+    "model_attention_j1",
+    "model_attention_j2",
+    "model_attention_j3",
+    "model_attention_j4",
 ];
 
 const INSTALL_HINT: &str = "install CUDA 13.0's compiler with `bash tools/install_nvcc.sh` \

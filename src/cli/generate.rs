@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[cfg(feature = "cuda")]
+#[path = "generate_cuda.rs"]
+mod gpu;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
     Cpu,
@@ -69,6 +73,8 @@ pub struct GenerateArgs {
     /// Seed for sampling at temperature > 0.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where the forward pass runs: cpu, or cuda (a build with `--features cuda` and a GPU of
+    /// compute capability 8.0 or newer; without one, generate fails and says why).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
 }
@@ -96,7 +102,7 @@ pub(crate) fn load_adapter(
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.device == Device::Cuda {
-        bail!("--device cuda: this build has no CUDA backend yet; use --device cpu");
+        return run_cuda(&args);
     }
     let t0 = Instant::now();
     let model = Transformer::load(&args.model)?;
@@ -121,6 +127,20 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         _ => bail!("give --prompt, or --instructions with --out"),
     }
+}
+
+/// `--device cuda`: the forward pass on the GPU (generate_cuda.rs).
+#[cfg(feature = "cuda")]
+fn run_cuda(args: &GenerateArgs) -> Result<()> {
+    gpu::run(args)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &GenerateArgs) -> Result<()> {
+    bail!(
+        "--device cuda: this binary was built without CUDA; rebuild with `cargo build --release \
+         --features cuda` (nvcc from `bash tools/install_nvcc.sh`), or use --device cpu"
+    );
 }
 
 fn run_prompt(

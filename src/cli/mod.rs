@@ -1,5 +1,6 @@
 //! The `implicit` command line.
 
+mod bench;
 mod eval;
 mod experiment;
 mod generate;
@@ -44,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: experiment::ExperimentCommand,
     },
+    /// Benchmarks: `bench kernels` times the CUDA kernels at the paper's shapes.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
     /// Convert a GGUF file (versions 1-3) into a Hugging Face model folder.
     ConvertGguf {
         /// The .gguf file to read.
@@ -61,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Eval { command } => eval::run(command),
         Command::Experiment { command } => experiment::run(command),
+        Command::Bench { command } => bench::run(command),
         Command::ConvertGguf { input, out_dir } => {
             let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
             println!("{report}");

@@ -38,15 +38,21 @@ macro_rules! launch {
 
 mod adamw;
 mod attention;
+pub mod bench;
 mod buffer;
 mod gemm;
+mod model;
 mod norm;
 mod ops;
+pub mod timing;
 mod vocab;
 
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float};
 pub use gemm::GemmLayout;
+pub use model::{
+    AttentionPath, CudaKvCache, CudaTransformer, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
+};
 pub use vocab::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise

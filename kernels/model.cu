@@ -1,0 +1,251 @@
+// The small kernels of the model's forward pass on the GPU (src/backend/cuda/model/): the
+// residual stream stays in f32, matrix-product inputs are bf16, the KV cache is bf16.
+//   model_embed_f32            out[t, :] = f32(table[ids[t], :])                (bf16 table)
+//   model_norm_{bf16,f32}      out[r, :] = norm(x[rows[r], :]): RMSNorm with an f32 weight, or
+//                              LayerNorm without parameters (biased variance), in f32
+//   model_clamp_bf16           x = clamp(x, −limit, limit) in place (OLMo's clip_qkv; NaN stays)
+//   model_kv_append            each new row's k, v into its sequence's cache at its position
+//   model_attention_j{1..4}    causal grouped-query attention of rows against their sequence's
+//                              cache: one warp per (row, head), online softmax in f32
+// CPU references: backend::cpu::ops::{embedding, rms_norm, layer_norm_no_params,
+// clamp_in_place} and backend::cpu::attention::causal_attention; tests in tests/cuda_model.rs.
+//
+// The KV cache of a sequence s is two bf16 buffers of [layers, capacity, kv_heads, head_dim];
+// `seq_table` holds three u64 per sequence: the address of its K buffer, of its V buffer, and
+// its capacity (in positions). Row t of a forward belongs to sequence row_seq[t] and sits at
+// position positions[t]; it sees the keys 0..=positions[t] of its sequence (the row's own k, v
+// appended first).
+#include "common.cuh"
+
+// One block per token. An id ≥ vocab writes a row of NaN (the host rejects such ids first).
+extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+    model_embed_f32(const unsigned int* __restrict__ ids, const bf16* __restrict__ table,
+                    float* __restrict__ out, int vocab, int dim) {
+  const unsigned int id = ids[blockIdx.x];
+  float* dst = out + (size_t)blockIdx.x * dim;
+  if (id >= (unsigned int)vocab) {
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = NAN;
+    return;
+  }
+  const bf16* src = table + (size_t)id * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = to_float(src[i]);
+}
+
+// One block per output row r, reading input row rows[r] (so that the final norm also gathers
+// the rows whose logits are wanted; a row ≥ x_rows gives NaN). layer_norm = 0: y = x·r·w, r = 1/sqrt(mean(x²) + eps);
+// layer_norm = 1: y = (x − mean)/sqrt(var + eps), `w` not read.
+template <typename O>
+__device__ __forceinline__ void norm_rows(const float* __restrict__ x, int x_rows,
+                                          const unsigned int* __restrict__ rows,
+                                          const float* __restrict__ w, O* __restrict__ y, int d,
+                                          float eps, int layer_norm) {
+  __shared__ float scratch[32];
+  const unsigned int row = rows[blockIdx.x];
+  O* yr = y + (size_t)blockIdx.x * d;
+  if (row >= (unsigned int)x_rows) {
+    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = from_float<O>(NAN);
+    return;
+  }
+  const float* xr = x + (size_t)row * d;
+  if (layer_norm) {
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += xr[i];
+    const float mean = block_sum1(s, scratch) / (float)d;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      const float c = xr[i] - mean;
+      v += c * c;
+    }
+    const float r = 1.0f / sqrtf(block_sum1(v, scratch) / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = from_float<O>((xr[i] - mean) * r);
+  } else {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+    const float r = 1.0f / sqrtf(block_sum1(ss, scratch) / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = from_float<O>(xr[i] * r * w[i]);
+  }
+}
+
+#define NORM_KERNEL(O, SUF)                                                                   \
+  extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                    \
+      model_norm_##SUF(const float* x, int x_rows, const unsigned int* rows, const float* w,   \
+                       O* y, int d, float eps, int layer_norm) {                               \
+    norm_rows<O>(x, x_rows, rows, w, y, d, eps, layer_norm);                                   \
+  }
+
+NORM_KERNEL(bf16, bf16)
+NORM_KERNEL(float, f32)
+
+// Grid-stride; compares as the CPU reference does, so NaN stays NaN.
+extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+    model_clamp_bf16(bf16* __restrict__ x, unsigned long long n, float limit) {
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const float v = to_float(x[i]);
+    if (v > limit) {
+      x[i] = from_float<bf16>(limit);
+    } else if (v < -limit) {
+      x[i] = from_float<bf16>(-limit);
+    }
+  }
+}
+
+// One block per new row t: k_new[t], v_new[t] (kv_dim values each) go to position
+// positions[t] of layer `layer` of sequence row_seq[t]'s cache. The host guarantees
+// positions[t] < capacity.
+extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+    model_kv_append(const bf16* __restrict__ k_new, const bf16* __restrict__ v_new,
+                    const unsigned int* __restrict__ row_seq,
+                    const unsigned int* __restrict__ positions,
+                    const unsigned long long* __restrict__ seq_table, int layer, int kv_dim) {
+  const unsigned int t = blockIdx.x;
+  const unsigned int s = row_seq[t];
+  const unsigned long long cap = seq_table[3 * s + 2];
+  const size_t off = ((size_t)layer * cap + positions[t]) * (size_t)kv_dim;
+  bf16* kd = reinterpret_cast<bf16*>(seq_table[3 * s]) + off;
+  bf16* vd = reinterpret_cast<bf16*>(seq_table[3 * s + 1]) + off;
+  const bf16* ks = k_new + (size_t)t * kv_dim;
+  const bf16* vs = v_new + (size_t)t * kv_dim;
+  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+    kd[i] = ks[i];
+    vd[i] = vs[i];
+  }
+}
+
+// Causal grouped-query attention over the cache, one warp per (row, head) of the rows listed in
+// row_list. Lane l holds the head dimensions 64j + 2l, 64j + 2l + 1 (j < J, head_dim ≤ 64J,
+// head_dim even): q pre-scaled by scale·log2(e), so the softmax is in base 2. Keys go KB at a
+// time: KB independent dot products and warp reductions in flight, then one rescale of the
+// running output per group (online softmax, Milakov & Gimelshein 2018).
+namespace attn {
+
+// Keys per group: 8 for head_dim ≤ 64, 4 above (registers: KB·J·2 values of V in flight).
+template <int J>
+struct Keys {
+  static constexpr int KB = J == 1 ? 8 : 4;
+};
+
+__device__ __forceinline__ float2 load2(const bf16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
+template <int J, int N>
+__device__ __forceinline__ void keys_step(const float (&qv)[J][2], float (&acc)[J][2], float& m,
+                                          float& l, const bf16* kp, const bf16* vp,
+                                          size_t stride, int lane, int head_dim) {
+  float s[N];
+  float2 vv[N][J];
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    s[n] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int d = 64 * j + 2 * lane;
+      if (d < head_dim) {
+        const float2 kk = load2(kp + n * stride + d);
+        vv[n][j] = load2(vp + n * stride + d);
+        s[n] += qv[j][0] * kk.x + qv[j][1] * kk.y;
+      } else {
+        vv[n][j] = make_float2(0.0f, 0.0f);
+      }
+    }
+  }
+  float mb = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    s[n] = warp_sum(s[n]);
+    mb = fmaxf(mb, s[n]);
+  }
+  const float m_new = fmaxf(m, mb);
+  const float corr = exp2f(m - m_new);  // 0 on the first keys (m = −inf)
+  l *= corr;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    acc[j][0] *= corr;
+    acc[j][1] *= corr;
+  }
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    const float p = exp2f(s[n] - m_new);
+    l += p;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      acc[j][0] += p * vv[n][j].x;
+      acc[j][1] += p * vv[n][j].y;
+    }
+  }
+  m = m_new;
+}
+
+template <int J>
+__device__ __forceinline__ void attention(const bf16* __restrict__ q, bf16* __restrict__ out,
+                                          const unsigned int* __restrict__ row_list, int nrows,
+                                          const unsigned int* __restrict__ row_seq,
+                                          const unsigned int* __restrict__ positions,
+                                          const unsigned long long* __restrict__ seq_table,
+                                          int layer, int heads, int kv_heads, int head_dim,
+                                          float scale_log2) {
+  const int lane = threadIdx.x & 31;
+  // nrows · heads fits in an int (the host checks), so no 64-bit division.
+  const int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+  if (warp >= nrows * heads) return;  // the whole warp leaves together
+  const int r = warp / heads, h = warp % heads;
+  const unsigned int t = row_list[r];
+  const unsigned int s = row_seq[t];
+  const int keys = (int)positions[t] + 1;
+  const int kvh = h / (heads / kv_heads);
+  const size_t kv_dim = (size_t)kv_heads * head_dim;
+  const unsigned long long cap = seq_table[3 * s + 2];
+  const size_t base = (size_t)layer * cap * kv_dim + (size_t)kvh * head_dim;
+  const bf16* kp = reinterpret_cast<const bf16*>(seq_table[3 * s]) + base;
+  const bf16* vp = reinterpret_cast<const bf16*>(seq_table[3 * s + 1]) + base;
+  const bf16* qrow = q + ((size_t)t * heads + h) * head_dim;
+
+  float qv[J][2], acc[J][2];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int d = 64 * j + 2 * lane;
+    const float2 v = d < head_dim ? load2(qrow + d) : make_float2(0.0f, 0.0f);
+    qv[j][0] = v.x * scale_log2;
+    qv[j][1] = v.y * scale_log2;
+    acc[j][0] = 0.0f;
+    acc[j][1] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  int key = 0;
+  constexpr int KB = Keys<J>::KB;
+  for (; key + KB <= keys; key += KB)
+    keys_step<J, KB>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
+                     head_dim);
+  for (; key < keys; ++key)
+    keys_step<J, 1>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
+                    head_dim);
+
+  const float inv = 1.0f / l;
+  bf16* orow = out + ((size_t)t * heads + h) * head_dim;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int d = 64 * j + 2 * lane;
+    if (d < head_dim)
+      *reinterpret_cast<__nv_bfloat162*>(orow + d) =
+          __floats2bfloat162_rn(acc[j][0] * inv, acc[j][1] * inv);
+  }
+}
+
+}  // namespace attn
+
+#define ATTENTION_KERNEL(J)                                                                   \
+  extern "C" __global__ void __launch_bounds__(ROW_THREADS) model_attention_j##J(              \
+      const bf16* q, bf16* out, const unsigned int* row_list, int nrows,                       \
+      const unsigned int* row_seq, const unsigned int* positions,                              \
+      const unsigned long long* seq_table, int layer, int heads, int kv_heads, int head_dim,   \
+      float scale_log2) {                                                                      \
+    attn::attention<J>(q, out, row_list, nrows, row_seq, positions, seq_table, layer, heads,   \
+                       kv_heads, head_dim, scale_log2);                                        \
+  }
+
+ATTENTION_KERNEL(1)
+ATTENTION_KERNEL(2)
+ATTENTION_KERNEL(3)
+ATTENTION_KERNEL(4)

@@ -1,0 +1,286 @@
+//! The compute-bound kernels: our GEMM against cuBLAS at the same shape, and causal flash
+//! attention against PyTorch SDPA.
+
+use super::super::timing::Timing;
+use super::super::{DeviceBuffer, Float, GemmLayout};
+use super::inputs::{gb_s, rel_diff, tflops, Sample};
+use super::{
+    Bench, BenchResult, GemmTimes, Reference, ATTENTION_BWD_TARGET, ATTENTION_FWD_TARGET,
+    GEMM_TARGET, HEADS, SEQ,
+};
+use crate::backend::cpu::attention::AttentionShape;
+use crate::error::Result;
+use half::bf16;
+
+impl Bench<'_> {
+    /// Times one product (ours unless `skip_ours`, cuBLAS when `with_cublas`), over rotated
+    /// random inputs; with `check`, also compares one product of each on the same inputs.
+    /// `f32_acc`: f32 C accumulated into (the weight-gradient case), else bf16 C written.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn time_gemm<O: Sample + Float>(
+        &mut self,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+        with_cublas: bool,
+        ours: bool,
+    ) -> Result<GemmTimes> {
+        let gpu = self.gpu;
+        let sets = self.sets(2 * (m * k + k * n));
+        let a = self.randoms::<bf16>(sets, m * k, -1.0, 1.0)?;
+        let b = self.randoms::<bf16>(sets, k * n, -1.0, 1.0)?;
+        let mut c = if accumulate {
+            gpu.zeros::<O>(m * n)?
+        } else {
+            gpu.alloc::<O>(m * n)?
+        };
+        let cublas = if with_cublas {
+            Some(self.timer.time(&mut |i| {
+                let s = i % sets;
+                gpu.cublas_gemm_bf16(layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate)
+            })?)
+        } else {
+            None
+        };
+        let mut times = GemmTimes {
+            cublas,
+            ours: None,
+            check: None,
+        };
+        if ours {
+            times.ours = Some(self.timer.time(&mut |i| {
+                let s = i % sets;
+                gpu.gemm_bf16(layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate)
+            })?);
+            if with_cublas {
+                // One product of each, written (not accumulated), on the first rows.
+                let mut theirs = gpu.alloc::<O>(m * n)?;
+                gpu.cublas_gemm_bf16(layout, m, n, k, 1, &a[0], &b[0], &mut theirs, false)?;
+                gpu.gemm_bf16(layout, m, n, k, 1, &a[0], &b[0], &mut c, false)?;
+                let count = (m * n).min(1 << 23);
+                let x = self.download_prefix(&c, count)?;
+                let y = self.download_prefix(&theirs, count)?;
+                times.check = Some(rel_diff(&x, &y));
+            }
+        }
+        Ok(times)
+    }
+
+    /// Our GEMM against cuBLAS at one shape.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        &mut self,
+        label: &str,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        f32_acc: bool,
+        tokens: Option<usize>,
+    ) -> Result<()> {
+        let kernel = match (layout, f32_acc) {
+            (GemmLayout::NN, false) => "gemm_nn_bf16",
+            (GemmLayout::NT, false) => "gemm_nt_bf16",
+            (GemmLayout::TN, false) => "gemm_tn_bf16",
+            (GemmLayout::NN, true) => "gemm_nn_f32",
+            (GemmLayout::NT, true) => "gemm_nt_f32",
+            (GemmLayout::TN, true) => "gemm_tn_f32",
+        };
+        if !self.wants(&[kernel, label, "gemm"]) {
+            return Ok(());
+        }
+        let with_cublas = self.cublas;
+        let times = if f32_acc {
+            self.time_gemm::<f32>(layout, m, n, k, true, with_cublas, true)?
+        } else {
+            self.time_gemm::<bf16>(layout, m, n, k, false, with_cublas, true)?
+        };
+        let (theirs, check) = (times.cublas, times.check);
+        let Some(time) = times.ours else {
+            return Ok(());
+        };
+        let flops = 2.0 * m as f64 * n as f64 * k as f64;
+        let es = if f32_acc { 8 } else { 2 }; // C: f32 read and written, or bf16 written
+        let bytes = (2 * (m * k + k * n) + es * m * n) as f64;
+        let ours_tflops = tflops(flops, time.median_us);
+        let reference = theirs.as_ref().map(|t| Reference {
+            name: "cuBLAS",
+            median_us: t.median_us,
+            tflops: Some(tflops(flops, t.median_us)),
+            speed_ratio: t.median_us / time.median_us,
+        });
+        let fraction = reference.as_ref().map(|r| r.speed_ratio);
+        let what = match layout {
+            GemmLayout::NT => "Y=X·Wᵀ",
+            GemmLayout::NN => "dX=dY·W",
+            GemmLayout::TN => "dW+=dYᵀ·X",
+        };
+        let kernel = if f32_acc {
+            format!("{kernel} (+=)")
+        } else {
+            kernel.to_string()
+        };
+        self.push(BenchResult {
+            kernel,
+            group: "gemm",
+            shape: format!("{label} {what} {m}x{n}x{k}"),
+            tokens,
+            bytes,
+            flops,
+            gb_s: gb_s(bytes, time.median_us),
+            time,
+            tflops: Some(ours_tflops),
+            ceiling: fraction.map(|_| "cuBLAS"),
+            ceiling_fraction: fraction,
+            reference,
+            target: fraction.map(|_| format!("≥{:.0}% of cuBLAS", GEMM_TARGET * 100.0)),
+            meets_target: fraction.map(|f| f >= GEMM_TARGET),
+            check_rel_diff: check,
+        });
+        Ok(())
+    }
+
+    /// Causal flash attention forward and backward for `batch` sequences of SEQ tokens.
+    pub(super) fn attention(&mut self, batch: usize, head_dim: usize) -> Result<()> {
+        let (fwd, bwd) = if head_dim == 64 {
+            ("flash_fwd_hd64", "flash_bwd_hd64")
+        } else {
+            ("flash_fwd_hd128", "flash_bwd_hd128")
+        };
+        if !self.wants(&[fwd, bwd, "flash", "attention"]) {
+            return Ok(());
+        }
+        let gpu = self.gpu;
+        let shape = AttentionShape {
+            queries: SEQ,
+            keys: SEQ,
+            heads: HEADS,
+            kv_heads: HEADS,
+            head_dim,
+        };
+        let n = batch * SEQ * HEADS * head_dim;
+        let lse_n = batch * HEADS * SEQ;
+        let sets = self.sets(3 * n * 2);
+        let qs = self.randoms::<bf16>(sets, n, -1.0, 1.0)?;
+        let ks = self.randoms::<bf16>(sets, n, -1.0, 1.0)?;
+        let vs = self.randoms::<bf16>(sets, n, -1.0, 1.0)?;
+        let mut outs: Vec<DeviceBuffer<bf16>> = (0..sets)
+            .map(|_| gpu.alloc::<bf16>(n))
+            .collect::<Result<_>>()?;
+        let mut lses: Vec<DeviceBuffer<f32>> = (0..sets)
+            .map(|_| gpu.alloc::<f32>(lse_n))
+            .collect::<Result<_>>()?;
+        let label = format!("b{batch} s{SEQ} h{HEADS} d{head_dim} causal");
+        let fwd_flops =
+            4.0 * batch as f64 * HEADS as f64 * (SEQ as f64).powi(2) * head_dim as f64 / 2.0;
+        let sdpa = self
+            .config
+            .sdpa
+            .iter()
+            .find(|e| {
+                e.batch == batch && e.heads == HEADS && e.seq == SEQ && e.head_dim == head_dim
+            })
+            .cloned();
+
+        let time = self.timer.time(&mut |i| {
+            let s = i % sets;
+            gpu.flash_attention_forward(
+                shape,
+                batch,
+                &qs[s],
+                &ks[s],
+                &vs[s],
+                &mut outs[s],
+                &mut lses[s],
+            )
+        })?;
+        // Every set's out and lse are now the forward's, for the backward.
+        let bytes = (2 * 4 * n + 4 * lse_n) as f64;
+        let sdpa_fwd = sdpa.as_ref().map(|e| e.fwd_ms * 1e3);
+        self.attention_result(
+            fwd,
+            &label,
+            batch,
+            bytes,
+            fwd_flops,
+            time,
+            sdpa_fwd,
+            ATTENTION_FWD_TARGET,
+        );
+
+        if self.wants(&[bwd, "flash", "attention"]) {
+            let d_outs = self.randoms::<bf16>(sets, n, -1.0, 1.0)?;
+            let mut dq = gpu.alloc::<bf16>(n)?;
+            let mut dk = gpu.alloc::<bf16>(n)?;
+            let mut dv = gpu.alloc::<bf16>(n)?;
+            let time = self.timer.time(&mut |i| {
+                let s = i % sets;
+                gpu.flash_attention_backward(
+                    shape, batch, &qs[s], &ks[s], &vs[s], &outs[s], &d_outs[s], &lses[s], &mut dq,
+                    &mut dk, &mut dv,
+                )
+            })?;
+            // q, k, v, out, dO, lse read; dq, dk, dv written (the f32 dq accumulator and the
+            // row sums D are scratch, not counted).
+            let bytes = (2 * 8 * n + 4 * lse_n) as f64;
+            let sdpa_bwd = sdpa.as_ref().and_then(|e| e.bwd_ms).map(|ms| ms * 1e3);
+            let name = format!("{bwd}+pre+convert");
+            self.attention_result(
+                &name,
+                &label,
+                batch,
+                bytes,
+                2.5 * fwd_flops,
+                time,
+                sdpa_bwd,
+                ATTENTION_BWD_TARGET,
+            );
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_result(
+        &mut self,
+        kernel: &str,
+        shape: &str,
+        batch: usize,
+        bytes: f64,
+        flops: f64,
+        time: Timing,
+        sdpa_us: Option<f64>,
+        target: f64,
+    ) {
+        let rate = tflops(flops, time.median_us);
+        let reference = sdpa_us.map(|us| Reference {
+            name: "SDPA",
+            median_us: us,
+            tflops: Some(tflops(flops, us)),
+            speed_ratio: us / time.median_us,
+        });
+        let target_text = if target >= 1.0 {
+            "≥1.0x SDPA speed".to_string()
+        } else {
+            format!("≤{:.1}x SDPA time", 1.0 / target)
+        };
+        self.push(BenchResult {
+            kernel: kernel.to_string(),
+            group: "attention",
+            shape: shape.to_string(),
+            tokens: Some(batch * SEQ),
+            bytes,
+            flops,
+            gb_s: gb_s(bytes, time.median_us),
+            time,
+            tflops: Some(rate),
+            ceiling: self.matmul_tflops.map(|_| "cuBLAS matmul"),
+            ceiling_fraction: self.matmul_tflops.map(|m| rate / m),
+            meets_target: reference.as_ref().map(|r| r.speed_ratio >= target - 1e-9),
+            target: reference.as_ref().map(|_| target_text),
+            reference,
+            check_rel_diff: None,
+        });
+    }
+}

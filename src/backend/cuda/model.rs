@@ -1,0 +1,371 @@
+//! The whole model's forward pass on the GPU: [`CudaTransformer`] mirrors
+//! `model::Transformer::forward` (Llama and OLMo, ragged batches, a KV cache per sequence),
+//! with bf16 weights and bf16 matrix-product inputs on the tensor cores, the residual stream
+//! and every norm, softmax and accumulation in f32.
+//!
+//! Per layer: h = norm(x) (bf16) → q, k, v = h·Wᵀ (bf16 GEMM, bf16 out) → OLMo's clamp → RoPE
+//! on q, k → k, v appended to each sequence's cache → causal GQA attention (flash attention
+//! for the prefill of a sequence when head_dim is 64 or 128, otherwise the plain kernel, which
+//! also serves every decode row) → x += attn·Woᵀ (the GEMM accumulates into the f32 residual)
+//! → h = norm(x) → silu(h·Wgᵀ) ⊙ h·Wuᵀ → x += act·Wdᵀ. Then the final norm of only the rows
+//! whose logits are wanted, and the LM head (the embedding when tied) in f32.
+
+mod cache;
+mod kernels;
+
+pub use cache::{CudaKvCache, KvBatch, RowList, MAX_HEAD_DIM};
+pub use kernels::RowNorm;
+
+use super::{CudaBackend, DeviceBuffer, GemmLayout};
+use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
+use crate::backend::cpu::parallel::parallel_chunks_mut;
+use crate::bail;
+use crate::error::Result;
+use crate::io::safetensors::WeightStore;
+use crate::model::{Architecture, Logits, ModelConfig, Transformer};
+use crate::tensor::{Elems, Tensor};
+use half::bf16;
+use std::path::Path;
+
+/// Which attention kernel a forward pass uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// Flash attention for a sequence's prefill (2 or more new tokens) when head_dim is 64 or
+    /// 128; the plain kernel otherwise and for decode steps.
+    Auto,
+    /// The plain kernel for every row (any even head_dim up to 256).
+    Plain,
+}
+
+struct CudaLayer {
+    /// RMSNorm weights (Llama), f32; None for OLMo's parameter-free LayerNorm.
+    attn_norm: Option<DeviceBuffer<f32>>,
+    q_proj: DeviceBuffer<bf16>,
+    k_proj: DeviceBuffer<bf16>,
+    v_proj: DeviceBuffer<bf16>,
+    o_proj: DeviceBuffer<bf16>,
+    mlp_norm: Option<DeviceBuffer<f32>>,
+    gate_proj: DeviceBuffer<bf16>,
+    up_proj: DeviceBuffer<bf16>,
+    down_proj: DeviceBuffer<bf16>,
+}
+
+/// A Llama or OLMo model on the GPU (see the module docs).
+pub struct CudaTransformer<'g> {
+    gpu: &'g CudaBackend,
+    pub config: ModelConfig,
+    /// Which attention kernel to use; [`AttentionPath::Auto`] unless changed.
+    pub attention: AttentionPath,
+    embed_tokens: DeviceBuffer<bf16>,
+    layers: Vec<CudaLayer>,
+    final_norm: Option<DeviceBuffer<f32>>,
+    /// `[vocab, hidden]`; None when tied to the embedding.
+    lm_head: Option<DeviceBuffer<bf16>>,
+}
+
+impl std::fmt::Debug for CudaTransformer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaTransformer")
+            .field("gpu", self.gpu)
+            .field("config", &self.config)
+            .field("attention", &self.attention)
+            .finish()
+    }
+}
+
+/// A weight as bf16 on the GPU, whatever its dtype in the checkpoint (f32 and f16 rounded to
+/// nearest even).
+fn upload_bf16(gpu: &CudaBackend, t: &Tensor) -> Result<DeviceBuffer<bf16>> {
+    let t = if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.contiguous()
+    };
+    match t.elems()? {
+        Elems::BF16(s) => gpu.upload(s),
+        elems => {
+            let mut out = vec![bf16::ZERO; elems.len()];
+            parallel_chunks_mut(&mut out, 1 << 16, |i, chunk| {
+                let start = i << 16;
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = bf16::from_f32(elems.get(start + j));
+                }
+            });
+            gpu.upload(&out)
+        }
+    }
+}
+
+impl<'g> CudaTransformer<'g> {
+    /// Uploads the weights of a model loaded on the CPU (read again from its folder's
+    /// safetensors, which are memory-mapped).
+    pub fn load(gpu: &'g CudaBackend, model: &Transformer) -> Result<CudaTransformer<'g>> {
+        let store = WeightStore::open(&model.path)?;
+        CudaTransformer::from_store(gpu, model.config.clone(), &store, &model.path)
+    }
+
+    /// Loads config.json and the safetensors weights of a Hugging Face model folder onto the
+    /// GPU.
+    pub fn from_dir(gpu: &'g CudaBackend, dir: &Path) -> Result<CudaTransformer<'g>> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open(dir)?;
+        CudaTransformer::from_store(gpu, config, &store, dir)
+    }
+
+    /// The same tensors, names and shape checks as `Transformer::from_store`.
+    pub fn from_store(
+        gpu: &'g CudaBackend,
+        config: ModelConfig,
+        store: &WeightStore,
+        dir: &Path,
+    ) -> Result<CudaTransformer<'g>> {
+        let c = &config;
+        if c.head_dim > MAX_HEAD_DIM {
+            bail!(
+                "{}: head_dim {} is more than the CUDA attention's {MAX_HEAD_DIM}",
+                dir.display(),
+                c.head_dim
+            );
+        }
+        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let q_dim = c.num_heads * c.head_dim;
+        let kv_dim = c.num_kv_heads * c.head_dim;
+        let llama = c.arch == Architecture::Llama;
+        let weight = |name: &str, shape: &[usize]| -> Result<DeviceBuffer<bf16>> {
+            upload_bf16(gpu, &store.get(name, shape, dir)?)
+        };
+        let norm = |name: String| -> Result<Option<DeviceBuffer<f32>>> {
+            if llama {
+                Ok(Some(
+                    gpu.upload(&store.get(&name, &[d], dir)?.to_f32_vec())?,
+                ))
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(CudaLayer {
+                attn_norm: norm(format!("{p}.input_layernorm.weight"))?,
+                q_proj: weight(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, d])?,
+                k_proj: weight(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, d])?,
+                v_proj: weight(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, d])?,
+                o_proj: weight(&format!("{p}.self_attn.o_proj.weight"), &[d, q_dim])?,
+                mlp_norm: norm(format!("{p}.post_attention_layernorm.weight"))?,
+                gate_proj: weight(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
+                up_proj: weight(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
+                down_proj: weight(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
+            });
+        }
+        let embed_tokens = weight("model.embed_tokens.weight", &[v, d])?;
+        let lm_head = if store.contains("lm_head.weight") {
+            Some(weight("lm_head.weight", &[v, d])?)
+        } else if c.tie_word_embeddings {
+            None
+        } else {
+            bail!(
+                "{}: lm_head.weight is missing and tie_word_embeddings is false",
+                dir.display()
+            );
+        };
+        let final_norm = norm("model.norm.weight".into())?;
+        gpu.synchronize()?;
+        Ok(CudaTransformer {
+            gpu,
+            config,
+            attention: AttentionPath::Auto,
+            embed_tokens,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// The backend the weights live on.
+    pub fn gpu(&self) -> &'g CudaBackend {
+        self.gpu
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> CudaKvCache {
+        CudaKvCache::new(&self.config)
+    }
+
+    fn norm<'a>(&self, weight: Option<&'a DeviceBuffer<f32>>) -> RowNorm<'a> {
+        match weight {
+            Some(w) => RowNorm::Rms(w),
+            None => RowNorm::LayerNorm,
+        }
+    }
+
+    /// y[rows, out] = x[rows, inp] · Wᵀ for W `[out, inp]` (bf16 in, f32 sums; `O` out, added
+    /// to y's contents when `accumulate`).
+    fn linear<O: super::Float>(
+        &self,
+        x: &DeviceBuffer<bf16>,
+        w: &DeviceBuffer<bf16>,
+        (rows, inp): (usize, usize),
+        y: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let out = w.len() / inp.max(1);
+        self.gpu
+            .gemm_bf16(GemmLayout::NT, rows, out, inp, 1, x, w, y, accumulate)
+    }
+
+    /// Runs the new tokens of each sequence through the model, appending to its GPU cache, and
+    /// returns each sequence's logits (`[vocab]` for `Logits::Last`, `[tokens, vocab]` for
+    /// `Logits::All`) or final-normed hidden states (`Logits::Hidden`), as
+    /// `Transformer::forward` does. All sequences share one GEMM per weight.
+    pub fn forward(
+        &mut self,
+        batch: &mut [(&[u32], &mut CudaKvCache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        let gpu = self.gpu;
+        let c = &self.config;
+        let (d, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+        let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (tokens, cache) in batch.iter() {
+            if tokens.is_empty() {
+                bail!("forward: a sequence in the batch has no new tokens");
+            }
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                bail!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    c.vocab_size
+                );
+            }
+            if cache.layers() != c.num_layers || cache.kv_dim() != kv_dim {
+                bail!(
+                    "KV cache has {} layers of {} values per token, the model {} of {kv_dim}",
+                    cache.layers(),
+                    cache.kv_dim(),
+                    c.num_layers
+                );
+            }
+        }
+        let lens: Vec<usize> = batch.iter().map(|(t, _)| t.len()).collect();
+        let total: usize = lens.iter().sum();
+        let ids: Vec<u32> = batch.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let flash_ok = self.attention == AttentionPath::Auto && (hd == 64 || hd == 128);
+        let flash: Vec<bool> = lens.iter().map(|&n| flash_ok && n >= 2).collect();
+        let plain_rows: Vec<u32> = {
+            let mut rows = Vec::new();
+            let mut start = 0u32;
+            for (&n, &fl) in lens.iter().zip(&flash) {
+                if !fl {
+                    rows.extend(start..start + n as u32);
+                }
+                start += n as u32;
+            }
+            rows
+        };
+        let layout = if c.rope_interleaved {
+            RopeLayout::Interleaved
+        } else {
+            RopeLayout::HalfRotation
+        };
+        let rope = |heads| RopeSpec {
+            heads,
+            head_dim: hd,
+            base: c.rope_theta,
+            layout,
+        };
+        let eps = c.norm_eps as f64;
+
+        let caches: Vec<&mut CudaKvCache> = batch.iter_mut().map(|(_, c)| &mut **c).collect();
+        let kv = KvBatch::new(gpu, caches, &lens)?;
+        let all_rows = RowList::all(gpu, total)?;
+        let plain = RowList::new(gpu, &plain_rows, total)?;
+
+        let mut x = gpu.alloc::<f32>(total * d)?;
+        gpu.embedding_to_f32(&gpu.upload(&ids)?, &self.embed_tokens, d, &mut x)?;
+        let mut h = gpu.alloc::<bf16>(total * d)?;
+        let mut q = gpu.alloc::<bf16>(total * q_dim)?;
+        let mut k = gpu.alloc::<bf16>(total * kv_dim)?;
+        let mut v = gpu.alloc::<bf16>(total * kv_dim)?;
+        let mut attn = gpu.alloc::<bf16>(total * q_dim)?;
+        let mut gate = gpu.alloc::<bf16>(total * f)?;
+        let mut up = gpu.alloc::<bf16>(total * f)?;
+        let mut act = gpu.alloc::<bf16>(total * f)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let attn_norm = self.norm(layer.attn_norm.as_ref());
+            gpu.norm_rows(&x, d, all_rows.device(), attn_norm, eps, &mut h)?;
+            self.linear(&h, &layer.q_proj, (total, d), &mut q, false)?;
+            self.linear(&h, &layer.k_proj, (total, d), &mut k, false)?;
+            self.linear(&h, &layer.v_proj, (total, d), &mut v, false)?;
+            if let Some(clip) = c.clip_qkv {
+                for t in [&mut q, &mut k, &mut v] {
+                    gpu.clamp_bf16(t, clip)?;
+                }
+            }
+            gpu.rope(&mut q, kv.positions(), rope(heads), false)?;
+            gpu.rope(&mut k, kv.positions(), rope(kv_heads), false)?;
+            gpu.kv_append(&kv, li, &k, &v)?;
+            gpu.cached_attention(&kv, li, &q, heads, hd, &plain, &mut attn)?;
+            for (s, _) in flash.iter().enumerate().filter(|(_, &fl)| fl) {
+                gpu.cached_flash_attention(&kv, li, s, &q, heads, hd, &mut attn)?;
+            }
+            self.linear(&attn, &layer.o_proj, (total, q_dim), &mut x, true)?;
+            let mlp_norm = self.norm(layer.mlp_norm.as_ref());
+            gpu.norm_rows(&x, d, all_rows.device(), mlp_norm, eps, &mut h)?;
+            self.linear(&h, &layer.gate_proj, (total, d), &mut gate, false)?;
+            self.linear(&h, &layer.up_proj, (total, d), &mut up, false)?;
+            gpu.swiglu(&gate, &up, &mut act)?;
+            self.linear(&act, &layer.down_proj, (total, f), &mut x, true)?;
+        }
+        kv.finish();
+
+        // Only the rows whose logits are wanted go through the final norm and the LM head.
+        let (rows, per_seq): (Vec<u32>, Vec<usize>) = match want {
+            Logits::All | Logits::Hidden => ((0..total as u32).collect(), lens),
+            Logits::Last => {
+                let mut end = 0;
+                let rows = lens
+                    .iter()
+                    .map(|&n| {
+                        end += n;
+                        (end - 1) as u32
+                    })
+                    .collect();
+                (rows, vec![1; batch.len()])
+            }
+        };
+        let rows = RowList::new(gpu, &rows, total)?;
+        let n = rows.len();
+        let final_norm = self.norm(self.final_norm.as_ref());
+        let (flat, width) = if want == Logits::Hidden {
+            let mut hidden = gpu.alloc::<f32>(n * d)?;
+            gpu.norm_rows(&x, d, rows.device(), final_norm, eps, &mut hidden)?;
+            (gpu.download(&hidden)?, d)
+        } else {
+            let mut hf = gpu.alloc::<bf16>(n * d)?;
+            gpu.norm_rows(&x, d, rows.device(), final_norm, eps, &mut hf)?;
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+            let mut logits = gpu.alloc::<f32>(n * c.vocab_size)?;
+            self.linear(&hf, head, (n, d), &mut logits, false)?;
+            (gpu.download(&logits)?, c.vocab_size)
+        };
+        let mut out = Vec::with_capacity(per_seq.len());
+        let mut start = 0;
+        for m in per_seq {
+            out.push(flat[start * width..(start + m) * width].to_vec());
+            start += m;
+        }
+        Ok(out)
+    }
+
+    /// Logits of every position of one sequence, from an empty cache: `[tokens, vocab]`.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut cache = self.new_cache();
+        Ok(self
+            .forward(&mut [(tokens, &mut cache)], Logits::All)?
+            .remove(0))
+    }
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds here what a GPU session runs (the GPU machines have no Rust toolchain): the release
+# `implicit` binary and the CUDA test binaries, with the `cuda` feature, copied into target/gpu/
+# under stable names (implicit, cuda_kernels, cuda_model when tests/cuda_model.rs exists),
+# stripped of debug info, with target/gpu/COMMIT naming the commit they were built from
+# ("-dirty" when the working tree had changes). Then carry target/gpu to the device tool and run
+# tools/gpu_check.sh there (benches/NOTES.md, "How to run the benchmark").
+#
+# Usage: bash tools/build_gpu_binaries.sh          (nvcc: bash tools/install_nvcc.sh first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=target/gpu
+mkdir -p "$out"
+
+echo "== cargo build --release --features cuda --bin implicit"
+cargo build --release --features cuda --bin implicit
+cp target/release/implicit "$out/implicit"
+
+# The path of a test binary, from cargo's JSON messages.
+test_binary() {
+    cargo test --release --features cuda --test "$1" --no-run --message-format=json \
+        | python3 -c '
+import json, sys
+name = sys.argv[1]
+path = None
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["name"] == name and "test" in m["target"]["kind"]:
+        path = m["executable"]
+if not path:
+    sys.exit("no executable for test " + name)
+print(path)
+' "$1"
+}
+
+for t in cuda_kernels cuda_model; do
+    if [ -f "tests/$t.rs" ]; then
+        echo "== cargo test --release --features cuda --test $t --no-run"
+        path=$(test_binary "$t")
+        cp "$path" "$out/$t"
+    else
+        rm -f "$out/$t"
+    fi
+done
+
+strip --strip-debug "$out/implicit"
+for t in cuda_kernels cuda_model; do
+    if [ -f "$out/$t" ]; then strip --strip-debug "$out/$t"; fi
+done
+
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=normal 2>/dev/null)" ]; then
+    commit="$commit-dirty"
+fi
+echo "$commit" > "$out/COMMIT"
+
+ls -l "$out"
+total=$(du -sb "$out" | cut -f1)
+echo "target/gpu: $((total / 1024 / 1024)) MiB, commit $commit"
+if [ "$total" -gt $((60 * 1024 * 1024)) ]; then
+    echo "warning: target/gpu is over 60 MiB; the device tool carries 64 MiB in all" >&2
+fi

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The one script a GPU session runs, from the repository root on the device machine, with the
+# binaries of tools/build_gpu_binaries.sh carried in target/gpu/ (device tool: carry
+# ["target/gpu"]). In order, each step's output to $OUT/<step>.log:
+#   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
+#   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference)
+#                                                                     -> cuda_kernels.log
+#   3. target/gpu/cuda_model, if it was built                         -> cuda_model.log
+#   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
+#   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
+#                                                                     -> bench.log
+# then a short summary last (the device tool returns only the output's last 12k characters; the
+# files under $OUT come back whole). A failed step does not stop the later ones; the exit code is
+# that of the first failed step.
+#
+# Environment: OUT (default target/gpu-out), QUICK=1 (micro-batch 1, fewer samples),
+# STEPS (default "smi,kernels,model,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
+# e.g. "--filter gemm"), TEST_ARGS (more arguments for the test binaries, e.g. a test name
+# filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-target/gpu-out}
+mkdir -p "$OUT"
+BIN=target/gpu
+STEPS=${STEPS:-smi,kernels,model,sdpa,bench}
+BUDGET=${BUDGET:-570}
+QUICK=${QUICK:-0}
+first_failure=0
+
+if [ ! -x "$BIN/implicit" ]; then
+    echo "gpu_check: no $BIN/implicit: run 'bash tools/build_gpu_binaries.sh' on the build machine and carry target/gpu"
+    exit 2
+fi
+if [ -z "${IMPLICIT_COMMIT:-}" ] && [ -f "$BIN/COMMIT" ]; then
+    IMPLICIT_COMMIT=$(cat "$BIN/COMMIT")
+fi
+export IMPLICIT_COMMIT=${IMPLICIT_COMMIT:-unknown}
+
+# cuBLAS (the GEMM reference): the image has libcublas in the nvidia-cublas wheel beside torch;
+# make it loadable when it is not already.
+if ! python3 -c 'import ctypes; ctypes.CDLL("libcublas.so.13")' 2>/dev/null; then
+    cublas_dir=$(python3 - <<'EOF' 2>/dev/null
+import glob, os, sys
+dirs = []
+try:
+    import nvidia.cublas
+    dirs += [os.path.join(p, "lib") for p in nvidia.cublas.__path__] + list(nvidia.cublas.__path__)
+except Exception:
+    pass
+for p in sys.path:
+    dirs += sorted(set(os.path.dirname(f) for f in glob.glob(os.path.join(p, "nvidia", "**", "libcublas.so.13*"), recursive=True)))
+for d in dirs:
+    if glob.glob(os.path.join(d, "libcublas.so.13*")):
+        print(d)
+        break
+EOF
+)
+    if [ -z "$cublas_dir" ]; then
+        found=$(find /usr /opt /lib /lib64 /root /home -name 'libcublas.so.13*' 2>/dev/null | head -1)
+        if [ -n "$found" ]; then cublas_dir=$(dirname "$found"); fi
+    fi
+    if [ -n "$cublas_dir" ]; then
+        export LD_LIBRARY_PATH="$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "gpu_check: libcublas from $cublas_dir"
+    else
+        echo "gpu_check: no libcublas.so.13 found; bench kernels will run without the cuBLAS reference"
+    fi
+fi
+
+wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# step NAME CAP_SECONDS COMMAND...: runs COMMAND with its output in $OUT/NAME.log, under a time
+# limit of min(CAP, what is left of BUDGET); records rc and seconds in $OUT/steps.txt.
+step() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((BUDGET - SECONDS))
+    local limit=$((cap < left ? cap : left))
+    if [ "$limit" -lt 10 ]; then
+        echo "$name: skipped (budget spent)" | tee -a "$OUT/steps.txt"
+        return 0
+    fi
+    local t0=$SECONDS
+    echo "gpu_check: $name (limit ${limit}s): $*"
+    timeout --kill-after=5 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local note=""
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then note=" (timed out)"; fi
+    echo "$name: rc $rc$note, $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
+    if [ "$rc" -ne 0 ] && [ "$first_failure" -eq 0 ]; then first_failure=$rc; fi
+    return 0
+}
+
+: > "$OUT/steps.txt"
+echo "commit $IMPLICIT_COMMIT" >> "$OUT/steps.txt"
+
+if wants smi; then
+    step nvidia-smi 30 bash -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.limit --format=csv'
+fi
+# shellcheck disable=SC2086
+if wants kernels && [ -x "$BIN/cuda_kernels" ]; then
+    step cuda_kernels 240 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 ${TEST_ARGS:-}
+fi
+# shellcheck disable=SC2086
+if wants model && [ -x "$BIN/cuda_model" ]; then
+    step cuda_model 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_model" --nocapture --test-threads=1 ${TEST_ARGS:-}
+fi
+quick_flag=()
+if [ "$QUICK" = 1 ]; then quick_flag=(--quick); fi
+if wants sdpa; then
+    rm -f "$OUT/sdpa.json"
+    step sdpa 150 python3 tools/bench_sdpa.py --json "$OUT/sdpa.json" "${quick_flag[@]}"
+fi
+if wants bench; then
+    sdpa_flag=()
+    if [ -f "$OUT/sdpa.json" ]; then sdpa_flag=(--sdpa "$OUT/sdpa.json"); fi
+    # shellcheck disable=SC2086
+    step bench 400 "$BIN/implicit" bench kernels "${sdpa_flag[@]}" --json "$OUT/bench.json" \
+        "${quick_flag[@]}" ${BENCH_ARGS:-}
+fi
+
+# ---- summary (last, so the device tool's 12k-character tail holds it) ----
+echo
+echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
+for t in cuda_kernels cuda_model; do
+    log="$OUT/$t.log"
+    step_of_t=kernels
+    if [ "$t" = cuda_model ]; then step_of_t=model; fi
+    if ! wants "$step_of_t" || [ ! -f "$log" ]; then continue; fi
+    echo "-- $t: $(grep -c 'rel err' "$log") error checks printed, $(grep -c 'SKIPPED' "$log") SKIPPED"
+    grep -E 'test result|panicked|FAILED|^error' "$log" | head -20
+done
+if wants sdpa && [ -f "$OUT/sdpa.log" ]; then
+    echo "-- SDPA (PyTorch)"
+    grep -vE '^\s*$' "$OUT/sdpa.log" | tail -30
+fi
+if wants bench && [ -f "$OUT/bench.log" ]; then
+    echo "-- bench kernels (full table in bench.log / bench.json)"
+    grep -E '^(device|ceiling):' "$OUT/bench.log"
+    grep -E 'CHECK|^error' "$OUT/bench.log" | head -10
+    sed -n '/^targets:/,$p' "$OUT/bench.log"
+fi
+echo "-- steps"
+cat "$OUT/steps.txt"
+exit "$first_failure"
