@@ -3,6 +3,7 @@
 pub mod config;
 pub mod train;
 pub mod transformer;
+pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
 pub use transformer::{KvCache, Logits, Transformer};

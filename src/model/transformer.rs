@@ -4,7 +4,8 @@
 //! x += down(silu(gate(n(x))) ⊙ up(n(x))), where n is RMSNorm (Llama) or a LayerNorm without
 //! parameters (OLMo), and OLMo clamps q, k, v to ±clip_qkv when set.
 
-use super::config::{Architecture, ModelConfig};
+use super::config::ModelConfig;
+use super::weights::{load_weights, LayerWeights};
 use crate::backend::cpu::attention::{causal_attention, AttentionShape};
 use crate::backend::cpu::matmul::gemm;
 use crate::backend::cpu::ops::{self, RopeLayout};
@@ -14,18 +15,8 @@ use crate::io::safetensors::WeightStore;
 use crate::tensor::Tensor;
 use std::path::{Path, PathBuf};
 
-struct Layer {
-    /// Norm weights are tiny: kept as f32 copies whatever the checkpoint's dtype.
-    attn_norm: Option<Vec<f32>>,
-    q_proj: Tensor,
-    k_proj: Tensor,
-    v_proj: Tensor,
-    o_proj: Tensor,
-    mlp_norm: Option<Vec<f32>>,
-    gate_proj: Tensor,
-    up_proj: Tensor,
-    down_proj: Tensor,
-}
+/// Norm weights are tiny: kept as f32 copies whatever the checkpoint's dtype.
+type Layer = LayerWeights<Tensor, Vec<f32>>;
 
 pub struct Transformer {
     pub config: ModelConfig,
@@ -102,53 +93,14 @@ impl Transformer {
     }
 
     pub fn from_store(config: ModelConfig, store: &WeightStore, dir: &Path) -> Result<Transformer> {
-        let c = &config;
-        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let q_dim = c.num_heads * c.head_dim;
-        let kv_dim = c.num_kv_heads * c.head_dim;
-        let get = |name: &str, shape: &[usize]| store.get(name, shape, dir);
-        let llama = c.arch == Architecture::Llama;
-        let norm = |name: String| {
-            if llama {
-                get(&name, &[d]).map(|t| Some(t.to_f32_vec()))
-            } else {
-                Ok(None)
-            }
-        };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                attn_norm: norm(format!("{p}.input_layernorm.weight"))?,
-                q_proj: get(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, d])?,
-                k_proj: get(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, d])?,
-                v_proj: get(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, d])?,
-                o_proj: get(&format!("{p}.self_attn.o_proj.weight"), &[d, q_dim])?,
-                mlp_norm: norm(format!("{p}.post_attention_layernorm.weight"))?,
-                gate_proj: get(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
-                up_proj: get(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
-                down_proj: get(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
-            });
-        }
-        let embed_tokens = get("model.embed_tokens.weight", &[v, d])?;
-        // Tied checkpoints usually omit lm_head.weight; some write it anyway.
-        let lm_head = if store.contains("lm_head.weight") {
-            get("lm_head.weight", &[v, d])?
-        } else if c.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            bail!(
-                "{}: lm_head.weight is missing and tie_word_embeddings is false",
-                dir.display()
-            );
-        };
+        let w = load_weights(&config, store, dir, Ok, Ok)?;
         Ok(Transformer {
-            final_norm: norm("model.norm.weight".into())?,
+            lm_head: w.lm_head.unwrap_or_else(|| w.embed_tokens.clone()),
+            final_norm: w.final_norm,
             config,
             path: dir.to_path_buf(),
-            embed_tokens,
-            layers,
-            lm_head,
+            embed_tokens: w.embed_tokens,
+            layers: w.layers,
         })
     }
 

@@ -22,7 +22,8 @@ use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::bail;
 use crate::error::Result;
 use crate::io::safetensors::WeightStore;
-use crate::model::{Architecture, Logits, ModelConfig, Transformer};
+use crate::model::weights::{load_weights, LayerWeights};
+use crate::model::{Logits, ModelConfig, Transformer};
 use crate::tensor::{Elems, Tensor};
 use half::bf16;
 use std::path::Path;
@@ -37,18 +38,8 @@ pub enum AttentionPath {
     Plain,
 }
 
-struct CudaLayer {
-    /// RMSNorm weights (Llama), f32; None for OLMo's parameter-free LayerNorm.
-    attn_norm: Option<DeviceBuffer<f32>>,
-    q_proj: DeviceBuffer<bf16>,
-    k_proj: DeviceBuffer<bf16>,
-    v_proj: DeviceBuffer<bf16>,
-    o_proj: DeviceBuffer<bf16>,
-    mlp_norm: Option<DeviceBuffer<f32>>,
-    gate_proj: DeviceBuffer<bf16>,
-    up_proj: DeviceBuffer<bf16>,
-    down_proj: DeviceBuffer<bf16>,
-}
+/// bf16 matrices; f32 RMSNorm weights (Llama), None for OLMo's parameter-free LayerNorm.
+type CudaLayer = LayerWeights<DeviceBuffer<bf16>, DeviceBuffer<f32>>;
 
 /// A Llama or OLMo model on the GPU (see the module docs).
 pub struct CudaTransformer<'g> {
@@ -112,7 +103,8 @@ impl<'g> CudaTransformer<'g> {
         CudaTransformer::from_store(gpu, config, &store, dir)
     }
 
-    /// The same tensors, names and shape checks as `Transformer::from_store`.
+    /// The same tensors, names and shape checks as `Transformer::from_store` (both read them
+    /// through [`load_weights`]).
     pub fn from_store(
         gpu: &'g CudaBackend,
         config: ModelConfig,
@@ -127,58 +119,22 @@ impl<'g> CudaTransformer<'g> {
                 c.head_dim
             );
         }
-        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let q_dim = c.num_heads * c.head_dim;
-        let kv_dim = c.num_kv_heads * c.head_dim;
-        let llama = c.arch == Architecture::Llama;
-        let weight = |name: &str, shape: &[usize]| -> Result<DeviceBuffer<bf16>> {
-            upload_bf16(gpu, &store.get(name, shape, dir)?)
-        };
-        let norm = |name: String| -> Result<Option<DeviceBuffer<f32>>> {
-            if llama {
-                Ok(Some(
-                    gpu.upload(&store.get(&name, &[d], dir)?.to_f32_vec())?,
-                ))
-            } else {
-                Ok(None)
-            }
-        };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(CudaLayer {
-                attn_norm: norm(format!("{p}.input_layernorm.weight"))?,
-                q_proj: weight(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, d])?,
-                k_proj: weight(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, d])?,
-                v_proj: weight(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, d])?,
-                o_proj: weight(&format!("{p}.self_attn.o_proj.weight"), &[d, q_dim])?,
-                mlp_norm: norm(format!("{p}.post_attention_layernorm.weight"))?,
-                gate_proj: weight(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?,
-                up_proj: weight(&format!("{p}.mlp.up_proj.weight"), &[f, d])?,
-                down_proj: weight(&format!("{p}.mlp.down_proj.weight"), &[d, f])?,
-            });
-        }
-        let embed_tokens = weight("model.embed_tokens.weight", &[v, d])?;
-        let lm_head = if store.contains("lm_head.weight") {
-            Some(weight("lm_head.weight", &[v, d])?)
-        } else if c.tie_word_embeddings {
-            None
-        } else {
-            bail!(
-                "{}: lm_head.weight is missing and tie_word_embeddings is false",
-                dir.display()
-            );
-        };
-        let final_norm = norm("model.norm.weight".into())?;
+        let w = load_weights(
+            &config,
+            store,
+            dir,
+            |t| upload_bf16(gpu, &t),
+            |norm| gpu.upload(&norm),
+        )?;
         gpu.synchronize()?;
         Ok(CudaTransformer {
             gpu,
             config,
             attention: AttentionPath::Auto,
-            embed_tokens,
-            layers,
-            final_norm,
-            lm_head,
+            embed_tokens: w.embed_tokens,
+            layers: w.layers,
+            final_norm: w.final_norm,
+            lm_head: w.lm_head,
         })
     }
 
