@@ -71,6 +71,13 @@ const HOT_KERNELS: &[&str] = &[
     "model_attention_j2",
     "model_attention_j3",
     "model_attention_j4",
+    "attn_plain_fwd",
+    "attn_plain_bwd_dq",
+    "attn_plain_bwd_dkv",
+    "convert_f32_to_bf16",
+    "convert_bf16_to_f32",
+    "add_f32_in_place",
+    "clamp_backward_bf16",
 ];
 
 const INSTALL_HINT: &str = "install CUDA 13.0's compiler with `bash tools/install_nvcc.sh` \

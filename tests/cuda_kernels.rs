@@ -9,6 +9,10 @@
 mod adamw;
 #[path = "cuda_kernels/attention.rs"]
 mod attention;
+#[path = "cuda_kernels/attention_plain.rs"]
+mod attention_plain;
+#[path = "cuda_kernels/elementwise.rs"]
+mod elementwise;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
 #[path = "cuda_kernels/support.rs"]
@@ -126,7 +130,7 @@ fn rope_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, tokens: usize, heads: u
             layout,
         };
         let (xq, x) = T::quantize(&rng.vec(tokens * heads * hd, 1.0));
-        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(4096)).collect();
+        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(4096) as u32).collect();
         let pos: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
         let gpos = gpu.upload(&positions).unwrap();
         for inverse in [false, true] {
@@ -226,9 +230,9 @@ fn embedding_case<T: Dtype>(
     let mut ids: Vec<u32> = Vec::with_capacity(tokens);
     for t in 0..tokens {
         let id = if t % 2 == 1 {
-            ids[rng.below(t as u32) as usize]
+            ids[rng.below(t)]
         } else {
-            rng.below(vocab as u32)
+            rng.below(vocab) as u32
         };
         ids.push(id);
     }
@@ -289,7 +293,7 @@ fn embedding_matches_cpu() {
 fn cross_entropy_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, rows: usize, vocab: usize) {
     let tag = format!("{} rows {rows} vocab {vocab}", std::any::type_name::<T>());
     let (zq, z) = T::quantize(&rng.vec(rows * vocab, 8.0));
-    let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u32)).collect();
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab) as u32).collect();
     // Row 1 carries no loss (weight 0), as prompt tokens do.
     let weights: Vec<f32> = (0..rows)
         .map(|r| if r == 1 { 0.0 } else { 0.25 + r as f32 * 0.5 })
@@ -385,7 +389,7 @@ fn rule_case<T: Dtype>(
     let eos = if plant_tie {
         0
     } else {
-        rng.below(vocab as u32)
+        rng.below(vocab) as u32
     };
     if plant_tie {
         for i in [1, vocab - 2] {

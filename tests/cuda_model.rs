@@ -12,110 +12,30 @@
 
 mod common;
 
+use common::gpu::{check, gpu, Rng};
+
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cpu::ops;
 use implicit::backend::cuda::{
-    AttentionPath, CudaAvailability, CudaBackend, CudaKvCache, CudaTransformer, DeviceBuffer,
-    Float, KvBatch, RowList, RowNorm,
+    AttentionPath, CudaBackend, CudaKvCache, CudaTransformer, DeviceBuffer, Float, KvBatch,
+    RowList, RowNorm,
 };
 use implicit::generate::{generate, GenerateOptions, Sampler};
-use implicit::io::convert::convert_gguf;
 use implicit::model::{Logits, ModelConfig, Transformer};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 const MODEL_BOUND: f64 = 3e-2;
 const ARGMAX_AGREEMENT: f64 = 0.9;
 const F32_BOUND: f64 = 1e-5;
 const BF16_BOUND: f64 = 8e-3;
 
-/// The shared backend, or None after printing why the test is skipped.
-fn gpu() -> Option<&'static CudaBackend> {
-    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let opened =
-        GPU.get_or_init(
-            || match CudaBackend::open().expect("a GPU is there but failed") {
-                CudaAvailability::Ready(b) => {
-                    eprintln!("CUDA device: {}", b.device_name());
-                    Ok(b)
-                }
-                CudaAvailability::NoGpu(reason) => Err(reason),
-            },
-        );
-    match opened {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            println!("SKIPPED (no GPU): {reason}");
-            None
-        }
-    }
-}
-
-/// xorshift64*, seeded from the clock (or IMPLICIT_TEST_SEED) so every run draws new inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = std::env::var("IMPLICIT_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                t.map(|d| d.as_nanos() as u64).unwrap_or(1)
-            });
-        eprintln!("{test}: IMPLICIT_TEST_SEED={seed}");
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    /// Uniform in [−scale, scale), never exactly 0.
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-                (2.0 * u - 1.0) * scale
-            })
-            .collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn tokens(&mut self, n: usize, vocab: usize) -> Vec<u32> {
-        (0..n).map(|_| self.below(vocab) as u32).collect()
-    }
-}
-
 /// bf16 values and the f32 values they are exactly.
 fn quantize(v: &[f32]) -> (Vec<bf16>, Vec<f32>) {
     let q: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
     let back = q.iter().map(|x| x.to_f32()).collect();
     (q, back)
-}
-
-/// ‖out − ref‖/‖ref‖, infinite if any output is not finite (unwritten or poisoned).
-fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
-    assert_eq!(out.len(), reference.len());
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (&o, &r) in out.iter().zip(reference) {
-        if !o.is_finite() {
-            return f64::INFINITY;
-        }
-        num += (o as f64 - r) * (o as f64 - r);
-        den += r * r;
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-fn check(what: &str, out: &[f32], reference: &[f64], bound: f64) {
-    let e = rel_err(out, reference);
-    eprintln!("{what}: rel err {e:.2e} (bound {bound:.0e})");
-    assert!(e <= bound, "{what}: rel err {e:.3e} > {bound:.0e}");
 }
 
 fn f64s(v: &[f32]) -> Vec<f64> {
@@ -648,17 +568,10 @@ fn flash_and_plain_attention_paths_match_the_cpu() {
     }
 }
 
-fn stories260k(test: &str) -> Option<PathBuf> {
-    let data = common::data_dir(test)?;
-    let dir = common::temp_dir(test).join("stories");
-    convert_gguf(&data.join("models/stories260k-f32.gguf"), &dir).unwrap();
-    Some(dir)
-}
-
 #[test]
 fn stories260k_greedy_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    let Some(dir) = stories260k("cuda-stories260k-greedy") else {
+    let Some(dir) = common::stories260k("cuda-stories260k-greedy") else {
         return;
     };
     let cpu = Transformer::load(&dir).unwrap();
@@ -723,7 +636,7 @@ fn generate_device_cuda_streams_a_prompt_and_answers_instructions() {
     if gpu().is_none() {
         return;
     }
-    let Some(dir) = stories260k("cuda-generate-cli") else {
+    let Some(dir) = common::stories260k("cuda-generate-cli") else {
         return;
     };
     let model = dir.to_str().unwrap();

@@ -5,6 +5,7 @@
 
 mod common;
 
+use implicit::backend::Device;
 use implicit::data::Mode;
 use implicit::generate::{generate, GenerateOptions, Sampler};
 use implicit::io::convert::convert_gguf;
@@ -41,6 +42,7 @@ fn options(model: &Path, data: &Path, out: PathBuf) -> TrainOptions {
         max_examples: Some(32),
         seed: 7,
         precision: Precision::Bf16,
+        device: Device::Cpu,
         out,
         resume: false,
         progress: false,

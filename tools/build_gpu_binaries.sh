@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds here what a GPU session runs (the GPU machines have no Rust toolchain): the release
 # `implicit` binary and the CUDA test binaries, with the `cuda` feature, copied into target/gpu/
-# under stable names (implicit, cuda_kernels, cuda_model when tests/cuda_model.rs exists),
-# stripped of debug info, with target/gpu/COMMIT naming the commit they were built from
+# under stable names (implicit, cuda_kernels, cuda_model, cuda_train), stripped of debug info,
+# the small real data the GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/, with target/gpu/COMMIT naming the commit they were built from
 # ("-dirty" when the working tree had changes). Then carry target/gpu to the device tool and run
 # tools/gpu_check.sh there (benches/NOTES.md, "How to run the benchmark").
 #
@@ -38,7 +38,7 @@ print(path)
 ' "$1"
 }
 
-for t in cuda_kernels cuda_model; do
+for t in cuda_kernels cuda_model cuda_train; do
     if [ -f "tests/$t.rs" ]; then
         echo "== cargo test --release --features cuda --test $t --no-run"
         path=$(test_binary "$t")
@@ -49,8 +49,20 @@ for t in cuda_kernels cuda_model; do
 done
 
 strip --strip-debug "$out/implicit"
-for t in cuda_kernels cuda_model; do
+for t in cuda_kernels cuda_model cuda_train; do
     if [ -f "$out/$t" ]; then strip --strip-debug "$out/$t"; fi
+done
+
+# The GPU machine has no ../shared/data: carry what the tests read (gpu_check.sh points
+# IMPLICIT_DATA here).
+data=${IMPLICIT_DATA:-../shared/data}
+for f in models/stories260k-f32.gguf lima/lima_data.jsonl; do
+    if [ -f "$data/$f" ]; then
+        mkdir -p "$out/data/$(dirname "$f")"
+        cp "$data/$f" "$out/data/$f"
+    else
+        echo "warning: $data/$f is absent; the GPU tests that read it will skip" >&2
+    fi
 done
 
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)

@@ -6,6 +6,7 @@
 #   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference)
 #                                                                     -> cuda_kernels.log
 #   3. target/gpu/cuda_model, if it was built                         -> cuda_model.log
+#   3b. target/gpu/cuda_train (the training step against the CPU)     -> cuda_train.log
 #   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
 #                                                                     -> bench.log
@@ -14,7 +15,7 @@
 # that of the first failed step.
 #
 # Environment: OUT (default target/gpu-out), QUICK=1 (micro-batch 1, fewer samples),
-# STEPS (default "smi,kernels,model,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
+# STEPS (default "smi,kernels,model,train,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
 # e.g. "--filter gemm"), TEST_ARGS (more arguments for the test binaries, e.g. a test name
 # filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600).
 set -uo pipefail
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-target/gpu-out}
 mkdir -p "$OUT"
 BIN=target/gpu
-STEPS=${STEPS:-smi,kernels,model,sdpa,bench}
+STEPS=${STEPS:-smi,kernels,model,train,sdpa,bench}
 BUDGET=${BUDGET:-570}
 QUICK=${QUICK:-0}
 first_failure=0
@@ -36,6 +37,10 @@ if [ -z "${IMPLICIT_COMMIT:-}" ] && [ -f "$BIN/COMMIT" ]; then
     IMPLICIT_COMMIT=$(cat "$BIN/COMMIT")
 fi
 export IMPLICIT_COMMIT=${IMPLICIT_COMMIT:-unknown}
+# The real data the tests read, carried by build_gpu_binaries.sh when ../shared/data is absent.
+if [ -z "${IMPLICIT_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d "$BIN/data" ]; then
+    export IMPLICIT_DATA=$PWD/$BIN/data
+fi
 
 # cuBLAS (the GEMM reference): the image has libcublas in the nvidia-cublas wheel beside torch;
 # make it loadable when it is not already.
@@ -106,6 +111,10 @@ fi
 if wants model && [ -x "$BIN/cuda_model" ]; then
     step cuda_model 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_model" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
+# shellcheck disable=SC2086
+if wants train && [ -x "$BIN/cuda_train" ]; then
+    step cuda_train 180 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
+fi
 quick_flag=()
 if [ "$QUICK" = 1 ]; then quick_flag=(--quick); fi
 if wants sdpa; then
@@ -123,10 +132,11 @@ fi
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
 echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
-for t in cuda_kernels cuda_model; do
+for t in cuda_kernels cuda_model cuda_train; do
     log="$OUT/$t.log"
     step_of_t=kernels
     if [ "$t" = cuda_model ]; then step_of_t=model; fi
+    if [ "$t" = cuda_train ]; then step_of_t=train; fi
     if ! wants "$step_of_t" || [ ! -f "$log" ]; then continue; fi
     echo "-- $t: $(grep -c 'rel err' "$log") error checks printed, $(grep -c 'SKIPPED' "$log") SKIPPED"
     grep -E 'test result|panicked|FAILED|^error' "$log" | head -20

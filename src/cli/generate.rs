@@ -2,6 +2,7 @@
 //! batches into AlpacaEval's model_outputs.json; either through the rule adapter if asked.
 
 use crate::adapter::{AdapterSpec, RuleAdapter, RuleSet};
+use crate::backend::Device;
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::generate::detok::IncrementalDecoder;
@@ -11,7 +12,7 @@ use crate::generate::instructions::{
 use crate::generate::{generate_adjusted, GenerateOptions, Sampler, ScoreAdjuster};
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
 use crate::model::Transformer;
-use clap::{ArgGroup, Args, ValueEnum};
+use clap::{ArgGroup, Args};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,12 +21,6 @@ use std::time::Instant;
 #[cfg(feature = "cuda")]
 #[path = "generate_cuda.rs"]
 mod gpu;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    Cpu,
-    Cuda,
-}
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "instructions"])))]

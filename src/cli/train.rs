@@ -1,5 +1,6 @@
 //! `implicit train` and `implicit data build`.
 
+use crate::backend::Device;
 use crate::data::{build_task, Mode, Task, DEFAULT_MAX_LEN};
 use crate::error::Result;
 use crate::optim::Schedule;
@@ -72,6 +73,10 @@ pub struct TrainArgs {
     /// Parameter storage: bf16 with fp32 master weights, or fp32.
     #[arg(long, value_enum, default_value_t = Precision::Bf16)]
     precision: Precision,
+    /// Where the forward, backward and optimizer run: cpu, or cuda (a build with `--features
+    /// cuda` and a GPU of compute capability 8.0 or newer; bf16 precision).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
     /// Output folder: epoch-N/ checkpoints (loadable by `generate`) and metrics.jsonl.
     #[arg(long)]
     out: PathBuf,
@@ -97,6 +102,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         max_examples: a.max_examples,
         seed: a.seed,
         precision: a.precision,
+        device: a.device,
         out: a.out,
         resume: a.resume,
         progress: true,

@@ -7,7 +7,7 @@
 //! epochs = [1, 2]             # the sweep; the paper's: [5, 7, 10, 15, 20]
 //! settings = ["base", "instruction", "response", "gsm", "rules", "rules-no-eos"]
 //! [data]                      # sources under `root`, limits for small runs
-//! [train]                     # batch, lengths, precision (the paper's defaults)
+//! [train]                     # batch, lengths, precision, device (the paper's defaults)
 //! [generate]                  # max new tokens, batch
 //! [judge]                     # local = "model folder" | endpoint = "http://..." + model
 //! [ranking]                   # which settings' models are ranked
@@ -21,6 +21,7 @@
 use super::keys::Keys;
 pub use super::setting::Setting;
 use crate::adapter::toml::{self, Section};
+use crate::backend::Device;
 use crate::bail;
 use crate::data::Task;
 use crate::error::{Context, Result};
@@ -65,6 +66,8 @@ pub struct TrainSpec {
     pub weight_decay: f32,
     pub max_grad_norm: f32,
     pub precision: Precision,
+    /// Where training runs (`device = "cpu" | "cuda"`).
+    pub device: Device,
 }
 
 #[derive(Clone, Debug)]
@@ -288,6 +291,7 @@ impl ExperimentConfig {
                 "weight_decay",
                 "max_grad_norm",
                 "precision",
+                "device",
             ],
         )?;
         let precision = match t.string("precision")?.as_deref() {
@@ -298,6 +302,14 @@ impl ExperimentConfig {
                 t.line("precision")
             ),
         };
+        let device = match t.string("device")?.as_deref() {
+            None | Some("cpu") => Device::Cpu,
+            Some("cuda") => Device::Cuda,
+            Some(other) => bail!(
+                "line {}: device {other:?}: use \"cpu\" or \"cuda\"",
+                t.line("device")
+            ),
+        };
         let train = TrainSpec {
             batch_size: t.count("batch_size")?.unwrap_or(64).max(1),
             micro_batch: t.count("micro_batch")?.unwrap_or(1).max(1),
@@ -306,6 +318,7 @@ impl ExperimentConfig {
             weight_decay: t.float("weight_decay")?.unwrap_or(0.0) as f32,
             max_grad_norm: t.float("max_grad_norm")?.unwrap_or(1.0) as f32,
             precision,
+            device,
         };
 
         let g = Keys::new(

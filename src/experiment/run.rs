@@ -20,6 +20,7 @@ use super::layout::{self, read_reference};
 use super::similarity::similarity_report;
 use super::store::Store;
 use crate::adapter::RuleAdapter;
+use crate::backend::Device;
 use crate::bail;
 use crate::data::{build_task, read_messages_jsonl, Mode, Task};
 use crate::error::{Context, Result};
@@ -360,6 +361,11 @@ impl Ctx<'_> {
             "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
             "precision": format!("{:?}", t.precision),
         });
+        // Added only off the CPU, so that CPU runs made before the key existed stay valid.
+        let mut fp = fp;
+        if t.device != Device::Cpu {
+            fp["device"] = json!(format!("{:?}", t.device));
+        }
         let ckpt = layout::checkpoint(&spec.name, setting, seed, epochs);
         self.store
             .step(&format!("{dir}/train"), fp, &[&ckpt], |root| {
@@ -380,6 +386,7 @@ impl Ctx<'_> {
                     max_examples: cfg.data.train_limit,
                     seed,
                     precision: t.precision,
+                    device: t.device,
                     out: out.clone(),
                     resume: true,
                     progress: true,

@@ -3,8 +3,11 @@
 //! with per-epoch checkpoints, resume, progress and a metrics JSONL log.
 
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use crate::autograd::Tape;
+use crate::backend::Device;
 use crate::bail;
 use crate::data::{encode_dataset, read_messages_jsonl, EncodedExample, Mode};
 use crate::error::{Context, Result};
@@ -17,6 +20,7 @@ use crate::optim::{
 };
 use checkpoint::{ParamValues, TrainerState};
 use half::bf16;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +53,8 @@ pub struct TrainOptions {
     pub max_examples: Option<usize>,
     pub seed: u64,
     pub precision: Precision,
+    /// Where the forward, backward and optimizer run (cuda: bf16 precision only).
+    pub device: Device,
     pub out: PathBuf,
     pub resume: bool,
     /// Print a progress line to stderr each step.
@@ -123,7 +129,66 @@ pub struct TrainSummary {
     pub checkpoints: Vec<PathBuf>,
 }
 
+/// What every engine's run shares: the data, the schedule and where the run starts.
+struct Plan {
+    config: ModelConfig,
+    layout: Vec<(String, Vec<usize>)>,
+    examples: Vec<EncodedExample>,
+    total_steps: usize,
+    start_epoch: usize,
+    /// Steps already taken (0 unless resuming).
+    step: usize,
+    /// Where the parameters come from: the model, or the checkpoint being resumed.
+    source: PathBuf,
+}
+
+/// The parameters and optimizer of a run between steps, on the device that trains.
+trait Engine {
+    /// Restores the optimizer state of the checkpoint being resumed.
+    fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()>;
+
+    /// One optimizer step over `micro_batches` (each sequence's loss scaled by `scale`):
+    /// forward and backward of each, gradients summed, clipped to `max_grad_norm`, then AdamW
+    /// at `lr`. Returns (loss, grad norm before clipping); a non-finite norm is an error and
+    /// leaves the parameters as they were.
+    fn step(
+        &mut self,
+        micro_batches: &[Vec<TrainSequence>],
+        scale: f64,
+        lr: f32,
+        max_grad_norm: f32,
+    ) -> Result<(f64, f32)>;
+
+    /// Writes model.safetensors and optimizer.safetensors into `dir`.
+    fn write_tensors(&self, dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<()>;
+}
+
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    match opts.device {
+        Device::Cpu => {
+            let plan = prepare(opts)?;
+            let mut engine = CpuEngine::new(&plan, opts)?;
+            run(opts, plan, &mut engine)
+        }
+        Device::Cuda => train_cuda(opts),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn train_cuda(opts: &TrainOptions) -> Result<TrainSummary> {
+    cuda::train(opts)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_cuda(_: &TrainOptions) -> Result<TrainSummary> {
+    bail!(
+        "--device cuda: this binary was built without CUDA; rebuild with `cargo build --release \
+         --features cuda` (nvcc from `bash tools/install_nvcc.sh`), or use --device cpu"
+    );
+}
+
+/// Reads and encodes the data, and finds the checkpoint to resume from.
+fn prepare(opts: &TrainOptions) -> Result<Plan> {
     if opts.epochs == 0 || opts.batch_size == 0 || opts.micro_batch == 0 {
         bail!("--epochs, --batch-size and --micro-batch must be positive");
     }
@@ -143,14 +208,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         );
     }
     let n = data.examples.len();
-    let steps_per_epoch = n.div_ceil(opts.batch_size);
-    let total_steps = steps_per_epoch * opts.epochs;
+    let total_steps = n.div_ceil(opts.batch_size) * opts.epochs;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("{}: cannot create", opts.out.display()))?;
 
     // Start from the model, or from the newest checkpoint when resuming.
-    let layout = parameter_layout(&config);
-    let (start_epoch, source) = match (opts.resume, checkpoint::latest_checkpoint(&opts.out)) {
+    let (start_epoch, source, step) = match (opts.resume, checkpoint::latest_checkpoint(&opts.out))
+    {
         (true, Some((epoch, dir))) => {
             let state = checkpoint::read_state(&dir)?;
             if state.seed != opts.seed || state.examples != n || state.total_steps != total_steps {
@@ -168,48 +232,38 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 dir.display(),
                 state.step
             );
-            (epoch, dir)
+            (epoch, dir, state.step)
         }
-        _ => (0, opts.model.clone()),
+        _ => (0, opts.model.clone(), 0),
     };
-    let values = load_parameter_values(&source, &config)?;
-    let mut params = match opts.precision {
-        Precision::F32 => Store::F32(values.into_iter().map(Arc::new).collect()),
-        Precision::Bf16 => Store::BF16(
-            values
-                .into_iter()
-                .map(|v| v.into_iter().map(bf16::from_f32).collect())
-                .collect(),
-        ),
-    };
-    let adamw = AdamWConfig {
-        lr: opts.lr,
-        weight_decay: opts.weight_decay,
-        ..AdamWConfig::default()
-    };
-    let mut optimizer = match &params {
-        Store::F32(v) => AdamW::new(
-            adamw,
-            layout
-                .iter()
-                .zip(v)
-                .map(|((name, _), p)| (name.clone(), ParamRef::F32(p))),
-        ),
-        Store::BF16(v) => AdamW::new(
-            adamw,
-            layout
-                .iter()
-                .zip(v)
-                .map(|((name, _), p)| (name.clone(), ParamRef::BF16(p))),
-        ),
-    }?;
-    let mut step = 0;
+    Ok(Plan {
+        layout: parameter_layout(&config),
+        config,
+        examples: data.examples,
+        total_steps,
+        start_epoch,
+        step,
+        source,
+    })
+}
+
+/// The epochs of a run on `engine`: steps, progress, metrics.jsonl and a checkpoint per epoch.
+fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<TrainSummary> {
+    let Plan {
+        layout,
+        examples,
+        total_steps,
+        start_epoch,
+        mut step,
+        source,
+        ..
+    } = plan;
+    let n = examples.len();
     let metrics_path = opts.out.join("metrics.jsonl");
     if start_epoch > 0 {
-        optimizer.load_state(&checkpoint::read_f32_tensors(
+        engine.load_state(&checkpoint::read_f32_tensors(
             &source.join("optimizer.safetensors"),
         )?)?;
-        step = checkpoint::read_state(&source)?.step;
         truncate_metrics(&metrics_path, step)?;
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path)
@@ -229,22 +283,29 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     for epoch in start_epoch..opts.epochs {
         let order = epoch_order(n, opts.seed, epoch);
         for batch in order.chunks(opts.batch_size) {
-            let (loss, grad_norm, tokens) = accumulate_and_step(
-                &config,
-                &mut params,
-                &mut optimizer,
-                &data.examples,
-                batch,
-                opts,
-                step,
-                total_steps,
-            )?;
+            let micro_batches: Vec<Vec<TrainSequence>> = batch
+                .chunks(opts.micro_batch)
+                .map(|micro| {
+                    micro
+                        .iter()
+                        .map(|&i| TrainSequence {
+                            ids: &examples[i].ids,
+                            loss_mask: &examples[i].loss_mask,
+                        })
+                        .collect()
+                })
+                .collect();
+            let tokens: usize = batch.iter().map(|&i| examples[i].ids.len()).sum();
+            let lr = learning_rate(opts.schedule, opts.lr, step, total_steps, opts.warmup);
+            let scale = 1.0 / batch.len() as f64;
+            let (loss, grad_norm) = engine
+                .step(&micro_batches, scale, lr, opts.max_grad_norm)
+                .with_context(|| format!("step {}", step + 1))?;
             step += 1;
             steps_this_run += 1;
             tokens_done += tokens;
             last_loss = loss;
             let elapsed = started.elapsed().as_secs_f64();
-            let lr = learning_rate(opts.schedule, opts.lr, step - 1, total_steps, opts.warmup);
             let log = StepLog {
                 step,
                 epoch: epoch + 1,
@@ -280,7 +341,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             seed: opts.seed,
             examples: n,
         };
-        let dir = save_checkpoint(opts, &layout, &params, &optimizer, &state)?;
+        let dir = save_checkpoint(opts, &layout, engine, &state)?;
         eprintln!("saved {}", dir.display());
         checkpoints.push(dir);
     }
@@ -291,117 +352,158 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     })
 }
 
-/// One optimizer step over the examples `batch` (indices into `examples`): micro-batches of
-/// forward and backward, gradients summed (each example's loss scaled by 1/|batch|), clipped,
-/// then AdamW at the scheduled learning rate. Returns (mean loss, pre-clip grad norm, tokens).
-#[allow(clippy::too_many_arguments)]
-fn accumulate_and_step(
-    config: &ModelConfig,
-    params: &mut Store,
-    optimizer: &mut AdamW,
-    examples: &[EncodedExample],
-    batch: &[usize],
-    opts: &TrainOptions,
-    step: usize,
-    total_steps: usize,
-) -> Result<(f64, f32, usize)> {
-    let values = params.f32_values();
-    let model = TrainModel::from_shared(config.clone(), values)?;
-    let mut grads: Vec<Vec<f32>> = model
-        .params
-        .iter()
-        .map(|p| vec![0.0; p.value.len()])
-        .collect();
-    let scale = 1.0 / batch.len() as f64;
-    let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
-    for micro in batch.chunks(opts.micro_batch) {
-        let seqs: Vec<TrainSequence> = micro
+/// The CPU engine: parameters in their storage precision, `optim::AdamW`, the autograd tape.
+struct CpuEngine {
+    config: ModelConfig,
+    params: Store,
+    optimizer: AdamW,
+}
+
+impl CpuEngine {
+    fn new(plan: &Plan, opts: &TrainOptions) -> Result<CpuEngine> {
+        let values = load_parameter_values(&plan.source, &plan.config)?;
+        let params = match opts.precision {
+            Precision::F32 => Store::F32(values.into_iter().map(Arc::new).collect()),
+            Precision::Bf16 => Store::BF16(
+                values
+                    .into_iter()
+                    .map(|v| v.into_iter().map(bf16::from_f32).collect())
+                    .collect(),
+            ),
+        };
+        let names = plan.layout.iter().map(|(name, _)| name.clone());
+        let optimizer = match &params {
+            Store::F32(v) => AdamW::new(
+                adamw_config(opts),
+                names.zip(v.iter().map(|p| ParamRef::F32(p))),
+            ),
+            Store::BF16(v) => AdamW::new(
+                adamw_config(opts),
+                names.zip(v.iter().map(|p| ParamRef::BF16(p))),
+            ),
+        }?;
+        Ok(CpuEngine {
+            config: plan.config.clone(),
+            params,
+            optimizer,
+        })
+    }
+}
+
+/// The paper's AdamW (torch defaults but the learning rate and weight decay).
+fn adamw_config(opts: &TrainOptions) -> AdamWConfig {
+    AdamWConfig {
+        lr: opts.lr,
+        weight_decay: opts.weight_decay,
+        ..AdamWConfig::default()
+    }
+}
+
+impl Engine for CpuEngine {
+    fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()> {
+        self.optimizer.load_state(tensors)
+    }
+
+    fn step(
+        &mut self,
+        micro_batches: &[Vec<TrainSequence>],
+        scale: f64,
+        lr: f32,
+        max_grad_norm: f32,
+    ) -> Result<(f64, f32)> {
+        let model = TrainModel::from_shared(self.config.clone(), self.params.f32_values())?;
+        let mut grads: Vec<Vec<f32>> = model
+            .params
             .iter()
-            .map(|&i| TrainSequence {
-                ids: &examples[i].ids,
-                loss_mask: &examples[i].loss_mask,
-            })
+            .map(|p| vec![0.0; p.value.len()])
             .collect();
-        tokens += seqs.iter().map(|s| s.ids.len()).sum::<usize>();
-        let mut tape = Tape::new();
-        let vars = model.bind(&mut tape);
-        let loss = model.loss(&mut tape, &vars, &seqs, scale)?;
-        loss_sum += tape.value(loss)[0] as f64;
-        let g = tape.backward(loss);
-        for (acc, &v) in grads.iter_mut().zip(&vars) {
-            if let Some(gv) = g.get(v) {
-                crate::backend::cpu::ops::add_in_place(acc, gv);
+        let mut loss_sum = 0.0f64;
+        for seqs in micro_batches {
+            let mut tape = Tape::new();
+            let vars = model.bind(&mut tape);
+            let loss = model.loss(&mut tape, &vars, seqs, scale)?;
+            loss_sum += tape.value(loss)[0] as f64;
+            let g = tape.backward(loss);
+            for (acc, &v) in grads.iter_mut().zip(&vars) {
+                if let Some(gv) = g.get(v) {
+                    crate::backend::cpu::ops::add_in_place(acc, gv);
+                }
             }
         }
+        drop(model);
+        let grad_norm = {
+            let mut refs: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
+            clip_grad_norm(&mut refs, max_grad_norm)
+        };
+        check_grad_norm(grad_norm)?;
+        let grad_refs: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
+        match &mut self.params {
+            Store::F32(v) => {
+                let mut muts: Vec<ParamMut> = v
+                    .iter_mut()
+                    .map(|p| {
+                        ParamMut::F32(
+                            Arc::get_mut(p)
+                                .expect("no tape holds the parameters now")
+                                .as_mut_slice(),
+                        )
+                    })
+                    .collect();
+                self.optimizer.step(&mut muts, &grad_refs, lr);
+            }
+            Store::BF16(v) => {
+                let mut muts: Vec<ParamMut> = v
+                    .iter_mut()
+                    .map(|p| ParamMut::BF16(p.as_mut_slice()))
+                    .collect();
+                self.optimizer.step(&mut muts, &grad_refs, lr);
+            }
+        }
+        Ok((loss_sum, grad_norm))
     }
-    drop(model);
-    let grad_norm = {
-        let mut refs: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
-        clip_grad_norm(&mut refs, opts.max_grad_norm)
-    };
+
+    fn write_tensors(&self, dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<()> {
+        let tensors: Vec<(String, Vec<usize>, ParamValues)> = match &self.params {
+            Store::F32(v) => layout
+                .iter()
+                .zip(v)
+                .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::F32(p)))
+                .collect(),
+            Store::BF16(v) => layout
+                .iter()
+                .zip(v)
+                .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::BF16(p)))
+                .collect(),
+        };
+        checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        let opt_tensors = self.optimizer.state_tensors();
+        let opt_state: Vec<(String, Vec<usize>, ParamValues)> = opt_tensors
+            .iter()
+            .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
+            .collect();
+        checkpoint::write_safetensors(&dir.join("optimizer.safetensors"), &opt_state)
+    }
+}
+
+/// A non-finite gradient norm stops the run before the parameters are corrupted.
+fn check_grad_norm(grad_norm: f32) -> Result<()> {
     if !grad_norm.is_finite() {
-        bail!(
-            "step {}: gradient norm is {grad_norm}; stopping before the parameters are corrupted",
-            step + 1
-        );
+        bail!("gradient norm is {grad_norm}; stopping before the parameters are corrupted");
     }
-    let lr = learning_rate(opts.schedule, opts.lr, step, total_steps, opts.warmup);
-    let grad_refs: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
-    match params {
-        Store::F32(v) => {
-            let mut muts: Vec<ParamMut> = v
-                .iter_mut()
-                .map(|p| {
-                    ParamMut::F32(
-                        Arc::get_mut(p)
-                            .expect("no tape holds the parameters now")
-                            .as_mut_slice(),
-                    )
-                })
-                .collect();
-            optimizer.step(&mut muts, &grad_refs, lr);
-        }
-        Store::BF16(v) => {
-            let mut muts: Vec<ParamMut> = v
-                .iter_mut()
-                .map(|p| ParamMut::BF16(p.as_mut_slice()))
-                .collect();
-            optimizer.step(&mut muts, &grad_refs, lr);
-        }
-    }
-    Ok((loss_sum, grad_norm, tokens))
+    Ok(())
 }
 
 fn save_checkpoint(
     opts: &TrainOptions,
     layout: &[(String, Vec<usize>)],
-    params: &Store,
-    optimizer: &AdamW,
+    engine: &impl Engine,
     state: &TrainerState,
 ) -> Result<PathBuf> {
     let dir = checkpoint::epoch_dir(&opts.out, state.epoch);
     let tmp = opts.out.join(format!(".epoch-{}.tmp", state.epoch));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let tensors: Vec<(String, Vec<usize>, ParamValues)> = match params {
-        Store::F32(v) => layout
-            .iter()
-            .zip(v)
-            .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::F32(p)))
-            .collect(),
-        Store::BF16(v) => layout
-            .iter()
-            .zip(v)
-            .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::BF16(p)))
-            .collect(),
-    };
-    checkpoint::write_safetensors(&tmp.join("model.safetensors"), &tensors)?;
-    let opt_tensors = optimizer.state_tensors();
-    let opt_state: Vec<(String, Vec<usize>, ParamValues)> = opt_tensors
-        .iter()
-        .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
-        .collect();
-    checkpoint::write_safetensors(&tmp.join("optimizer.safetensors"), &opt_state)?;
+    engine.write_tensors(&tmp, layout)?;
     checkpoint::copy_model_files(&opts.model, &tmp)?;
     checkpoint::write_state(&tmp, state)?;
     checkpoint::commit_dir(&tmp, &dir)?;

@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
+
 /// ../shared/data (or $IMPLICIT_DATA), or None with a message saying the test is skipped.
 pub fn data_dir(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("IMPLICIT_DATA")
@@ -41,4 +44,13 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// stories260k (shared data's GGUF) converted into a model folder in this test's temporary
+/// folder, or None with a message saying the test is skipped.
+pub fn stories260k(test: &str) -> Option<PathBuf> {
+    let data = data_dir(test)?;
+    let dir = temp_dir(test).join("stories");
+    implicit::io::convert::convert_gguf(&data.join("models/stories260k-f32.gguf"), &dir).unwrap();
+    Some(dir)
 }

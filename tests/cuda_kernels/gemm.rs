@@ -51,7 +51,7 @@ fn rows_to_check(case: &Case, rng: &mut Rng) -> Vec<usize> {
     }
     let mut rows = vec![0, m - 1, m / 2];
     while rows.len() < SAMPLED_ROWS {
-        let r = rng.below(m as u32) as usize;
+        let r = rng.below(m);
         if !rows.contains(&r) {
             rows.push(r);
         }

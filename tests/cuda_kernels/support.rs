@@ -2,68 +2,16 @@
 //! and the error measure.
 
 use half::bf16;
-use implicit::backend::cuda::{CudaAvailability, CudaBackend, DeviceBuffer, Float};
-use std::sync::OnceLock;
+use implicit::backend::cuda::{CudaBackend, DeviceBuffer, Float};
+
+// Each test crate uses a part of the shared helpers.
+#[allow(dead_code)]
+#[path = "../common/gpu.rs"]
+mod shared;
+pub use shared::{gpu, Rng};
 
 pub const F32_BOUND: f64 = 1e-5;
 pub const BF16_BOUND: f64 = 8e-3;
-
-/// The shared backend, or None after printing why the test is skipped.
-pub fn gpu() -> Option<&'static CudaBackend> {
-    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let opened =
-        GPU.get_or_init(
-            || match CudaBackend::open().expect("a GPU is there but failed") {
-                CudaAvailability::Ready(b) => {
-                    eprintln!("CUDA device: {}", b.device_name());
-                    Ok(b)
-                }
-                CudaAvailability::NoGpu(reason) => Err(reason),
-            },
-        );
-    match opened {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            println!("SKIPPED (no GPU): {reason}");
-            None
-        }
-    }
-}
-
-/// xorshift64*, seeded from the clock (or IMPLICIT_TEST_SEED) so every run draws new inputs.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(test: &str) -> Rng {
-        let seed = std::env::var("IMPLICIT_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                t.map(|d| d.as_nanos() as u64).unwrap_or(1)
-            });
-        eprintln!("{test}: IMPLICIT_TEST_SEED={seed}");
-        Rng(seed | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    /// Uniform in [−scale, scale), never exactly 0.
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let u = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
-                (2.0 * u - 1.0) * scale
-            })
-            .collect()
-    }
-    pub fn below(&mut self, n: u32) -> u32 {
-        (self.next() % n as u64) as u32
-    }
-}
 
 /// A float type under test: how its inputs are drawn and how close its outputs must be.
 pub trait Dtype: Float {

@@ -42,20 +42,20 @@ fn bwd_smem(head_dim: usize) -> u32 {
 }
 
 /// A checked call: the shapes as the kernels' ints, and the element counts of each tensor.
-struct Checked {
-    queries: i32,
-    keys: i32,
-    heads: i32,
-    kv_heads: i32,
+pub(super) struct Checked {
+    pub(super) queries: i32,
+    pub(super) keys: i32,
+    pub(super) heads: i32,
+    pub(super) kv_heads: i32,
     /// Elements of q (and out, d_out, dq).
-    q_len: usize,
+    pub(super) q_len: usize,
     /// Elements of k (and v, dk, dv).
-    kv_len: usize,
+    pub(super) kv_len: usize,
     /// Elements of lse: batch · heads · queries.
-    lse_len: usize,
+    pub(super) lse_len: usize,
 }
 
-fn describe(s: AttentionShape, batch: usize) -> String {
+pub(super) fn describe(s: AttentionShape, batch: usize) -> String {
     format!(
         "batch {batch}, queries {}, keys {}, heads {}, kv_heads {}, head_dim {}",
         s.queries, s.keys, s.heads, s.kv_heads, s.head_dim
@@ -73,6 +73,12 @@ fn check_shape(what: &str, s: AttentionShape, batch: usize) -> Result<Checked> {
             s.head_dim
         );
     }
+    check_dims(what, s, batch)
+}
+
+/// Everything [`check_shape`] checks but head_dim (kernels/attention_plain.cu takes any).
+pub(super) fn check_dims(what: &str, s: AttentionShape, batch: usize) -> Result<Checked> {
+    let desc = || describe(s, batch);
     if s.heads == 0 || s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         bail!(
             "{what} ({}): heads must be a positive multiple of kv_heads",
@@ -115,6 +121,50 @@ fn check_shape(what: &str, s: AttentionShape, batch: usize) -> Result<Checked> {
         kv_len: count(&[batch, s.keys, s.kv_heads, s.head_dim])?,
         lse_len: count(&[batch, s.heads, s.queries])?,
     })
+}
+
+impl Checked {
+    /// The lengths of a forward call's q, k, v, out and lse against the shape.
+    pub(super) fn forward_buffers(
+        &self,
+        what: &str,
+        s: AttentionShape,
+        batch: usize,
+        [q, k, v, out, lse]: [usize; 5],
+    ) -> Result<()> {
+        for (name, layout, got, want) in [
+            ("q", Q_LAYOUT, q, self.q_len),
+            ("k", KV_LAYOUT, k, self.kv_len),
+            ("v", KV_LAYOUT, v, self.kv_len),
+            ("out", Q_LAYOUT, out, self.q_len),
+            ("lse", LSE_LAYOUT, lse, self.lse_len),
+        ] {
+            check_buffer(what, s, batch, name, layout, got, want)?;
+        }
+        Ok(())
+    }
+
+    /// The lengths of a backward call's inputs (q, k, v, out, d_out, lse) and outputs (dq, dk,
+    /// dv) against the shape.
+    pub(super) fn backward_buffers(
+        &self,
+        what: &str,
+        s: AttentionShape,
+        batch: usize,
+        [q, k, v, out, d_out, lse]: [usize; 6],
+        [dq, dk, dv]: [usize; 3],
+    ) -> Result<()> {
+        self.forward_buffers(what, s, batch, [q, k, v, out, lse])?;
+        for (name, layout, got, want) in [
+            ("d_out", Q_LAYOUT, d_out, self.q_len),
+            ("dq", Q_LAYOUT, dq, self.q_len),
+            ("dk", KV_LAYOUT, dk, self.kv_len),
+            ("dv", KV_LAYOUT, dv, self.kv_len),
+        ] {
+            check_buffer(what, s, batch, name, layout, got, want)?;
+        }
+        Ok(())
+    }
 }
 
 /// `got == want` for the buffer `name` of layout `layout`, or an error naming the shapes.
@@ -160,15 +210,8 @@ impl CudaBackend {
     ) -> Result<()> {
         const WHAT: &str = "CUDA flash attention forward";
         let c = check_shape(WHAT, shape, batch)?;
-        for (name, layout, got, want) in [
-            ("q", Q_LAYOUT, q.len(), c.q_len),
-            ("k", KV_LAYOUT, k.len(), c.kv_len),
-            ("v", KV_LAYOUT, v.len(), c.kv_len),
-            ("out", Q_LAYOUT, out.len(), c.q_len),
-            ("lse", LSE_LAYOUT, lse.len(), c.lse_len),
-        ] {
-            check_buffer(WHAT, shape, batch, name, layout, got, want)?;
-        }
+        let lens = [q.len(), k.len(), v.len(), out.len(), lse.len()];
+        c.forward_buffers(WHAT, shape, batch, lens)?;
         if c.q_len == 0 {
             return Ok(()); // no query: nothing to write
         }
@@ -235,19 +278,8 @@ impl CudaBackend {
     ) -> Result<()> {
         const WHAT: &str = "CUDA flash attention backward";
         let c = check_shape(WHAT, shape, batch)?;
-        for (name, layout, got, want) in [
-            ("q", Q_LAYOUT, q.len(), c.q_len),
-            ("k", KV_LAYOUT, k.len(), c.kv_len),
-            ("v", KV_LAYOUT, v.len(), c.kv_len),
-            ("out", Q_LAYOUT, out.len(), c.q_len),
-            ("d_out", Q_LAYOUT, d_out.len(), c.q_len),
-            ("lse", LSE_LAYOUT, lse.len(), c.lse_len),
-            ("dq", Q_LAYOUT, dq.len(), c.q_len),
-            ("dk", KV_LAYOUT, dk.len(), c.kv_len),
-            ("dv", KV_LAYOUT, dv.len(), c.kv_len),
-        ] {
-            check_buffer(WHAT, shape, batch, name, layout, got, want)?;
-        }
+        let lens = [q.len(), k.len(), v.len(), out.len(), d_out.len(), lse.len()];
+        c.backward_buffers(WHAT, shape, batch, lens, [dq.len(), dk.len(), dv.len()])?;
         if c.kv_len == 0 {
             return Ok(()); // no key (so no query either): nothing to write
         }
@@ -368,7 +400,7 @@ fn check_aligned(
 
 /// Allows `kernel` `bytes` of dynamic shared memory (over 48 KiB needs the opt-in; cheap,
 /// so set on every call).
-fn raise_smem_limit(
+pub(super) fn raise_smem_limit(
     backend: &CudaBackend,
     kernel: &'static str,
     bytes: u32,

@@ -147,6 +147,44 @@ impl CudaBackend {
         Ok(T::from_raw(raw))
     }
 
+    /// A copy of `src` in a new buffer (device to device, queued on the stream).
+    pub fn copy<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<DeviceBuffer<T>> {
+        let mut dst = self.alloc::<T>(src.len())?;
+        self.copy_into(src, &mut dst)?;
+        Ok(dst)
+    }
+
+    /// Overwrites `dst` with `src` (same length), device to device.
+    pub fn copy_into<T: DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        dst: &mut DeviceBuffer<T>,
+    ) -> Result<()> {
+        if src.len() != dst.len() {
+            bail!(
+                "CUDA: copying {} elements into a device buffer of {}",
+                src.len(),
+                dst.len()
+            );
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(&src.slice, &mut dst.slice)
+            .map_err(|e| driver_error(&format!("copying {} elements on the GPU", src.len()), e))
+    }
+
+    /// Sets every element of `dst` to zero.
+    pub fn fill_zeros<T: DeviceElem>(&self, dst: &mut DeviceBuffer<T>) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memset_zeros(&mut dst.slice)
+            .map_err(|e| driver_error(&format!("zeroing {} elements", dst.len()), e))
+    }
+
     /// `len` zeros.
     pub fn zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
         let slice = self

@@ -38,13 +38,16 @@ macro_rules! launch {
 
 mod adamw;
 mod attention;
+mod attention_plain;
 pub mod bench;
 mod buffer;
+mod elementwise;
 mod gemm;
 mod model;
 mod norm;
 mod ops;
 pub mod timing;
+mod train;
 mod vocab;
 
 pub use adamw::AdamWStep;
@@ -53,6 +56,7 @@ pub use gemm::GemmLayout;
 pub use model::{
     AttentionPath, CudaKvCache, CudaTransformer, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
 };
+pub use train::CudaTrainer;
 pub use vocab::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise

@@ -66,7 +66,7 @@ impl std::fmt::Debug for CudaTransformer<'_> {
 
 /// A weight as bf16 on the GPU, whatever its dtype in the checkpoint (f32 and f16 rounded to
 /// nearest even).
-fn upload_bf16(gpu: &CudaBackend, t: &Tensor) -> Result<DeviceBuffer<bf16>> {
+pub(super) fn upload_bf16(gpu: &CudaBackend, t: &Tensor) -> Result<DeviceBuffer<bf16>> {
     let t = if t.is_contiguous() {
         t.clone()
     } else {

@@ -1,0 +1,360 @@
+//! Full finetuning on the GPU. [`CudaTrainer`] keeps everything a step touches on the GPU:
+//! the parameters as bf16 (what the matrix products and the embedding read), fp32 master
+//! weights, fp32 AdamW moments and fp32 gradients. [`CudaTrainer::accumulate`] runs one
+//! micro-batch's forward and backward (train/pass.rs) and adds its gradients;
+//! [`CudaTrainer::step`] computes the global gradient norm on the GPU, and applies the clipped
+//! AdamW update to every parameter (kernels/adamw.cu); only the norm comes back to the host.
+//!
+//! The computation is `model::train::TrainModel::loss` followed by `optim::clip_grad_norm` and
+//! `optim::AdamW::step` in bf16 precision (the paper's setting), with bf16 matrix-product inputs
+//! and f32 residual stream, statistics and accumulations; tests/cuda_train.rs compares loss,
+//! gradients and updated parameters with the CPU. The optimizer state is saved and restored
+//! under the CPU optimizer's tensor names, so a checkpoint resumes on either device.
+
+mod pass;
+
+use super::model::upload_bf16;
+use super::{AdamWStep, CudaBackend, DeviceBuffer};
+use crate::bail;
+use crate::error::{Context, Result};
+use crate::io::safetensors::WeightStore;
+use crate::model::train::{parameter_layout, TrainSequence};
+use crate::model::{Architecture, ModelConfig};
+use crate::optim::AdamWConfig;
+use half::bf16;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// The optimizer-state tensor holding the step count (as `optim::AdamW` names it).
+const STEP_TENSOR: &str = "step";
+
+/// Positions of one layer's parameters in `parameter_layout` order.
+#[derive(Clone, Debug)]
+struct LayerParams {
+    /// Llama's RMSNorm weights; None for OLMo's parameter-free LayerNorm.
+    attn_norm: Option<usize>,
+    q: usize,
+    k: usize,
+    v: usize,
+    o: usize,
+    mlp_norm: Option<usize>,
+    gate: usize,
+    up: usize,
+    down: usize,
+}
+
+/// Positions of every parameter in `parameter_layout` order.
+#[derive(Clone, Debug)]
+struct ParamIndex {
+    embed: usize,
+    layers: Vec<LayerParams>,
+    final_norm: Option<usize>,
+    /// The LM head: the embedding's position when tied.
+    head: usize,
+    count: usize,
+}
+
+impl ParamIndex {
+    fn new(c: &ModelConfig) -> ParamIndex {
+        let llama = c.arch == Architecture::Llama;
+        let mut count = 0;
+        let mut next = || {
+            count += 1;
+            count - 1
+        };
+        let embed = next();
+        // Fields are evaluated in the order written, which is parameter_layout's.
+        let layers = (0..c.num_layers)
+            .map(|_| LayerParams {
+                attn_norm: llama.then(&mut next),
+                q: next(),
+                k: next(),
+                v: next(),
+                o: next(),
+                mlp_norm: llama.then(&mut next),
+                gate: next(),
+                up: next(),
+                down: next(),
+            })
+            .collect();
+        let final_norm = llama.then(&mut next);
+        let head = if c.tie_word_embeddings { embed } else { next() };
+        ParamIndex {
+            embed,
+            layers,
+            final_norm,
+            head,
+            count,
+        }
+    }
+}
+
+/// A model being trained on the GPU (see the module docs).
+pub struct CudaTrainer<'g> {
+    gpu: &'g CudaBackend,
+    pub config: ModelConfig,
+    adamw: AdamWConfig,
+    names: Vec<String>,
+    index: ParamIndex,
+    /// bf16 parameters, in `parameter_layout` order.
+    values: Vec<DeviceBuffer<bf16>>,
+    /// f32 copies of the 1-D parameters (the norm weights) for the norm kernels; None for the
+    /// matrices.
+    norm_values: Vec<Option<DeviceBuffer<f32>>>,
+    master: Vec<DeviceBuffer<f32>>,
+    exp_avg: Vec<DeviceBuffer<f32>>,
+    exp_avg_sq: Vec<DeviceBuffer<f32>>,
+    grads: Vec<DeviceBuffer<f32>>,
+    /// [‖g‖, clip coefficient] of the last step (kernels/adamw.cu's grad_norm_finalize).
+    clip: DeviceBuffer<f32>,
+    /// Optimizer steps taken.
+    steps: u64,
+    /// Rows of vocabulary-sized logits held at once by the loss (bounds its memory).
+    pub logits_chunk_rows: usize,
+}
+
+impl std::fmt::Debug for CudaTrainer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaTrainer")
+            .field("gpu", self.gpu)
+            .field("config", &self.config)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+/// Bytes of bf16 logits (and as many of their gradient) the loss holds at once.
+const LOGITS_CHUNK_BYTES: usize = 1 << 28;
+
+impl<'g> CudaTrainer<'g> {
+    /// Loads the parameters of a Hugging Face model folder (or a training checkpoint) onto the
+    /// GPU, one tensor at a time, rounded to bf16; masters are their exact f32 widening and the
+    /// moments start at zero, as `optim::AdamW::new` for bf16 parameters.
+    pub fn from_dir(
+        gpu: &'g CudaBackend,
+        config: ModelConfig,
+        dir: &Path,
+        adamw: AdamWConfig,
+    ) -> Result<CudaTrainer<'g>> {
+        let store = WeightStore::open(dir)?;
+        CudaTrainer::build(gpu, config, adamw, |name, shape| {
+            upload_bf16(gpu, &store.get(name, shape, dir)?)
+        })
+    }
+
+    /// A trainer over given parameter values (in `parameter_layout` order), rounded to bf16.
+    pub fn from_values(
+        gpu: &'g CudaBackend,
+        config: ModelConfig,
+        values: &[Vec<f32>],
+        adamw: AdamWConfig,
+    ) -> Result<CudaTrainer<'g>> {
+        let layout = parameter_layout(&config);
+        if values.len() != layout.len() {
+            bail!(
+                "{} parameter tensors given, the model has {}",
+                values.len(),
+                layout.len()
+            );
+        }
+        let mut next = values.iter();
+        CudaTrainer::build(gpu, config, adamw, |name, shape| {
+            let v = next
+                .next()
+                .expect("as many values as the layout, checked above");
+            if v.len() != shape.iter().product::<usize>() {
+                bail!(
+                    "parameter {name} of shape {shape:?} given {} values",
+                    v.len()
+                );
+            }
+            let rounded: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+            gpu.upload(&rounded)
+        })
+    }
+
+    fn build(
+        gpu: &'g CudaBackend,
+        config: ModelConfig,
+        adamw: AdamWConfig,
+        mut load: impl FnMut(&str, &[usize]) -> Result<DeviceBuffer<bf16>>,
+    ) -> Result<CudaTrainer<'g>> {
+        adamw.validate()?;
+        let layout = parameter_layout(&config);
+        let index = ParamIndex::new(&config);
+        debug_assert_eq!(index.count, layout.len());
+        let n = layout.len();
+        let mut t = CudaTrainer {
+            gpu,
+            adamw,
+            names: Vec::with_capacity(n),
+            index,
+            values: Vec::with_capacity(n),
+            norm_values: Vec::with_capacity(n),
+            master: Vec::with_capacity(n),
+            exp_avg: Vec::with_capacity(n),
+            exp_avg_sq: Vec::with_capacity(n),
+            grads: Vec::with_capacity(n),
+            clip: gpu.zeros(2)?,
+            steps: 0,
+            logits_chunk_rows: (LOGITS_CHUNK_BYTES / (4 * config.vocab_size.max(1))).max(1),
+            config,
+        };
+        for (name, shape) in layout {
+            let value = load(&name, &shape)?;
+            let len = value.len();
+            let mut master = gpu.alloc::<f32>(len)?;
+            gpu.convert_to_f32(&value, &mut master)?;
+            t.norm_values.push(if shape.len() == 1 {
+                Some(gpu.copy(&master)?)
+            } else {
+                None
+            });
+            t.values.push(value);
+            t.master.push(master);
+            t.exp_avg.push(gpu.zeros(len)?);
+            t.exp_avg_sq.push(gpu.zeros(len)?);
+            t.grads.push(gpu.zeros(len)?);
+            t.names.push(name);
+        }
+        gpu.synchronize()?;
+        Ok(t)
+    }
+
+    /// Parameter names, in `parameter_layout` order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Optimizer steps taken (restored by [`CudaTrainer::load_state`]).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Sets every gradient to zero (the start of an optimizer step).
+    pub fn zero_grads(&mut self) -> Result<()> {
+        for g in &mut self.grads {
+            self.gpu.fill_zeros(g)?;
+        }
+        Ok(())
+    }
+
+    /// One micro-batch: the loss of `batch` as `TrainModel::loss` defines it (each sequence's
+    /// mean token cross-entropy, summed and times `scale`), its gradients added to the
+    /// accumulated ones. Returns the loss.
+    pub fn accumulate(&mut self, batch: &[TrainSequence], scale: f64) -> Result<f64> {
+        self.forward_backward(batch, scale)
+    }
+
+    /// The accumulated gradients, in `parameter_layout` order (for tests and inspection).
+    pub fn gradients(&self) -> Result<Vec<Vec<f32>>> {
+        self.grads.iter().map(|g| self.gpu.download(g)).collect()
+    }
+
+    /// Clips the accumulated gradients to a global norm of `max_grad_norm` and applies one
+    /// AdamW step at learning rate `lr`; returns the norm before clipping. A non-finite norm
+    /// changes nothing (the caller stops): the same contract as `optim::clip_grad_norm`.
+    pub fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32> {
+        let gpu = self.gpu;
+        let grads: Vec<&DeviceBuffer<f32>> = self.grads.iter().collect();
+        gpu.grad_norm(&grads, max_grad_norm, &mut self.clip)?;
+        let norm = gpu.download(&self.clip)?[0];
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
+        let scalars = AdamWStep::new(&self.adamw, lr, self.steps + 1);
+        for i in 0..self.values.len() {
+            gpu.adamw_step_bf16(
+                &mut self.values[i],
+                &mut self.master[i],
+                &self.grads[i],
+                &mut self.exp_avg[i],
+                &mut self.exp_avg_sq[i],
+                Some(&self.clip),
+                &scalars,
+            )?;
+            if let Some(f) = &mut self.norm_values[i] {
+                gpu.convert_to_f32(&self.values[i], f)?;
+            }
+        }
+        self.steps += 1;
+        Ok(norm)
+    }
+
+    /// The bf16 parameters, in `parameter_layout` order.
+    pub fn parameter_values(&self) -> Result<Vec<Vec<bf16>>> {
+        self.values.iter().map(|v| self.gpu.download(v)).collect()
+    }
+
+    /// The optimizer state under `optim::AdamW::state_tensors`' names: `exp_avg.NAME`,
+    /// `exp_avg_sq.NAME`, `master.NAME` and `step`.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(3 * self.names.len() + 1);
+        for (i, name) in self.names.iter().enumerate() {
+            out.push((
+                format!("exp_avg.{name}"),
+                self.gpu.download(&self.exp_avg[i])?,
+            ));
+            out.push((
+                format!("exp_avg_sq.{name}"),
+                self.gpu.download(&self.exp_avg_sq[i])?,
+            ));
+            out.push((
+                format!("master.{name}"),
+                self.gpu.download(&self.master[i])?,
+            ));
+        }
+        out.push((STEP_TENSOR.to_string(), vec![self.steps as f32]));
+        Ok(out)
+    }
+
+    /// Restores what [`CudaTrainer::state_tensors`] (or the CPU optimizer in bf16 precision)
+    /// saved: every expected tensor must be there with its parameter's size, and nothing else.
+    /// The master weights replace the parameters' values (rounded to bf16), as on the CPU.
+    /// Checked in full before anything changes.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()> {
+        let steps = match tensors.get(STEP_TENSOR).map(|v| v.as_slice()) {
+            Some(&[s]) if s >= 0.0 && s.fract() == 0.0 && s < (1u32 << 24) as f32 => s as u64,
+            Some(v) => bail!(
+                "optimizer state: {STEP_TENSOR} must be one whole number below 2^24, got {v:?}"
+            ),
+            None => bail!("optimizer state: no {STEP_TENSOR} tensor"),
+        };
+        let mut expected = HashSet::from([STEP_TENSOR.to_string()]);
+        let mut found = Vec::with_capacity(self.names.len());
+        for (i, name) in self.names.iter().enumerate() {
+            let len = self.values[i].len();
+            let mut fetch = |kind: &str| -> Result<&Vec<f32>> {
+                let key = format!("{kind}.{name}");
+                let v = tensors
+                    .get(&key)
+                    .with_context(|| format!("optimizer state: no tensor {key}"))?;
+                if v.len() != len {
+                    bail!(
+                        "optimizer state: {key} has {} elements, the parameter has {len}",
+                        v.len()
+                    );
+                }
+                expected.insert(key);
+                Ok(v)
+            };
+            found.push((fetch("exp_avg")?, fetch("exp_avg_sq")?, fetch("master")?));
+        }
+        if let Some(extra) = tensors.keys().find(|k| !expected.contains(*k)) {
+            bail!("optimizer state: unexpected tensor {extra} (a model of another shape?)");
+        }
+        let gpu = self.gpu;
+        for (i, (m, v, master)) in found.into_iter().enumerate() {
+            gpu.upload_into(m, &mut self.exp_avg[i])?;
+            gpu.upload_into(v, &mut self.exp_avg_sq[i])?;
+            gpu.upload_into(master, &mut self.master[i])?;
+            let rounded: Vec<bf16> = master.iter().map(|&x| bf16::from_f32(x)).collect();
+            gpu.upload_into(&rounded, &mut self.values[i])?;
+            if let Some(f) = &mut self.norm_values[i] {
+                gpu.convert_to_f32(&self.values[i], f)?;
+            }
+        }
+        self.steps = steps;
+        gpu.synchronize()
+    }
+}

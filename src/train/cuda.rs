@@ -1,0 +1,84 @@
+//! `train --device cuda`: the same run (data order, schedule, metrics, checkpoints) with the
+//! forward, backward and optimizer on the GPU (`backend::cuda::CudaTrainer`).
+
+use super::{
+    adamw_config, check_grad_norm, prepare, run, Engine, Precision, TrainOptions, TrainSummary,
+};
+use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTrainer};
+use crate::bail;
+use crate::error::Result;
+use crate::model::train::TrainSequence;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use super::checkpoint::{self, ParamValues};
+
+/// Opens the GPU (or fails with the reason none can be used, before anything is read or
+/// written), loads the model (or the checkpoint being resumed) onto it, and runs.
+pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
+    if opts.precision != Precision::Bf16 {
+        bail!(
+            "--device cuda trains with bf16 parameters and fp32 master weights and moments; \
+             use --precision bf16 (or --device cpu for fp32 parameters)"
+        );
+    }
+    let gpu = match CudaBackend::open()? {
+        CudaAvailability::Ready(gpu) => gpu,
+        CudaAvailability::NoGpu(reason) => bail!("--device cuda: no usable GPU: {reason}"),
+    };
+    let plan = prepare(opts)?;
+    let t0 = Instant::now();
+    let trainer =
+        CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, adamw_config(opts))?;
+    eprintln!(
+        "loaded {} ({} parameters) onto {} in {:.2}s",
+        plan.source.display(),
+        plan.config.num_parameters(),
+        gpu.device_name(),
+        t0.elapsed().as_secs_f64()
+    );
+    run(opts, plan, &mut CudaEngine(trainer))
+}
+
+struct CudaEngine<'g>(CudaTrainer<'g>);
+
+impl Engine for CudaEngine<'_> {
+    fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()> {
+        self.0.load_state(tensors)
+    }
+
+    fn step(
+        &mut self,
+        micro_batches: &[Vec<TrainSequence>],
+        scale: f64,
+        lr: f32,
+        max_grad_norm: f32,
+    ) -> Result<(f64, f32)> {
+        let t = &mut self.0;
+        t.zero_grads()?;
+        let mut loss = 0.0;
+        for seqs in micro_batches {
+            loss += t.accumulate(seqs, scale)?;
+        }
+        let grad_norm = t.step(lr, max_grad_norm)?;
+        check_grad_norm(grad_norm)?;
+        Ok((loss, grad_norm))
+    }
+
+    fn write_tensors(&self, dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<()> {
+        let values = self.0.parameter_values()?;
+        let tensors: Vec<(String, Vec<usize>, ParamValues)> = layout
+            .iter()
+            .zip(&values)
+            .map(|((n, s), v)| (n.clone(), s.clone(), ParamValues::BF16(v)))
+            .collect();
+        checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        let state = self.0.state_tensors()?;
+        let opt_state: Vec<(String, Vec<usize>, ParamValues)> = state
+            .iter()
+            .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
+            .collect();
+        checkpoint::write_safetensors(&dir.join("optimizer.safetensors"), &opt_state)
+    }
+}

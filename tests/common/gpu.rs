@@ -1,0 +1,90 @@
+//! What the GPU tests share: the backend (or a printed reason to skip), a random source that
+//! draws new inputs on every run, and the relative error against an f64 reference.
+
+use implicit::backend::cuda::{CudaAvailability, CudaBackend};
+use std::sync::OnceLock;
+
+/// The shared backend, or None after printing why the test is skipped.
+pub fn gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let opened =
+        GPU.get_or_init(
+            || match CudaBackend::open().expect("a GPU is there but failed") {
+                CudaAvailability::Ready(b) => {
+                    eprintln!("CUDA device: {}", b.device_name());
+                    Ok(b)
+                }
+                CudaAvailability::NoGpu(reason) => Err(reason),
+            },
+        );
+    match opened {
+        Ok(b) => Some(b),
+        Err(reason) => {
+            println!("SKIPPED (no GPU): {reason}");
+            None
+        }
+    }
+}
+
+/// xorshift64*, seeded from the clock (or IMPLICIT_TEST_SEED) so every run draws new inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("IMPLICIT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                t.map(|d| d.as_nanos() as u64).unwrap_or(1)
+            });
+        eprintln!("{test}: IMPLICIT_TEST_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+
+    /// Uniform in [−scale, scale), never exactly 0.
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u = ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+                (2.0 * u - 1.0) * scale
+            })
+            .collect()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn tokens(&mut self, n: usize, vocab: usize) -> Vec<u32> {
+        (0..n).map(|_| self.below(vocab) as u32).collect()
+    }
+}
+
+/// ‖out − ref‖/‖ref‖, infinite if any output is not finite (unwritten or poisoned).
+pub fn rel_err(out: &[f32], reference: &[f64]) -> f64 {
+    assert_eq!(out.len(), reference.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        if !o.is_finite() {
+            return f64::INFINITY;
+        }
+        num += (o as f64 - r) * (o as f64 - r);
+        den += r * r;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Asserts rel_err(out, reference) ≤ bound, printing the error either way.
+pub fn check(what: &str, out: &[f32], reference: &[f64], bound: f64) {
+    let e = rel_err(out, reference);
+    eprintln!("{what}: rel err {e:.2e} (bound {bound:.0e})");
+    assert!(e <= bound, "{what}: rel err {e:.3e} > {bound:.0e}");
+}

@@ -1,0 +1,512 @@
+//! The training step on the GPU (`backend::cuda::CudaTrainer`, `train --device cuda`) against
+//! the CPU: the loss and every parameter's gradient against `TrainModel::loss` on the autograd
+//! tape in f64 (from the same bf16-rounded parameters), on the Llama (GQA) and OLMo fixtures,
+//! stories260k and random models whose head_dim 64 and 128 take flash attention; the
+//! optimizer step against `optim::AdamW` fed the GPU's own gradients; padding and
+//! micro-batching; the checkpointed state; and whole runs through `train`.
+//!
+//! Bounds (‖gpu − ref‖/‖ref‖): the loss 1e-2; all gradients together 3e-2 and each tensor 6e-2
+//! (bf16 matrix-product inputs and activations against f64: the forward's logits measured
+//! 0.6–1.4e-2 in tests/cuda_model.rs, a backward compounds two passes of such roundings). The
+//! optimizer on identical gradients 1e-6 (master weights; the kernels are bit-exact against the
+//! CPU AdamW in tests/cuda_kernels/adamw.rs). Without a GPU each test prints "SKIPPED (no GPU):
+//! reason" and passes; `train --device cuda` is checked to fail with that reason.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::gpu::{check, gpu, rel_err, Rng};
+use half::bf16;
+use implicit::autograd::Tape;
+use implicit::backend::cuda::{CudaBackend, CudaTrainer};
+use implicit::backend::Device;
+use implicit::data::Mode;
+use implicit::model::train::{load_parameter_values, parameter_layout, TrainModel, TrainSequence};
+use implicit::model::{ModelConfig, Transformer};
+use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule};
+use implicit::train::{train, Precision, TrainOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const LOSS_BOUND: f64 = 1e-2;
+const ALL_GRADS_BOUND: f64 = 3e-2;
+const TENSOR_GRAD_BOUND: f64 = 6e-2;
+const OPTIMIZER_BOUND: f64 = 1e-6;
+
+fn adamw() -> AdamWConfig {
+    AdamWConfig {
+        lr: 1e-3,
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    }
+}
+
+/// Values as the bf16 parameters both sides train (f32 holding bf16 values exactly).
+fn rounded(values: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    values
+        .into_iter()
+        .map(|v| v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect())
+        .collect()
+}
+
+/// Random parameters of `config` with realistic spreads: matrices uniform ±√(3/fan_in), the
+/// embedding ±1, norm weights 1 ± 0.3.
+fn random_values(config: &ModelConfig, rng: &mut Rng) -> Vec<Vec<f32>> {
+    parameter_layout(config)
+        .iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            if shape.len() == 1 {
+                rng.vec(n, 0.3).iter().map(|x| 1.0 + x).collect()
+            } else if name.contains("embed_tokens") {
+                rng.vec(n, 1.0)
+            } else {
+                rng.vec(n, (3.0 / shape[1] as f32).sqrt())
+            }
+        })
+        .collect()
+}
+
+/// Token sequences of these lengths, the first third of each a prompt (no loss), plus one
+/// with no loss token at all (it must add nothing).
+fn batch_of(rng: &mut Rng, lens: &[usize], vocab: usize) -> Vec<(Vec<u32>, Vec<bool>)> {
+    let mut out: Vec<(Vec<u32>, Vec<bool>)> = lens
+        .iter()
+        .map(|&n| (rng.tokens(n, vocab), (0..n).map(|i| i >= n / 3).collect()))
+        .collect();
+    out.push((rng.tokens(5, vocab), vec![false; 5]));
+    out
+}
+
+fn sequences(batch: &[(Vec<u32>, Vec<bool>)]) -> Vec<TrainSequence<'_>> {
+    batch
+        .iter()
+        .map(|(ids, mask)| TrainSequence {
+            ids,
+            loss_mask: mask,
+        })
+        .collect()
+}
+
+/// The loss and gradients of the CPU model in f64.
+fn cpu_reference(
+    config: &ModelConfig,
+    values: &[Vec<f32>],
+    batch: &[TrainSequence],
+    scale: f64,
+) -> (f64, Vec<Vec<f64>>) {
+    let model = TrainModel::<f64>::from_values(
+        config.clone(),
+        values
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f64).collect())
+            .collect(),
+    )
+    .unwrap();
+    let mut tape = Tape::new();
+    let vars = model.bind(&mut tape);
+    let loss = model.loss(&mut tape, &vars, batch, scale).unwrap();
+    let value = tape.value(loss)[0];
+    let g = tape.backward(loss);
+    let grads = vars
+        .iter()
+        .zip(&model.params)
+        .map(|(&v, p)| {
+            g.get(v)
+                .map(|x| x.to_vec())
+                .unwrap_or_else(|| vec![0.0; p.value.len()])
+        })
+        .collect();
+    (value, grads)
+}
+
+/// The GPU's loss and gradients of `batch` (split into micro-batches of `micro`) against the
+/// CPU's in f64.
+fn gradients_match(
+    what: &str,
+    gpu: &CudaBackend,
+    config: &ModelConfig,
+    values: &[Vec<f32>],
+    rng: &mut Rng,
+) {
+    let lens = [37, 61, 20];
+    let batch = batch_of(rng, &lens, config.vocab_size);
+    let seqs = sequences(&batch);
+    let scale = 1.0 / seqs.len() as f64;
+    let (ref_loss, ref_grads) = cpu_reference(config, values, &seqs, scale);
+    let mut t = CudaTrainer::from_values(gpu, config.clone(), values, adamw()).unwrap();
+    // Force several loss chunks, so that the chunked head and scatter are exercised.
+    t.logits_chunk_rows = 29;
+    let mut loss = 0.0;
+    for micro in seqs.chunks(2) {
+        loss += t.accumulate(micro, scale).unwrap();
+    }
+    let loss_err = (loss - ref_loss).abs() / ref_loss.abs();
+    eprintln!("{what}: loss {loss:.6} vs {ref_loss:.6} (rel err {loss_err:.2e})");
+    assert!(
+        loss_err <= LOSS_BOUND,
+        "{what}: loss rel err {loss_err:.3e}"
+    );
+    let grads = t.gradients().unwrap();
+    let names = t.names().to_vec();
+    for ((name, g), r) in names.iter().zip(&grads).zip(&ref_grads) {
+        check(&format!("{what}: {name}"), g, r, TENSOR_GRAD_BOUND);
+    }
+    let all: Vec<f32> = grads.concat();
+    let all_ref: Vec<f64> = ref_grads.concat();
+    check(
+        &format!("{what}: all gradients"),
+        &all,
+        &all_ref,
+        ALL_GRADS_BOUND,
+    );
+}
+
+#[test]
+fn fixture_gradients_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("fixture_gradients_match_the_cpu");
+    for name in ["llama-gqa", "olmo"] {
+        let dir = common::fixtures().join(name);
+        let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let values = rounded(load_parameter_values(&dir, &config).unwrap());
+        gradients_match(name, gpu, &config, &values, &mut rng);
+    }
+}
+
+#[test]
+fn stories260k_gradients_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("stories260k_gradients_match_the_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new("stories260k_gradients_match_the_cpu");
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let values = rounded(load_parameter_values(&dir, &config).unwrap());
+    gradients_match("stories260k", gpu, &config, &values, &mut rng);
+}
+
+/// Random models whose head_dim takes the flash kernels: a Llama with grouped-query heads
+/// and an untied head, an OLMo with clip_qkv and tied embeddings.
+fn flash_configs() -> Vec<(&'static str, ModelConfig)> {
+    [
+        (
+            "llama-hd64",
+            r#"{"model_type": "llama", "vocab_size": 300, "hidden_size": 256,
+            "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "tie_word_embeddings": false}"#,
+        ),
+        (
+            "olmo-hd128",
+            r#"{"model_type": "olmo", "vocab_size": 300, "hidden_size": 256,
+            "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "clip_qkv": 1.5, "tie_word_embeddings": true}"#,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, json)| (name, ModelConfig::from_json(json).unwrap()))
+    .collect()
+}
+
+#[test]
+fn flash_attention_models_gradients_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("flash_attention_models_gradients_match_the_cpu");
+    for (name, config) in flash_configs() {
+        let values = rounded(random_values(&config, &mut rng));
+        gradients_match(name, gpu, &config, &values, &mut rng);
+    }
+}
+
+#[test]
+fn padding_and_micro_batches_do_not_change_the_gradients() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("padding_and_micro_batches_do_not_change_the_gradients");
+    let (_, config) = flash_configs().remove(0);
+    let values = rounded(random_values(&config, &mut rng));
+    let batch = batch_of(&mut rng, &[45, 12], config.vocab_size);
+    let seqs = sequences(&batch);
+    let run = |micro: usize| {
+        let mut t = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
+        let loss: f64 = seqs
+            .chunks(micro)
+            .map(|m| t.accumulate(m, 0.5).unwrap())
+            .sum();
+        (loss, t.gradients().unwrap().concat())
+    };
+    let (padded_loss, padded) = run(seqs.len());
+    let (alone_loss, alone) = run(1);
+    let e = (padded_loss - alone_loss).abs() / alone_loss.abs();
+    assert!(e < 1e-5, "loss {padded_loss} padded vs {alone_loss} alone");
+    let alone64: Vec<f64> = alone.iter().map(|&x| x as f64).collect();
+    // Only the order of f32 sums differs (GEMM tiles over more rows, atomics).
+    check("padded vs one sequence at a time", &padded, &alone64, 1e-3);
+}
+
+/// One CPU AdamW step (bf16 parameters, fp32 masters) on given gradients, clipped as the
+/// trainer clips; returns the norm.
+fn cpu_step(opt: &mut AdamW, params: &mut [Vec<bf16>], grads: &mut [Vec<f32>], lr: f32) -> f32 {
+    let norm = {
+        let mut refs: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
+        clip_grad_norm(&mut refs, 1.0)
+    };
+    let mut muts: Vec<ParamMut> = params
+        .iter_mut()
+        .map(|p| ParamMut::BF16(p.as_mut_slice()))
+        .collect();
+    let refs: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
+    opt.step(&mut muts, &refs, lr);
+    norm
+}
+
+#[test]
+fn optimizer_steps_match_the_cpu_adamw_on_the_same_gradients() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("optimizer_steps_match_the_cpu_adamw_on_the_same_gradients");
+    let dir = common::fixtures().join("llama-gqa");
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let values = rounded(load_parameter_values(&dir, &config).unwrap());
+    let mut t = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
+    let mut params: Vec<Vec<bf16>> = values
+        .iter()
+        .map(|v| v.iter().map(|&x| bf16::from_f32(x)).collect())
+        .collect();
+    let names = t.names().to_vec();
+    let mut opt = AdamW::new(
+        adamw(),
+        names
+            .iter()
+            .cloned()
+            .zip(params.iter().map(|p| ParamRef::BF16(p))),
+    )
+    .unwrap();
+    for (step, lr) in [(1, 1e-3f32), (2, 5e-4)] {
+        t.zero_grads().unwrap();
+        let batch = batch_of(&mut rng, &[30, 17], config.vocab_size);
+        t.accumulate(&sequences(&batch), 0.5).unwrap();
+        let mut grads = t.gradients().unwrap();
+        let norm = t.step(lr, 1.0).unwrap();
+        let cpu_norm = cpu_step(&mut opt, &mut params, &mut grads, lr);
+        assert!(
+            ((norm - cpu_norm) / cpu_norm).abs() < 1e-6,
+            "step {step}: norm {norm} vs {cpu_norm}"
+        );
+        let state: HashMap<String, Vec<f32>> = t.state_tensors().unwrap().into_iter().collect();
+        let cpu_state: HashMap<String, Vec<f32>> = opt
+            .state_tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_owned()))
+            .collect();
+        assert_eq!(state.len(), cpu_state.len());
+        for (key, cpu) in &cpu_state {
+            let reference: Vec<f64> = cpu.iter().map(|&x| x as f64).collect();
+            let e = rel_err(&state[key], &reference);
+            assert!(e <= OPTIMIZER_BOUND, "step {step}: {key}: rel err {e:.3e}");
+        }
+        let values = t.parameter_values().unwrap();
+        let differ: usize = values
+            .iter()
+            .zip(&params)
+            .map(|(g, c)| g.iter().zip(c).filter(|(a, b)| a != b).count())
+            .sum();
+        // Masters within 1e-6 may round to neighbouring bf16 values, rarely.
+        let total: usize = params.iter().map(|p| p.len()).sum();
+        assert!(
+            differ * 1000 <= total,
+            "step {step}: {differ} of {total} bf16 parameters differ"
+        );
+    }
+    assert_eq!(t.steps(), 2);
+}
+
+#[test]
+fn optimizer_state_round_trips_and_is_checked() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("optimizer_state_round_trips_and_is_checked");
+    let (_, config) = flash_configs().remove(1);
+    let values = rounded(random_values(&config, &mut rng));
+    let mut t = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
+    let batch = batch_of(&mut rng, &[33], config.vocab_size);
+    t.accumulate(&sequences(&batch), 1.0).unwrap();
+    t.step(1e-3, 1.0).unwrap();
+    let state: HashMap<String, Vec<f32>> = t.state_tensors().unwrap().into_iter().collect();
+    let mut fresh = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
+    fresh.load_state(&state).unwrap();
+    assert_eq!(fresh.steps(), 1);
+    assert_eq!(
+        fresh.parameter_values().unwrap(),
+        t.parameter_values().unwrap()
+    );
+    let again: HashMap<String, Vec<f32>> = fresh.state_tensors().unwrap().into_iter().collect();
+    assert_eq!(again, state);
+
+    let name = &t.names()[0];
+    let mut missing = state.clone();
+    missing.remove(&format!("exp_avg.{name}"));
+    let err = fresh.load_state(&missing).unwrap_err().to_string();
+    assert!(err.contains(&format!("no tensor exp_avg.{name}")), "{err}");
+    let mut extra = state.clone();
+    extra.insert("exp_avg.model.other.weight".into(), vec![0.0]);
+    let err = fresh.load_state(&extra).unwrap_err().to_string();
+    assert!(
+        err.contains("unexpected tensor exp_avg.model.other.weight"),
+        "{err}"
+    );
+    let mut short = state;
+    short.insert(format!("master.{name}"), vec![0.0; 3]);
+    let err = fresh.load_state(&short).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("master.{name} has 3 elements")),
+        "{err}"
+    );
+    // A refused state changes nothing.
+    assert_eq!(fresh.steps(), 1);
+}
+
+fn train_options(model: &Path, data: &Path, out: PathBuf, device: Device) -> TrainOptions {
+    TrainOptions {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        mode: Mode::Response,
+        epochs: 2,
+        lr: 2e-3,
+        batch_size: 8,
+        micro_batch: 4,
+        warmup: 0.03,
+        schedule: Schedule::Linear,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        max_len: 96,
+        max_examples: Some(32),
+        seed: 7,
+        precision: Precision::Bf16,
+        device,
+        out,
+        resume: false,
+        progress: false,
+    }
+}
+
+/// Losses of metrics.jsonl, in order.
+fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device() {
+    if gpu().is_none() {
+        return;
+    }
+    let test = "train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device";
+    let Some(model) = common::stories260k(test) else {
+        return;
+    };
+    let data = common::data_dir(test).unwrap().join("lima/lima_data.jsonl");
+    let root = common::temp_dir(test);
+    let (cpu_out, gpu_out) = (root.join("cpu"), root.join("gpu"));
+    train(&train_options(&model, &data, cpu_out.clone(), Device::Cpu)).unwrap();
+    let summary = train(&train_options(&model, &data, gpu_out.clone(), Device::Cuda)).unwrap();
+    assert_eq!(summary.steps, 8);
+    let (cpu, gpu_losses) = (losses(&cpu_out), losses(&gpu_out));
+    eprintln!("cpu losses {cpu:?}\ngpu losses {gpu_losses:?}");
+    assert_eq!(cpu.len(), gpu_losses.len());
+    for (step, (c, g)) in cpu.iter().zip(&gpu_losses).enumerate() {
+        assert!(
+            (c - g).abs() / c < 3e-2,
+            "step {}: cpu {c} gpu {g}",
+            step + 1
+        );
+    }
+    assert!(
+        gpu_losses[7] < gpu_losses[0],
+        "the loss falls: {gpu_losses:?}"
+    );
+    // The checkpoint is a model folder.
+    let trained = Transformer::load(&gpu_out.join("epoch-2")).unwrap();
+    assert_eq!(trained.config.vocab_size, 512);
+
+    // Resume the second epoch from the GPU's first checkpoint, on the CPU and on the GPU.
+    for device in [Device::Cpu, Device::Cuda] {
+        let out = root.join(format!("resume-{device:?}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let copy = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        };
+        copy(&gpu_out.join("epoch-1"), &out.join("epoch-1"));
+        std::fs::copy(gpu_out.join("metrics.jsonl"), out.join("metrics.jsonl")).unwrap();
+        let mut opts = train_options(&model, &data, out.clone(), device);
+        opts.resume = true;
+        train(&opts).unwrap();
+        let resumed = losses(&out);
+        assert_eq!(resumed.len(), 8);
+        assert_eq!(
+            resumed[..4],
+            gpu_losses[..4],
+            "{device:?}: epoch 1 is kept as it was"
+        );
+        for (r, g) in resumed[4..].iter().zip(&gpu_losses[4..]) {
+            assert!((r - g).abs() / g < 3e-2, "{device:?}: resumed {r} vs {g}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn implicit(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_implicit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn train_device_cuda_says_why_it_cannot_run() {
+    let base = [
+        "train",
+        "--model",
+        "no-such-model",
+        "--data",
+        "no-such.jsonl",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-5",
+        "--out",
+        "no-such-out",
+        "--device",
+        "cuda",
+    ];
+    let mut f32_args = base.to_vec();
+    f32_args.extend(["--precision", "f32"]);
+    let run = implicit(&f32_args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("use --precision bf16"), "{stderr}");
+    if gpu().is_some() {
+        return;
+    }
+    let run = implicit(&base);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("--device cuda: no usable GPU: "),
+        "{stderr}"
+    );
+    assert!(
+        !Path::new("no-such-out").exists(),
+        "nothing is created before the GPU opens"
+    );
+}
