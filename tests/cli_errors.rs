@@ -178,3 +178,16 @@ fn data_build_of_a_missing_source() {
     assert!(e.contains("nope.jsonl"), "{e}");
     assert!(!out.exists());
 }
+
+#[test]
+fn gpu_memory_options_are_refused_on_the_cpu() {
+    for extra in [["--checkpointing", ""], ["--optimizer-state", "host"]] {
+        let mut args = vec![
+            "train", "--model", "m", "--data", "d.jsonl", "--epochs", "1", "--lr", "1e-5", "--out",
+            "o",
+        ];
+        args.extend(extra.iter().filter(|a| !a.is_empty()));
+        let line = fails(&args);
+        assert!(line.contains("are for --device cuda"), "{line}");
+    }
+}

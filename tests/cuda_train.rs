@@ -24,6 +24,7 @@ use implicit::data::Mode;
 use implicit::model::train::{load_parameter_values, parameter_layout, TrainModel, TrainSequence};
 use implicit::model::{ModelConfig, Transformer};
 use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule};
+use implicit::train::plan::OptimizerPlacement;
 use implicit::train::{train, Precision, TrainOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -244,6 +245,37 @@ fn padding_and_micro_batches_do_not_change_the_gradients() {
     check("padded vs one sequence at a time", &padded, &alone64, 1e-3);
 }
 
+#[test]
+fn checkpointing_gives_the_same_gradients_in_less_memory() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("checkpointing_gives_the_same_gradients_in_less_memory");
+    let (_, mut config) = flash_configs().remove(0);
+    config.num_layers = 6;
+    let values = rounded(random_values(&config, &mut rng));
+    let batch = batch_of(&mut rng, &[300, 211], config.vocab_size);
+    let seqs = sequences(&batch);
+    let run = |checkpointing: bool| {
+        let mut t = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
+        t.checkpointing = checkpointing;
+        gpu.reset_peak_memory().unwrap();
+        let before = gpu.memory_use().unwrap().used_bytes;
+        let loss = t.accumulate(&seqs, 0.5).unwrap();
+        let peak = gpu.memory_use().unwrap().peak_used_bytes - before;
+        (loss, t.gradients().unwrap().concat(), peak)
+    };
+    let (loss, grads, peak) = run(false);
+    let (ck_loss, ck_grads, ck_peak) = run(true);
+    eprintln!("peak activation memory: {peak} bytes kept, {ck_peak} checkpointed");
+    assert_eq!(loss, ck_loss, "the same forward");
+    let reference: Vec<f64> = grads.iter().map(|&x| x as f64).collect();
+    // The same products; only atomics (flash dq, the embedding) may add in another order.
+    check("checkpointed vs kept", &ck_grads, &reference, 1e-5);
+    assert!(
+        ck_peak < peak,
+        "checkpointing uses less: {ck_peak} vs {peak}"
+    );
+}
+
 /// One CPU AdamW step (bf16 parameters, fp32 masters) on given gradients, clipped as the
 /// trainer clips; returns the norm.
 fn cpu_step(opt: &mut AdamW, params: &mut [Vec<bf16>], grads: &mut [Vec<f32>], lr: f32) -> f32 {
@@ -321,6 +353,49 @@ fn optimizer_steps_match_the_cpu_adamw_on_the_same_gradients() {
 }
 
 #[test]
+fn host_optimizer_state_matches_the_device_one() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("host_optimizer_state_matches_the_device_one");
+    let (_, config) = flash_configs().remove(0);
+    let values = rounded(random_values(&config, &mut rng));
+    let batches: Vec<_> = (0..3)
+        .map(|_| batch_of(&mut rng, &[40, 23], config.vocab_size))
+        .collect();
+    let run = |placement: OptimizerPlacement| {
+        let bf: Vec<Vec<bf16>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| bf16::from_f32(x)).collect())
+            .collect();
+        let mut next = bf.into_iter();
+        let mut t = CudaTrainer::from_fn(gpu, config.clone(), adamw(), placement, |_, _| {
+            Ok(next.next().unwrap())
+        })
+        .unwrap();
+        let mut norms = Vec::new();
+        for batch in &batches {
+            t.zero_grads().unwrap();
+            t.accumulate(&sequences(batch), 0.5).unwrap();
+            norms.push(t.step(1e-3, 1.0).unwrap());
+        }
+        let state: HashMap<String, Vec<f32>> = t.state_tensors().unwrap().into_iter().collect();
+        (norms, state)
+    };
+    let (device_norms, device_state) = run(OptimizerPlacement::Device);
+    let (host_norms, host_state) = run(OptimizerPlacement::Host);
+    eprintln!("grad norms: device {device_norms:?}, host {host_norms:?}");
+    for (d, h) in device_norms.iter().zip(&host_norms) {
+        assert!(((d - h) / d).abs() < 1e-4, "norms {d} vs {h}");
+    }
+    assert_eq!(device_state.len(), host_state.len());
+    for (key, d) in &device_state {
+        let reference: Vec<f64> = d.iter().map(|&x| x as f64).collect();
+        // The same kernel on the same inputs; only the gradients' atomics can differ.
+        let e = rel_err(&host_state[key], &reference);
+        assert!(e < 1e-4, "{key}: rel err {e:.3e}");
+    }
+}
+
+#[test]
 fn optimizer_state_round_trips_and_is_checked() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new("optimizer_state_round_trips_and_is_checked");
@@ -382,6 +457,9 @@ fn train_options(model: &Path, data: &Path, out: PathBuf, device: Device) -> Tra
         seed: 7,
         precision: Precision::Bf16,
         device,
+        checkpointing: false,
+        optimizer_state: OptimizerPlacement::Device,
+        memory_report: false,
         out,
         resume: false,
         progress: false,
@@ -430,6 +508,16 @@ fn train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device() {
         gpu_losses[7] < gpu_losses[0],
         "the loss falls: {gpu_losses:?}"
     );
+    // Checkpointing and the optimizer state in host memory change where things are, not the
+    // arithmetic.
+    let lean_out = root.join("gpu-lean");
+    let mut lean = train_options(&model, &data, lean_out.clone(), Device::Cuda);
+    (lean.checkpointing, lean.optimizer_state, lean.memory_report) =
+        (true, OptimizerPlacement::Host, true);
+    train(&lean).unwrap();
+    for (l, g) in losses(&lean_out).iter().zip(&gpu_losses) {
+        assert!((l - g).abs() / g < 1e-3, "lean {l} vs {g}");
+    }
     // The checkpoint is a model folder.
     let trained = Transformer::load(&gpu_out.join("epoch-2")).unwrap();
     assert_eq!(trained.config.vocab_size, 512);

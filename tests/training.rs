@@ -11,6 +11,7 @@ use implicit::generate::{generate, GenerateOptions, Sampler};
 use implicit::io::convert::convert_gguf;
 use implicit::model::Transformer;
 use implicit::optim::Schedule;
+use implicit::train::plan::OptimizerPlacement;
 use implicit::train::{train, Precision, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +44,9 @@ fn options(model: &Path, data: &Path, out: PathBuf) -> TrainOptions {
         seed: 7,
         precision: Precision::Bf16,
         device: Device::Cpu,
+        checkpointing: false,
+        optimizer_state: OptimizerPlacement::Device,
+        memory_report: false,
         out,
         resume: false,
         progress: false,

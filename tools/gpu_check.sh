@@ -10,6 +10,15 @@
 #   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
 #                                                                     -> bench.log
+#   6. (only when STEPS names "generate", with MODEL_DIR a model folder) python3
+#      tools/bench_generate_torch.py --json $OUT/bench_generate_torch.json, then target/gpu/implicit
+#      bench generate --torch $OUT/bench_generate_torch.json --json $OUT/bench_generate.json
+#                                             -> bench_generate_torch.log, bench_generate.log
+#   7. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
+#      Llama-2-7B's shape: TRAIN_LAYERS layers (default 8) with everything on the GPU against
+#      PyTorch AMP; then all 32 layers with checkpointing and the optimizer state in host memory
+#      against PyTorch bf16 + checkpointing (what fits 80 GB there)
+#                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole). A failed step does not stop the later ones; the exit code is
 # that of the first failed step.
@@ -17,7 +26,11 @@
 # Environment: OUT (default target/gpu-out), QUICK=1 (micro-batch 1, fewer samples),
 # STEPS (default "smi,kernels,model,train,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
 # e.g. "--filter gemm"), TEST_ARGS (more arguments for the test binaries, e.g. a test name
-# filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600).
+# filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600),
+# MODEL_DIR (the model folder of step "generate"; unset: that step is skipped with a message),
+# GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
+# TRAIN_LAYERS (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments
+# for every train benchmark, e.g. "--micro-batch 2").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -128,6 +141,53 @@ if wants bench; then
     step bench 400 "$BIN/implicit" bench kernels "${sdpa_flag[@]}" --json "$OUT/bench.json" \
         "${quick_flag[@]}" ${BENCH_ARGS:-}
 fi
+if wants generate; then
+    if [ -z "${MODEL_DIR:-}" ]; then
+        echo "generate: skipped (set MODEL_DIR to a model folder, e.g. one from implicit init --config llama2-7b)" \
+            | tee -a "$OUT/steps.txt"
+    elif [ ! -f "$MODEL_DIR/config.json" ]; then
+        echo "generate: failed (MODEL_DIR=$MODEL_DIR has no config.json)" | tee -a "$OUT/steps.txt"
+        if [ "$first_failure" -eq 0 ]; then first_failure=1; fi
+    else
+        rm -f "$OUT/bench_generate_torch.json"
+        # shellcheck disable=SC2086
+        step bench_generate_torch 240 python3 tools/bench_generate_torch.py --model "$MODEL_DIR" \
+            --json "$OUT/bench_generate_torch.json" ${GENERATE_ARGS:-}
+        torch_flag=()
+        if [ -f "$OUT/bench_generate_torch.json" ]; then torch_flag=(--torch "$OUT/bench_generate_torch.json"); fi
+        # shellcheck disable=SC2086
+        step bench_generate 240 "$BIN/implicit" bench generate --model "$MODEL_DIR" "${torch_flag[@]}" \
+            --json "$OUT/bench_generate.json" ${GENERATE_ARGS:-}
+    fi
+fi
+if wants trainbench; then
+    llama=configs/models/llama2-7b.json
+    layers=${TRAIN_LAYERS:-8}
+    # name TORCH_ARGS... -- IMPLICIT_ARGS...: one PyTorch run and one implicit run, side by side.
+    train_pair() {
+        local name=$1
+        shift
+        local torch_args=() implicit_args=()
+        while [ "$1" != "--" ]; do torch_args+=("$1"); shift; done
+        shift
+        implicit_args=("$@")
+        rm -f "$OUT/train_torch_$name.json"
+        # shellcheck disable=SC2086
+        step "train_torch_$name" 200 python3 tools/bench_train_torch.py --config "$llama" \
+            "${torch_args[@]}" --json "$OUT/train_torch_$name.json" ${TRAIN_ARGS:-}
+        local torch_flag=()
+        if [ -f "$OUT/train_torch_$name.json" ]; then torch_flag=(--torch "$OUT/train_torch_$name.json"); fi
+        # shellcheck disable=SC2086
+        step "bench_train_$name" 200 "$BIN/implicit" bench train --config "$llama" \
+            "${implicit_args[@]}" "${torch_flag[@]}" --json "$OUT/bench_train_$name.json" ${TRAIN_ARGS:-}
+    }
+    train_pair "l$layers" --layers "$layers" --mode amp -- --layers "$layers"
+    # 8 micro-batches per step, so that the state's trip over the bus (24 bytes per parameter
+    # per step) is amortised as gradient accumulation does in the paper's recipe (64).
+    full=(--accumulation 8 --steps 3 --warmup 1)
+    train_pair full --mode bf16 --checkpointing "${full[@]}" -- \
+        --checkpointing --optimizer-state host "${full[@]}"
+fi
 
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
@@ -150,6 +210,22 @@ if wants bench && [ -f "$OUT/bench.log" ]; then
     grep -E '^(device|ceiling):' "$OUT/bench.log"
     grep -E 'CHECK|^error' "$OUT/bench.log" | head -10
     sed -n '/^targets:/,$p' "$OUT/bench.log"
+fi
+if wants generate && [ -f "$OUT/bench_generate_torch.log" ]; then
+    echo "-- bench_generate_torch.py (transformers generate)"
+    grep -vE '^\s*$' "$OUT/bench_generate_torch.log" | tail -12
+fi
+if wants generate && [ -f "$OUT/bench_generate.log" ]; then
+    echo "-- bench generate (full figures in bench_generate.log / bench_generate.json)"
+    sed -n '/^bench generate: .*B parameters)/,$p' "$OUT/bench_generate.log" | head -40
+    grep -E '^error' "$OUT/bench_generate.log" | head -5
+fi
+if wants trainbench; then
+    for log in "$OUT"/bench_train_*.log; do
+        [ -f "$log" ] || continue
+        echo "-- $(basename "$log" .log)"
+        grep -E '^(implicit:|PyTorch|memory plan|measured peak|does not fit|pool:|error)' "$log" | head -12
+    done
 fi
 echo "-- steps"
 cat "$OUT/steps.txt"

@@ -4,6 +4,7 @@ use crate::backend::Device;
 use crate::data::{build_task, Mode, Task, DEFAULT_MAX_LEN};
 use crate::error::Result;
 use crate::optim::Schedule;
+use crate::train::plan::OptimizerPlacement;
 use crate::train::{train, Precision, TrainOptions};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -77,6 +78,17 @@ pub struct TrainArgs {
     /// cuda` and a GPU of compute capability 8.0 or newer; bf16 precision).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    /// (cuda) Activation checkpointing: keep each layer's input only and recompute the layer in
+    /// the backward (one more forward, far less memory).
+    #[arg(long)]
+    checkpointing: bool,
+    /// (cuda) Where the fp32 master weights and AdamW moments live: on the GPU (18 bytes per
+    /// parameter there), or in page-locked host memory (6 on the GPU; Llama-2-7B on 80 GB).
+    #[arg(long, value_enum, default_value_t = OptimizerPlacement::Device)]
+    optimizer_state: OptimizerPlacement,
+    /// (cuda) Print the memory plan before loading and the measured peak after the first step.
+    #[arg(long)]
+    memory_report: bool,
     /// Output folder: epoch-N/ checkpoints (loadable by `generate`) and metrics.jsonl.
     #[arg(long)]
     out: PathBuf,
@@ -103,6 +115,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         precision: a.precision,
         device: a.device,
+        checkpointing: a.checkpointing,
+        optimizer_state: a.optimizer_state,
+        memory_report: a.memory_report,
         out: a.out,
         resume: a.resume,
         progress: true,

@@ -25,6 +25,7 @@ use crate::backend::Device;
 use crate::bail;
 use crate::data::Task;
 use crate::error::{Context, Result};
+use crate::train::plan::OptimizerPlacement;
 use crate::train::Precision;
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,10 @@ pub struct TrainSpec {
     pub precision: Precision,
     /// Where training runs (`device = "cpu" | "cuda"`).
     pub device: Device,
+    /// (cuda) `checkpointing = true`: activation checkpointing.
+    pub checkpointing: bool,
+    /// (cuda) `optimizer_state = "device" | "host"`.
+    pub optimizer_state: OptimizerPlacement,
 }
 
 #[derive(Clone, Debug)]
@@ -292,6 +297,8 @@ impl ExperimentConfig {
                 "max_grad_norm",
                 "precision",
                 "device",
+                "checkpointing",
+                "optimizer_state",
             ],
         )?;
         let precision = match t.string("precision")?.as_deref() {
@@ -310,6 +317,14 @@ impl ExperimentConfig {
                 t.line("device")
             ),
         };
+        let optimizer_state = match t.string("optimizer_state")?.as_deref() {
+            None | Some("device") => OptimizerPlacement::Device,
+            Some("host") => OptimizerPlacement::Host,
+            Some(other) => bail!(
+                "line {}: optimizer_state {other:?}: use \"device\" or \"host\"",
+                t.line("optimizer_state")
+            ),
+        };
         let train = TrainSpec {
             batch_size: t.count("batch_size")?.unwrap_or(64).max(1),
             micro_batch: t.count("micro_batch")?.unwrap_or(1).max(1),
@@ -319,6 +334,8 @@ impl ExperimentConfig {
             max_grad_norm: t.float("max_grad_norm")?.unwrap_or(1.0) as f32,
             precision,
             device,
+            checkpointing: t.bool("checkpointing")?.unwrap_or(false),
+            optimizer_state,
         };
 
         let g = Keys::new(

@@ -8,6 +8,7 @@ use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTrainer};
 use crate::bail;
 use crate::error::Result;
 use crate::model::train::TrainSequence;
+use crate::train::plan::MemoryPlan;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
@@ -29,8 +30,28 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     };
     let plan = prepare(opts)?;
     let t0 = Instant::now();
-    let trainer =
-        CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, adamw_config(opts))?;
+    let memory_plan = MemoryPlan::new(
+        &plan.config,
+        plan.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
+        opts.micro_batch,
+        opts.checkpointing,
+        opts.optimizer_state,
+    );
+    if opts.memory_report {
+        let device = gpu.memory_use()?.total_bytes;
+        eprintln!(
+            "{} (the longest example, padded micro-batches)",
+            memory_plan.describe(None, Some(device))
+        );
+    }
+    let mut trainer = CudaTrainer::from_dir(
+        &gpu,
+        plan.config.clone(),
+        &plan.source,
+        adamw_config(opts),
+        opts.optimizer_state,
+    )?;
+    trainer.checkpointing = opts.checkpointing;
     eprintln!(
         "loaded {} ({} parameters) onto {} in {:.2}s",
         plan.source.display(),
@@ -38,10 +59,12 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         gpu.device_name(),
         t0.elapsed().as_secs_f64()
     );
-    run(opts, plan, &mut CudaEngine(trainer))
+    let report = opts.memory_report.then_some(memory_plan);
+    run(opts, plan, &mut CudaEngine(trainer, report))
 }
 
-struct CudaEngine<'g>(CudaTrainer<'g>);
+/// The trainer, and the plan to set the measured peak beside after the first step.
+struct CudaEngine<'g>(CudaTrainer<'g>, Option<MemoryPlan>);
 
 impl Engine for CudaEngine<'_> {
     fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()> {
@@ -63,6 +86,13 @@ impl Engine for CudaEngine<'_> {
         }
         let grad_norm = t.step(lr, max_grad_norm)?;
         check_grad_norm(grad_norm)?;
+        if let Some(plan) = self.1.take() {
+            let used = t.gpu().memory_use()?;
+            eprintln!(
+                "{}",
+                plan.describe(Some(used.peak_used_bytes), Some(used.total_bytes))
+            );
+        }
         Ok((loss, grad_norm))
     }
 

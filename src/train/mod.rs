@@ -5,6 +5,7 @@
 pub mod checkpoint;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod plan;
 
 use crate::autograd::Tape;
 use crate::backend::Device;
@@ -18,6 +19,7 @@ use crate::model::ModelConfig;
 use crate::optim::{
     clip_grad_norm, learning_rate, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule,
 };
+use crate::train::plan::OptimizerPlacement;
 use checkpoint::{ParamValues, TrainerState};
 use half::bf16;
 use std::collections::HashMap;
@@ -55,6 +57,12 @@ pub struct TrainOptions {
     pub precision: Precision,
     /// Where the forward, backward and optimizer run (cuda: bf16 precision only).
     pub device: Device,
+    /// (cuda) Keep only each layer's input from the forward; recompute the rest.
+    pub checkpointing: bool,
+    /// (cuda) Where the fp32 master weights and moments live.
+    pub optimizer_state: OptimizerPlacement,
+    /// (cuda) Print the memory plan, and the measured peak after the first step.
+    pub memory_report: bool,
     pub out: PathBuf,
     pub resume: bool,
     /// Print a progress line to stderr each step.
@@ -166,6 +174,12 @@ trait Engine {
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     match opts.device {
         Device::Cpu => {
+            if opts.checkpointing || opts.optimizer_state != OptimizerPlacement::Device {
+                bail!(
+                    "--checkpointing and --optimizer-state host are for --device cuda (the CPU \
+                     trainer keeps every activation and its optimizer state in host memory)"
+                );
+            }
             let plan = prepare(opts)?;
             let mut engine = CpuEngine::new(&plan, opts)?;
             run(opts, plan, &mut engine)

@@ -203,3 +203,84 @@ impl CudaBackend {
         Ok(DeviceBuffer { slice })
     }
 }
+
+/// f32 values in page-locked host memory: copies between it and the GPU queue on the stream
+/// and run at the bus's full speed (the trainer keeps optimizer state here when the GPU is too
+/// small for it).
+pub struct HostBuffer {
+    slice: cudarc::driver::PinnedHostSlice<f32>,
+}
+
+impl std::fmt::Debug for HostBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostBuffer[{}]", self.slice.len())
+    }
+}
+
+impl HostBuffer {
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slice.is_empty()
+    }
+
+    /// The values, once every queued copy into them has finished.
+    pub fn as_slice(&self) -> Result<&[f32]> {
+        self.slice
+            .as_slice()
+            .map_err(|e| driver_error("waiting for a copy to host memory", e))
+    }
+
+    /// The values for writing, once every queued copy from or into them has finished.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
+        self.slice
+            .as_mut_slice()
+            .map_err(|e| driver_error("waiting for a copy to host memory", e))
+    }
+}
+
+impl CudaBackend {
+    /// `len` zeros in page-locked host memory (`len` > 0).
+    pub fn host_zeros(&self, len: usize) -> Result<HostBuffer> {
+        if len == 0 {
+            bail!("CUDA: a page-locked buffer of 0 elements was asked for");
+        }
+        // SAFETY: zeroed below before anything reads it. Not write-combined: the host reads it
+        // back for checkpoints.
+        let slice = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(len, 0) }
+            .map_err(|e| driver_error(&format!("allocating {len} f32 of page-locked memory"), e))?;
+        let mut buffer = HostBuffer { slice };
+        buffer.as_mut_slice()?.fill(0.0);
+        Ok(buffer)
+    }
+
+    /// Queues the copy of `src` into `dst` (same length).
+    pub fn upload_host(&self, src: &HostBuffer, dst: &mut DeviceBuffer<f32>) -> Result<()> {
+        if src.len() != dst.len() {
+            bail!(
+                "CUDA: copying {} host elements into a device buffer of {}",
+                src.len(),
+                dst.len()
+            );
+        }
+        self.stream
+            .memcpy_htod(&src.slice, &mut dst.slice)
+            .map_err(|e| driver_error(&format!("copying {} elements to the GPU", src.len()), e))
+    }
+
+    /// Queues the copy of `src` into `dst` (same length); `dst`'s accessors wait for it.
+    pub fn download_host(&self, src: &DeviceBuffer<f32>, dst: &mut HostBuffer) -> Result<()> {
+        if src.len() != dst.len() {
+            bail!(
+                "CUDA: copying {} device elements into a host buffer of {}",
+                src.len(),
+                dst.len()
+            );
+        }
+        self.stream
+            .memcpy_dtoh(&src.slice, &mut dst.slice)
+            .map_err(|e| driver_error(&format!("copying {} elements from the GPU", src.len()), e))
+    }
+}

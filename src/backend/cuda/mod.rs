@@ -43,6 +43,7 @@ pub mod bench;
 mod buffer;
 mod elementwise;
 mod gemm;
+mod memory;
 mod model;
 mod norm;
 mod ops;
@@ -51,8 +52,9 @@ mod train;
 mod vocab;
 
 pub use adamw::AdamWStep;
-pub use buffer::{DeviceBuffer, DeviceElem, Float};
+pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use gemm::GemmLayout;
+pub use memory::MemoryUse;
 pub use model::{
     AttentionPath, CudaKvCache, CudaTransformer, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
 };
@@ -175,7 +177,7 @@ impl CudaBackend {
         }
         let sync_each_launch = std::env::var("IMPLICIT_CUDA_SYNC").is_ok_and(|v| v == "1");
         let unit_clip = DeviceBuffer::from_slice(&stream, &[0.0f32, 1.0])?;
-        Ok(CudaAvailability::Ready(CudaBackend {
+        let backend = CudaBackend {
             ctx,
             stream,
             functions,
@@ -185,7 +187,12 @@ impl CudaBackend {
             sync_each_launch,
             unit_clip,
             rope_tables: Mutex::new(HashMap::new()),
-        }))
+        };
+        // Speed only: without it the pool still works, returning memory at each synchronisation.
+        if let Err(e) = backend.keep_pool_memory() {
+            eprintln!("warning: the CUDA memory pool will not keep freed memory: {e}");
+        }
+        Ok(CudaAvailability::Ready(backend))
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

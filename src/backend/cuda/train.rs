@@ -11,6 +11,7 @@
 //! gradients and updated parameters with the CPU. The optimizer state is saved and restored
 //! under the CPU optimizer's tensor names, so a checkpoint resumes on either device.
 
+mod optimizer;
 mod pass;
 
 use super::model::upload_bf16;
@@ -21,7 +22,9 @@ use crate::io::safetensors::WeightStore;
 use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::{Architecture, ModelConfig};
 use crate::optim::AdamWConfig;
+use crate::train::plan::{OptimizerPlacement, LOGITS_CHUNK_BYTES};
 use half::bf16;
+use optimizer::OptimizerState;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -101,9 +104,8 @@ pub struct CudaTrainer<'g> {
     /// f32 copies of the 1-D parameters (the norm weights) for the norm kernels; None for the
     /// matrices.
     norm_values: Vec<Option<DeviceBuffer<f32>>>,
-    master: Vec<DeviceBuffer<f32>>,
-    exp_avg: Vec<DeviceBuffer<f32>>,
-    exp_avg_sq: Vec<DeviceBuffer<f32>>,
+    /// Each parameter's fp32 master weights and moments (on the GPU or the host).
+    optimizer: Vec<OptimizerState>,
     grads: Vec<DeviceBuffer<f32>>,
     /// [‖g‖, clip coefficient] of the last step (kernels/adamw.cu's grad_norm_finalize).
     clip: DeviceBuffer<f32>,
@@ -111,6 +113,10 @@ pub struct CudaTrainer<'g> {
     steps: u64,
     /// Rows of vocabulary-sized logits held at once by the loss (bounds its memory).
     pub logits_chunk_rows: usize,
+    /// Activation checkpointing: keep only each layer's input from the forward and run the
+    /// layer's forward again in the backward (one more forward; activations of one layer
+    /// instead of all).
+    pub checkpointing: bool,
 }
 
 impl std::fmt::Debug for CudaTrainer<'_> {
@@ -123,26 +129,26 @@ impl std::fmt::Debug for CudaTrainer<'_> {
     }
 }
 
-/// Bytes of bf16 logits (and as many of their gradient) the loss holds at once.
-const LOGITS_CHUNK_BYTES: usize = 1 << 28;
-
 impl<'g> CudaTrainer<'g> {
     /// Loads the parameters of a Hugging Face model folder (or a training checkpoint) onto the
     /// GPU, one tensor at a time, rounded to bf16; masters are their exact f32 widening and the
-    /// moments start at zero, as `optim::AdamW::new` for bf16 parameters.
+    /// moments start at zero, as `optim::AdamW::new` for bf16 parameters; those live where
+    /// `placement` says.
     pub fn from_dir(
         gpu: &'g CudaBackend,
         config: ModelConfig,
         dir: &Path,
         adamw: AdamWConfig,
+        placement: OptimizerPlacement,
     ) -> Result<CudaTrainer<'g>> {
         let store = WeightStore::open(dir)?;
-        CudaTrainer::build(gpu, config, adamw, |name, shape| {
+        CudaTrainer::build(gpu, config, adamw, placement, |name, shape| {
             upload_bf16(gpu, &store.get(name, shape, dir)?)
         })
     }
 
-    /// A trainer over given parameter values (in `parameter_layout` order), rounded to bf16.
+    /// A trainer over given parameter values (in `parameter_layout` order), rounded to bf16,
+    /// with the optimizer state on the GPU.
     pub fn from_values(
         gpu: &'g CudaBackend,
         config: ModelConfig,
@@ -158,18 +164,32 @@ impl<'g> CudaTrainer<'g> {
             );
         }
         let mut next = values.iter();
-        CudaTrainer::build(gpu, config, adamw, |name, shape| {
+        CudaTrainer::from_fn(gpu, config, adamw, OptimizerPlacement::Device, |_, _| {
             let v = next
                 .next()
                 .expect("as many values as the layout, checked above");
+            Ok(v.iter().map(|&x| bf16::from_f32(x)).collect())
+        })
+    }
+
+    /// A trainer whose parameters `values(name, shape)` gives one at a time, in
+    /// `parameter_layout` order (so that no host copy of the whole model is needed).
+    pub fn from_fn(
+        gpu: &'g CudaBackend,
+        config: ModelConfig,
+        adamw: AdamWConfig,
+        placement: OptimizerPlacement,
+        mut values: impl FnMut(&str, &[usize]) -> Result<Vec<bf16>>,
+    ) -> Result<CudaTrainer<'g>> {
+        CudaTrainer::build(gpu, config, adamw, placement, |name, shape| {
+            let v = values(name, shape)?;
             if v.len() != shape.iter().product::<usize>() {
                 bail!(
                     "parameter {name} of shape {shape:?} given {} values",
                     v.len()
                 );
             }
-            let rounded: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-            gpu.upload(&rounded)
+            gpu.upload(&v)
         })
     }
 
@@ -177,6 +197,7 @@ impl<'g> CudaTrainer<'g> {
         gpu: &'g CudaBackend,
         config: ModelConfig,
         adamw: AdamWConfig,
+        placement: OptimizerPlacement,
         mut load: impl FnMut(&str, &[usize]) -> Result<DeviceBuffer<bf16>>,
     ) -> Result<CudaTrainer<'g>> {
         adamw.validate()?;
@@ -191,34 +212,38 @@ impl<'g> CudaTrainer<'g> {
             index,
             values: Vec::with_capacity(n),
             norm_values: Vec::with_capacity(n),
-            master: Vec::with_capacity(n),
-            exp_avg: Vec::with_capacity(n),
-            exp_avg_sq: Vec::with_capacity(n),
+            optimizer: Vec::with_capacity(n),
             grads: Vec::with_capacity(n),
             clip: gpu.zeros(2)?,
             steps: 0,
-            logits_chunk_rows: (LOGITS_CHUNK_BYTES / (4 * config.vocab_size.max(1))).max(1),
+            logits_chunk_rows: (LOGITS_CHUNK_BYTES as usize / (4 * config.vocab_size.max(1)))
+                .max(1),
+            checkpointing: false,
             config,
         };
         for (name, shape) in layout {
             let value = load(&name, &shape)?;
             let len = value.len();
-            let mut master = gpu.alloc::<f32>(len)?;
-            gpu.convert_to_f32(&value, &mut master)?;
             t.norm_values.push(if shape.len() == 1 {
-                Some(gpu.copy(&master)?)
+                let mut f = gpu.alloc::<f32>(len)?;
+                gpu.convert_to_f32(&value, &mut f)?;
+                Some(f)
             } else {
                 None
             });
+            t.optimizer
+                .push(OptimizerState::new(gpu, &value, placement)?);
             t.values.push(value);
-            t.master.push(master);
-            t.exp_avg.push(gpu.zeros(len)?);
-            t.exp_avg_sq.push(gpu.zeros(len)?);
             t.grads.push(gpu.zeros(len)?);
             t.names.push(name);
         }
         gpu.synchronize()?;
         Ok(t)
+    }
+
+    /// The backend the trainer runs on.
+    pub fn gpu(&self) -> &'g CudaBackend {
+        self.gpu
     }
 
     /// Parameter names, in `parameter_layout` order.
@@ -264,13 +289,11 @@ impl<'g> CudaTrainer<'g> {
         }
         let scalars = AdamWStep::new(&self.adamw, lr, self.steps + 1);
         for i in 0..self.values.len() {
-            gpu.adamw_step_bf16(
+            self.optimizer[i].step(
+                gpu,
                 &mut self.values[i],
-                &mut self.master[i],
                 &self.grads[i],
-                &mut self.exp_avg[i],
-                &mut self.exp_avg_sq[i],
-                Some(&self.clip),
+                &self.clip,
                 &scalars,
             )?;
             if let Some(f) = &mut self.norm_values[i] {
@@ -290,19 +313,11 @@ impl<'g> CudaTrainer<'g> {
     /// `exp_avg_sq.NAME`, `master.NAME` and `step`.
     pub fn state_tensors(&self) -> Result<Vec<(String, Vec<f32>)>> {
         let mut out = Vec::with_capacity(3 * self.names.len() + 1);
-        for (i, name) in self.names.iter().enumerate() {
-            out.push((
-                format!("exp_avg.{name}"),
-                self.gpu.download(&self.exp_avg[i])?,
-            ));
-            out.push((
-                format!("exp_avg_sq.{name}"),
-                self.gpu.download(&self.exp_avg_sq[i])?,
-            ));
-            out.push((
-                format!("master.{name}"),
-                self.gpu.download(&self.master[i])?,
-            ));
+        for (name, state) in self.names.iter().zip(&self.optimizer) {
+            let [master, exp_avg, exp_avg_sq] = state.download(self.gpu)?;
+            out.push((format!("exp_avg.{name}"), exp_avg));
+            out.push((format!("exp_avg_sq.{name}"), exp_avg_sq));
+            out.push((format!("master.{name}"), master));
         }
         out.push((STEP_TENSOR.to_string(), vec![self.steps as f32]));
         Ok(out)
@@ -345,9 +360,7 @@ impl<'g> CudaTrainer<'g> {
         }
         let gpu = self.gpu;
         for (i, (m, v, master)) in found.into_iter().enumerate() {
-            gpu.upload_into(m, &mut self.exp_avg[i])?;
-            gpu.upload_into(v, &mut self.exp_avg_sq[i])?;
-            gpu.upload_into(master, &mut self.master[i])?;
+            self.optimizer[i].upload(gpu, [master, m, v])?;
             let rounded: Vec<bf16> = master.iter().map(|&x| bf16::from_f32(x)).collect();
             gpu.upload_into(&rounded, &mut self.values[i])?;
             if let Some(f) = &mut self.norm_values[i] {

@@ -11,6 +11,7 @@
 //! and 2.5 times that backward.
 
 mod compute;
+pub mod generate;
 mod inputs;
 mod memory;
 

@@ -275,6 +275,7 @@ impl CudaTrainer<'_> {
             norm_values,
             grads,
             logits_chunk_rows,
+            checkpointing,
             ..
         } = self;
         let gpu: &CudaBackend = gpu;
@@ -293,70 +294,22 @@ impl CudaTrainer<'_> {
             positions: gpu.upload(&p.positions)?,
             all_rows: RowList::all(gpu, rows)?,
         };
-        let (d, f) = (c.hidden_size, c.intermediate_size);
-        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let shape = pass.attention_shape();
+        let d = c.hidden_size;
 
-        // Forward.
+        // Forward. With checkpointing only each layer's input is kept, and the layer's forward
+        // runs again in the backward.
         let ids = gpu.upload(&p.ids)?;
         let mut x = gpu.alloc::<f32>(rows * d)?;
         gpu.embedding_to_f32(&ids, &values[index.embed], d, &mut x)?;
-        let mut saved: Vec<Saved> = Vec::with_capacity(index.layers.len());
+        let mut saved: Vec<Kept> = Vec::with_capacity(index.layers.len());
         for lp in &index.layers {
-            let h = pass.normed(&x, lp.attn_norm)?;
-            let mut q = gpu.alloc::<bf16>(rows * q_dim)?;
-            let mut k = gpu.alloc::<bf16>(rows * kv_dim)?;
-            let mut v = gpu.alloc::<bf16>(rows * kv_dim)?;
-            linear(gpu, &h, &values[lp.q], rows, &mut q, false)?;
-            linear(gpu, &h, &values[lp.k], rows, &mut k, false)?;
-            linear(gpu, &h, &values[lp.v], rows, &mut v, false)?;
-            let mut s = Saved {
-                q,
-                k,
-                v,
-                attn: gpu.alloc::<bf16>(rows * q_dim)?,
-                lse: gpu.alloc::<f32>(p.batch * c.num_heads * p.len)?,
-                x_mid: gpu.copy(&x)?,
-                gate: gpu.alloc::<bf16>(rows * f)?,
-                up: gpu.alloc::<bf16>(rows * f)?,
-                x,
-            };
-            let AttentionInputs {
-                q: qr,
-                k: kr,
-                v: vc,
-            } = pass.attention_inputs(&s)?;
-            let v_in = vc.as_ref().unwrap_or(&s.v);
-            if pass.flash() {
-                gpu.flash_attention_forward(
-                    shape,
-                    p.batch,
-                    &qr,
-                    &kr,
-                    v_in,
-                    &mut s.attn,
-                    &mut s.lse,
-                )?;
+            let (s, next) = layer_forward(&pass, lp, x, values, true)?;
+            x = next.expect("asked for the layer's output");
+            saved.push(if *checkpointing {
+                Kept::Input(s.x)
             } else {
-                gpu.plain_attention_forward(
-                    shape,
-                    p.batch,
-                    &qr,
-                    &kr,
-                    v_in,
-                    &mut s.attn,
-                    &mut s.lse,
-                )?;
-            }
-            linear(gpu, &s.attn, &values[lp.o], rows, &mut s.x_mid, true)?;
-            let h = pass.normed(&s.x_mid, lp.mlp_norm)?;
-            linear(gpu, &h, &values[lp.gate], rows, &mut s.gate, false)?;
-            linear(gpu, &h, &values[lp.up], rows, &mut s.up, false)?;
-            let mut act = gpu.alloc::<bf16>(rows * f)?;
-            gpu.swiglu(&s.gate, &s.up, &mut act)?;
-            x = gpu.copy(&s.x_mid)?;
-            linear(gpu, &act, &values[lp.down], rows, &mut x, true)?;
-            saved.push(s);
+                Kept::All(Box::new(s))
+            });
         }
 
         // The loss, and its gradient into the residual stream.
@@ -398,12 +351,84 @@ impl CudaTrainer<'_> {
 
         // Backward through the layers, last first.
         for lp in index.layers.iter().rev() {
-            let s = saved.pop().expect("one saved entry per layer");
+            let s = match saved.pop().expect("one saved entry per layer") {
+                Kept::All(s) => *s,
+                Kept::Input(x) => layer_forward(&pass, lp, x, values, false)?.0,
+            };
             dx = layer_backward(&pass, lp, s, dx, values, grads)?;
         }
         gpu.embedding_backward(&ids, &dx, d, &mut grads[index.embed])?;
         Ok(loss)
     }
+}
+
+/// What the forward keeps of a layer: everything the backward reads, or (checkpointing) only
+/// its input.
+enum Kept {
+    All(Box<Saved>),
+    Input(DeviceBuffer<f32>),
+}
+
+/// One layer's forward from its input `x`: what the backward needs, and the layer's output
+/// when `want_output` (the backward's recomputation skips the last product).
+fn layer_forward(
+    pass: &Pass<'_>,
+    lp: &LayerParams,
+    x: DeviceBuffer<f32>,
+    values: &[DeviceBuffer<bf16>],
+    want_output: bool,
+) -> Result<(Saved, Option<DeviceBuffer<f32>>)> {
+    let (gpu, c, rows) = (pass.gpu, pass.c, pass.rows);
+    let (f, q_dim, kv_dim) = (
+        c.intermediate_size,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+    );
+    let h = pass.normed(&x, lp.attn_norm)?;
+    let mut q = gpu.alloc::<bf16>(rows * q_dim)?;
+    let mut k = gpu.alloc::<bf16>(rows * kv_dim)?;
+    let mut v = gpu.alloc::<bf16>(rows * kv_dim)?;
+    linear(gpu, &h, &values[lp.q], rows, &mut q, false)?;
+    linear(gpu, &h, &values[lp.k], rows, &mut k, false)?;
+    linear(gpu, &h, &values[lp.v], rows, &mut v, false)?;
+    drop(h);
+    let mut s = Saved {
+        q,
+        k,
+        v,
+        attn: gpu.alloc::<bf16>(rows * q_dim)?,
+        lse: gpu.alloc::<f32>(pass.batch * c.num_heads * pass.len)?,
+        x_mid: gpu.copy(&x)?,
+        gate: gpu.alloc::<bf16>(rows * f)?,
+        up: gpu.alloc::<bf16>(rows * f)?,
+        x,
+    };
+    let AttentionInputs {
+        q: qr,
+        k: kr,
+        v: vc,
+    } = pass.attention_inputs(&s)?;
+    let v_in = vc.as_ref().unwrap_or(&s.v);
+    let (shape, batch) = (pass.attention_shape(), pass.batch);
+    if pass.flash() {
+        gpu.flash_attention_forward(shape, batch, &qr, &kr, v_in, &mut s.attn, &mut s.lse)?;
+    } else {
+        gpu.plain_attention_forward(shape, batch, &qr, &kr, v_in, &mut s.attn, &mut s.lse)?;
+    }
+    drop((qr, kr, vc));
+    linear(gpu, &s.attn, &values[lp.o], rows, &mut s.x_mid, true)?;
+    let h = pass.normed(&s.x_mid, lp.mlp_norm)?;
+    linear(gpu, &h, &values[lp.gate], rows, &mut s.gate, false)?;
+    linear(gpu, &h, &values[lp.up], rows, &mut s.up, false)?;
+    drop(h);
+    if !want_output {
+        return Ok((s, None));
+    }
+    let mut act = gpu.alloc::<bf16>(rows * f)?;
+    gpu.swiglu(&s.gate, &s.up, &mut act)?;
+    let mut out = gpu.copy(&s.x_mid)?;
+    linear(gpu, &act, &values[lp.down], rows, &mut out, true)?;
+    Ok((s, Some(out)))
 }
 
 /// One layer's backward: from the gradient of its output to that of its input, adding its

@@ -3,20 +3,11 @@
 //! attention, PyTorch SDPA's times from tools/bench_sdpa.py. Prints a table as it goes and
 //! writes the full results as JSON (`--json`). The measuring is in `backend::cuda::bench`.
 
+#[cfg(feature = "cuda")]
+use super::{command_line, commit, utc_iso8601};
 use crate::error::Result;
-use clap::{Args, Subcommand};
+use clap::Args;
 use std::path::PathBuf;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Time every CUDA kernel at Llama-2-7B's shapes against ceilings measured in the same run.
-    ///
-    /// Shapes: d 4096, FFN 11008, 32 heads of 128, sequences of 2048, vocab 32000. Ceilings:
-    /// the device-to-device copy bandwidth (memory-bound kernels), cuBLAS at the same shape
-    /// (GEMMs), PyTorch SDPA from tools/bench_sdpa.py (attention, with --sdpa). Needs a
-    /// `--features cuda` build.
-    Kernels(KernelsArgs),
-}
 
 #[derive(Args)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -43,14 +34,8 @@ pub struct KernelsArgs {
     filter: Vec<String>,
 }
 
-pub fn run(command: BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::Kernels(args) => kernels(args),
-    }
-}
-
 #[cfg(not(feature = "cuda"))]
-fn kernels(_args: KernelsArgs) -> Result<()> {
+pub fn run(_args: KernelsArgs) -> Result<()> {
     crate::bail!(
         "bench kernels: this build has no CUDA backend; rebuild with \
          `cargo build --release --features cuda`"
@@ -58,7 +43,7 @@ fn kernels(_args: KernelsArgs) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn kernels(args: KernelsArgs) -> Result<()> {
+pub fn run(args: KernelsArgs) -> Result<()> {
     use crate::backend::cuda::bench::{self, BenchConfig};
     use crate::backend::cuda::{CudaAvailability, CudaBackend};
     use crate::bail;
@@ -165,69 +150,6 @@ fn read_sdpa(path: &std::path::Path) -> Result<crate::backend::cuda::bench::Sdpa
 
 /// The commit measured: $IMPLICIT_COMMIT (the GPU machine has no checkout; the build script
 /// writes it beside the binaries), else `git rev-parse HEAD` here, else "unknown".
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn commit() -> String {
-    if let Ok(c) = std::env::var("IMPLICIT_COMMIT") {
-        if !c.trim().is_empty() {
-            return c.trim().to_string();
-        }
-    }
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-/// This process's command line, arguments quoted for a POSIX shell where needed.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-./=,:+@%".contains(&b));
-            if plain {
-                a
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `t` as UTC ISO 8601 to the second, e.g. "2026-11-24T10:23:17Z".
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn utc_iso8601(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's days_from_civil, inverted).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(feature = "cuda")]
 mod table {
     use crate::backend::cuda::bench::{BenchReport, BenchResult, BenchSink, Ceilings, DeviceInfo};
@@ -397,22 +319,6 @@ mod table {
                 println!("  {bad_checks} GEMM(s) differ from cuBLAS beyond bf16 rounding: see CHECK lines");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_iso8601;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn iso_dates() {
-        let at = |s: u64| utc_iso8601(UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(at(1_709_164_799), "2024-02-28T23:59:59Z");
-        assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00Z");
-        assert_eq!(at(1_798_761_599), "2026-12-31T23:59:59Z");
     }
 }
 

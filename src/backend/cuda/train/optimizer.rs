@@ -1,0 +1,102 @@
+//! A parameter's AdamW state (fp32 master weights and moments) on the GPU, or in page-locked
+//! host memory when the GPU cannot hold it (Llama-2-7B's is 81 GB): then each step copies it
+//! to the GPU tensor by tensor, runs the same fused update there, and copies it back, all
+//! queued on the stream (24 bytes per parameter over the bus per step).
+
+use super::super::{AdamWStep, CudaBackend, DeviceBuffer, HostBuffer};
+use crate::error::Result;
+use crate::train::plan::OptimizerPlacement;
+use half::bf16;
+
+/// master, exp_avg, exp_avg_sq.
+pub(super) enum OptimizerState {
+    Device([DeviceBuffer<f32>; 3]),
+    Host([HostBuffer; 3]),
+}
+
+impl OptimizerState {
+    /// Masters the exact f32 widening of `value`, moments zero (`optim::AdamW::new` for a bf16
+    /// parameter).
+    pub(super) fn new(
+        gpu: &CudaBackend,
+        value: &DeviceBuffer<bf16>,
+        placement: OptimizerPlacement,
+    ) -> Result<OptimizerState> {
+        let len = value.len();
+        let mut master = gpu.alloc::<f32>(len)?;
+        gpu.convert_to_f32(value, &mut master)?;
+        Ok(match placement {
+            OptimizerPlacement::Device => {
+                OptimizerState::Device([master, gpu.zeros(len)?, gpu.zeros(len)?])
+            }
+            OptimizerPlacement::Host => {
+                let mut host_master = gpu.host_zeros(len)?;
+                gpu.download_host(&master, &mut host_master)?;
+                OptimizerState::Host([host_master, gpu.host_zeros(len)?, gpu.host_zeros(len)?])
+            }
+        })
+    }
+
+    /// One clipped AdamW step of `value` (kernels/adamw.cu's adamw_bf16).
+    pub(super) fn step(
+        &mut self,
+        gpu: &CudaBackend,
+        value: &mut DeviceBuffer<bf16>,
+        grad: &DeviceBuffer<f32>,
+        clip: &DeviceBuffer<f32>,
+        scalars: &AdamWStep,
+    ) -> Result<()> {
+        match self {
+            OptimizerState::Device([master, m, v]) => {
+                gpu.adamw_step_bf16(value, master, grad, m, v, Some(clip), scalars)
+            }
+            OptimizerState::Host(host) => {
+                let mut dev = [
+                    gpu.alloc::<f32>(value.len())?,
+                    gpu.alloc::<f32>(value.len())?,
+                    gpu.alloc::<f32>(value.len())?,
+                ];
+                for (h, d) in host.iter().zip(dev.iter_mut()) {
+                    gpu.upload_host(h, d)?;
+                }
+                let [master, m, v] = &mut dev;
+                gpu.adamw_step_bf16(value, master, grad, m, v, Some(clip), scalars)?;
+                for (d, h) in dev.iter().zip(host.iter_mut()) {
+                    gpu.download_host(d, h)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// [master, exp_avg, exp_avg_sq] on the host.
+    pub(super) fn download(&self, gpu: &CudaBackend) -> Result<[Vec<f32>; 3]> {
+        Ok(match self {
+            OptimizerState::Device([a, b, c]) => {
+                [gpu.download(a)?, gpu.download(b)?, gpu.download(c)?]
+            }
+            OptimizerState::Host([a, b, c]) => [
+                a.as_slice()?.to_vec(),
+                b.as_slice()?.to_vec(),
+                c.as_slice()?.to_vec(),
+            ],
+        })
+    }
+
+    /// Replaces [master, exp_avg, exp_avg_sq] (lengths checked by the caller).
+    pub(super) fn upload(&mut self, gpu: &CudaBackend, values: [&[f32]; 3]) -> Result<()> {
+        match self {
+            OptimizerState::Device(dev) => {
+                for (d, v) in dev.iter_mut().zip(values) {
+                    gpu.upload_into(v, d)?;
+                }
+            }
+            OptimizerState::Host(host) => {
+                for (h, v) in host.iter_mut().zip(values) {
+                    h.as_mut_slice()?.copy_from_slice(v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
