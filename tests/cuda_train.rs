@@ -18,7 +18,9 @@ mod common;
 use common::gpu::{check, gpu, rel_err, Rng};
 use half::bf16;
 use implicit::autograd::Tape;
-use implicit::backend::cuda::{CudaBackend, CudaTrainer};
+use implicit::backend::cuda::{
+    nccl_unique_id, Communicator, CudaBackend, CudaTrainer, TrainerSetup,
+};
 use implicit::backend::Device;
 use implicit::data::Mode;
 use implicit::model::train::{load_parameter_values, parameter_layout, TrainModel, TrainSequence};
@@ -367,10 +369,13 @@ fn host_optimizer_state_matches_the_device_one() {
             .map(|v| v.iter().map(|&x| bf16::from_f32(x)).collect())
             .collect();
         let mut next = bf.into_iter();
-        let mut t = CudaTrainer::from_fn(gpu, config.clone(), adamw(), placement, |_, _| {
-            Ok(next.next().unwrap())
-        })
-        .unwrap();
+        let setup = TrainerSetup {
+            placement,
+            ..TrainerSetup::new(adamw())
+        };
+        let mut t =
+            CudaTrainer::from_fn(gpu, config.clone(), setup, |_, _| Ok(next.next().unwrap()))
+                .unwrap();
         let mut norms = Vec::new();
         for batch in &batches {
             t.zero_grads().unwrap();
@@ -393,6 +398,75 @@ fn host_optimizer_state_matches_the_device_one() {
         let e = rel_err(&host_state[key], &reference);
         assert!(e < 1e-4, "{key}: rel err {e:.3e}");
     }
+}
+
+/// NCCL, or None after printing why the test is skipped (libnccl.so not on the library path).
+fn nccl_id() -> Option<[u8; 128]> {
+    match nccl_unique_id() {
+        Ok(id) => Some(id),
+        Err(e) => {
+            println!("SKIPPED (no NCCL): {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn data_parallel_over_one_rank_matches_one_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let Some(id) = nccl_id() else { return };
+    let mut rng = Rng::new("data_parallel_over_one_rank_matches_one_gpu");
+    let (_, config) = flash_configs().remove(1);
+    let values = rounded(random_values(&config, &mut rng));
+    let batches: Vec<_> = (0..2)
+        .map(|_| batch_of(&mut rng, &[29, 50], config.vocab_size))
+        .collect();
+    let run = |parallel: Option<Communicator>| {
+        let setup = TrainerSetup {
+            parallel,
+            ..TrainerSetup::new(adamw())
+        };
+        let bf: Vec<Vec<bf16>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| bf16::from_f32(x)).collect())
+            .collect();
+        let mut next = bf.into_iter();
+        let mut t =
+            CudaTrainer::from_fn(gpu, config.clone(), setup, |_, _| Ok(next.next().unwrap()))
+                .unwrap();
+        let mut norms = Vec::new();
+        for batch in &batches {
+            t.zero_grads().unwrap();
+            let loss = t.accumulate(&sequences(batch), 0.5).unwrap();
+            assert_eq!(t.sum_over_ranks(loss).unwrap() as f32, loss as f32);
+            norms.push(t.step(1e-3, 1.0).unwrap());
+        }
+        let state: HashMap<String, Vec<f32>> = t.state_tensors().unwrap().into_iter().collect();
+        (norms, state, t.parameter_values().unwrap())
+    };
+    let (norms, state, values_one) = run(None);
+    let comm = Communicator::new(gpu, 0, 1, &id).unwrap();
+    assert_eq!((comm.rank(), comm.world()), (0, 1));
+    let (dp_norms, dp_state, dp_values) = run(Some(comm));
+    for (a, b) in norms.iter().zip(&dp_norms) {
+        assert!(((a - b) / a).abs() < 1e-4, "norms {a} vs {b}");
+    }
+    assert_eq!(state.len(), dp_state.len());
+    for (key, d) in &state {
+        let reference: Vec<f64> = d.iter().map(|&x| x as f64).collect();
+        let e = rel_err(&dp_state[key], &reference);
+        assert!(e < 1e-4, "{key}: rel err {e:.3e}");
+    }
+    let differ: usize = values_one
+        .iter()
+        .zip(&dp_values)
+        .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count())
+        .sum();
+    let total: usize = values_one.iter().map(|v| v.len()).sum();
+    assert!(
+        differ * 1000 <= total,
+        "{differ} of {total} parameters differ"
+    );
 }
 
 #[test]
@@ -460,6 +534,7 @@ fn train_options(model: &Path, data: &Path, out: PathBuf, device: Device) -> Tra
         checkpointing: false,
         optimizer_state: OptimizerPlacement::Device,
         memory_report: false,
+        data_parallel: None,
         out,
         resume: false,
         progress: false,
@@ -517,6 +592,45 @@ fn train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device() {
     train(&lean).unwrap();
     for (l, g) in losses(&lean_out).iter().zip(&gpu_losses) {
         assert!((l - g).abs() / g < 1e-3, "lean {l} vs {g}");
+    }
+    // Data parallelism through the command line, on one GPU: the same losses.
+    if nccl_id().is_some() {
+        let dp_out = root.join("gpu-dp1");
+        let run = implicit(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--mode",
+            "response",
+            "--epochs",
+            "2",
+            "--lr",
+            "2e-3",
+            "--batch-size",
+            "8",
+            "--micro-batch",
+            "4",
+            "--max-len",
+            "96",
+            "--max-examples",
+            "32",
+            "--seed",
+            "7",
+            "--device",
+            "cuda",
+            "--gpus",
+            "1",
+            "--out",
+            dp_out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        assert!(stderr.contains("rank 0 of 1"), "{stderr}");
+        for (l, g) in losses(&dp_out).iter().zip(&gpu_losses) {
+            assert!((l - g).abs() / g < 1e-3, "--gpus 1: {l} vs {g}");
+        }
     }
     // The checkpoint is a model folder.
     let trained = Transformer::load(&gpu_out.join("epoch-2")).unwrap();

@@ -47,6 +47,7 @@ fn options(model: &Path, data: &Path, out: PathBuf) -> TrainOptions {
         checkpointing: false,
         optimizer_state: OptimizerPlacement::Device,
         memory_report: false,
+        data_parallel: None,
         out,
         resume: false,
         progress: false,

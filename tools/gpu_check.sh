@@ -86,6 +86,27 @@ EOF
     fi
 fi
 
+# NCCL (data parallelism): cudarc loads "libnccl.so", the nvidia-nccl wheel beside torch ships
+# libnccl.so.2: link it under that name.
+if ! python3 -c 'import ctypes; ctypes.CDLL("libnccl.so")' 2>/dev/null; then
+    nccl_so=$(python3 - <<'EOF' 2>/dev/null
+import glob, os, sys
+for p in sys.path:
+    for f in sorted(glob.glob(os.path.join(p, "nvidia", "**", "libnccl.so.2*"), recursive=True)):
+        print(f)
+        sys.exit(0)
+EOF
+)
+    if [ -n "$nccl_so" ]; then
+        mkdir -p target/nccl-lib
+        ln -sf "$nccl_so" target/nccl-lib/libnccl.so
+        export LD_LIBRARY_PATH="$PWD/target/nccl-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "gpu_check: libnccl.so -> $nccl_so"
+    else
+        echo "gpu_check: no libnccl.so.2 found; the data-parallel tests will skip"
+    fi
+fi
+
 wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # step NAME CAP_SECONDS COMMAND...: runs COMMAND with its output in $OUT/NAME.log, under a time

@@ -4,6 +4,7 @@ use crate::backend::Device;
 use crate::data::{build_task, Mode, Task, DEFAULT_MAX_LEN};
 use crate::error::Result;
 use crate::optim::Schedule;
+use crate::train::launch::{spawn_ranks, DataParallel};
 use crate::train::plan::OptimizerPlacement;
 use crate::train::{train, Precision, TrainOptions};
 use clap::{Args, Subcommand};
@@ -89,6 +90,10 @@ pub struct TrainArgs {
     /// (cuda) Print the memory plan before loading and the measured peak after the first step.
     #[arg(long)]
     memory_report: bool,
+    /// (cuda) Data parallelism over this many GPUs: one process per GPU, gradients summed and
+    /// the optimizer state sharded over NCCL (1 runs the same path on one GPU).
+    #[arg(long)]
+    gpus: Option<usize>,
     /// Output folder: epoch-N/ checkpoints (loadable by `generate`) and metrics.jsonl.
     #[arg(long)]
     out: PathBuf,
@@ -98,6 +103,14 @@ pub struct TrainArgs {
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
+    let rank = DataParallel::from_env()?;
+    if let (Some(world), None) = (a.gpus, &rank) {
+        if a.device != Device::Cuda {
+            crate::bail!("--gpus is for --device cuda");
+        }
+        // This process only starts the ranks (copies of this command) and waits for them.
+        return spawn_ranks(world, &a.out);
+    }
     let opts = TrainOptions {
         model: a.model,
         data: a.data,
@@ -118,6 +131,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         checkpointing: a.checkpointing,
         optimizer_state: a.optimizer_state,
         memory_report: a.memory_report,
+        data_parallel: rank,
         out: a.out,
         resume: a.resume,
         progress: true,

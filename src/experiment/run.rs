@@ -390,6 +390,7 @@ impl Ctx<'_> {
                     checkpointing: t.checkpointing,
                     optimizer_state: t.optimizer_state,
                     memory_report: false,
+                    data_parallel: None,
                     out: out.clone(),
                     resume: true,
                     progress: true,

@@ -4,13 +4,19 @@
 use super::{
     adamw_config, check_grad_norm, prepare, run, Engine, Precision, TrainOptions, TrainSummary,
 };
-use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTrainer};
+use crate::backend::cuda::{
+    nccl_unique_id, Communicator, CudaAvailability, CudaBackend, CudaTrainer, TrainerSetup,
+    NCCL_ID_BYTES,
+};
 use crate::bail;
 use crate::error::Result;
+use crate::io::atomic::write_atomic;
 use crate::model::train::TrainSequence;
+use crate::train::launch::DataParallel;
 use crate::train::plan::MemoryPlan;
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 use std::time::Instant;
 
 use super::checkpoint::{self, ParamValues};
@@ -24,9 +30,14 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
              use --precision bf16 (or --device cpu for fp32 parameters)"
         );
     }
-    let gpu = match CudaBackend::open()? {
+    let dp = opts.data_parallel.as_ref();
+    let gpu = match CudaBackend::open_ordinal(dp.map_or(0, |d| d.rank))? {
         CudaAvailability::Ready(gpu) => gpu,
         CudaAvailability::NoGpu(reason) => bail!("--device cuda: no usable GPU: {reason}"),
+    };
+    let parallel = match dp {
+        Some(dp) => Some(join(&gpu, dp)?),
+        None => None,
     };
     let plan = prepare(opts)?;
     let t0 = Instant::now();
@@ -44,13 +55,12 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             memory_plan.describe(None, Some(device))
         );
     }
-    let mut trainer = CudaTrainer::from_dir(
-        &gpu,
-        plan.config.clone(),
-        &plan.source,
-        adamw_config(opts),
-        opts.optimizer_state,
-    )?;
+    let setup = TrainerSetup {
+        adamw: adamw_config(opts),
+        placement: opts.optimizer_state,
+        parallel,
+    };
+    let mut trainer = CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, setup)?;
     trainer.checkpointing = opts.checkpointing;
     eprintln!(
         "loaded {} ({} parameters) onto {} in {:.2}s",
@@ -61,6 +71,32 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     );
     let report = opts.memory_report.then_some(memory_plan);
     run(opts, plan, &mut CudaEngine(trainer, report))
+}
+
+/// Joins the run's ranks: rank 0 draws the NCCL id and leaves it in the rendezvous file for
+/// the others; it removes the file once all have joined.
+fn join(gpu: &CudaBackend, dp: &DataParallel) -> Result<Communicator> {
+    let id: [u8; NCCL_ID_BYTES] = if dp.rank == 0 {
+        let id = nccl_unique_id()?;
+        write_atomic(&dp.id_file, &id)?;
+        id
+    } else {
+        let bytes = dp.read_id(Duration::from_secs(300))?;
+        match bytes.try_into() {
+            Ok(id) => id,
+            Err(b) => bail!(
+                "{}: {} bytes, an NCCL id has {NCCL_ID_BYTES}",
+                dp.id_file.display(),
+                Vec::len(&b)
+            ),
+        }
+    };
+    let comm = Communicator::new(gpu, dp.rank, dp.world, &id)?;
+    if dp.rank == 0 {
+        let _ = std::fs::remove_file(&dp.id_file);
+    }
+    eprintln!("rank {} of {} on {}", dp.rank, dp.world, gpu.device_name());
+    Ok(comm)
 }
 
 /// The trainer, and the plan to set the measured peak beside after the first step.
@@ -80,10 +116,13 @@ impl Engine for CudaEngine<'_> {
     ) -> Result<(f64, f32)> {
         let t = &mut self.0;
         t.zero_grads()?;
+        // Each rank runs every world-th micro-batch; the gradients are summed in `step`.
+        let (rank, world) = t.rank();
         let mut loss = 0.0;
-        for seqs in micro_batches {
+        for seqs in micro_batches.iter().skip(rank).step_by(world) {
             loss += t.accumulate(seqs, scale)?;
         }
+        let loss = t.sum_over_ranks(loss)?;
         let grad_norm = t.step(lr, max_grad_norm)?;
         check_grad_norm(grad_norm)?;
         if let Some(plan) = self.1.take() {
@@ -96,7 +135,16 @@ impl Engine for CudaEngine<'_> {
         Ok((loss, grad_norm))
     }
 
-    fn write_tensors(&self, dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<()> {
+    fn is_writer(&self) -> bool {
+        self.0.rank().0 == 0
+    }
+
+    fn write_tensors(&self, dir: Option<&Path>, layout: &[(String, Vec<usize>)]) -> Result<()> {
+        // Collective: every rank takes part in gathering the optimizer state.
+        let state = self.0.state_tensors()?;
+        let Some(dir) = dir else {
+            return Ok(());
+        };
         let values = self.0.parameter_values()?;
         let tensors: Vec<(String, Vec<usize>, ParamValues)> = layout
             .iter()
@@ -104,7 +152,6 @@ impl Engine for CudaEngine<'_> {
             .map(|((n, s), v)| (n.clone(), s.clone(), ParamValues::BF16(v)))
             .collect();
         checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
-        let state = self.0.state_tensors()?;
         let opt_state: Vec<(String, Vec<usize>, ParamValues)> = state
             .iter()
             .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod launch;
 pub mod plan;
 
 use crate::autograd::Tape;
@@ -63,6 +64,8 @@ pub struct TrainOptions {
     pub optimizer_state: OptimizerPlacement,
     /// (cuda) Print the memory plan, and the measured peak after the first step.
     pub memory_report: bool,
+    /// (cuda) This process's rank of a data-parallel run (`launch`), None on one GPU.
+    pub data_parallel: Option<launch::DataParallel>,
     pub out: PathBuf,
     pub resume: bool,
     /// Print a progress line to stderr each step.
@@ -167,17 +170,27 @@ trait Engine {
         max_grad_norm: f32,
     ) -> Result<(f64, f32)>;
 
-    /// Writes model.safetensors and optimizer.safetensors into `dir`.
-    fn write_tensors(&self, dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<()>;
+    /// Writes model.safetensors and optimizer.safetensors into `dir`. Every rank of a
+    /// data-parallel run calls it (gathering the state is collective); only the writer gets a
+    /// `dir`.
+    fn write_tensors(&self, dir: Option<&Path>, layout: &[(String, Vec<usize>)]) -> Result<()>;
+
+    /// Whether this process prints progress and writes metrics and checkpoints (rank 0).
+    fn is_writer(&self) -> bool {
+        true
+    }
 }
 
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     match opts.device {
         Device::Cpu => {
-            if opts.checkpointing || opts.optimizer_state != OptimizerPlacement::Device {
+            if opts.checkpointing
+                || opts.optimizer_state != OptimizerPlacement::Device
+                || opts.data_parallel.is_some()
+            {
                 bail!(
-                    "--checkpointing and --optimizer-state host are for --device cuda (the CPU \
-                     trainer keeps every activation and its optimizer state in host memory)"
+                    "--checkpointing, --optimizer-state host and --gpus are for --device cuda (the \
+                     CPU trainer keeps every activation and its optimizer state in host memory)"
                 );
             }
             let plan = prepare(opts)?;
@@ -273,21 +286,30 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
         ..
     } = plan;
     let n = examples.len();
+    let writer = engine.is_writer();
     let metrics_path = opts.out.join("metrics.jsonl");
     if start_epoch > 0 {
         engine.load_state(&checkpoint::read_f32_tensors(
             &source.join("optimizer.safetensors"),
         )?)?;
-        truncate_metrics(&metrics_path, step)?;
-    } else if metrics_path.exists() {
+        if writer {
+            truncate_metrics(&metrics_path, step)?;
+        }
+    } else if writer && metrics_path.exists() {
         std::fs::remove_file(&metrics_path)
             .with_context(|| format!("{}: cannot reset", metrics_path.display()))?;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+    let mut metrics = if writer {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .with_context(|| format!("{}: cannot open", metrics_path.display()))?,
+        )
+    } else {
+        None
+    };
 
     let started = Instant::now();
     let mut tokens_done = 0usize;
@@ -331,13 +353,15 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
                 tokens_per_s: tokens_done as f64 / elapsed,
                 elapsed_s: elapsed,
             };
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&log).context("metrics")?
-            )
-            .with_context(|| format!("{}: cannot append", metrics_path.display()))?;
-            if opts.progress {
+            if let Some(metrics) = &mut metrics {
+                writeln!(
+                    metrics,
+                    "{}",
+                    serde_json::to_string(&log).context("metrics")?
+                )
+                .with_context(|| format!("{}: cannot append", metrics_path.display()))?;
+            }
+            if opts.progress && writer {
                 let eta = elapsed / steps_this_run as f64 * (total_steps - step) as f64;
                 eprintln!(
                     "epoch {}/{} step {step}/{total_steps} loss {loss:.4} lr {lr:.2e} grad-norm {grad_norm:.3} | {:.0} tokens/s | ETA {}",
@@ -355,9 +379,13 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
             seed: opts.seed,
             examples: n,
         };
-        let dir = save_checkpoint(opts, &layout, engine, &state)?;
-        eprintln!("saved {}", dir.display());
-        checkpoints.push(dir);
+        if writer {
+            let dir = save_checkpoint(opts, &layout, engine, &state)?;
+            eprintln!("saved {}", dir.display());
+            checkpoints.push(dir);
+        } else {
+            engine.write_tensors(None, &layout)?;
+        }
     }
     Ok(TrainSummary {
         steps: step,
@@ -476,7 +504,10 @@ impl Engine for CpuEngine {
         Ok((loss_sum, grad_norm))
     }
 
-    fn write_tensors(&self, dir: &Path, layout: &[(String, Vec<usize>)]) -> Result<()> {
+    fn write_tensors(&self, dir: Option<&Path>, layout: &[(String, Vec<usize>)]) -> Result<()> {
+        let Some(dir) = dir else {
+            return Ok(());
+        };
         let tensors: Vec<(String, Vec<usize>, ParamValues)> = match &self.params {
             Store::F32(v) => layout
                 .iter()
@@ -517,7 +548,7 @@ fn save_checkpoint(
     let tmp = opts.out.join(format!(".epoch-{}.tmp", state.epoch));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    engine.write_tensors(&tmp, layout)?;
+    engine.write_tensors(Some(&tmp), layout)?;
     checkpoint::copy_model_files(&opts.model, &tmp)?;
     checkpoint::write_state(&tmp, state)?;
     checkpoint::commit_dir(&tmp, &dir)?;

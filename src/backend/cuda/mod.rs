@@ -45,6 +45,7 @@ mod elementwise;
 mod gemm;
 mod memory;
 mod model;
+mod nccl;
 mod norm;
 mod ops;
 pub mod timing;
@@ -58,7 +59,8 @@ pub use memory::MemoryUse;
 pub use model::{
     AttentionPath, CudaKvCache, CudaTransformer, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
 };
-pub use train::CudaTrainer;
+pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
+pub use train::{CudaTrainer, TrainerSetup};
 pub use vocab::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise
@@ -122,6 +124,11 @@ impl CudaBackend {
 
     /// Opens device 0 and loads every kernel, or says why no GPU can be used.
     pub fn open() -> Result<CudaAvailability> {
+        Self::open_ordinal(0)
+    }
+
+    /// [`CudaBackend::open`] on device `ordinal` (data parallelism: one process per GPU).
+    pub fn open_ordinal(ordinal: usize) -> Result<CudaAvailability> {
         // cudarc panics on a missing driver symbol; an unusable driver means "no GPU" too.
         let probe = std::panic::catch_unwind(|| -> std::result::Result<_, String> {
             // SAFETY: only tries to dlopen the driver library.
@@ -133,7 +140,13 @@ impl CudaBackend {
             if count < 1 {
                 return Err("the CUDA driver reports no device".into());
             }
-            CudaContext::new(0).map_err(|e| format!("cannot create a context on device 0: {e}"))
+            if ordinal >= count as usize {
+                return Err(format!(
+                    "device {ordinal} asked for, the driver reports {count}"
+                ));
+            }
+            CudaContext::new(ordinal)
+                .map_err(|e| format!("cannot create a context on device {ordinal}: {e}"))
         });
         let ctx = match probe {
             Ok(Ok(ctx)) => ctx,

@@ -15,7 +15,7 @@ mod optimizer;
 mod pass;
 
 use super::model::upload_bf16;
-use super::{AdamWStep, CudaBackend, DeviceBuffer};
+use super::{AdamWStep, Communicator, CudaBackend, DeviceBuffer};
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::io::safetensors::WeightStore;
@@ -92,6 +92,51 @@ impl ParamIndex {
     }
 }
 
+/// How a trainer is set up: the optimizer, where its state lives, and the data-parallel ranks
+/// it belongs to.
+#[derive(Debug)]
+pub struct TrainerSetup {
+    pub adamw: AdamWConfig,
+    pub placement: OptimizerPlacement,
+    /// Data parallelism: each rank runs its share of the micro-batches, gradients are summed
+    /// over the ranks, and each parameter's optimizer state lives on one rank only (its
+    /// owner), which updates it and broadcasts the new values. None: one GPU.
+    pub parallel: Option<Communicator>,
+}
+
+impl TrainerSetup {
+    /// One GPU, the optimizer state on it.
+    pub fn new(adamw: AdamWConfig) -> TrainerSetup {
+        TrainerSetup {
+            adamw,
+            placement: OptimizerPlacement::Device,
+            parallel: None,
+        }
+    }
+}
+
+/// The ranks of data parallelism, and which rank owns each parameter's optimizer state.
+struct Parallel {
+    comm: Communicator,
+    owner: Vec<usize>,
+}
+
+/// Owners of the parameters (given by size) over `world` ranks: largest first, each to the
+/// rank with the fewest elements so far (ties to the lowest rank), so every rank holds about
+/// 1/world of the state and all ranks compute the same assignment.
+fn owners(sizes: &[usize], world: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let mut load = vec![0usize; world.max(1)];
+    let mut owner = vec![0; sizes.len()];
+    for i in order {
+        let rank = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        owner[i] = rank;
+        load[rank] += sizes[i];
+    }
+    owner
+}
+
 /// A model being trained on the GPU (see the module docs).
 pub struct CudaTrainer<'g> {
     gpu: &'g CudaBackend,
@@ -111,6 +156,7 @@ pub struct CudaTrainer<'g> {
     clip: DeviceBuffer<f32>,
     /// Optimizer steps taken.
     steps: u64,
+    parallel: Option<Parallel>,
     /// Rows of vocabulary-sized logits held at once by the loss (bounds its memory).
     pub logits_chunk_rows: usize,
     /// Activation checkpointing: keep only each layer's input from the forward and run the
@@ -132,17 +178,16 @@ impl std::fmt::Debug for CudaTrainer<'_> {
 impl<'g> CudaTrainer<'g> {
     /// Loads the parameters of a Hugging Face model folder (or a training checkpoint) onto the
     /// GPU, one tensor at a time, rounded to bf16; masters are their exact f32 widening and the
-    /// moments start at zero, as `optim::AdamW::new` for bf16 parameters; those live where
-    /// `placement` says.
+    /// moments start at zero, as `optim::AdamW::new` for bf16 parameters; see [`TrainerSetup`]
+    /// for where they live.
     pub fn from_dir(
         gpu: &'g CudaBackend,
         config: ModelConfig,
         dir: &Path,
-        adamw: AdamWConfig,
-        placement: OptimizerPlacement,
+        setup: TrainerSetup,
     ) -> Result<CudaTrainer<'g>> {
         let store = WeightStore::open(dir)?;
-        CudaTrainer::build(gpu, config, adamw, placement, |name, shape| {
+        CudaTrainer::build(gpu, config, setup, |name, shape| {
             upload_bf16(gpu, &store.get(name, shape, dir)?)
         })
     }
@@ -164,7 +209,7 @@ impl<'g> CudaTrainer<'g> {
             );
         }
         let mut next = values.iter();
-        CudaTrainer::from_fn(gpu, config, adamw, OptimizerPlacement::Device, |_, _| {
+        CudaTrainer::from_fn(gpu, config, TrainerSetup::new(adamw), |_, _| {
             let v = next
                 .next()
                 .expect("as many values as the layout, checked above");
@@ -177,11 +222,10 @@ impl<'g> CudaTrainer<'g> {
     pub fn from_fn(
         gpu: &'g CudaBackend,
         config: ModelConfig,
-        adamw: AdamWConfig,
-        placement: OptimizerPlacement,
+        setup: TrainerSetup,
         mut values: impl FnMut(&str, &[usize]) -> Result<Vec<bf16>>,
     ) -> Result<CudaTrainer<'g>> {
-        CudaTrainer::build(gpu, config, adamw, placement, |name, shape| {
+        CudaTrainer::build(gpu, config, setup, |name, shape| {
             let v = values(name, shape)?;
             if v.len() != shape.iter().product::<usize>() {
                 bail!(
@@ -196,12 +240,21 @@ impl<'g> CudaTrainer<'g> {
     fn build(
         gpu: &'g CudaBackend,
         config: ModelConfig,
-        adamw: AdamWConfig,
-        placement: OptimizerPlacement,
+        setup: TrainerSetup,
         mut load: impl FnMut(&str, &[usize]) -> Result<DeviceBuffer<bf16>>,
     ) -> Result<CudaTrainer<'g>> {
+        let TrainerSetup {
+            adamw,
+            placement,
+            parallel,
+        } = setup;
         adamw.validate()?;
         let layout = parameter_layout(&config);
+        let parallel = parallel.map(|comm| {
+            let sizes: Vec<usize> = layout.iter().map(|(_, s)| s.iter().product()).collect();
+            let owner = owners(&sizes, comm.world());
+            Parallel { comm, owner }
+        });
         let index = ParamIndex::new(&config);
         debug_assert_eq!(index.count, layout.len());
         let n = layout.len();
@@ -216,13 +269,15 @@ impl<'g> CudaTrainer<'g> {
             grads: Vec::with_capacity(n),
             clip: gpu.zeros(2)?,
             steps: 0,
+            parallel,
             logits_chunk_rows: (LOGITS_CHUNK_BYTES as usize / (4 * config.vocab_size.max(1)))
                 .max(1),
             checkpointing: false,
             config,
         };
-        for (name, shape) in layout {
+        for (i, (name, shape)) in layout.into_iter().enumerate() {
             let value = load(&name, &shape)?;
+            let owned = t.owns(i);
             let len = value.len();
             t.norm_values.push(if shape.len() == 1 {
                 let mut f = gpu.alloc::<f32>(len)?;
@@ -232,13 +287,35 @@ impl<'g> CudaTrainer<'g> {
                 None
             });
             t.optimizer
-                .push(OptimizerState::new(gpu, &value, placement)?);
+                .push(OptimizerState::new(gpu, &value, placement, owned)?);
             t.values.push(value);
             t.grads.push(gpu.zeros(len)?);
             t.names.push(name);
         }
         gpu.synchronize()?;
         Ok(t)
+    }
+
+    /// Whether this rank keeps and updates parameter `i`'s optimizer state.
+    fn owns(&self, i: usize) -> bool {
+        self.parallel
+            .as_ref()
+            .is_none_or(|p| p.owner[i] == p.comm.rank())
+    }
+
+    /// This process's rank and the number of ranks (0 of 1 without data parallelism).
+    pub fn rank(&self) -> (usize, usize) {
+        self.parallel
+            .as_ref()
+            .map_or((0, 1), |p| (p.comm.rank(), p.comm.world()))
+    }
+
+    /// `x` summed over the ranks (x itself on one GPU).
+    pub fn sum_over_ranks(&self, x: f64) -> Result<f64> {
+        match &self.parallel {
+            Some(p) => p.comm.sum_scalar(self.gpu, x),
+            None => Ok(x),
+        }
     }
 
     /// The backend the trainer runs on.
@@ -281,6 +358,14 @@ impl<'g> CudaTrainer<'g> {
     /// changes nothing (the caller stops): the same contract as `optim::clip_grad_norm`.
     pub fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32> {
         let gpu = self.gpu;
+        if let Some(p) = &self.parallel {
+            // Each rank ran its share of the micro-batches: the step's gradient is the sum.
+            p.comm.group(|| {
+                self.grads
+                    .iter_mut()
+                    .try_for_each(|g| p.comm.all_reduce_sum(gpu, g))
+            })?;
+        }
         let grads: Vec<&DeviceBuffer<f32>> = self.grads.iter().collect();
         gpu.grad_norm(&grads, max_grad_norm, &mut self.clip)?;
         let norm = gpu.download(&self.clip)?[0];
@@ -296,8 +381,19 @@ impl<'g> CudaTrainer<'g> {
                 &self.clip,
                 &scalars,
             )?;
-            if let Some(f) = &mut self.norm_values[i] {
-                gpu.convert_to_f32(&self.values[i], f)?;
+        }
+        if let Some(p) = &self.parallel {
+            // Every rank gets the values their owners computed.
+            p.comm.group(|| {
+                self.values
+                    .iter_mut()
+                    .zip(&p.owner)
+                    .try_for_each(|(v, &owner)| p.comm.broadcast(gpu, v, owner))
+            })?;
+        }
+        for (value, f) in self.values.iter().zip(&mut self.norm_values) {
+            if let Some(f) = f {
+                gpu.convert_to_f32(value, f)?;
             }
         }
         self.steps += 1;
@@ -310,16 +406,40 @@ impl<'g> CudaTrainer<'g> {
     }
 
     /// The optimizer state under `optim::AdamW::state_tensors`' names: `exp_avg.NAME`,
-    /// `exp_avg_sq.NAME`, `master.NAME` and `step`.
+    /// `exp_avg_sq.NAME`, `master.NAME` and `step`. With data parallelism this is collective
+    /// (every rank must call it): the owners send their parts to rank 0, which returns the
+    /// whole state; the other ranks return nothing.
     pub fn state_tensors(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let gpu = self.gpu;
         let mut out = Vec::with_capacity(3 * self.names.len() + 1);
-        for (name, state) in self.names.iter().zip(&self.optimizer) {
-            let [master, exp_avg, exp_avg_sq] = state.download(self.gpu)?;
+        for (i, (name, state)) in self.names.iter().zip(&self.optimizer).enumerate() {
+            let [master, exp_avg, exp_avg_sq] = match &self.parallel {
+                None => state.download(gpu)?,
+                Some(p) => {
+                    let (owner, rank) = (p.owner[i], p.comm.rank());
+                    let mut parts = if owner == rank {
+                        state.device_copies(gpu)?
+                    } else {
+                        let n = self.values[i].len();
+                        [gpu.alloc(n)?, gpu.alloc(n)?, gpu.alloc(n)?]
+                    };
+                    for part in &mut parts {
+                        p.comm.broadcast(gpu, part, owner)?;
+                    }
+                    if rank != 0 {
+                        continue;
+                    }
+                    let [a, b, c] = parts;
+                    [gpu.download(&a)?, gpu.download(&b)?, gpu.download(&c)?]
+                }
+            };
             out.push((format!("exp_avg.{name}"), exp_avg));
             out.push((format!("exp_avg_sq.{name}"), exp_avg_sq));
             out.push((format!("master.{name}"), master));
         }
-        out.push((STEP_TENSOR.to_string(), vec![self.steps as f32]));
+        if self.rank().0 == 0 {
+            out.push((STEP_TENSOR.to_string(), vec![self.steps as f32]));
+        }
         Ok(out)
     }
 

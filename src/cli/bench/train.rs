@@ -119,7 +119,7 @@ mod gpu {
     use super::super::{command_line, commit, utc_iso8601};
     use super::*;
     use crate::backend::cpu::parallel::parallel_chunks_mut;
-    use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTrainer};
+    use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTrainer, TrainerSetup};
     use crate::bail;
     use crate::error::Context;
     use crate::io::atomic::write_atomic;
@@ -188,8 +188,10 @@ mod gpu {
         let mut trainer = CudaTrainer::from_fn(
             &gpu,
             config.clone(),
-            AdamWConfig::default(),
-            a.optimizer_state,
+            TrainerSetup {
+                placement: a.optimizer_state,
+                ..TrainerSetup::new(AdamWConfig::default())
+            },
             |_, shape| {
                 index += 1;
                 Ok(random_tensor(shape, mix(a.seed ^ index)))

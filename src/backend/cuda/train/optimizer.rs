@@ -12,6 +12,8 @@ use half::bf16;
 pub(super) enum OptimizerState {
     Device([DeviceBuffer<f32>; 3]),
     Host([HostBuffer; 3]),
+    /// Kept by another rank (data parallelism): steps and uploads do nothing here.
+    Elsewhere,
 }
 
 impl OptimizerState {
@@ -21,7 +23,11 @@ impl OptimizerState {
         gpu: &CudaBackend,
         value: &DeviceBuffer<bf16>,
         placement: OptimizerPlacement,
+        owned: bool,
     ) -> Result<OptimizerState> {
+        if !owned {
+            return Ok(OptimizerState::Elsewhere);
+        }
         let len = value.len();
         let mut master = gpu.alloc::<f32>(len)?;
         gpu.convert_to_f32(value, &mut master)?;
@@ -66,6 +72,28 @@ impl OptimizerState {
                 }
                 Ok(())
             }
+            OptimizerState::Elsewhere => Ok(()),
+        }
+    }
+
+    /// [master, exp_avg, exp_avg_sq] in new device buffers (owned state only).
+    pub(super) fn device_copies(&self, gpu: &CudaBackend) -> Result<[DeviceBuffer<f32>; 3]> {
+        match self {
+            OptimizerState::Device([a, b, c]) => Ok([gpu.copy(a)?, gpu.copy(b)?, gpu.copy(c)?]),
+            OptimizerState::Host(host) => {
+                let mut out = [
+                    gpu.alloc(host[0].len())?,
+                    gpu.alloc(host[1].len())?,
+                    gpu.alloc(host[2].len())?,
+                ];
+                for (h, d) in host.iter().zip(out.iter_mut()) {
+                    gpu.upload_host(h, d)?;
+                }
+                Ok(out)
+            }
+            OptimizerState::Elsewhere => {
+                crate::bail!("optimizer state: this rank does not keep this parameter's state")
+            }
         }
     }
 
@@ -80,6 +108,9 @@ impl OptimizerState {
                 b.as_slice()?.to_vec(),
                 c.as_slice()?.to_vec(),
             ],
+            OptimizerState::Elsewhere => {
+                crate::bail!("optimizer state: this rank does not keep this parameter's state")
+            }
         })
     }
 
@@ -96,6 +127,7 @@ impl OptimizerState {
                     h.as_mut_slice()?.copy_from_slice(v);
                 }
             }
+            OptimizerState::Elsewhere => {}
         }
         Ok(())
     }
