@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::experiment::config::ExperimentConfig;
+use crate::experiment::plan::{describe, plan, Throughputs};
 use crate::experiment::report::{tables, write_report};
 use crate::experiment::{run_experiment, RunOptions};
 use clap::Subcommand;
@@ -20,6 +21,10 @@ pub enum ExperimentCommand {
         #[arg(long)]
         results: Option<PathBuf>,
     },
+    /// What a grid costs before it runs: training runs and tokens, answers, comparisons and
+    /// ranked sequences counted from the config, its data and the tokenizer; training memory;
+    /// and GPU hours at measured throughputs.
+    Plan(PlanArgs),
     /// Redraw the tables and figures of a results folder from its artifacts.
     Report {
         /// A results folder made by `experiment run` (it holds config.toml).
@@ -27,8 +32,96 @@ pub enum ExperimentCommand {
     },
 }
 
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// The experiment config (see configs/).
+    config: PathBuf,
+    /// A tokenizer folder for models that are not on this machine.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// A config.json of the models' shape when they are not here (configs/models/).
+    #[arg(long)]
+    shape: Option<PathBuf>,
+    /// `bench train --json`: its tokens/s for training.
+    #[arg(long)]
+    bench_train: Option<PathBuf>,
+    /// `bench generate --json`: prefill and decode tokens/s at the config's batch size.
+    #[arg(long)]
+    bench_generate: Option<PathBuf>,
+    #[arg(long)]
+    train_tokens_per_s: Option<f64>,
+    #[arg(long)]
+    prefill_tokens_per_s: Option<f64>,
+    #[arg(long)]
+    decode_tokens_per_s: Option<f64>,
+    /// Write the plan as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    use crate::error::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// The throughputs of the command line, else of the benchmark files.
+fn throughputs(a: &PlanArgs, cfg: &ExperimentConfig) -> Result<Throughputs> {
+    let mut t = Throughputs {
+        train: a.train_tokens_per_s,
+        prefill: a.prefill_tokens_per_s,
+        decode: a.decode_tokens_per_s,
+    };
+    if let Some(p) = &a.bench_train {
+        let v = read_json(p)?;
+        t.train = t.train.or(v["tokens_per_s"].as_f64());
+        if t.train.is_none() {
+            crate::bail!(
+                "{}: no tokens_per_s (a `bench train --json` file?)",
+                p.display()
+            );
+        }
+    }
+    if let Some(p) = &a.bench_generate {
+        let v = read_json(p)?;
+        // The measured batch size nearest the config's generation batch.
+        let want = cfg.generate.batch_size as i64;
+        let best = v["results"].as_array().and_then(|rows| {
+            rows.iter()
+                .filter(|r| r["decode"]["tokens_per_s"].is_f64())
+                .min_by_key(|r| (r["batch"].as_i64().unwrap_or(i64::MAX) - want).abs())
+        });
+        let Some(best) = best else {
+            crate::bail!(
+                "{}: no decode results (a `bench generate --json` file?)",
+                p.display()
+            );
+        };
+        t.prefill = t.prefill.or(best["prefill"]["tokens_per_s"].as_f64());
+        t.decode = t.decode.or(best["decode"]["tokens_per_s"].as_f64());
+    }
+    Ok(t)
+}
+
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
     match cmd {
+        ExperimentCommand::Plan(a) => {
+            let cfg = ExperimentConfig::from_file(&a.config)?;
+            let t = throughputs(&a, &cfg)?;
+            let scratch =
+                std::env::temp_dir().join(format!("implicit-plan-{}", std::process::id()));
+            let plans = plan(&cfg, a.tokenizer.as_deref(), a.shape.as_deref(), &scratch);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let plans = plans?;
+            println!("# Plan of {}\n\n{}", cfg.name, describe(&plans, &t));
+            if let Some(path) = &a.json {
+                let value = serde_json::json!({"config": a.config.display().to_string(), "throughputs": t, "models": plans});
+                let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                crate::io::atomic::write_atomic(path, text.as_bytes())?;
+            }
+            Ok(())
+        }
         ExperimentCommand::Run { config, results } => {
             let t0 = Instant::now();
             let cfg = ExperimentConfig::from_file(&config)?;

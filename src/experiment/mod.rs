@@ -7,6 +7,7 @@ pub mod config;
 pub mod figures;
 mod keys;
 pub mod layout;
+pub mod plan;
 pub mod report;
 pub mod run;
 mod setting;
