@@ -506,3 +506,33 @@ fn cuda_build_without_gpu_falls_back_to_cpu() {
         }
     }
 }
+
+/// Uploads of 16 MiB and more go through page-locked staging buffers (32 MiB each, taking
+/// turns): every byte must arrive, across chunk boundaries and with a partial last chunk.
+#[test]
+fn large_uploads_are_staged_exactly() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("large_uploads_are_staged_exactly");
+    // 40 MB of f32 (one full chunk and a partial one) and 70 MB of bf16 (three chunks).
+    let f = rng.vec(10_000_003, 3.0);
+    let b: Vec<bf16> = rng
+        .vec(35_000_011, 3.0)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let on_gpu = gpu.upload(&f).unwrap();
+    assert!(gpu.download(&on_gpu).unwrap() == f, "f32 upload differs");
+    let mut into = gpu.upload(&vec![bf16::NAN; b.len()]).unwrap();
+    gpu.upload_into(&b, &mut into).unwrap();
+    let back = gpu.download(&into).unwrap();
+    let differ = back
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    assert_eq!(differ, 0, "bf16 upload_into: {differ} elements differ");
+    // Back to back, so that a staging buffer is reused while the other one's copy may run.
+    let again = gpu.upload(&f).unwrap();
+    let twice = gpu.upload(&f).unwrap();
+    assert!(gpu.download(&again).unwrap() == f && gpu.download(&twice).unwrap() == f);
+}

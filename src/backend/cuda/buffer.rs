@@ -3,10 +3,11 @@
 //! bf16 travels as its bits (`u16`): cudarc implements its device traits for `half::bf16` only
 //! behind a feature that would pull in more crates, and the kernels see `__nv_bfloat16` anyway.
 
+use super::staging::STAGED_MIN_BYTES;
 use super::{driver_error, CudaBackend};
 use crate::bail;
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use std::sync::Arc;
 
@@ -119,9 +120,14 @@ impl<T: DeviceElem> DeviceBuffer<T> {
 }
 
 impl CudaBackend {
-    /// A copy of `host` on the GPU.
+    /// A copy of `host` on the GPU (large copies through page-locked staging, staging.rs).
     pub fn upload<T: DeviceElem>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
-        DeviceBuffer::from_slice(&self.stream, host)
+        if std::mem::size_of_val(host) < STAGED_MIN_BYTES {
+            return DeviceBuffer::from_slice(&self.stream, host);
+        }
+        let mut dst = self.alloc::<T>(host.len())?;
+        self.upload_into(host, &mut dst)?;
+        Ok(dst)
     }
 
     /// Overwrites `dst` with `host` (same length).
@@ -132,6 +138,15 @@ impl CudaBackend {
                 host.len(),
                 dst.len()
             );
+        }
+        if std::mem::size_of_val(host) >= STAGED_MIN_BYTES {
+            let raw = T::as_raw(host);
+            // SAFETY: the raw device types (f32, f64, u32, u16) are plain bytes with no padding.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(raw.as_ptr().cast::<u8>(), std::mem::size_of_val(raw))
+            };
+            let (ptr, _record) = dst.slice.device_ptr_mut(&self.stream);
+            return self.upload_staged(bytes, ptr);
         }
         self.stream
             .memcpy_htod(T::as_raw(host), &mut dst.slice)

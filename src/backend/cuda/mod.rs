@@ -48,6 +48,7 @@ mod model;
 mod nccl;
 mod norm;
 mod ops;
+mod staging;
 pub mod timing;
 mod train;
 mod vocab;
@@ -70,6 +71,8 @@ const THREADS: u32 = 256;
 type RopeTables = HashMap<(u32, usize), Arc<DeviceBuffer<f32>>>;
 
 /// Whether a usable GPU was found.
+// Made once per process and unwrapped at once: boxing the backend would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CudaAvailability {
     Ready(CudaBackend),
     /// No driver library, no device, or a device older than the kernels' sm_80: the reason.
@@ -89,6 +92,8 @@ pub struct CudaBackend {
     unit_clip: DeviceBuffer<f32>,
     /// RoPE's inverse frequencies per (base bits, head_dim), uploaded once.
     rope_tables: Mutex<RopeTables>,
+    /// Page-locked buffers for large uploads (staging.rs), made on first use.
+    stages: Mutex<Option<Box<staging::Stages>>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -200,6 +205,7 @@ impl CudaBackend {
             sync_each_launch,
             unit_clip,
             rope_tables: Mutex::new(HashMap::new()),
+            stages: Mutex::new(None),
         };
         // Speed only: without it the pool still works, returning memory at each synchronisation.
         if let Err(e) = backend.keep_pool_memory() {
