@@ -78,6 +78,8 @@ const HOT_KERNELS: &[&str] = &[
     "convert_bf16_to_f32",
     "add_f32_in_place",
     "clamp_backward_bf16",
+    "gemv_nt_bf16",
+    "gemv_nt_f32",
 ];
 
 const INSTALL_HINT: &str = "install CUDA 13.0's compiler with `bash tools/install_nvcc.sh` \

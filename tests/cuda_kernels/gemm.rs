@@ -322,6 +322,38 @@ fn gemm_matches_f64_on_odd_shapes() {
     }
 }
 
+/// Decode-sized products (at most GEMV_MAX_ROWS rows, NT, k a multiple of 8) take
+/// kernels/gemv.cu: every row count 1..=8, odd column counts, a batch, Llama-2-7B's widths.
+#[test]
+fn skinny_products_match_f64() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("gemm_skinny");
+    assert_eq!(implicit::backend::cuda::GEMV_MAX_ROWS, 8);
+    for m in 1..=8 {
+        for &(n, k, batch) in &[(37, 40, 1), (4099, 256, 2), (11008, 4096, 1)] {
+            let case = Case {
+                layout: GemmLayout::NT,
+                m,
+                n,
+                k,
+                batch,
+            };
+            gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+        }
+    }
+    // Nine rows, and k not a multiple of 8, stay on the tiled kernels.
+    for &(m, n, k) in &[(9, 300, 64), (3, 300, 61)] {
+        let case = Case {
+            layout: GemmLayout::NT,
+            m,
+            n,
+            k,
+            batch: 1,
+        };
+        gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+    }
+}
+
 #[test]
 fn gemm_matches_f64_on_model_shapes() {
     let Some(gpu) = gpu() else { return };

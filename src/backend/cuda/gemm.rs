@@ -67,6 +67,11 @@ fn smem_bytes(layout: GemmLayout) -> u32 {
     }
 }
 
+/// Products of at most this many rows in the NT layout (a decode step's) take kernels/gemv.cu.
+pub const GEMV_MAX_ROWS: usize = 8;
+/// Warps per block of kernels/gemv.cu, each owning output columns.
+const GEMV_WARPS: usize = 8;
+
 /// The block tile of kernels/gemm.cu (BM = BN).
 const TILE: usize = 128;
 /// Most batches one launch takes (gridDim.z).
@@ -150,8 +155,10 @@ impl CudaBackend {
     /// rounded to nearest even, or f32). `m`, `n`, `k` are the product's dimensions
     /// (C is `[batch, m, n]`; see [`GemmLayout`] for A's and B's). Any sizes work; shapes
     /// whose contiguous dimensions are multiples of 8 take the fast path
-    /// ([`GemmLayout::vectorized`]). With f32 output and `accumulate`, weight gradients add up
-    /// across micro-batches. k = 0 writes zeros (or leaves C as it is when accumulating).
+    /// ([`GemmLayout::vectorized`]); NT products of at most [`GEMV_MAX_ROWS`] rows with k a
+    /// multiple of 8 (a decode step's) take kernels/gemv.cu. With f32 output and `accumulate`,
+    /// weight gradients add up across micro-batches. k = 0 writes zeros (or leaves C as it is
+    /// when accumulating).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16<O: Float>(
         &self,
@@ -185,6 +192,9 @@ impl CudaBackend {
             let (pb, _rb) = b.slice.device_ptr(stream);
             pa % 16 == 0 && pb % 16 == 0
         };
+        if layout == GemmLayout::NT && m <= GEMV_MAX_ROWS && k.is_multiple_of(8) && aligned {
+            return self.gemv_nt(m, n, k, batch, &checked, a, b, c, accumulate);
+        }
         let vec = aligned && layout.vectorized(m, n, k);
         let kernel = match (layout, vec) {
             (GemmLayout::NN, true) => O::pick("gemm_nn_f32", "gemm_nn_bf16"),
@@ -216,6 +226,45 @@ impl CudaBackend {
             kernel,
             cfg,
             shapes(),
+            [
+                &a.slice,
+                &b.slice,
+                &mut c.slice,
+                &checked.m,
+                &checked.n,
+                &checked.k,
+                &acc
+            ]
+        )
+    }
+
+    /// C (+)= A·Bᵀ for at most [`GEMV_MAX_ROWS`] rows (kernels/gemv.cu): one warp per output
+    /// column streams B's row once for all of A's rows. Shapes already checked.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_nt<O: Float>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        checked: &Checked,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let kernel = O::pick("gemv_nt_f32", "gemv_nt_bf16");
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(GEMV_WARPS) as u32, 1, batch as u32),
+            block_dim: (32 * GEMV_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let acc = accumulate as i32;
+        launch!(
+            self,
+            kernel,
+            cfg,
+            format!("NT m {m} n {n} k {k} batch {batch} accumulate {accumulate} (gemv)"),
             [
                 &a.slice,
                 &b.slice,

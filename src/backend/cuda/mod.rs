@@ -55,7 +55,7 @@ mod vocab;
 
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
-pub use gemm::GemmLayout;
+pub use gemm::{GemmLayout, GEMV_MAX_ROWS};
 pub use memory::MemoryUse;
 pub use model::{
     AttentionPath, CudaKvCache, CudaTransformer, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,

@@ -2,7 +2,7 @@
 //! attention against PyTorch SDPA.
 
 use super::super::timing::Timing;
-use super::super::{DeviceBuffer, Float, GemmLayout};
+use super::super::{DeviceBuffer, Float, GemmLayout, GEMV_MAX_ROWS};
 use super::inputs::{gb_s, rel_diff, tflops, Sample};
 use super::{
     Bench, BenchResult, GemmTimes, Reference, ATTENTION_BWD_TARGET, ATTENTION_FWD_TARGET,
@@ -80,7 +80,15 @@ impl Bench<'_> {
         f32_acc: bool,
         tokens: Option<usize>,
     ) -> Result<()> {
+        let gemv = layout == GemmLayout::NT && m <= GEMV_MAX_ROWS && k.is_multiple_of(8);
         let kernel = match (layout, f32_acc) {
+            _ if gemv => {
+                if f32_acc {
+                    "gemv_nt_f32"
+                } else {
+                    "gemv_nt_bf16"
+                }
+            }
             (GemmLayout::NN, false) => "gemm_nn_bf16",
             (GemmLayout::NT, false) => "gemm_nt_bf16",
             (GemmLayout::TN, false) => "gemm_tn_bf16",

@@ -303,6 +303,15 @@ pub fn run(
     ] {
         bench.gemm("4096³", layout, 4096, 4096, 4096, f32_acc, None)?;
     }
+    // A decode step's products at batch 1 (kernels/gemv.cu): bound by reading the weight once.
+    for (label, d_in, d_out) in [
+        ("decode q/k/v/o", D_MODEL, D_MODEL),
+        ("decode gate/up", D_MODEL, FFN),
+        ("decode down", FFN, D_MODEL),
+        ("decode lm_head", D_MODEL, VOCAB),
+    ] {
+        bench.gemm(label, GemmLayout::NT, 1, d_out, d_in, false, Some(1))?;
+    }
 
     for (i, &mb) in config.micro_batches.iter().enumerate() {
         let tokens = mb * SEQ;
