@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod experiment;
 mod generate;
+mod init;
 mod serve;
 mod train;
 
@@ -50,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Write a random-initialised model folder of a preset shape (for benchmarks).
+    Init(init::InitArgs),
     /// Convert a GGUF file (versions 1-3) into a Hugging Face model folder.
     ConvertGguf {
         /// The .gguf file to read.
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { command } => eval::run(command),
         Command::Experiment { command } => experiment::run(command),
         Command::Bench { command } => bench::run(command),
+        Command::Init(args) => init::run(args),
         Command::ConvertGguf { input, out_dir } => {
             let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
             println!("{report}");

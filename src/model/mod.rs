@@ -1,6 +1,9 @@
 //! Model definitions: config.json, weights, the forward pass with a KV cache.
 
 pub mod config;
+pub mod init;
+pub mod presets;
+pub mod random;
 pub mod train;
 pub mod transformer;
 pub mod weights;
