@@ -10,7 +10,7 @@
 #   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
 #                                                                     -> bench.log
-#   6. (only when STEPS names "generate", with MODEL_DIR a model folder) python3
+#   6. (only when STEPS names "generate"; MODEL_DIR or a random Llama-2-7B) python3
 #      tools/bench_generate_torch.py --json $OUT/bench_generate_torch.json, then target/gpu/implicit
 #      bench generate --torch $OUT/bench_generate_torch.json --json $OUT/bench_generate.json
 #                                             -> bench_generate_torch.log, bench_generate.log
@@ -27,7 +27,8 @@
 # STEPS (default "smi,kernels,model,train,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
 # e.g. "--filter gemm"), TEST_ARGS (more arguments for the test binaries, e.g. a test name
 # filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600),
-# MODEL_DIR (the model folder of step "generate"; unset: that step is skipped with a message),
+# MODEL_DIR (the model folder of step "generate"; unset: a random Llama-2-7B written once to
+# /tmp/implicit-llama2-7b by `implicit init`),
 # GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
 # TRAIN_LAYERS (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments
 # for every train benchmark, e.g. "--micro-batch 2").
@@ -164,9 +165,14 @@ if wants bench; then
 fi
 if wants generate; then
     if [ -z "${MODEL_DIR:-}" ]; then
-        echo "generate: skipped (set MODEL_DIR to a model folder, e.g. one from implicit init --config llama2-7b)" \
-            | tee -a "$OUT/steps.txt"
-    elif [ ! -f "$MODEL_DIR/config.json" ]; then
+        # No model given: a random Llama-2-7B (speed does not depend on the weights), made once
+        # per machine.
+        MODEL_DIR=/tmp/implicit-llama2-7b
+        if [ ! -f "$MODEL_DIR/config.json" ]; then
+            step init 240 "$BIN/implicit" init --config llama2-7b --out "$MODEL_DIR"
+        fi
+    fi
+    if [ ! -f "$MODEL_DIR/config.json" ]; then
         echo "generate: failed (MODEL_DIR=$MODEL_DIR has no config.json)" | tee -a "$OUT/steps.txt"
         if [ "$first_failure" -eq 0 ]; then first_failure=1; fi
     else
