@@ -294,3 +294,68 @@ fn shipped_configs_parse() {
     assert_eq!(paper.settings.len(), 12);
     assert_eq!(paper.train.batch_size, 64);
 }
+
+#[test]
+fn generate_device_cuda_fails_up_front_without_a_gpu() {
+    let dir = common::temp_dir("experiment-generate-device");
+    let config = dir.join("gpu.toml");
+    std::fs::write(
+        &config,
+        "name = \"gpu\"\nsettings = [\"base\", \"instruction\"]\n[generate]\ndevice = \"cuda\"\n\
+         [judge]\nlocal = \"no-judge\"\n[[model]]\nname = \"m\"\npath = \"no-model\"\nlr = 1e-5\n",
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let out = Command::new(env!("CARGO_BIN_EXE_implicit"))
+        .args(["experiment", "run", config.to_str().unwrap(), "--results"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = errors[0];
+    if cfg!(feature = "cuda") && !line.contains("[generate] device") {
+        // A GPU opened: the run went on and failed on the missing model.
+        assert!(line.contains("no-model"), "{err}");
+    } else {
+        let why = if cfg!(feature = "cuda") {
+            "no usable GPU"
+        } else {
+            "built without CUDA"
+        };
+        assert!(
+            line.contains("[generate] device = \"cuda\"") && line.contains(why),
+            "{err}"
+        );
+        assert!(
+            !results.exists(),
+            "nothing is written before the device check"
+        );
+    }
+
+    // The key is checked, and the paper grids generate on the GPU.
+    let bad = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("device = \"cuda\"", "device = \"tpu\"");
+    let e = implicit::experiment::ExperimentConfig::parse(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 4") && e.contains("tpu"), "{e}");
+    for paper in ["paper-llama2-7b", "paper-olmo-7b"] {
+        let path = crate_dir().join(format!("configs/{paper}.toml"));
+        let cfg = implicit::experiment::ExperimentConfig::from_file(&path).unwrap();
+        assert_eq!(
+            cfg.generate.device,
+            implicit::backend::Device::Cuda,
+            "{paper}"
+        );
+    }
+    let smoke =
+        implicit::experiment::ExperimentConfig::from_file(&crate_dir().join("configs/smoke.toml"))
+            .unwrap();
+    assert_eq!(smoke.generate.device, implicit::backend::Device::Cpu);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,7 +38,7 @@ print(path)
 ' "$1"
 }
 
-for t in cuda_kernels cuda_model cuda_train; do
+for t in cuda_kernels cuda_model cuda_train cuda_generate; do
     if [ -f "tests/$t.rs" ]; then
         echo "== cargo test --release --features cuda --test $t --no-run"
         path=$(test_binary "$t")
@@ -49,7 +49,7 @@ for t in cuda_kernels cuda_model cuda_train; do
 done
 
 strip --strip-debug "$out/implicit"
-for t in cuda_kernels cuda_model cuda_train; do
+for t in cuda_kernels cuda_model cuda_train cuda_generate; do
     if [ -f "$out/$t" ]; then strip --strip-debug "$out/$t"; fi
 done
 

@@ -5,7 +5,7 @@
 #   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
 #   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference)
 #                                                                     -> cuda_kernels.log
-#   3. target/gpu/cuda_model, if it was built                         -> cuda_model.log
+#   3. target/gpu/cuda_model and cuda_generate                        -> cuda_model.log, cuda_generate.log
 #   3b. target/gpu/cuda_train (the training step against the CPU)     -> cuda_train.log
 #   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
@@ -147,6 +147,10 @@ if wants model && [ -x "$BIN/cuda_model" ]; then
     step cuda_model 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_model" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
 # shellcheck disable=SC2086
+if wants model && [ -x "$BIN/cuda_generate" ]; then
+    step cuda_generate 90 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_generate" --nocapture --test-threads=1 ${TEST_ARGS:-}
+fi
+# shellcheck disable=SC2086
 if wants train && [ -x "$BIN/cuda_train" ]; then
     step cuda_train 180 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
@@ -219,10 +223,10 @@ fi
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
 echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
-for t in cuda_kernels cuda_model cuda_train; do
+for t in cuda_kernels cuda_model cuda_generate cuda_train; do
     log="$OUT/$t.log"
     step_of_t=kernels
-    if [ "$t" = cuda_model ]; then step_of_t=model; fi
+    if [ "$t" = cuda_model ] || [ "$t" = cuda_generate ]; then step_of_t=model; fi
     if [ "$t" = cuda_train ]; then step_of_t=train; fi
     if ! wants "$step_of_t" || [ ! -f "$log" ]; then continue; fi
     echo "-- $t: $(grep -c 'rel err' "$log") error checks printed, $(grep -c 'SKIPPED' "$log") SKIPPED"

@@ -1,5 +1,7 @@
 //! `implicit generate`: one prompt streamed to stdout, or a whole instruction set decoded in
-//! batches into AlpacaEval's model_outputs.json; either through the rule adapter if asked.
+//! batches into AlpacaEval's model_outputs.json; either through the rule adapter if asked. The
+//! same code runs the CPU model and (`--device cuda`, generate_cuda.rs) the GPU model, through
+//! `generate`'s engine.
 
 use crate::adapter::{AdapterSpec, RuleAdapter, RuleSet};
 use crate::backend::Device;
@@ -11,7 +13,7 @@ use crate::generate::instructions::{
 };
 use crate::generate::{generate_adjusted, GenerateOptions, Sampler, ScoreAdjuster};
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
-use crate::model::Transformer;
+use crate::model::{LanguageModel, Transformer};
 use clap::{ArgGroup, Args};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -108,17 +110,28 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model.config.num_parameters(),
         t0.elapsed().as_secs_f64(),
     );
-    let adapter = load_adapter(args.adapter.as_deref(), args.rules, &tok)?;
+    run_loaded(&args, &model, &tok, "")
+}
+
+/// Runs the prompt or the instruction set on a loaded model, whichever the device; `device`
+/// follows the instruction set's summary line (" (GPU)", or nothing on the CPU).
+fn run_loaded<M: LanguageModel>(
+    args: &GenerateArgs,
+    model: M,
+    tok: &Tokenizer,
+    device: &str,
+) -> Result<()> {
+    let adapter = load_adapter(args.adapter.as_deref(), args.rules, tok)?;
     let adjuster = adapter
         .clone()
         .map(|a| Arc::new(a) as Arc<dyn ScoreAdjuster>);
     match (&args.prompt, &args.instructions, &args.out) {
-        (Some(prompt), _, _) => run_prompt(&args, prompt, &model, &tok, adjuster),
+        (Some(prompt), _, _) => run_prompt(args, prompt, model, tok, adjuster),
         (None, Some(set), Some(out)) => {
             let name = args.generator.clone().unwrap_or_else(|| {
                 default_generator(&args.model, adapter.as_ref(), args.adapter.as_deref())
             });
-            run_instructions(&args, set, out, &name, &model, &tok, adjuster)
+            run_instructions(args, (set, out), &name, model, tok, adjuster, device)
         }
         _ => bail!("give --prompt, or --instructions with --out"),
     }
@@ -138,10 +151,10 @@ fn run_cuda(_: &GenerateArgs) -> Result<()> {
     );
 }
 
-fn run_prompt(
+fn run_prompt<M: LanguageModel>(
     args: &GenerateArgs,
     prompt_text: &str,
-    model: &Transformer,
+    model: M,
     tok: &Tokenizer,
     adjuster: Option<Arc<dyn ScoreAdjuster>>,
 ) -> Result<()> {
@@ -208,14 +221,15 @@ fn default_generator(model: &Path, adapter: Option<&RuleAdapter>, name: Option<&
     }
 }
 
-fn run_instructions(
+/// Answers `--instructions` into `--out` (`(set, out)`); `device` ends the summary line.
+fn run_instructions<M: LanguageModel>(
     args: &GenerateArgs,
-    set: &Path,
-    out: &Path,
+    (set, out): (&Path, &Path),
     generator: &str,
-    model: &Transformer,
+    model: M,
     tok: &Tokenizer,
     adjuster: Option<Arc<dyn ScoreAdjuster>>,
+    device: &str,
 ) -> Result<()> {
     let mut rows = read_instructions(set)?;
     if let Some(n) = args.limit {
@@ -225,7 +239,7 @@ fn run_instructions(
         .file_stem()
         .map_or("instructions".into(), |s| s.to_string_lossy().into_owned());
     eprintln!(
-        "{} instructions from {}, batch size {}, at most {} new tokens each",
+        "{} instructions from {}, batch size {}, at most {} new tokens each{device}",
         rows.len(),
         set.display(),
         args.batch_size,

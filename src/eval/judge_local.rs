@@ -15,11 +15,14 @@ use crate::data::encode::concat_messages;
 use crate::data::Message;
 use crate::error::Result;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::{KvCache, Logits, Transformer};
+use crate::model::{LanguageModel, Logits, Transformer};
 use serde_json::{json, Value};
 
-pub struct LocalJudge<'a> {
-    model: &'a Transformer,
+/// The judge on a model `M` (the CPU's `&Transformer` by default, or `&mut CudaTransformer`).
+pub struct LocalJudge<'a, M = &'a Transformer> {
+    model: M,
+    /// What [`Judge::name`] says (the model folder).
+    name: String,
     tok: &'a Tokenizer,
     /// Token ids of "m" and "M" as the first token of a reply.
     m_id: u32,
@@ -31,13 +34,28 @@ pub struct LocalJudge<'a> {
 }
 
 impl<'a> LocalJudge<'a> {
+    /// The judge on a CPU model, named by its folder.
     pub fn new(
         model: &'a Transformer,
         tok: &'a Tokenizer,
         max_len: usize,
     ) -> Result<LocalJudge<'a>> {
+        LocalJudge::with_name(model, model.path.display().to_string(), tok, max_len)
+    }
+}
+
+impl<'a, M: LanguageModel> LocalJudge<'a, M> {
+    /// The judge on any model; `name` is what the annotations record as the judge (the model
+    /// folder).
+    pub fn with_name(
+        model: M,
+        name: String,
+        tok: &'a Tokenizer,
+        max_len: usize,
+    ) -> Result<LocalJudge<'a, M>> {
         Ok(LocalJudge {
             model,
+            name,
             tok,
             m_id: label_token(tok, "m")?,
             big_m_id: label_token(tok, "M")?,
@@ -131,9 +149,9 @@ fn label_token(tok: &Tokenizer, label: &str) -> Result<u32> {
     }
 }
 
-impl Judge for LocalJudge<'_> {
+impl<M: LanguageModel> Judge for LocalJudge<'_, M> {
     fn name(&self) -> String {
-        self.model.path.display().to_string()
+        self.name.clone()
     }
 
     fn judge(&mut self, prompts: &[Vec<ChatMessage>]) -> Result<Vec<JudgeReply>> {
@@ -161,10 +179,8 @@ impl Judge for LocalJudge<'_> {
                 tokens += encoded[end].len();
                 end += 1;
             }
-            let mut caches: Vec<KvCache> = (start..end)
-                .map(|_| KvCache::new(&self.model.config))
-                .collect();
-            let mut batch: Vec<(&[u32], &mut KvCache)> = encoded[start..end]
+            let mut caches: Vec<M::Cache> = (start..end).map(|_| self.model.new_cache()).collect();
+            let mut batch: Vec<(&[u32], &mut M::Cache)> = encoded[start..end]
                 .iter()
                 .zip(caches.iter_mut())
                 .map(|(ids, c)| (ids.as_slice(), c))

@@ -33,7 +33,7 @@ use crate::bail;
 use crate::data::{encode_example, EncodedExample, Example, Message, Mode};
 use crate::error::{Context, Result};
 use crate::io::tokenizer::Tokenizer;
-use crate::model::{KvCache, Logits, Transformer};
+use crate::model::{LanguageModel, Logits};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -163,13 +163,17 @@ struct Group {
 }
 
 /// exp(-mean token loss) for each sequence of each group, sharing the instruction prefix
-/// through a KV cache; `on_group` is called as groups finish.
-fn score_groups(
-    model: &Transformer,
+/// through a KV cache (when the model's caches can be copied; otherwise every sequence runs
+/// from its first token); `on_group` is called as groups finish.
+fn score_groups<M: LanguageModel>(
+    mut model: M,
     groups: &[Group],
     batch_tokens: usize,
     mut on_group: impl FnMut(usize),
 ) -> Result<Vec<Vec<f64>>> {
+    let vocab = model.config().vocab_size;
+    // Whether caches can be copied (asked of an empty one, which costs nothing to make).
+    let share = model.fork_cache(&model.new_cache()).is_some();
     let mut scores = Vec::with_capacity(groups.len());
     let mut start = 0;
     while start < groups.len() {
@@ -178,7 +182,11 @@ fn score_groups(
         let mut tokens = 0;
         let mut prefixes = Vec::new();
         while end < groups.len() {
-            let p = shared_prefix(&groups[end].seqs);
+            let p = if share {
+                shared_prefix(&groups[end].seqs)
+            } else {
+                0
+            };
             let t: usize = groups[end].seqs.iter().map(|s| s.ids.len() - p).sum();
             if end > start && tokens + t > batch_tokens {
                 break;
@@ -189,9 +197,9 @@ fn score_groups(
         }
         let chunk = &groups[start..end];
         // 1. The shared prefixes, one forward for the chunk.
-        let mut caches: Vec<KvCache> = chunk.iter().map(|_| KvCache::new(&model.config)).collect();
+        let mut caches: Vec<M::Cache> = chunk.iter().map(|_| model.new_cache()).collect();
         {
-            let mut batch: Vec<(&[u32], &mut KvCache)> = Vec::new();
+            let mut batch: Vec<(&[u32], &mut M::Cache)> = Vec::new();
             for ((g, &p), cache) in chunk.iter().zip(&prefixes).zip(caches.iter_mut()) {
                 if p > 0 {
                     batch.push((&g.seqs[0].ids[..p], cache));
@@ -221,11 +229,16 @@ fn score_groups(
                 t += n;
                 j += 1;
             }
-            let mut seq_caches: Vec<KvCache> = items[i..j]
+            let mut seq_caches: Vec<M::Cache> = items[i..j]
                 .iter()
-                .map(|&(gi, _)| caches[gi].clone())
-                .collect();
-            let mut batch: Vec<(&[u32], &mut KvCache)> = items[i..j]
+                .map(|&(gi, _)| match prefixes[gi] {
+                    0 => Ok(model.new_cache()),
+                    _ => model
+                        .fork_cache(&caches[gi])
+                        .context("ranking: the model's KV cache cannot be copied"),
+                })
+                .collect::<Result<_>>()?;
+            let mut batch: Vec<(&[u32], &mut M::Cache)> = items[i..j]
                 .iter()
                 .zip(seq_caches.iter_mut())
                 .map(|(&(gi, si), c)| (&chunk[gi].seqs[si].ids[prefixes[gi]..], c))
@@ -233,8 +246,7 @@ fn score_groups(
             let logits = model.forward(&mut batch, Logits::All)?;
             for (&(gi, si), l) in items[i..j].iter().zip(&logits) {
                 let seq = &chunk[gi].seqs[si];
-                chunk_scores[gi][si] =
-                    sequence_score(seq, prefixes[gi], l, model.config.vocab_size);
+                chunk_scores[gi][si] = sequence_score(seq, prefixes[gi], l, vocab);
             }
             i = j;
         }
@@ -291,9 +303,9 @@ pub fn log_softmax_at(row: &[f32], index: usize) -> f64 {
 }
 
 /// Runs the ranking test on `examples` (all of them; cut to `max_examples` by the caller or
-/// here) and summarises it.
-pub fn run_ranking(
-    model: &Transformer,
+/// here) and summarises it, on any model (`&Transformer`, or `&mut CudaTransformer`).
+pub fn run_ranking<M: LanguageModel>(
+    model: M,
     tok: &Tokenizer,
     examples: &[Example],
     opts: &RankingOptions,

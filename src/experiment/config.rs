@@ -8,7 +8,7 @@
 //! settings = ["base", "instruction", "response", "gsm", "rules", "rules-no-eos"]
 //! [data]                      # sources under `root`, limits for small runs
 //! [train]                     # batch, lengths, precision, device (the paper's defaults)
-//! [generate]                  # max new tokens, batch
+//! [generate]                  # max new tokens, batch, device (answers, ranking, judge, embedder)
 //! [judge]                     # local = "model folder" | endpoint = "http://..." + model
 //! [ranking]                   # which settings' models are ranked
 //! [[model]]                   # name, path (folder or .gguf), lr, label
@@ -81,6 +81,9 @@ pub struct GenerateSpec {
     /// For rule settings without the EOS rule (the paper capped them at 512).
     pub max_new_tokens_no_eos: usize,
     pub batch_size: usize,
+    /// Where answering, ranking, the local judge and the embedder run (`device = "cpu" |
+    /// "cuda"`).
+    pub device: Device,
 }
 
 #[derive(Clone, Debug)]
@@ -309,14 +312,7 @@ impl ExperimentConfig {
                 t.line("precision")
             ),
         };
-        let device = match t.string("device")?.as_deref() {
-            None | Some("cpu") => Device::Cpu,
-            Some("cuda") => Device::Cuda,
-            Some(other) => bail!(
-                "line {}: device {other:?}: use \"cpu\" or \"cuda\"",
-                t.line("device")
-            ),
-        };
+        let device = parse_device(&t)?;
         let optimizer_state = match t.string("optimizer_state")?.as_deref() {
             None | Some("device") => OptimizerPlacement::Device,
             Some("host") => OptimizerPlacement::Host,
@@ -340,7 +336,12 @@ impl ExperimentConfig {
 
         let g = Keys::new(
             generate.unwrap_or(&empty),
-            &["max_new_tokens", "max_new_tokens_no_eos", "batch_size"],
+            &[
+                "max_new_tokens",
+                "max_new_tokens_no_eos",
+                "batch_size",
+                "device",
+            ],
         )?;
         let max_new_tokens = g.count("max_new_tokens")?.unwrap_or(2048).max(1);
         let generate = GenerateSpec {
@@ -350,6 +351,7 @@ impl ExperimentConfig {
                 .unwrap_or(512.min(max_new_tokens))
                 .max(1),
             batch_size: g.count("batch_size")?.unwrap_or(16).max(1),
+            device: parse_device(&g)?,
         };
 
         let Some(judge) = judge else {
@@ -501,6 +503,18 @@ impl ExperimentConfig {
             .filter(Setting::trains)
             .collect()
     }
+}
+
+/// A section's `device = "cpu" | "cuda"` (cpu when absent).
+fn parse_device(keys: &Keys) -> Result<Device> {
+    Ok(match keys.string("device")?.as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda,
+        Some(other) => bail!(
+            "line {}: device {other:?}: use \"cpu\" or \"cuda\"",
+            keys.line("device")
+        ),
+    })
 }
 
 fn check_name(name: &str, line: usize) -> Result<()> {

@@ -14,34 +14,28 @@
 //! - `<model>/<setting>/selection.json` (the sweep's win rates and the chosen epochs)
 //! - `<model>/<base|rules...>/test_outputs.json`, `vs_instruction-seed<S>.json`,
 //!   `base/ranking.json`
+//!
+//! Answering, ranking, the local judge and the embedder run on `[generate] device`
+//! (inference.rs): the CPU, or one GPU opened once for the run.
+
+#[path = "inference.rs"]
+mod inference;
 
 use super::config::{ExperimentConfig, JudgeSpec, Setting};
 use super::layout::{self, read_reference};
-use super::similarity::similarity_report;
 use super::store::Store;
-use crate::adapter::RuleAdapter;
 use crate::backend::Device;
 use crate::bail;
-use crate::data::{build_task, read_messages_jsonl, Mode, Task};
+use crate::data::{build_task, Mode, Task};
 use crate::error::{Context, Result};
-use crate::eval::endpoint::EndpointJudge;
-use crate::eval::judge::{run_judge, JudgeOptions, ANNOTATOR};
-use crate::eval::judge_local::LocalJudge;
-use crate::eval::ranking::{run_ranking, RankingOptions};
-use crate::eval::winrate::raw_winrate;
 use crate::eval::write_json_atomic;
-use crate::generate::instructions::{
-    answer_instructions, read_instructions, write_model_outputs, AnswerOptions, Instruction,
-};
-use crate::generate::ScoreAdjuster;
+use crate::generate::instructions::{read_instructions, write_model_outputs, Instruction};
 use crate::io::convert::convert_gguf;
-use crate::io::tokenizer::Tokenizer;
-use crate::model::Transformer;
 use crate::optim::Schedule;
 use crate::train::{train, TrainOptions};
+use inference::{with_device, JudgeHandle, Runtime};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Where a run goes and what it may skip.
 #[derive(Clone, Debug)]
@@ -49,16 +43,12 @@ pub struct RunOptions {
     pub results: PathBuf,
 }
 
-/// A loaded judge, reused across steps.
-enum JudgeHandle {
-    Local(Box<(Transformer, Tokenizer)>, usize),
-    Endpoint(String, String, Option<String>),
-}
-
 struct Ctx<'a> {
     cfg: &'a ExperimentConfig,
+    /// Where answering, ranking, judging and embedding run.
+    rt: &'a Runtime,
     store: Store,
-    judge: Option<JudgeHandle>,
+    judge: Option<JudgeHandle<'a>>,
     judge_id: Value,
     val: Vec<Instruction>,
     test: Vec<Instruction>,
@@ -67,9 +57,12 @@ struct Ctx<'a> {
 
 /// Runs (or continues) the whole grid, then writes the tables and figures.
 pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Store> {
+    // First, so that a config asking for a GPU that is not there fails before any work.
+    let rt = Runtime::open(cfg.generate.device)?;
     let store = Store::open(&opts.results, &cfg.name, &cfg.text)?;
     let mut ctx = Ctx {
         cfg,
+        rt: &rt,
         store,
         judge: None,
         judge_id: Value::Null,
@@ -147,7 +140,8 @@ impl Ctx<'_> {
         self.judge_id = match &cfg.judge {
             JudgeSpec::Local { path, max_len } => {
                 let dir = self.model_folder("judge", path)?;
-                json!({"local": dir.display().to_string(), "weights": self.weights_hash(&dir)?, "max_len": max_len})
+                let id = json!({"local": dir.display().to_string(), "weights": self.weights_hash(&dir)?, "max_len": max_len});
+                with_device(id, cfg.generate.device)
             }
             JudgeSpec::Endpoint { url, model, .. } => json!({"endpoint": url, "model": model}),
         };
@@ -310,28 +304,7 @@ impl Ctx<'_> {
                     continue;
                 };
                 let dir = layout::run_dir(&spec.name, setting, seed, e);
-                let out = format!("{dir}/similarity.json");
-                let outputs = self.store.path(&format!("{dir}/test_outputs.json"));
-                let task_data = self.store.path(&format!("data/{task}.jsonl"));
-                let lima = self.store.path("data/lima.jsonl");
-                let fp = json!({
-                    "embedder": self.weights_hash(&emb)?,
-                    "outputs": self.store.hash_input(&outputs)?,
-                    "task_data": self.store.hash_input(&task_data)?,
-                    "lima": if lima.exists() { self.store.hash_input(&lima)? } else { "absent".into() },
-                    "train_limit": cfg.data.train_limit,
-                });
-                self.store
-                    .step(&out.replace(".json", ""), fp, &[&out], |root| {
-                        similarity_report(
-                            &emb,
-                            &outputs,
-                            &task_data,
-                            &lima,
-                            cfg.data.train_limit,
-                            &root.join(&out),
-                        )
-                    })?;
+                self.similarity(&emb, &dir, task)?;
             }
         }
         Ok(())
@@ -411,64 +384,6 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Answers `rows` with the model in `dir` (optionally through the rule adapter) into
-    /// `{key}.json`.
-    fn answer(
-        &mut self,
-        key: &str,
-        dir: &Path,
-        model_id: Value,
-        rules: Option<crate::adapter::RuleSet>,
-        rows: &[Instruction],
-        split: &str,
-    ) -> Result<()> {
-        let g = &self.cfg.generate;
-        let max_new_tokens = match rules {
-            Some(r) if !r.eos => g.max_new_tokens_no_eos,
-            _ => g.max_new_tokens,
-        };
-        let instructions: Vec<&str> = rows.iter().map(|r| r.instruction.as_str()).collect();
-        let fp = json!({
-            "model": model_id,
-            "instructions": crate::experiment::store::hex(&crate::eval::sha512::sha512(
-                serde_json::to_string(&instructions).unwrap_or_default().as_bytes()
-            )),
-            "rules": rules.map(|r| r.names()),
-            "max_new_tokens": max_new_tokens,
-            "batch_size": g.batch_size,
-        });
-        let rel = format!("{key}.json");
-        let generator = key.replace('/', "_");
-        self.store.step(key, fp, &[&rel], |root| {
-            let model = Transformer::load(dir)?;
-            let tok = Tokenizer::load(dir, &model.config)?;
-            let adjuster = match rules {
-                Some(r) => {
-                    let adapter = RuleAdapter::paper(r, &tok)?;
-                    eprintln!("{}", adapter.describe());
-                    Some(Arc::new(adapter) as Arc<dyn ScoreAdjuster>)
-                }
-                None => None,
-            };
-            let opts = AnswerOptions {
-                max_new_tokens,
-                batch_size: g.batch_size,
-                temperature: 0.0,
-                seed: 0,
-                generator,
-                dataset: split.into(),
-            };
-            let outputs = answer_instructions(&model, &tok, rows, &opts, adjuster)?;
-            write_model_outputs(&root.join(&rel), &outputs)?;
-            let tokens: usize = outputs
-                .iter()
-                .map(|o| tok.encode(&o.output).map_or(0, |t| t.len()))
-                .sum();
-            Ok(json!({"outputs": outputs.len(), "mean_output_tokens": tokens as f64 / outputs.len().max(1) as f64}))
-        })?;
-        Ok(())
-    }
-
     fn validate(&mut self, m: usize, setting: Setting, seed: u64, epochs: usize) -> Result<f64> {
         let name = self.cfg.models[m].name.clone();
         let dir = layout::run_dir(&name, setting, seed, epochs);
@@ -535,107 +450,5 @@ impl Ctx<'_> {
             Ok(json!({"selected_epochs": best.0, "validation_win_rate": best.1}))
         })?;
         Ok(best.0)
-    }
-
-    /// Annotates `outputs` against `reference` (both relative) into `out`; returns the win
-    /// rate figures.
-    fn judge_step(&mut self, out: &str, outputs: &str, reference: &str) -> Result<Value> {
-        let (o, r) = (self.store.path(outputs), self.store.path(reference));
-        let fp = json!({
-            "outputs": self.store.hash_input(&o)?,
-            "reference": self.store.hash_input(&r)?,
-            "judge": self.judge_id,
-        });
-        let key = out.trim_end_matches(".json").to_string();
-        if self.store.done(&key, &fp)?.is_none() {
-            self.load_judge()?;
-        }
-        let judge = self.judge.as_ref();
-        let batch = self.cfg.judge_batch;
-        self.store.step(&key, fp, &[out], |root| {
-            let opts = JudgeOptions {
-                max_examples: None,
-                seed: 0,
-                batch,
-                annotator: ANNOTATOR.into(),
-            };
-            let annotations = match judge.context("judge not loaded")? {
-                JudgeHandle::Local(mt, max_len) => {
-                    let mut j = LocalJudge::new(&mt.0, &mt.1, *max_len)?;
-                    run_judge(&o, &r, &mut j, &opts, &root.join(out))?
-                }
-                JudgeHandle::Endpoint(url, model, key_env) => {
-                    let key = match key_env {
-                        Some(var) => Some(std::env::var(var).map_err(|_| {
-                            crate::Error(format!(
-                                "[judge] api_key_env {var}: the variable is not set"
-                            ))
-                        })?),
-                        None => None,
-                    };
-                    let mut j = EndpointJudge::new(url, model, key)?;
-                    run_judge(&o, &r, &mut j, &opts, &root.join(out))?
-                }
-            };
-            let prefs: Vec<Option<f64>> = annotations.iter().map(|a| a.preference).collect();
-            let w = raw_winrate(&prefs);
-            eprintln!(
-                "{outputs} vs {reference}: win rate {:.2} ± {:.2}",
-                w.win_rate, w.standard_error
-            );
-            serde_json::to_value(&w).context("win rate")
-        })
-    }
-
-    fn load_judge(&mut self) -> Result<()> {
-        if self.judge.is_some() {
-            return Ok(());
-        }
-        self.judge = Some(match &self.cfg.judge {
-            JudgeSpec::Local { path, max_len } => {
-                let dir = self.model_folder("judge", path)?;
-                let model = Transformer::load(&dir)?;
-                let tok = Tokenizer::load(&dir, &model.config)?;
-                JudgeHandle::Local(Box::new((model, tok)), *max_len)
-            }
-            JudgeSpec::Endpoint {
-                url,
-                model,
-                api_key_env,
-            } => JudgeHandle::Endpoint(url.clone(), model.clone(), api_key_env.clone()),
-        });
-        Ok(())
-    }
-
-    fn ranking(&mut self, out: &str, dir: &Path, model_id: Value) -> Result<()> {
-        let cfg = self.cfg;
-        let data = cfg.data_file(&cfg.data.ranking);
-        let fp = json!({
-            "model": model_id,
-            "data": self.store.hash_input(&data)?,
-            "limit": cfg.data.ranking_limit,
-            "negatives": cfg.ranking.negatives,
-            "max_len": cfg.ranking.max_len,
-            "bootstrap": cfg.ranking.bootstrap,
-        });
-        let key = out.trim_end_matches(".json").to_string();
-        self.store.step(&key, fp, &[out], |root| {
-            let model = Transformer::load(dir)?;
-            let tok = Tokenizer::load(dir, &model.config)?;
-            let examples = read_messages_jsonl(&data)?;
-            let opts = RankingOptions {
-                negatives: cfg.ranking.negatives,
-                seed: 0,
-                max_examples: cfg.data.ranking_limit,
-                max_len: cfg.ranking.max_len,
-                batch_tokens: 2048,
-                bootstrap: cfg.ranking.bootstrap,
-            };
-            let report = run_ranking(&model, &tok, &examples, &opts)
-                .map_err(|e| crate::Error(format!("{}: {e}", data.display())))?;
-            write_json_atomic(&root.join(out), &json!({"model": dir.display().to_string(), "data": data.display().to_string(), "result": report}))?;
-            Ok(json!({"fraction": report.fraction, "ci95": report.ci95, "pairs": report.pairs}))
-        })?;
-        Ok(())
     }
 }

@@ -13,35 +13,40 @@ use crate::error::{Context, Result};
 use crate::eval::write_json_atomic;
 use crate::generate::instructions::read_model_outputs;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::Transformer;
+use crate::model::lm::{embed, LanguageModel};
 use serde_json::{json, Value};
 use std::path::Path;
 
 /// Texts are embedded from at most this many tokens (cost bound on the CPU).
 const MAX_TOKENS: usize = 256;
 
-struct Embedder {
-    model: Transformer,
-    tok: Tokenizer,
+/// An embedding model (on any device) and its tokenizer.
+pub struct Embedder<'t, M> {
+    pub model: M,
+    pub tok: &'t Tokenizer,
 }
 
-impl Embedder {
-    fn embed(&self, text: &str) -> Result<Vec<f32>> {
+impl<M: LanguageModel> Embedder<'_, M> {
+    fn embed(&mut self, text: &str) -> Result<Vec<f32>> {
         let mut ids = self.tok.encode_prompt(text)?;
         ids.truncate(MAX_TOKENS);
         if ids.is_empty() {
             ids.push(self.tok.eos.first().copied().unwrap_or(0));
         }
-        self.model.embed(&ids)
+        embed(&mut self.model, &ids)
     }
 
     /// The mean embedding of the (instruction, response) pairs of a messages JSONL file.
-    fn mean_pair(&self, path: &Path, limit: Option<usize>) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+    fn mean_pair(
+        &mut self,
+        path: &Path,
+        limit: Option<usize>,
+    ) -> Result<(Vec<f32>, Vec<f32>, usize)> {
         let mut rows = read_messages_jsonl(path)?;
         if let Some(n) = limit {
             rows.truncate(n);
         }
-        let d = self.model.config.hidden_size;
+        let d = self.model.config().hidden_size;
         let (mut ins, mut out) = (vec![0.0f64; d], vec![0.0f64; d]);
         let mut n = 0;
         for ex in &rows {
@@ -77,8 +82,10 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     cov / (vx * vy).sqrt()
 }
 
-/// Computes the points for one single-task model's test outputs and writes them to `out`.
-pub fn similarity_report(
+/// Computes the points for one single-task model's test outputs with `e` (the model loaded
+/// from the folder `embedder`) and writes them to `out`.
+pub fn similarity_report<M: LanguageModel>(
+    e: &mut Embedder<'_, M>,
     embedder: &Path,
     outputs: &Path,
     task_data: &Path,
@@ -86,9 +93,6 @@ pub fn similarity_report(
     limit: Option<usize>,
     out: &Path,
 ) -> Result<Value> {
-    let model = Transformer::load(embedder)?;
-    let tok = Tokenizer::load(embedder, &model.config)?;
-    let e = Embedder { model, tok };
     let (task_ins, task_out, n_task) = e.mean_pair(task_data, limit)?;
     let (lima_out, n_lima) = if lima.is_file() {
         let (_, o, n) = e.mean_pair(lima, limit)?;

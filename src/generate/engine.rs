@@ -1,12 +1,14 @@
 //! Decoding state per sequence and the batched step shared by every entry point: `generate`
 //! (one streamed sequence), `generate_batch` / [`run_batched`] (a whole instruction set with
-//! continuous batching) and the OpenAI server (concurrent requests).
+//! continuous batching) and the OpenAI server (concurrent requests). Generic over the model
+//! ([`LanguageModel`]): the CPU `Transformer` or the GPU's `CudaTransformer`, with tokens chosen
+//! on the host alike.
 
 use super::scoring::{adapted_log_probs, greedy_pick, top_k, Pick, ScoreAdjuster, SequenceScores};
 use super::Sampler;
 use crate::bail;
 use crate::error::Result;
-use crate::model::{KvCache, Logits, Transformer};
+use crate::model::{KvCache, LanguageModel, Logits};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -58,9 +60,10 @@ pub enum Finish {
     Length,
 }
 
-/// A sequence being decoded: its KV cache, the tokens to feed next and its decoding rules.
-pub struct Sequence {
-    cache: KvCache,
+/// A sequence being decoded: its KV cache (`C`, the model's [`LanguageModel::Cache`]; the CPU's
+/// by default), the tokens to feed next and its decoding rules.
+pub struct Sequence<C = KvCache> {
+    cache: C,
     pending: Vec<u32>,
     generated: Vec<u32>,
     max_new_tokens: usize,
@@ -72,11 +75,14 @@ pub struct Sequence {
     finish: Option<Finish>,
 }
 
-impl Sequence {
+impl<C> Sequence<C> {
     /// Checks the prompt against the model (non-empty, ids in the vocabulary, shorter than the
     /// context) and sets up the cache and the adjuster's state.
-    pub fn new(model: &Transformer, req: SequenceRequest) -> Result<Sequence> {
-        let c = &model.config;
+    pub fn new<M>(model: &M, req: SequenceRequest) -> Result<Sequence<C>>
+    where
+        M: LanguageModel<Cache = C> + ?Sized,
+    {
+        let c = model.config();
         if req.prompt.is_empty() {
             bail!("the prompt has no tokens");
         }
@@ -98,7 +104,7 @@ impl Sequence {
             .as_ref()
             .map(|a| a.start(&req.prompt, c.vocab_size));
         Ok(Sequence {
-            cache: KvCache::new(c),
+            cache: model.new_cache(),
             finish: (req.max_new_tokens == 0).then_some(Finish::Length),
             pending: req.prompt,
             generated: Vec::new(),
@@ -125,8 +131,9 @@ impl Sequence {
         self.sampler.clone()
     }
 
-    /// Chooses the next token from this step's logits and records it.
-    fn choose(&mut self, logits: &[f32]) -> TokenChoice {
+    /// Chooses the next token from this step's logits and records it; `cache_len` is the
+    /// cache's length after this step's forward pass.
+    fn choose(&mut self, logits: &[f32], cache_len: usize) -> TokenChoice {
         let scores = self.scores.as_mut().map(|s| s.scores());
         let choice = if self.sampler.is_greedy() && self.top_logprobs == 0 {
             let Pick { token, logprob, .. } = greedy_pick(logits, scores);
@@ -156,9 +163,7 @@ impl Sequence {
         self.pending = vec![choice.token];
         if self.stop_tokens.contains(&choice.token) {
             self.finish = Some(Finish::Stop);
-        } else if self.generated.len() >= self.max_new_tokens
-            || self.cache.len() + 1 >= self.context_len
-        {
+        } else if self.generated.len() >= self.max_new_tokens || cache_len + 1 >= self.context_len {
             self.finish = Some(Finish::Length);
         }
         choice
@@ -168,7 +173,10 @@ impl Sequence {
 /// One decoding step for every given (unfinished) sequence: a single forward over all their
 /// pending tokens (prompts being prefilled and single decode tokens alike, ragged, no padding),
 /// then one token chosen per sequence.
-pub fn step(model: &Transformer, seqs: &mut [&mut Sequence]) -> Result<Vec<TokenChoice>> {
+pub fn step<M: LanguageModel>(
+    mut model: M,
+    seqs: &mut [&mut Sequence<M::Cache>],
+) -> Result<Vec<TokenChoice>> {
     if seqs.iter().any(|s| s.finish.is_some()) {
         bail!("step: a finished sequence was passed");
     }
@@ -177,7 +185,7 @@ pub fn step(model: &Transformer, seqs: &mut [&mut Sequence]) -> Result<Vec<Token
         .map(|s| std::mem::take(&mut s.pending))
         .collect();
     let logits = {
-        let mut batch: Vec<(&[u32], &mut KvCache)> = seqs
+        let mut batch: Vec<(&[u32], &mut M::Cache)> = seqs
             .iter_mut()
             .zip(&pending)
             .map(|(s, p)| (p.as_slice(), &mut s.cache))
@@ -187,7 +195,10 @@ pub fn step(model: &Transformer, seqs: &mut [&mut Sequence]) -> Result<Vec<Token
     Ok(seqs
         .iter_mut()
         .zip(&logits)
-        .map(|(s, l)| s.choose(l))
+        .map(|(s, l)| {
+            let len = M::cache_len(&s.cache);
+            s.choose(l, len)
+        })
         .collect())
 }
 
@@ -203,15 +214,15 @@ pub struct Finished {
 /// decoded together, and as soon as one ends the next request joins the batch (its prefill
 /// shares the step's forward with the others' decode tokens). `on_token(i, choice)` sees each
 /// token of request `i` as it is chosen; `on_done(i, finished)` each sequence as it ends.
-pub fn run_batched(
-    model: &Transformer,
+pub fn run_batched<M: LanguageModel>(
+    mut model: M,
     requests: impl IntoIterator<Item = SequenceRequest>,
     max_batch: usize,
     mut on_token: impl FnMut(usize, &TokenChoice) -> Result<()>,
     mut on_done: impl FnMut(usize, Finished) -> Result<()>,
 ) -> Result<()> {
     let mut queue: VecDeque<(usize, SequenceRequest)> = requests.into_iter().enumerate().collect();
-    let mut live: Vec<(usize, Sequence)> = Vec::new();
+    let mut live: Vec<(usize, Sequence<M::Cache>)> = Vec::new();
     let max_batch = max_batch.max(1);
     loop {
         while live.len() < max_batch {
@@ -219,7 +230,7 @@ pub fn run_batched(
                 break;
             };
             let seq =
-                Sequence::new(model, req).map_err(|e| crate::Error(format!("prompt {i}: {e}")))?;
+                Sequence::new(&model, req).map_err(|e| crate::Error(format!("prompt {i}: {e}")))?;
             if let Some(finish) = seq.finish {
                 on_done(
                     i,
@@ -236,8 +247,8 @@ pub fn run_batched(
             return Ok(());
         }
         let choices = {
-            let mut seqs: Vec<&mut Sequence> = live.iter_mut().map(|(_, s)| s).collect();
-            step(model, &mut seqs)?
+            let mut seqs: Vec<&mut Sequence<M::Cache>> = live.iter_mut().map(|(_, s)| s).collect();
+            step(&mut model, &mut seqs)?
         };
         for ((i, _), choice) in live.iter().zip(&choices) {
             on_token(*i, choice)?;

@@ -11,7 +11,7 @@ use crate::bail;
 use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
-use crate::model::Transformer;
+use crate::model::LanguageModel;
 use serde::{Deserialize, Serialize};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -116,9 +116,10 @@ pub struct AnswerOptions {
 }
 
 /// Answers every instruction in the paper's chat format (EOS ends an answer and is not kept),
-/// optionally through a score adjuster (the rule adapter); progress on stderr.
-pub fn answer_instructions(
-    model: &Transformer,
+/// optionally through a score adjuster (the rule adapter); progress on stderr. Any model: the
+/// CPU's (`&Transformer`) or the GPU's (`&mut CudaTransformer`).
+pub fn answer_instructions<M: LanguageModel>(
+    model: M,
     tok: &Tokenizer,
     rows: &[Instruction],
     opts: &AnswerOptions,

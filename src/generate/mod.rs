@@ -1,6 +1,6 @@
 //! Text generation: greedy or temperature sampling with a KV cache, one sequence streamed or a
 //! batch of sequences decoded together, optionally through a score adjuster (the paper's rule
-//! adapter, `crate::adapter`).
+//! adapter, `crate::adapter`), on any [`LanguageModel`] (the CPU or the GPU model).
 
 pub mod detok;
 pub mod engine;
@@ -14,7 +14,7 @@ pub use scoring::{adapted_log_probs, greedy_pick, top_k, Pick, ScoreAdjuster, Se
 
 use crate::backend::cpu::ops::{argmax, softmax_in_place};
 use crate::error::Result;
-use crate::model::Transformer;
+use crate::model::LanguageModel;
 use std::sync::Arc;
 
 /// How the next token is chosen from logits.
@@ -107,8 +107,8 @@ pub struct GenerateOptions {
 
 /// Generates after `prompt`, calling `on_token` with each new token as it is chosen.
 /// Returns the new tokens (a final stop token included).
-pub fn generate(
-    model: &Transformer,
+pub fn generate<M: LanguageModel>(
+    model: M,
     prompt: &[u32],
     opts: &GenerateOptions,
     sampler: &mut Sampler,
@@ -119,8 +119,8 @@ pub fn generate(
 
 /// [`generate`] with an optional score adjuster (e.g. the rule adapter); `on_token` also sees
 /// each token's log-probability.
-pub fn generate_adjusted(
-    model: &Transformer,
+pub fn generate_adjusted<M: LanguageModel>(
+    mut model: M,
     prompt: &[u32],
     opts: &GenerateOptions,
     sampler: &mut Sampler,
@@ -135,9 +135,9 @@ pub fn generate_adjusted(
         top_logprobs: 0,
         adjuster,
     };
-    let mut seq = Sequence::new(model, req)?;
+    let mut seq = Sequence::new(&model, req)?;
     while seq.finish().is_none() {
-        let choice = step(model, &mut [&mut seq])?.remove(0);
+        let choice = step(&mut model, &mut [&mut seq])?.remove(0);
         on_token(&choice)?;
     }
     // Hand the sampler's advanced state back, so consecutive calls keep drawing fresh numbers.
@@ -149,8 +149,8 @@ pub fn generate_adjusted(
 /// going (ragged lengths, no padding), so the weights are read once per step for the batch.
 /// `on_step(done, total)` reports progress each time a sequence ends. Returns each prompt's new
 /// tokens (empty for an empty prompt).
-pub fn generate_batch(
-    model: &Transformer,
+pub fn generate_batch<M: LanguageModel>(
+    model: M,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     sampler: &mut Sampler,
@@ -167,8 +167,8 @@ pub fn generate_batch(
 /// [`generate_batch`] with an optional score adjuster and at most `max_batch` sequences decoded
 /// together (continuous batching: a finished sequence's slot goes to the next prompt at once).
 /// `on_done(i, tokens)` sees each sequence as it ends. Empty prompts give empty outputs.
-pub fn generate_batch_adjusted(
-    model: &Transformer,
+pub fn generate_batch_adjusted<M: LanguageModel>(
+    model: M,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     sampler: &mut Sampler,

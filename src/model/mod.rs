@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod init;
+pub mod lm;
 pub mod presets;
 pub mod random;
 pub mod train;
@@ -9,4 +10,5 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
+pub use lm::LanguageModel;
 pub use transformer::{KvCache, Logits, Transformer};

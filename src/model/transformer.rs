@@ -251,19 +251,7 @@ impl Transformer {
     /// The mean over positions of the final-normed hidden states of `tokens`, L2-normalised: a
     /// text embedding (mean pooling, as the paper's plot_embeds.py does with its embedder).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let d = self.config.hidden_size;
-        let mut cache = KvCache::new(&self.config);
-        let h = self
-            .forward(&mut [(tokens, &mut cache)], Logits::Hidden)?
-            .remove(0);
-        let mut mean = vec![0.0f64; d];
-        for row in h.chunks_exact(d) {
-            for (m, &x) in mean.iter_mut().zip(row) {
-                *m += x as f64;
-            }
-        }
-        let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-        Ok(mean.iter().map(|x| (x / norm) as f32).collect())
+        super::lm::embed(self, tokens)
     }
 
     /// Logits of every position of one sequence, from an empty cache: `[tokens, vocab]`.

@@ -83,6 +83,23 @@ impl CudaKvCache {
         self.capacity
     }
 
+    /// A copy of this cache (its own GPU memory): a shared prefix computed once, continued
+    /// differently by each copy.
+    pub fn fork(&self, gpu: &CudaBackend) -> Result<CudaKvCache> {
+        let buffers = match &self.buffers {
+            Some((k, v)) => Some((gpu.copy(k)?, gpu.copy(v)?)),
+            None => None,
+        };
+        Ok(CudaKvCache {
+            layers: self.layers,
+            kv_dim: self.kv_dim,
+            max_positions: self.max_positions,
+            buffers,
+            capacity: self.capacity,
+            len: self.len,
+        })
+    }
+
     /// Forgets every token, keeping the memory.
     pub fn clear(&mut self) {
         self.len = 0;

@@ -1,0 +1,160 @@
+//! [`LanguageModel`]: what generation, ranking, the local judge and the embedder need of a
+//! model: a causal LM that runs ragged batches of new tokens, each sequence appending to its own
+//! KV cache. The CPU [`Transformer`] and (feature `cuda`) `backend::cuda::CudaTransformer`
+//! implement it, so every entry point runs on either device.
+//!
+//! The methods take `&mut self`, since the GPU model's forward pass needs it (it drives one
+//! stream; a `&self` contract would push a `RefCell`/`Mutex` into it). The CPU model does not
+//! mutate in its forward pass, so `&Transformer` is itself a model (a `Copy` handle that many
+//! threads may hold, e.g. behind the server's `Arc`). Entry points take the model by value as
+//! a handle, `M: LanguageModel`: `f(&cpu_model, ..)` for the CPU (unchanged call sites), and
+//! `f(&mut gpu_model, ..)` for the GPU; `&mut M` is a model whenever `M` is, so a generic
+//! function can lend its handle to another (`step(&mut model, ..)`) and keep using it.
+
+use super::config::ModelConfig;
+use super::transformer::{KvCache, Logits, Transformer};
+use crate::error::Result;
+
+/// A causal language model with one KV cache per sequence (see the module docs).
+pub trait LanguageModel {
+    /// One sequence's keys and values.
+    type Cache;
+
+    fn config(&self) -> &ModelConfig;
+
+    /// An empty cache for one sequence.
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Tokens already in `cache` (the position of the next one).
+    fn cache_len(cache: &Self::Cache) -> usize;
+
+    /// A copy of `cache` that grows independently of it (to share a prompt prefix between
+    /// sequences), or None when this model's caches cannot be copied: the caller then runs the
+    /// prefix again for each sequence.
+    fn fork_cache(&self, cache: &Self::Cache) -> Option<Self::Cache>;
+
+    /// Runs the new tokens of each sequence through the model, appending to its cache, and
+    /// returns each sequence's logits (`[vocab]` for `Logits::Last`, `[tokens, vocab]` for
+    /// `Logits::All`) or final-normed hidden states (`Logits::Hidden`, `[tokens, hidden]`).
+    fn forward(
+        &mut self,
+        batch: &mut [(&[u32], &mut Self::Cache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>>;
+}
+
+impl<M: LanguageModel + ?Sized> LanguageModel for &mut M {
+    type Cache = M::Cache;
+    fn config(&self) -> &ModelConfig {
+        (**self).config()
+    }
+    fn new_cache(&self) -> M::Cache {
+        (**self).new_cache()
+    }
+    fn cache_len(cache: &M::Cache) -> usize {
+        M::cache_len(cache)
+    }
+    fn fork_cache(&self, cache: &M::Cache) -> Option<M::Cache> {
+        (**self).fork_cache(cache)
+    }
+    fn forward(
+        &mut self,
+        batch: &mut [(&[u32], &mut M::Cache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        (**self).forward(batch, want)
+    }
+}
+
+/// The CPU model, shared: its forward pass only reads the weights.
+impl LanguageModel for &Transformer {
+    type Cache = KvCache;
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config)
+    }
+    fn cache_len(cache: &KvCache) -> usize {
+        cache.len()
+    }
+    fn fork_cache(&self, cache: &KvCache) -> Option<KvCache> {
+        Some(cache.clone())
+    }
+    fn forward(
+        &mut self,
+        batch: &mut [(&[u32], &mut KvCache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        Transformer::forward(self, batch, want)
+    }
+}
+
+/// The CPU model, owned (e.g. kept by an embedder); the same as `&Transformer`.
+impl LanguageModel for Transformer {
+    type Cache = KvCache;
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.config)
+    }
+    fn cache_len(cache: &KvCache) -> usize {
+        cache.len()
+    }
+    fn fork_cache(&self, cache: &KvCache) -> Option<KvCache> {
+        Some(cache.clone())
+    }
+    fn forward(
+        &mut self,
+        batch: &mut [(&[u32], &mut KvCache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        Transformer::forward(self, batch, want)
+    }
+}
+
+/// The GPU model. Its caches live on the GPU; a fork copies them there (None if that fails:
+/// the caller then runs the prefix again).
+#[cfg(feature = "cuda")]
+impl LanguageModel for crate::backend::cuda::CudaTransformer<'_> {
+    type Cache = crate::backend::cuda::CudaKvCache;
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn new_cache(&self) -> Self::Cache {
+        crate::backend::cuda::CudaTransformer::new_cache(self)
+    }
+    fn cache_len(cache: &Self::Cache) -> usize {
+        cache.len()
+    }
+    fn fork_cache(&self, cache: &Self::Cache) -> Option<Self::Cache> {
+        cache.fork(self.gpu()).ok()
+    }
+    fn forward(
+        &mut self,
+        batch: &mut [(&[u32], &mut Self::Cache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        crate::backend::cuda::CudaTransformer::forward(self, batch, want)
+    }
+}
+
+/// The mean over positions of the final-normed hidden states of `tokens`, L2-normalised: a
+/// text embedding (mean pooling, as the paper's plot_embeds.py does with its embedder). The
+/// same arithmetic as `Transformer::embed`, on any model.
+pub fn embed<M: LanguageModel>(mut model: M, tokens: &[u32]) -> Result<Vec<f32>> {
+    let d = model.config().hidden_size;
+    let mut cache = model.new_cache();
+    let h = model
+        .forward(&mut [(tokens, &mut cache)], Logits::Hidden)?
+        .remove(0);
+    let mut mean = vec![0.0f64; d];
+    for row in h.chunks_exact(d) {
+        for (m, &x) in mean.iter_mut().zip(row) {
+            *m += x as f64;
+        }
+    }
+    let norm = mean.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    Ok(mean.iter().map(|x| (x / norm) as f32).collect())
+}

@@ -1,0 +1,173 @@
+//! The generic entry points (`model::LanguageModel`) on the GPU model against the CPU model:
+//! greedy decoding through the shared engine (`generate`, `run_batched`) and response ranking
+//! (`run_ranking`) on stories260k. The GPU runs bf16 weights and activations, so tokens agree
+//! with the CPU's for a while rather than for ever (as tests/cuda_model.rs's own greedy check
+//! allows), while the engine on the GPU must give exactly what a plain greedy loop over
+//! `CudaTransformer::forward` gives. Without a GPU each test prints "SKIPPED (no GPU): reason"
+//! and passes.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::gpu::gpu;
+use implicit::backend::cpu::ops;
+use implicit::backend::cuda::CudaTransformer;
+use implicit::data::read_messages_jsonl;
+use implicit::eval::ranking::{run_ranking, RankingOptions};
+use implicit::generate::{
+    generate, run_batched, Finished, GenerateOptions, Sampler, SequenceRequest,
+};
+use implicit::io::tokenizer::Tokenizer;
+use implicit::model::{LanguageModel, Logits, Transformer};
+
+/// Greedy tokens must agree with the CPU's on at least this many leading tokens.
+const AGREE: usize = 10;
+
+/// Each request's tokens, decoded 2 at a time by the shared engine on any model.
+fn decode_batched<M: LanguageModel>(model: M, requests: &[SequenceRequest]) -> Vec<Vec<u32>> {
+    let mut outs = vec![Vec::new(); requests.len()];
+    let done = |i: usize, f: Finished| {
+        outs[i] = f.tokens;
+        Ok(())
+    };
+    run_batched(model, requests.to_vec(), 2, |_, _| Ok(()), done).unwrap();
+    outs
+}
+
+fn leading_agreement(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[test]
+fn engine_on_the_gpu_decodes_greedy_as_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-generate-engine") else {
+        return;
+    };
+    let cpu = Transformer::load(&dir).unwrap();
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    let bos = cpu.config.bos_token_id.unwrap_or(1);
+    let n = 30;
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        stop_tokens: vec![],
+    };
+    let want = generate(&cpu, &[bos], &opts, &mut Sampler::greedy(), |_| Ok(())).unwrap();
+    let got = generate(
+        &mut model,
+        &[bos],
+        &opts,
+        &mut Sampler::greedy(),
+        |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(got.len(), n);
+
+    // The engine adds nothing to the GPU's arithmetic: a plain greedy loop gives the same.
+    let mut cache = model.new_cache();
+    let mut plain = Vec::new();
+    let mut next = vec![bos];
+    for _ in 0..n {
+        let logits = model
+            .forward(&mut [(&next, &mut cache)], Logits::Last)
+            .unwrap()
+            .remove(0);
+        let token = ops::argmax(&logits) as u32;
+        plain.push(token);
+        next = vec![token];
+    }
+    assert_eq!(
+        got, plain,
+        "the engine's greedy tokens differ from a plain loop"
+    );
+    let same = leading_agreement(&got, &want);
+    eprintln!("greedy: the first {same} of {n} tokens agree\n cpu {want:?}\n gpu {got:?}");
+    assert!(same >= AGREE, "only the first {same} greedy tokens agree");
+
+    // Continuous batching on the GPU (ragged prompts, 2 slots for 3 sequences, EOS stops).
+    let tok = Tokenizer::load(&dir, &cpu.config).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "Once upon a time",
+        "The cat",
+        "Lily and Tom went to the park",
+    ]
+    .iter()
+    .map(|p| tok.encode_prompt(p).unwrap())
+    .collect();
+    let requests: Vec<SequenceRequest> = prompts
+        .iter()
+        .map(|p| SequenceRequest::greedy(p.clone(), 20, tok.eos.clone()))
+        .collect();
+    let cpu_out = decode_batched(&cpu, &requests);
+    let gpu_out = decode_batched(&mut model, &requests);
+    for (i, (c, g)) in cpu_out.iter().zip(&gpu_out).enumerate() {
+        let same = leading_agreement(c, g);
+        eprintln!("prompt {i}: the first {same} tokens agree\n cpu {c:?}\n gpu {g:?}");
+        assert!(
+            same >= AGREE.min(c.len()),
+            "prompt {i}: only {same} tokens agree"
+        );
+    }
+}
+
+#[test]
+fn ranking_on_the_gpu_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-generate-ranking") else {
+        return;
+    };
+    let data = common::data_dir("cuda-generate-ranking").unwrap();
+    let cpu = Transformer::load(&dir).unwrap();
+    let tok = Tokenizer::load(&dir, &cpu.config).unwrap();
+    let examples = read_messages_jsonl(&data.join("lima/lima_data.jsonl")).unwrap();
+    let opts = RankingOptions {
+        max_examples: Some(16),
+        max_len: 512,
+        bootstrap: 200,
+        ..RankingOptions::default()
+    };
+    let want = run_ranking(&cpu, &tok, &examples, &opts).unwrap();
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    let got = run_ranking(&mut model, &tok, &examples, &opts).unwrap();
+    eprintln!(
+        "ranking: cpu {}/{} = {:.3}, gpu {}/{} = {:.3}",
+        want.wins, want.pairs, want.fraction, got.wins, got.pairs, got.fraction
+    );
+    // The same draws and pairs; scores within bf16's reach; the accuracy alike.
+    assert_eq!(
+        (got.n_instructions, got.pairs, got.self_draws_dropped),
+        (want.n_instructions, want.pairs, want.self_draws_dropped)
+    );
+    let mut flipped = 0;
+    for (g, w) in got.instructions.iter().zip(&want.instructions) {
+        let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
+        assert!(
+            rel(g.true_score, w.true_score) < 0.05,
+            "instruction {}: true score {} on the GPU, {} on the CPU",
+            w.index,
+            g.true_score,
+            w.true_score
+        );
+        for (gn, wn) in g.negatives.iter().zip(&w.negatives) {
+            assert_eq!(gn.pool_index, wn.pool_index);
+            assert!(
+                rel(gn.score, wn.score) < 0.05,
+                "{} vs {}",
+                gn.score,
+                wn.score
+            );
+            flipped += usize::from(gn.true_wins != wn.true_wins);
+        }
+    }
+    assert!(
+        flipped * 10 <= want.pairs,
+        "{flipped} of {} pairs change their winner",
+        want.pairs
+    );
+    assert!(
+        (got.fraction - want.fraction).abs() <= 0.1,
+        "accuracy {:.3} on the GPU, {:.3} on the CPU",
+        got.fraction,
+        want.fraction
+    );
+}
