@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Builds here what a GPU session runs (the GPU machines have no Rust toolchain): the release
-# `implicit` binary and the CUDA test binaries, with the `cuda` feature, copied into target/gpu/
-# under stable names (implicit, cuda_kernels, cuda_model, cuda_train), stripped of debug info,
-# the small real data the GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/, with target/gpu/COMMIT naming the commit they were built from
-# ("-dirty" when the working tree had changes). Then carry target/gpu to the device tool and run
-# tools/gpu_check.sh there (benches/NOTES.md, "How to run the benchmark").
+# `implicit` binary and the CUDA test binaries, with the `cuda` feature, under stable names
+# (implicit, cuda_kernels, cuda_model, cuda_train, cuda_generate), stripped of debug info and
+# packed into target/gpu/bin.tar.xz (five binaries of ~15 MiB each share most of their bytes;
+# packed they are ~15 MiB, under the device tool's 64 MiB carry limit); the small real data the
+# GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/; target/gpu/COMMIT naming the
+# commit they were built from ("-dirty" when the working tree had changes). Then carry
+# target/gpu to the device tool and run tools/gpu_check.sh there, which unpacks the binaries
+# (benches/NOTES.md, "How to run the benchmark").
 #
 # Usage: bash tools/build_gpu_binaries.sh          (nvcc: bash tools/install_nvcc.sh first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=target/gpu
-mkdir -p "$out"
+build=target/gpu-build
+rm -rf "$out"
+mkdir -p "$out" "$build"
 
 echo "== cargo build --release --features cuda --bin implicit"
 cargo build --release --features cuda --bin implicit
-cp target/release/implicit "$out/implicit"
+cp target/release/implicit "$build/implicit"
 
 # The path of a test binary, from cargo's JSON messages.
 test_binary() {
@@ -42,16 +47,22 @@ for t in cuda_kernels cuda_model cuda_train cuda_generate; do
     if [ -f "tests/$t.rs" ]; then
         echo "== cargo test --release --features cuda --test $t --no-run"
         path=$(test_binary "$t")
-        cp "$path" "$out/$t"
+        cp "$path" "$build/$t"
     else
-        rm -f "$out/$t"
+        rm -f "$build/$t"
     fi
 done
 
-strip --strip-debug "$out/implicit"
+strip --strip-debug "$build/implicit"
+bins=(implicit)
 for t in cuda_kernels cuda_model cuda_train cuda_generate; do
-    if [ -f "$out/$t" ]; then strip --strip-debug "$out/$t"; fi
+    if [ -f "$build/$t" ]; then
+        strip --strip-debug "$build/$t"
+        bins+=("$t")
+    fi
 done
+echo "== packing ${bins[*]} into $out/bin.tar.xz"
+tar -C "$build" -cf - "${bins[@]}" | xz -T2 -6 > "$out/bin.tar.xz"
 
 # The GPU machine has no ../shared/data: carry what the tests read (gpu_check.sh points
 # IMPLICIT_DATA here).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script a GPU session runs, from the repository root on the device machine, with the
 # binaries of tools/build_gpu_binaries.sh carried in target/gpu/ (device tool: carry
-# ["target/gpu"]). In order, each step's output to $OUT/<step>.log:
+# ["target/gpu"]), unpacked from target/gpu/bin.tar.xz into target/gpu-run/ (the test binaries
+# below are named by their short names). In order, each step's output to $OUT/<step>.log:
 #   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
 #   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference)
 #                                                                     -> cuda_kernels.log
@@ -37,23 +38,33 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-target/gpu-out}
 mkdir -p "$OUT"
-BIN=target/gpu
+# What is carried (the packed binaries, COMMIT, data/) and where the binaries are unpacked
+# (outside the carried folder, so that it stays small).
+CARRIED=target/gpu
+BIN=target/gpu-run
 STEPS=${STEPS:-smi,kernels,model,train,sdpa,bench}
 BUDGET=${BUDGET:-570}
 QUICK=${QUICK:-0}
 first_failure=0
 
+# The binaries travel packed (tools/build_gpu_binaries.sh): unpack them next to the archive.
+if [ -f "$CARRIED/bin.tar.xz" ] && { [ ! -x "$BIN/implicit" ] || [ "$CARRIED/bin.tar.xz" -nt "$BIN/implicit" ]; }; then
+    mkdir -p "$BIN"
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        "$CARRIED/bin.tar.xz" "$BIN" || { echo "gpu_check: cannot unpack $CARRIED/bin.tar.xz"; exit 2; }
+    touch "$BIN"/implicit "$BIN"/cuda_* 2>/dev/null
+fi
 if [ ! -x "$BIN/implicit" ]; then
     echo "gpu_check: no $BIN/implicit: run 'bash tools/build_gpu_binaries.sh' on the build machine and carry target/gpu"
     exit 2
 fi
-if [ -z "${IMPLICIT_COMMIT:-}" ] && [ -f "$BIN/COMMIT" ]; then
-    IMPLICIT_COMMIT=$(cat "$BIN/COMMIT")
+if [ -z "${IMPLICIT_COMMIT:-}" ] && [ -f "$CARRIED/COMMIT" ]; then
+    IMPLICIT_COMMIT=$(cat "$CARRIED/COMMIT")
 fi
 export IMPLICIT_COMMIT=${IMPLICIT_COMMIT:-unknown}
 # The real data the tests read, carried by build_gpu_binaries.sh when ../shared/data is absent.
-if [ -z "${IMPLICIT_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d "$BIN/data" ]; then
-    export IMPLICIT_DATA=$PWD/$BIN/data
+if [ -z "${IMPLICIT_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d "$CARRIED/data" ]; then
+    export IMPLICIT_DATA=$PWD/$CARRIED/data
 fi
 
 # cuBLAS (the GEMM reference): the image has libcublas in the nvidia-cublas wheel beside torch;
