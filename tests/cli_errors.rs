@@ -195,3 +195,47 @@ fn gpu_memory_options_are_refused_on_the_cpu() {
         assert!(line.contains("for --device cuda"), "{line}");
     }
 }
+
+#[test]
+fn eval_device_cuda_says_why_it_cannot_run_here() {
+    // A build without CUDA asks for a rebuild; a CUDA build on a machine without a GPU says
+    // why there is none.
+    let model = common::fixtures().join("llama-gqa");
+    let line = fails(&[
+        "eval",
+        "ranking",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "no-such.jsonl",
+        "--device",
+        "cuda",
+    ]);
+    assert!(
+        line.contains("no-such.jsonl"),
+        "the data is read first: {line}"
+    );
+    let data = common::temp_dir("eval-device").join("d.jsonl");
+    std::fs::write(
+        &data,
+        r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#,
+    )
+    .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_implicit"))
+        .args([
+            "eval",
+            "ranking",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+        ])
+        .args([data.to_str().unwrap(), "--device", "cuda"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if run.status.success() {
+        return; // a CUDA build on a machine with a GPU: it ran there
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("error: --device cuda"), "{stderr}");
+}

@@ -1,19 +1,21 @@
 //! `implicit eval`: response ranking, the AlpacaEval judge and win rates.
 
+use crate::backend::Device;
 use crate::bail;
 use crate::data::read_messages_jsonl;
+use crate::data::Example;
 use crate::error::Result;
 use crate::eval::endpoint::EndpointJudge;
-use crate::eval::judge::{run_judge, Judge, JudgeOptions, ANNOTATOR};
+use crate::eval::judge::{run_judge, Annotation, Judge, JudgeOptions, ANNOTATOR};
 use crate::eval::judge_local::LocalJudge;
-use crate::eval::ranking::{run_ranking, RankingOptions};
+use crate::eval::ranking::{run_ranking, RankingOptions, RankingReport};
 use crate::eval::winrate::{length_controlled, raw_winrate, read_annotations, Difficulty};
 use crate::eval::write_json_atomic;
 use crate::io::tokenizer::Tokenizer;
 use crate::model::Transformer;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Subcommand)]
@@ -57,6 +59,9 @@ pub struct RankingArgs {
     /// Write the full result (fraction, intervals, per-instruction scores) here, atomically.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where the model runs (cuda: a `--features cuda` build and a GPU).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 #[derive(Args)]
@@ -83,6 +88,9 @@ pub struct JudgeArgs {
     /// Longest judge prompt (tokens) the local judge accepts.
     #[arg(long, default_value_t = 16_384)]
     judge_max_len: usize,
+    /// Where --judge-local runs (cuda: a `--features cuda` build and a GPU).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
     /// Prompts handed to the judge at once (a local judge runs them in one forward pass).
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -122,18 +130,116 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     }
 }
 
+/// Runs `f` on the model of `dir` loaded on `device`, with its tokenizer.
+fn with_model<R>(
+    dir: &Path,
+    device: Device,
+    f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
+) -> Result<R> {
+    match device {
+        Device::Cpu => {
+            let model = Transformer::load(dir)?;
+            let tok = Tokenizer::load(dir, &model.config)?;
+            f(&mut CpuModel(&model), &tok)
+        }
+        Device::Cuda => with_gpu_model(dir, f),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn with_gpu_model<R>(
+    dir: &Path,
+    f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
+) -> Result<R> {
+    use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTransformer};
+    let gpu = match CudaBackend::open()? {
+        CudaAvailability::Ready(gpu) => gpu,
+        CudaAvailability::NoGpu(reason) => bail!("--device cuda: no usable GPU: {reason}"),
+    };
+    let mut model = CudaTransformer::from_dir(&gpu, dir)?;
+    let tok = Tokenizer::load(dir, &model.config)?;
+    eprintln!("{} on {}", dir.display(), gpu.device_name());
+    f(&mut GpuModel(&mut model, dir.display().to_string()), &tok)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_gpu_model<R>(
+    _: &Path,
+    _: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
+) -> Result<R> {
+    bail!(
+        "--device cuda: this binary was built without CUDA; rebuild with `cargo build --release \
+         --features cuda`, or use --device cpu"
+    )
+}
+
+/// What `eval` does with a model, on either device.
+trait RunModel {
+    fn ranking(
+        &mut self,
+        tok: &Tokenizer,
+        examples: &[Example],
+        opts: &RankingOptions,
+    ) -> Result<RankingReport>;
+    fn judge(
+        &mut self,
+        tok: &Tokenizer,
+        max_len: usize,
+        run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
+    ) -> Result<Vec<Annotation>>;
+}
+
+struct CpuModel<'a>(&'a Transformer);
+
+impl RunModel for CpuModel<'_> {
+    fn ranking(
+        &mut self,
+        tok: &Tokenizer,
+        examples: &[Example],
+        opts: &RankingOptions,
+    ) -> Result<RankingReport> {
+        run_ranking(self.0, tok, examples, opts)
+    }
+    fn judge(
+        &mut self,
+        tok: &Tokenizer,
+        max_len: usize,
+        run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
+    ) -> Result<Vec<Annotation>> {
+        let mut judge = LocalJudge::new(self.0, tok, max_len)?;
+        eprintln!("judging with {} in-process", judge.name());
+        run(&mut judge)
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct GpuModel<'m, 'g>(&'m mut crate::backend::cuda::CudaTransformer<'g>, String);
+
+#[cfg(feature = "cuda")]
+impl RunModel for GpuModel<'_, '_> {
+    fn ranking(
+        &mut self,
+        tok: &Tokenizer,
+        examples: &[Example],
+        opts: &RankingOptions,
+    ) -> Result<RankingReport> {
+        run_ranking(&mut *self.0, tok, examples, opts)
+    }
+    fn judge(
+        &mut self,
+        tok: &Tokenizer,
+        max_len: usize,
+        run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
+    ) -> Result<Vec<Annotation>> {
+        let mut judge = LocalJudge::with_name(&mut *self.0, self.1.clone(), tok, max_len)?;
+        eprintln!("judging with {} in-process on the GPU", judge.name());
+        run(&mut judge)
+    }
+}
+
 fn ranking(args: RankingArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = Transformer::load(&args.model)?;
-    let tok = Tokenizer::load(&args.model, &model.config)?;
     let examples = read_messages_jsonl(&args.data)?;
-    eprintln!(
-        "loaded {} and {} examples from {} in {:.1}s",
-        args.model.display(),
-        examples.len(),
-        args.data.display(),
-        t0.elapsed().as_secs_f64()
-    );
     let opts = RankingOptions {
         negatives: args.negatives,
         seed: args.seed,
@@ -142,8 +248,18 @@ fn ranking(args: RankingArgs) -> Result<()> {
         batch_tokens: args.batch_tokens.max(1),
         bootstrap: args.bootstrap,
     };
-    let report = run_ranking(&model, &tok, &examples, &opts)
-        .map_err(|e| crate::Error(format!("{}: {e}", args.data.display())))?;
+    let report = with_model(&args.model, args.device, |model, tok| {
+        eprintln!(
+            "loaded {} and {} examples from {} in {:.1}s",
+            args.model.display(),
+            examples.len(),
+            args.data.display(),
+            t0.elapsed().as_secs_f64()
+        );
+        model
+            .ranking(tok, &examples, &opts)
+            .map_err(|e| crate::Error(format!("{}: {e}", args.data.display())))
+    })?;
     println!(
         "response ranking: true response preferred in {}/{} pairs = {:.4} over {} instructions; \
          95% CI [{:.4}, {:.4}] ({}); Wilson [{:.4}, {:.4}]; {} ties",
@@ -189,13 +305,11 @@ fn judge(args: JudgeArgs) -> Result<()> {
             let mut judge = EndpointJudge::new(url, name, key)?;
             run_judge(&args.outputs, &args.reference, &mut judge, &opts, &args.out)?
         }
-        (None, Some(dir)) => {
-            let model = Transformer::load(dir)?;
-            let tok = Tokenizer::load(dir, &model.config)?;
-            let mut judge = LocalJudge::new(&model, &tok, args.judge_max_len)?;
-            eprintln!("judging with {} in-process", judge.name());
-            run_judge(&args.outputs, &args.reference, &mut judge, &opts, &args.out)?
-        }
+        (None, Some(dir)) => with_model(dir, args.device, |model, tok| {
+            model.judge(tok, args.judge_max_len, &mut |judge| {
+                run_judge(&args.outputs, &args.reference, judge, &opts, &args.out)
+            })
+        })?,
         _ => bail!("give a judge: --endpoint URL --judge-model NAME, or --judge-local DIR"),
     };
     let prefs: Vec<Option<f64>> = annotations.iter().map(|a| a.preference).collect();
