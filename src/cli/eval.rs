@@ -151,11 +151,8 @@ fn with_gpu_model<R>(
     dir: &Path,
     f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
 ) -> Result<R> {
-    use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTransformer};
-    let gpu = match CudaBackend::open()? {
-        CudaAvailability::Ready(gpu) => gpu,
-        CudaAvailability::NoGpu(reason) => bail!("--device cuda: no usable GPU: {reason}"),
-    };
+    use crate::backend::cuda::{CudaBackend, CudaTransformer};
+    let gpu = CudaBackend::require(0, "--device cuda: no usable GPU")?;
     let mut model = CudaTransformer::from_dir(&gpu, dir)?;
     let tok = Tokenizer::load(dir, &model.config)?;
     eprintln!("{} on {}", dir.display(), gpu.device_name());

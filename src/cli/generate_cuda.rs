@@ -6,8 +6,7 @@
 //! batching); only opening the GPU and loading the model are this file's own.
 
 use super::{run_loaded, GenerateArgs};
-use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTransformer};
-use crate::bail;
+use crate::backend::cuda::{CudaBackend, CudaTransformer};
 use crate::error::Result;
 use crate::io::tokenizer::Tokenizer;
 use std::time::Instant;
@@ -15,10 +14,7 @@ use std::time::Instant;
 /// Opens the GPU (or fails with the reason none can be used), loads the model onto it and runs
 /// the prompt or the instruction set.
 pub(super) fn run(args: &GenerateArgs) -> Result<()> {
-    let gpu = match CudaBackend::open()? {
-        CudaAvailability::Ready(gpu) => gpu,
-        CudaAvailability::NoGpu(reason) => bail!("--device cuda: no usable GPU: {reason}"),
-    };
+    let gpu = CudaBackend::require(0, "--device cuda: no usable GPU")?;
     let t0 = Instant::now();
     let mut model = CudaTransformer::from_dir(&gpu, &args.model)?;
     let tok = Tokenizer::load(&args.model, &model.config)?;

@@ -8,7 +8,6 @@
 use super::{Ctx, Instruction};
 use crate::adapter::RuleAdapter;
 use crate::backend::Device;
-use crate::bail;
 use crate::data::{read_messages_jsonl, Task};
 use crate::error::{Context, Result};
 use crate::eval::endpoint::EndpointJudge;
@@ -72,21 +71,17 @@ impl Runtime {
 
 #[cfg(feature = "cuda")]
 fn open_cuda() -> Result<Runtime> {
-    use crate::backend::cuda::{CudaAvailability, CudaBackend};
-    match CudaBackend::open()? {
-        CudaAvailability::Ready(gpu) => {
-            eprintln!("[generate] device = \"cuda\": {}", gpu.device_name());
-            Ok(Runtime::Cuda(Box::new(gpu)))
-        }
-        CudaAvailability::NoGpu(reason) => {
-            bail!("[generate] device = \"cuda\": no usable GPU: {reason}")
-        }
-    }
+    let gpu = crate::backend::cuda::CudaBackend::require(
+        0,
+        "[generate] device = \"cuda\": no usable GPU",
+    )?;
+    eprintln!("[generate] device = \"cuda\": {}", gpu.device_name());
+    Ok(Runtime::Cuda(Box::new(gpu)))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn open_cuda() -> Result<Runtime> {
-    bail!(
+    crate::bail!(
         "[generate] device = \"cuda\": this binary was built without CUDA; rebuild with `cargo \
          build --release --features cuda` (nvcc from `bash tools/install_nvcc.sh`), or set \
          device = \"cpu\""

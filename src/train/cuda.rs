@@ -5,8 +5,7 @@ use super::{
     adamw_config, check_grad_norm, prepare, run, Engine, Precision, TrainOptions, TrainSummary,
 };
 use crate::backend::cuda::{
-    nccl_unique_id, Communicator, CudaAvailability, CudaBackend, CudaTrainer, TrainerSetup,
-    NCCL_ID_BYTES,
+    nccl_unique_id, Communicator, CudaBackend, CudaTrainer, TrainerSetup, NCCL_ID_BYTES,
 };
 use crate::bail;
 use crate::error::Result;
@@ -31,10 +30,7 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         );
     }
     let dp = opts.data_parallel.as_ref();
-    let gpu = match CudaBackend::open_ordinal(dp.map_or(0, |d| d.rank))? {
-        CudaAvailability::Ready(gpu) => gpu,
-        CudaAvailability::NoGpu(reason) => bail!("--device cuda: no usable GPU: {reason}"),
-    };
+    let gpu = CudaBackend::require(dp.map_or(0, |d| d.rank), "--device cuda: no usable GPU")?;
     let parallel = match dp {
         Some(dp) => Some(join(&gpu, dp)?),
         None => None,

@@ -132,6 +132,15 @@ impl CudaBackend {
         Self::open_ordinal(0)
     }
 
+    /// [`CudaBackend::open_ordinal`] for a caller that cannot go on without a GPU: no usable
+    /// GPU is the error "{context}: {reason}".
+    pub fn require(ordinal: usize, context: &str) -> Result<CudaBackend> {
+        match Self::open_ordinal(ordinal)? {
+            CudaAvailability::Ready(gpu) => Ok(gpu),
+            CudaAvailability::NoGpu(reason) => bail!("{context}: {reason}"),
+        }
+    }
+
     /// [`CudaBackend::open`] on device `ordinal` (data parallelism: one process per GPU).
     pub fn open_ordinal(ordinal: usize) -> Result<CudaAvailability> {
         // cudarc panics on a missing driver symbol; an unusable driver means "no GPU" too.

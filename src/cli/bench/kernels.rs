@@ -45,7 +45,7 @@ pub fn run(_args: KernelsArgs) -> Result<()> {
 #[cfg(feature = "cuda")]
 pub fn run(args: KernelsArgs) -> Result<()> {
     use crate::backend::cuda::bench::{self, BenchConfig};
-    use crate::backend::cuda::{CudaAvailability, CudaBackend};
+    use crate::backend::cuda::CudaBackend;
     use crate::bail;
 
     let micro_batches = match (args.micro_batches.is_empty(), args.quick) {
@@ -64,10 +64,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         Some(path) => Some(read_sdpa(path)?),
         None => None,
     };
-    let gpu = match CudaBackend::open()? {
-        CudaAvailability::Ready(gpu) => gpu,
-        CudaAvailability::NoGpu(reason) => bail!("bench kernels: no GPU found: {reason}"),
-    };
+    let gpu = CudaBackend::require(0, "bench kernels: no GPU found")?;
     let config = BenchConfig {
         micro_batches: micro_batches.clone(),
         samples,

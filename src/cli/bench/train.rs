@@ -119,8 +119,7 @@ mod gpu {
     use super::super::{command_line, commit, utc_iso8601};
     use super::*;
     use crate::backend::cpu::parallel::parallel_chunks_mut;
-    use crate::backend::cuda::{CudaAvailability, CudaBackend, CudaTrainer, TrainerSetup};
-    use crate::bail;
+    use crate::backend::cuda::{CudaBackend, CudaTrainer, TrainerSetup};
     use crate::error::Context;
     use crate::io::atomic::write_atomic;
     use crate::model::train::TrainSequence;
@@ -163,10 +162,7 @@ mod gpu {
             Some(p) => Some(read_json(p)?),
             None => None,
         };
-        let gpu = match CudaBackend::open()? {
-            CudaAvailability::Ready(gpu) => gpu,
-            CudaAvailability::NoGpu(reason) => bail!("bench train: no usable GPU: {reason}"),
-        };
+        let gpu = CudaBackend::require(0, "bench train: no usable GPU")?;
         let params = config.num_parameters();
         eprintln!(
             "bench train: {} ({} layers, {:.2}B parameters), seq {}, micro-batch {}, accumulation {}, checkpointing {}, on {}",

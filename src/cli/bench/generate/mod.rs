@@ -185,7 +185,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
     use super::{command_line, commit, utc_iso8601};
     use crate::backend::cuda::bench::{device_info, generate as gpu_bench};
-    use crate::backend::cuda::{CudaAvailability, CudaBackend};
+    use crate::backend::cuda::CudaBackend;
 
     let plan = plan(&args)?;
     let torch = match &args.torch {
@@ -196,10 +196,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     check_fits(&plan, &config, dir)?;
     let files = gpu_bench::weight_files(dir)?;
-    let gpu = match CudaBackend::open()? {
-        CudaAvailability::Ready(gpu) => gpu,
-        CudaAvailability::NoGpu(reason) => bail!("bench generate: no GPU found: {reason}"),
-    };
+    let gpu = CudaBackend::require(0, "bench generate: no GPU found")?;
     let (torch_parsed, torch_raw) = torch.unzip();
     let mut report = Report {
         schema: SCHEMA,
