@@ -56,6 +56,28 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, ParamValue
         .with_context(|| format!("{}: cannot rename into place", path.display()))
 }
 
+/// Writes a checkpoint's tensors into `dir`: the parameters (`params` in `layout` order, in
+/// their storage dtype) as model.safetensors, and the optimizer state (flat f32 tensors by name)
+/// as optimizer.safetensors.
+pub fn write_checkpoint_tensors<'a>(
+    dir: &Path,
+    layout: &[(String, Vec<usize>)],
+    params: impl IntoIterator<Item = ParamValues<'a>>,
+    state: impl IntoIterator<Item = (&'a String, &'a [f32])>,
+) -> Result<()> {
+    let tensors: Vec<(String, Vec<usize>, ParamValues)> = layout
+        .iter()
+        .zip(params)
+        .map(|((name, shape), values)| (name.clone(), shape.clone(), values))
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    let state: Vec<(String, Vec<usize>, ParamValues)> = state
+        .into_iter()
+        .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
+        .collect();
+    write_safetensors(&dir.join("optimizer.safetensors"), &state)
+}
+
 /// Reads every F32 tensor of a safetensors file (optimizer state).
 pub fn read_f32_tensors(path: &Path) -> Result<HashMap<String, Vec<f32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;

@@ -142,16 +142,11 @@ impl Engine for CudaEngine<'_> {
             return Ok(());
         };
         let values = self.0.parameter_values()?;
-        let tensors: Vec<(String, Vec<usize>, ParamValues)> = layout
-            .iter()
-            .zip(&values)
-            .map(|((n, s), v)| (n.clone(), s.clone(), ParamValues::BF16(v)))
-            .collect();
-        checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
-        let opt_state: Vec<(String, Vec<usize>, ParamValues)> = state
-            .iter()
-            .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
-            .collect();
-        checkpoint::write_safetensors(&dir.join("optimizer.safetensors"), &opt_state)
+        checkpoint::write_checkpoint_tensors(
+            dir,
+            layout,
+            values.iter().map(|v| ParamValues::BF16(v)),
+            state.iter().map(|(name, v)| (name, &v[..])),
+        )
     }
 }

@@ -508,25 +508,17 @@ impl Engine for CpuEngine {
         let Some(dir) = dir else {
             return Ok(());
         };
-        let tensors: Vec<(String, Vec<usize>, ParamValues)> = match &self.params {
-            Store::F32(v) => layout
-                .iter()
-                .zip(v)
-                .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::F32(p)))
-                .collect(),
-            Store::BF16(v) => layout
-                .iter()
-                .zip(v)
-                .map(|((n, s), p)| (n.clone(), s.clone(), ParamValues::BF16(p)))
-                .collect(),
+        let params: Vec<ParamValues> = match &self.params {
+            Store::F32(v) => v.iter().map(|p| ParamValues::F32(p)).collect(),
+            Store::BF16(v) => v.iter().map(|p| ParamValues::BF16(p)).collect(),
         };
-        checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors)?;
-        let opt_tensors = self.optimizer.state_tensors();
-        let opt_state: Vec<(String, Vec<usize>, ParamValues)> = opt_tensors
-            .iter()
-            .map(|(name, v)| (name.clone(), vec![v.len()], ParamValues::F32(v)))
-            .collect();
-        checkpoint::write_safetensors(&dir.join("optimizer.safetensors"), &opt_state)
+        let state = self.optimizer.state_tensors();
+        checkpoint::write_checkpoint_tensors(
+            dir,
+            layout,
+            params,
+            state.iter().map(|(name, v)| (name, &v[..])),
+        )
     }
 }
 
