@@ -171,3 +171,91 @@ fn ranking_on_the_gpu_matches_the_cpu() {
         want.fraction
     );
 }
+
+/// A fixed schedule of forwards over GPU caches, greedy tokens fed back, every step's logits
+/// kept: a 1-token prompt alone (a decode-shaped first step on an empty cache), two prompts
+/// joining it (ragged, eager), 70 steps of 3 sequences (the 60-token prompt's cache grows past
+/// its first 64 positions, and moves), one sequence leaving (batch 2), a new one joining, and
+/// 10 steps of 3 sequences with a different set of caches than before.
+fn decode_schedule(model: &mut CudaTransformer, prompts: &[Vec<u32>; 4]) -> Vec<Vec<f32>> {
+    let mut caches: Vec<_> = (0..4).map(|_| model.new_cache()).collect();
+    let mut next: Vec<Vec<u32>> = prompts.to_vec();
+    let mut all = Vec::new();
+    let mut run = |model: &mut CudaTransformer, seqs: &[usize], caches: &mut Vec<_>| {
+        let mut taken: Vec<(usize, implicit::backend::cuda::CudaKvCache)> = seqs
+            .iter()
+            .map(|&s| (s, std::mem::replace(&mut caches[s], model.new_cache())))
+            .collect();
+        let logits = {
+            let mut batch: Vec<(&[u32], &mut _)> = taken
+                .iter_mut()
+                .map(|(s, c)| (next[*s].as_slice(), c))
+                .collect();
+            model.forward(&mut batch, Logits::Last).unwrap()
+        };
+        for ((s, cache), l) in taken.into_iter().zip(logits) {
+            next[s] = vec![ops::argmax(&l) as u32];
+            caches[s] = cache;
+            all.push(l);
+        }
+    };
+    run(model, &[0], &mut caches);
+    run(model, &[0, 1, 2], &mut caches);
+    for _ in 0..70 {
+        run(model, &[0, 1, 2], &mut caches);
+    }
+    for _ in 0..10 {
+        run(model, &[0, 2], &mut caches);
+    }
+    run(model, &[0, 2, 3], &mut caches);
+    for _ in 0..10 {
+        run(model, &[3, 0, 2], &mut caches);
+    }
+    assert!(
+        caches[2].capacity() > 64,
+        "the long prompt's cache never grew"
+    );
+    all
+}
+
+#[test]
+fn decode_graphs_give_the_eager_logits_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-decode-graphs") else {
+        return;
+    };
+    let cpu = Transformer::load(&dir).unwrap();
+    let bos = cpu.config.bos_token_id.unwrap_or(1);
+    let ids = |n: usize, salt: u32| -> Vec<u32> {
+        std::iter::once(bos)
+            .chain((1..n as u32).map(|i| 3 + (i * 37 + salt) % 400))
+            .collect()
+    };
+    let prompts = [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)];
+
+    // A fresh model, so that the first capture also builds RoPE's table.
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    model.decode_graphs = true;
+    let graphed = decode_schedule(&mut model, &prompts);
+    assert_eq!(
+        model.captured_batch_sizes(),
+        vec![1, 2, 3],
+        "every decode step of batch 1, 2 and 3 should have gone through a graph"
+    );
+    model.clear_decode_graphs();
+    model.decode_graphs = false;
+    let eager = decode_schedule(&mut model, &prompts);
+    assert!(model.captured_batch_sizes().is_empty());
+    assert_eq!(graphed.len(), eager.len());
+    for (i, (g, e)) in graphed.iter().zip(&eager).enumerate() {
+        let differ = g
+            .iter()
+            .zip(e)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "logits row {i}: {differ} values differ from the eager step's"
+        );
+    }
+}

@@ -30,6 +30,7 @@
 # filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600),
 # MODEL_DIR (the model folder of step "generate"; unset: a random Llama-2-7B written once to
 # /tmp/implicit-llama2-7b by `implicit init`),
+# EAGER=1 (step "generate" also runs bench generate --no-cuda-graphs -> bench_generate_eager.json),
 # GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
 # TRAIN_LAYERS (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments
 # for every train benchmark, e.g. "--micro-batch 2").
@@ -200,6 +201,12 @@ if wants generate; then
         # shellcheck disable=SC2086
         step bench_generate 240 "$BIN/implicit" bench generate --model "$MODEL_DIR" "${torch_flag[@]}" \
             --json "$OUT/bench_generate.json" ${GENERATE_ARGS:-}
+        if [ "${EAGER:-0}" = 1 ]; then
+            # The same decode launched kernel by kernel: what the CUDA graphs gain.
+            # shellcheck disable=SC2086
+            step bench_generate_eager 240 "$BIN/implicit" bench generate --model "$MODEL_DIR" \
+                --no-cuda-graphs --json "$OUT/bench_generate_eager.json" ${GENERATE_ARGS:-}
+        fi
     fi
 fi
 if wants trainbench; then

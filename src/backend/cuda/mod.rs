@@ -189,7 +189,12 @@ impl CudaBackend {
         // SAFETY: all work goes to one stream, so no cross-stream events are needed; this is
         // called before any allocation.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own rather than the legacy default stream, which cannot be captured
+        // into a CUDA graph (decode steps are, model/decode_graph.rs). Everything the backend
+        // does goes to this one stream, so its order is the program's order.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver_error("creating the CUDA stream", e))?;
         let mut functions = HashMap::new();
         for &(module, fatbin, kernels) in MODULES {
             let loaded = ctx
@@ -254,12 +259,21 @@ impl CudaBackend {
     }
 
     pub(crate) fn after_launch(&self, kernel: &str, shapes: impl FnOnce() -> String) -> Result<()> {
-        if self.sync_each_launch {
+        // A capturing stream runs nothing and refuses to synchronise; the graph's replay is
+        // checked at the next synchronisation instead.
+        if self.sync_each_launch && !self.capturing() {
             self.stream
                 .synchronize()
                 .map_err(|e| kernel_error(kernel, &shapes(), "execution", e))?;
         }
         Ok(())
+    }
+
+    /// Whether the stream is recording a CUDA graph (model/decode_graph.rs).
+    fn capturing(&self) -> bool {
+        self.stream
+            .capture_status()
+            .is_ok_and(|status| status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
     /// A grid-stride launch over `units` independent work items: enough blocks to fill the

@@ -11,13 +11,14 @@
 //! whose logits are wanted, and the LM head (the embedding when tied) in f32.
 
 mod cache;
+mod decode_graph;
 mod kernels;
 
-pub use cache::{CudaKvCache, KvBatch, RowList, MAX_HEAD_DIM};
+pub use cache::{CudaKvCache, KvBatch, KvTables, RowList, MAX_HEAD_DIM};
+use decode_graph::{DecodeGraph, MAX_GRAPH_BATCH};
 pub use kernels::RowNorm;
 
 use super::{CudaBackend, DeviceBuffer, GemmLayout};
-use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::bail;
 use crate::error::Result;
@@ -47,6 +48,12 @@ pub struct CudaTransformer<'g> {
     pub config: ModelConfig,
     /// Which attention kernel to use; [`AttentionPath::Auto`] unless changed.
     pub attention: AttentionPath,
+    /// Whether decode steps replay CUDA graphs (decode_graph.rs): on unless
+    /// `IMPLICIT_CUDA_GRAPHS=0`.
+    pub decode_graphs: bool,
+    /// One captured decode step per batch size. Declared before the weights, so that the
+    /// graphs, which hold the weights' addresses, go first.
+    graphs: std::collections::HashMap<usize, DecodeGraph>,
     embed_tokens: DeviceBuffer<bf16>,
     layers: Vec<CudaLayer>,
     final_norm: Option<DeviceBuffer<f32>>,
@@ -60,6 +67,8 @@ impl std::fmt::Debug for CudaTransformer<'_> {
             .field("gpu", self.gpu)
             .field("config", &self.config)
             .field("attention", &self.attention)
+            .field("decode_graphs", &self.decode_graphs)
+            .field("captured_batch_sizes", &self.captured_batch_sizes())
             .finish()
     }
 }
@@ -131,6 +140,8 @@ impl<'g> CudaTransformer<'g> {
             gpu,
             config,
             attention: AttentionPath::Auto,
+            decode_graphs: std::env::var("IMPLICIT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            graphs: std::collections::HashMap::new(),
             embed_tokens: w.embed_tokens,
             layers: w.layers,
             final_norm: w.final_norm,
@@ -173,20 +184,33 @@ impl<'g> CudaTransformer<'g> {
     /// Runs the new tokens of each sequence through the model, appending to its GPU cache, and
     /// returns each sequence's logits (`[vocab]` for `Logits::Last`, `[tokens, vocab]` for
     /// `Logits::All`) or final-normed hidden states (`Logits::Hidden`), as
-    /// `Transformer::forward` does. All sequences share one GEMM per weight.
+    /// `Transformer::forward` does. All sequences share one GEMM per weight. A decode step
+    /// (one new token per sequence) replays a CUDA graph of the whole step when
+    /// [`CudaTransformer::decode_graphs`] is on (decode_graph.rs); the arithmetic is the same.
     pub fn forward(
         &mut self,
         batch: &mut [(&[u32], &mut CudaKvCache)],
         want: Logits,
     ) -> Result<Vec<Vec<f32>>> {
-        let gpu = self.gpu;
-        let c = &self.config;
-        let (d, hd, f) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
-        let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_batch(batch)?;
+        let decode_step = batch.iter().all(|(t, _)| t.len() == 1);
+        if decode_step
+            && want != Logits::Hidden
+            && self.decode_graphs
+            && batch.len() <= MAX_GRAPH_BATCH
+        {
+            return self.decode_step_graphed(batch);
+        }
+        self.forward_eager(batch, want)
+    }
+
+    /// Every sequence has new tokens in the vocabulary, and a cache of this model's shape.
+    fn check_batch(&self, batch: &[(&[u32], &mut CudaKvCache)]) -> Result<()> {
+        let c = &self.config;
+        let kv_dim = c.num_kv_heads * c.head_dim;
         for (tokens, cache) in batch.iter() {
             if tokens.is_empty() {
                 bail!("forward: a sequence in the batch has no new tokens");
@@ -206,6 +230,19 @@ impl<'g> CudaTransformer<'g> {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// [`CudaTransformer::forward`] launch by launch, with activations allocated for this
+    /// batch.
+    fn forward_eager(
+        &mut self,
+        batch: &mut [(&[u32], &mut CudaKvCache)],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        let gpu = self.gpu;
+        let c = &self.config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
         let lens: Vec<usize> = batch.iter().map(|(t, _)| t.len()).collect();
         let total: usize = lens.iter().sum();
         let ids: Vec<u32> = batch.iter().flat_map(|(t, _)| t.iter().copied()).collect();
@@ -222,60 +259,14 @@ impl<'g> CudaTransformer<'g> {
             }
             rows
         };
-        let layout = if c.rope_interleaved {
-            RopeLayout::Interleaved
-        } else {
-            RopeLayout::HalfRotation
-        };
-        let rope = |heads| RopeSpec {
-            heads,
-            head_dim: hd,
-            base: c.rope_theta,
-            layout,
-        };
-        let eps = c.norm_eps as f64;
 
         let caches: Vec<&mut CudaKvCache> = batch.iter_mut().map(|(_, c)| &mut **c).collect();
         let kv = KvBatch::new(gpu, caches, &lens)?;
         let all_rows = RowList::all(gpu, total)?;
         let plain = RowList::new(gpu, &plain_rows, total)?;
-
-        let mut x = gpu.alloc::<f32>(total * d)?;
-        gpu.embedding_to_f32(&gpu.upload(&ids)?, &self.embed_tokens, d, &mut x)?;
-        let mut h = gpu.alloc::<bf16>(total * d)?;
-        let mut q = gpu.alloc::<bf16>(total * q_dim)?;
-        let mut k = gpu.alloc::<bf16>(total * kv_dim)?;
-        let mut v = gpu.alloc::<bf16>(total * kv_dim)?;
-        let mut attn = gpu.alloc::<bf16>(total * q_dim)?;
-        let mut gate = gpu.alloc::<bf16>(total * f)?;
-        let mut up = gpu.alloc::<bf16>(total * f)?;
-        let mut act = gpu.alloc::<bf16>(total * f)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let attn_norm = self.norm(layer.attn_norm.as_ref());
-            gpu.norm_rows(&x, d, all_rows.device(), attn_norm, eps, &mut h)?;
-            self.linear(&h, &layer.q_proj, (total, d), &mut q, false)?;
-            self.linear(&h, &layer.k_proj, (total, d), &mut k, false)?;
-            self.linear(&h, &layer.v_proj, (total, d), &mut v, false)?;
-            if let Some(clip) = c.clip_qkv {
-                for t in [&mut q, &mut k, &mut v] {
-                    gpu.clamp_bf16(t, clip)?;
-                }
-            }
-            gpu.rope(&mut q, kv.positions(), rope(heads), false)?;
-            gpu.rope(&mut k, kv.positions(), rope(kv_heads), false)?;
-            gpu.kv_append(&kv, li, &k, &v)?;
-            gpu.cached_attention(&kv, li, &q, heads, hd, &plain, &mut attn)?;
-            for (s, _) in flash.iter().enumerate().filter(|(_, &fl)| fl) {
-                gpu.cached_flash_attention(&kv, li, s, &q, heads, hd, &mut attn)?;
-            }
-            self.linear(&attn, &layer.o_proj, (total, q_dim), &mut x, true)?;
-            let mlp_norm = self.norm(layer.mlp_norm.as_ref());
-            gpu.norm_rows(&x, d, all_rows.device(), mlp_norm, eps, &mut h)?;
-            self.linear(&h, &layer.gate_proj, (total, d), &mut gate, false)?;
-            self.linear(&h, &layer.up_proj, (total, d), &mut up, false)?;
-            gpu.swiglu(&gate, &up, &mut act)?;
-            self.linear(&act, &layer.down_proj, (total, f), &mut x, true)?;
-        }
+        let mut acts = Activations::new(gpu, c, total)?;
+        gpu.upload_into(&ids, &mut acts.ids)?;
+        self.run_layers(&mut acts, &kv, &all_rows, &plain, &flash)?;
         kv.finish();
 
         // Only the rows whose logits are wanted go through the final norm and the LM head.
@@ -295,26 +286,105 @@ impl<'g> CudaTransformer<'g> {
         };
         let rows = RowList::new(gpu, &rows, total)?;
         let n = rows.len();
-        let final_norm = self.norm(self.final_norm.as_ref());
         let (flat, width) = if want == Logits::Hidden {
             let mut hidden = gpu.alloc::<f32>(n * d)?;
-            gpu.norm_rows(&x, d, rows.device(), final_norm, eps, &mut hidden)?;
+            let final_norm = self.norm(self.final_norm.as_ref());
+            gpu.norm_rows(
+                &acts.x,
+                d,
+                rows.device(),
+                final_norm,
+                c.norm_eps as f64,
+                &mut hidden,
+            )?;
             (gpu.download(&hidden)?, d)
         } else {
-            let mut hf = gpu.alloc::<bf16>(n * d)?;
-            gpu.norm_rows(&x, d, rows.device(), final_norm, eps, &mut hf)?;
-            let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+            let mut normed = gpu.alloc::<bf16>(n * d)?;
             let mut logits = gpu.alloc::<f32>(n * c.vocab_size)?;
-            self.linear(&hf, head, (n, d), &mut logits, false)?;
+            self.lm_head(&acts.x, &rows, &mut normed, &mut logits)?;
             (gpu.download(&logits)?, c.vocab_size)
         };
-        let mut out = Vec::with_capacity(per_seq.len());
-        let mut start = 0;
-        for m in per_seq {
-            out.push(flat[start * width..(start + m) * width].to_vec());
-            start += m;
+        Ok(split_rows(&flat, width, &per_seq))
+    }
+
+    /// The embedding of `acts.ids` into the residual stream `acts.x`, then every layer (see the
+    /// module docs): `plain` lists the rows the plain attention kernel serves, and the
+    /// sequences marked in `flash` go through flash attention. Launches only: no allocation
+    /// and no copy from the host when no sequence takes flash attention, so that a decode step
+    /// can be captured as a CUDA graph.
+    fn run_layers(
+        &self,
+        acts: &mut Activations,
+        kv: &KvBatch<'_>,
+        all_rows: &RowList,
+        plain: &RowList,
+        flash: &[bool],
+    ) -> Result<()> {
+        let gpu = self.gpu;
+        let c = &self.config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
+        let q_dim = heads * hd;
+        let total = kv.rows();
+        let eps = c.norm_eps as f64;
+        let Activations {
+            ids,
+            x,
+            h,
+            q,
+            k,
+            v,
+            attn,
+            gate,
+            up,
+            act,
+        } = acts;
+        gpu.embedding_to_f32(ids, &self.embed_tokens, d, x)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let attn_norm = self.norm(layer.attn_norm.as_ref());
+            gpu.norm_rows(x, d, all_rows.device(), attn_norm, eps, h)?;
+            self.linear(h, &layer.q_proj, (total, d), q, false)?;
+            self.linear(h, &layer.k_proj, (total, d), k, false)?;
+            self.linear(h, &layer.v_proj, (total, d), v, false)?;
+            if let Some(clip) = c.clip_qkv {
+                for t in [&mut *q, &mut *k, &mut *v] {
+                    gpu.clamp_bf16(t, clip)?;
+                }
+            }
+            gpu.rope(q, kv.positions(), c.rope_spec(heads), false)?;
+            gpu.rope(k, kv.positions(), c.rope_spec(kv_heads), false)?;
+            gpu.kv_append(kv, li, k, v)?;
+            gpu.cached_attention(kv, li, q, heads, hd, plain, attn)?;
+            for (s, _) in flash.iter().enumerate().filter(|(_, &fl)| fl) {
+                gpu.cached_flash_attention(kv, li, s, q, heads, hd, attn)?;
+            }
+            self.linear(attn, &layer.o_proj, (total, q_dim), x, true)?;
+            let mlp_norm = self.norm(layer.mlp_norm.as_ref());
+            gpu.norm_rows(x, d, all_rows.device(), mlp_norm, eps, h)?;
+            self.linear(h, &layer.gate_proj, (total, d), gate, false)?;
+            self.linear(h, &layer.up_proj, (total, d), up, false)?;
+            gpu.swiglu(gate, up, act)?;
+            self.linear(act, &layer.down_proj, (total, c.intermediate_size), x, true)?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The final norm of the listed rows of the residual stream `x` into `normed` (bf16), and
+    /// the LM head (the embedding when tied) into `logits` (`[rows, vocab]`, f32).
+    fn lm_head(
+        &self,
+        x: &DeviceBuffer<f32>,
+        rows: &RowList,
+        normed: &mut DeviceBuffer<bf16>,
+        logits: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        let final_norm = self.norm(self.final_norm.as_ref());
+        self.gpu
+            .norm_rows(x, d, rows.device(), final_norm, c.norm_eps as f64, normed)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        self.linear(normed, head, (rows.len(), d), logits, false)
     }
 
     /// Logits of every position of one sequence, from an empty cache: `[tokens, vocab]`.
@@ -324,4 +394,49 @@ impl<'g> CudaTransformer<'g> {
             .forward(&mut [(tokens, &mut cache)], Logits::All)?
             .remove(0))
     }
+}
+
+/// The activations of one forward pass over `rows` rows: the token ids, the f32 residual
+/// stream and the bf16 inputs and outputs of the matrix products.
+struct Activations {
+    ids: DeviceBuffer<u32>,
+    x: DeviceBuffer<f32>,
+    h: DeviceBuffer<bf16>,
+    q: DeviceBuffer<bf16>,
+    k: DeviceBuffer<bf16>,
+    v: DeviceBuffer<bf16>,
+    attn: DeviceBuffer<bf16>,
+    gate: DeviceBuffer<bf16>,
+    up: DeviceBuffer<bf16>,
+    act: DeviceBuffer<bf16>,
+}
+
+impl Activations {
+    fn new(gpu: &CudaBackend, c: &ModelConfig, rows: usize) -> Result<Activations> {
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        Ok(Activations {
+            ids: gpu.alloc(rows)?,
+            x: gpu.alloc(rows * d)?,
+            h: gpu.alloc(rows * d)?,
+            q: gpu.alloc(rows * q_dim)?,
+            k: gpu.alloc(rows * kv_dim)?,
+            v: gpu.alloc(rows * kv_dim)?,
+            attn: gpu.alloc(rows * q_dim)?,
+            gate: gpu.alloc(rows * f)?,
+            up: gpu.alloc(rows * f)?,
+            act: gpu.alloc(rows * f)?,
+        })
+    }
+}
+
+/// `flat` (`[Σ per_seq, width]`) cut into one `[per_seq[i], width]` block per sequence.
+fn split_rows(flat: &[f32], width: usize, per_seq: &[usize]) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(per_seq.len());
+    let mut start = 0;
+    for &m in per_seq {
+        out.push(flat[start * width..(start + m) * width].to_vec());
+        start += m;
+    }
+    out
 }

@@ -67,7 +67,11 @@ impl CudaBackend {
     }
 
     /// inv_freq[i] = 1 / base^(2i/head_dim), computed in f32 exactly as the CPU reference.
-    fn rope_inv_freq(&self, base: f32, head_dim: usize) -> Result<Arc<DeviceBuffer<f32>>> {
+    pub(crate) fn rope_inv_freq(
+        &self,
+        base: f32,
+        head_dim: usize,
+    ) -> Result<Arc<DeviceBuffer<f32>>> {
         let key = (base.to_bits(), head_dim);
         let mut tables = match self.rope_tables.lock() {
             Ok(t) => t,

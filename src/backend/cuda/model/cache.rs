@@ -177,6 +177,36 @@ impl CudaKvCache {
     }
 }
 
+/// The device-side tables of a [`KvBatch`]: per row its sequence and position, per sequence
+/// its cache's K address, V address and capacity. The kernels read them from device memory at
+/// run time, never as launch arguments, so a captured decode step (a CUDA graph, decode_graph.rs)
+/// serves any caches: each replay overwrites the same tables.
+pub struct KvTables {
+    row_seq: DeviceBuffer<u32>,
+    positions: DeviceBuffer<u32>,
+    table: CudaSlice<u64>,
+    rows: usize,
+    sequences: usize,
+}
+
+impl KvTables {
+    /// Tables for `rows` rows of `sequences` sequences (contents unset until a [`KvBatch`]
+    /// fills them).
+    pub fn new(gpu: &CudaBackend, rows: usize, sequences: usize) -> Result<KvTables> {
+        // SAFETY: u64 has no invalid bit patterns, and KvBatch overwrites the table before any
+        // kernel reads it.
+        let table = unsafe { gpu.stream().alloc::<u64>(3 * sequences.max(1)) }
+            .map_err(|e| driver_error("allocating the KV table", e))?;
+        Ok(KvTables {
+            row_seq: gpu.alloc(rows.max(1))?,
+            positions: gpu.alloc(rows.max(1))?,
+            table,
+            rows,
+            sequences,
+        })
+    }
+}
+
 /// The caches of one forward pass over a ragged batch (see the module docs). Borrows the caches
 /// until [`KvBatch::finish`], so none can grow or be dropped while kernels hold their addresses.
 pub struct KvBatch<'c> {
@@ -187,11 +217,7 @@ pub struct KvBatch<'c> {
     rows: usize,
     layers: usize,
     kv_dim: usize,
-    /// Per row: its sequence, and its position in that sequence.
-    row_seq: DeviceBuffer<u32>,
-    positions: DeviceBuffer<u32>,
-    /// Per sequence: K address, V address, capacity.
-    table: CudaSlice<u64>,
+    tables: KvTables,
 }
 
 impl<'c> KvBatch<'c> {
@@ -202,6 +228,19 @@ impl<'c> KvBatch<'c> {
         gpu: &CudaBackend,
         caches: Vec<&'c mut CudaKvCache>,
         new_tokens: &[usize],
+    ) -> Result<KvBatch<'c>> {
+        let rows = new_tokens.iter().sum();
+        let tables = KvTables::new(gpu, rows, new_tokens.len())?;
+        KvBatch::with_tables(gpu, caches, new_tokens, tables)
+    }
+
+    /// [`KvBatch::new`] writing into tables already on the GPU (sized for exactly this batch's
+    /// rows and sequences); [`KvBatch::finish`] hands them back.
+    pub fn with_tables(
+        gpu: &CudaBackend,
+        caches: Vec<&'c mut CudaKvCache>,
+        new_tokens: &[usize],
+        mut tables: KvTables,
     ) -> Result<KvBatch<'c>> {
         if caches.len() != new_tokens.len() {
             bail!(
@@ -243,9 +282,18 @@ impl<'c> KvBatch<'c> {
         }
         let rows = row_seq.len();
         as_int("model_kv_append", "rows", rows)?;
-        let table = gpu
-            .stream()
-            .clone_htod(&table)
+        if (tables.rows, tables.sequences) != (rows, caches.len()) {
+            bail!(
+                "KV batch: tables for {} rows of {} sequences, the batch has {rows} rows of {}",
+                tables.rows,
+                tables.sequences,
+                caches.len()
+            );
+        }
+        gpu.upload_into(&row_seq, &mut tables.row_seq)?;
+        gpu.upload_into(&positions, &mut tables.positions)?;
+        gpu.stream()
+            .memcpy_htod(&table, &mut tables.table)
             .map_err(|e| driver_error("copying the KV table to the GPU", e))?;
         Ok(KvBatch {
             caches,
@@ -254,9 +302,7 @@ impl<'c> KvBatch<'c> {
             rows,
             layers,
             kv_dim,
-            row_seq: gpu.upload(&row_seq)?,
-            positions: gpu.upload(&positions)?,
-            table,
+            tables,
         })
     }
 
@@ -267,7 +313,7 @@ impl<'c> KvBatch<'c> {
 
     /// Each row's position in its sequence (RoPE's positions).
     pub fn positions(&self) -> &DeviceBuffer<u32> {
-        &self.positions
+        &self.tables.positions
     }
 
     pub fn sequences(&self) -> usize {
@@ -284,11 +330,13 @@ impl<'c> KvBatch<'c> {
         self.caches[s].len
     }
 
-    /// Counts the new tokens into the caches' lengths (after every layer appended them).
-    pub fn finish(self) {
+    /// Counts the new tokens into the caches' lengths (after every layer appended them) and
+    /// hands back the tables, for the next batch of the same size to reuse.
+    pub fn finish(self) -> KvTables {
         for (cache, n) in self.caches.into_iter().zip(self.new_tokens) {
             cache.len += n;
         }
+        self.tables
     }
 }
 
@@ -389,9 +437,9 @@ impl CudaBackend {
             [
                 &k.slice,
                 &v.slice,
-                &batch.row_seq.slice,
-                &batch.positions.slice,
-                &batch.table,
+                &batch.tables.row_seq.slice,
+                &batch.tables.positions.slice,
+                &batch.tables.table,
                 &layer_int,
                 &kv_dim_int
             ]
@@ -463,9 +511,9 @@ impl CudaBackend {
                 &mut out.slice,
                 &rows.rows.slice,
                 &nrows,
-                &batch.row_seq.slice,
-                &batch.positions.slice,
-                &batch.table,
+                &batch.tables.row_seq.slice,
+                &batch.tables.positions.slice,
+                &batch.tables.table,
                 &layer_int,
                 &heads_int,
                 &kv_heads_int,

@@ -61,6 +61,10 @@ pub struct GenerateBenchArgs {
     /// tools/bench_generate_torch.py's JSON for the same model and sizes, shown beside.
     #[arg(long)]
     torch: Option<PathBuf>,
+    /// Launch each decode step kernel by kernel instead of replaying it as a CUDA graph (to
+    /// measure what the graphs gain; also `IMPLICIT_CUDA_GRAPHS=0`).
+    #[arg(long)]
+    no_cuda_graphs: bool,
     /// Write the results (device, commit, date, command, config, load, per batch, torch) here,
     /// atomically.
     #[arg(long)]
@@ -76,6 +80,8 @@ pub struct Plan {
     /// new_tokens − 1.
     pub decode_steps: usize,
     pub seed: u64,
+    /// Whether decode steps replay CUDA graphs (off with --no-cuda-graphs).
+    pub cuda_graphs: bool,
 }
 
 pub fn plan(a: &GenerateBenchArgs) -> Result<Plan> {
@@ -105,6 +111,7 @@ pub fn plan(a: &GenerateBenchArgs) -> Result<Plan> {
         new_tokens: a.new_tokens,
         decode_steps: a.new_tokens - 1,
         seed: a.seed,
+        cuda_graphs: !a.no_cuda_graphs,
     })
 }
 
@@ -279,6 +286,7 @@ fn measure(
     ));
     let resident = gpu_bench::resident_fraction(files);
     let (mut model, seconds) = gpu_bench::timed_load(gpu, dir)?;
+    model.decode_graphs &= plan.cuda_graphs;
     load.loads.push(load_timing(
         "second",
         false,

@@ -76,12 +76,17 @@ pub fn render(r: &Report) -> String {
     let p = &r.config.plan;
     line(format!(
         "bench generate: {} ({:.2}B parameters); prompts of {} tokens, {} new tokens ({} \
-         decode steps), seed {}",
+         decode steps{}), seed {}",
         r.config.model,
         r.config.shape["parameters"].as_f64().unwrap_or(f64::NAN) / 1e9,
         p.prompt_len,
         p.new_tokens,
         p.decode_steps,
+        if p.cuda_graphs {
+            ", each a CUDA graph"
+        } else {
+            ", launched kernel by kernel"
+        },
         p.seed
     ));
     line(format!(

@@ -28,9 +28,16 @@ fn defaults_and_bad_arguments() {
     let p = plan(&args(&[])).unwrap();
     assert_eq!(p.batch_sizes, vec![1, 64]);
     assert_eq!(
-        (p.prompt_len, p.new_tokens, p.decode_steps, p.seed),
-        (128, 128, 127, 0)
+        (
+            p.prompt_len,
+            p.new_tokens,
+            p.decode_steps,
+            p.seed,
+            p.cuda_graphs
+        ),
+        (128, 128, 127, 0, true)
     );
+    assert!(!plan(&args(&["--no-cuda-graphs"])).unwrap().cuda_graphs);
     let err = |extra: &[&str]| plan(&args(extra)).unwrap_err().to_string();
     assert!(err(&["--batch-sizes", "1,0"]).contains("--batch-sizes 0"));
     assert!(err(&["--batch-sizes", "2000"]).contains("1 to 1024"));
@@ -217,6 +224,7 @@ fn torch_file_is_checked_and_attached() {
     assert_eq!(json["schema"], SCHEMA);
     assert_eq!(json["config"]["prompt_len"], 128);
     assert_eq!(json["config"]["decode_steps"], 3);
+    assert_eq!(json["config"]["cuda_graphs"], true);
     assert_eq!(json["config"]["shape"]["parameters"], 6_738_415_616u64);
     assert_eq!(json["load"]["loads"][1]["label"], "second");
     assert_eq!(json["results"][0]["decode"]["steps"], 3);

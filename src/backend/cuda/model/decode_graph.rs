@@ -1,0 +1,158 @@
+//! A decode step as one CUDA graph. Greedy decoding of a 7B model at batch 1 moves ~13.5 GB of
+//! weights per token (≥ 4 ms on an H100), but the step is ~450 kernel launches (14 per layer plus
+//! the embedding, the final norm and the head): launched one by one from the host, their ~5 µs
+//! each are a large share of the step. Captured once per batch size and replayed, the step is a
+//! single launch (benches/NOTES.md, "Decode step as a CUDA graph").
+//!
+//! What makes one graph serve every step of every sequence:
+//! - the step's activations, token ids, row lists, final-norm rows and logits live in buffers
+//!   owned by the graph (no allocation inside it);
+//! - the KV tables (per row its sequence and position, per sequence its cache's addresses and
+//!   capacity, [`KvTables`]) are device memory the kernels read when they run, so each replay
+//!   first overwrites them with the current step's: caches may grow (and move) between steps,
+//!   and sequences may join and leave the batch (continuous batching);
+//! - the attention kernel loops over each row's keys up to the position it reads, so the
+//!   number of keys is not baked into the launch.
+//!
+//! Around each replay, on the host: the ids and the tables are copied in (before), the caches'
+//! lengths advanced and the logits copied out (after). Every step runs the same kernels with the
+//! same inputs as [`CudaTransformer::forward`]'s eager path (decode rows never take flash
+//! attention), so its logits are the same bit for bit (tests/cuda_generate.rs).
+
+use super::super::{driver_error, CudaBackend, DeviceBuffer};
+use super::{split_rows, Activations, CudaKvCache, CudaTransformer, KvBatch, KvTables, RowList};
+use crate::bail;
+use crate::error::Result;
+use cudarc::driver::{sys, CudaGraph};
+use half::bf16;
+
+/// Largest batch whose decode steps are captured; larger ones launch kernel by kernel (their
+/// launch overhead is small beside their GEMMs).
+pub const MAX_GRAPH_BATCH: usize = 256;
+
+/// One captured decode step of `batch` sequences and the buffers it reads and writes.
+pub struct DecodeGraph {
+    /// Declared first: dropped before the buffers it uses.
+    graph: Option<CudaGraph>,
+    acts: Activations,
+    /// None only while lent to the step's [`KvBatch`].
+    tables: Option<KvTables>,
+    /// 0..batch: every row is a plain-attention row and a logits row.
+    rows: RowList,
+    normed: DeviceBuffer<bf16>,
+    logits: DeviceBuffer<f32>,
+}
+
+impl DecodeGraph {
+    fn new(gpu: &CudaBackend, model: &CudaTransformer<'_>, batch: usize) -> Result<DecodeGraph> {
+        let c = &model.config;
+        Ok(DecodeGraph {
+            graph: None,
+            acts: Activations::new(gpu, c, batch)?,
+            tables: Some(KvTables::new(gpu, batch, batch)?),
+            rows: RowList::all(gpu, batch)?,
+            normed: gpu.alloc(batch * c.hidden_size)?,
+            logits: gpu.alloc(batch * c.vocab_size)?,
+        })
+    }
+}
+
+impl CudaTransformer<'_> {
+    /// The batch sizes whose decode step has been captured, ascending.
+    pub fn captured_batch_sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> = self
+            .graphs
+            .iter()
+            .filter(|(_, g)| g.graph.is_some())
+            .map(|(&b, _)| b)
+            .collect();
+        sizes.sort_unstable();
+        sizes
+    }
+
+    /// Drops every captured decode step and its buffers (the next steps capture again).
+    pub fn clear_decode_graphs(&mut self) {
+        self.graphs.clear();
+    }
+
+    /// A decode step (one new token per sequence, already checked) through the graph for this
+    /// batch size, captured first if there is none: each sequence's last-token logits.
+    pub(super) fn decode_step_graphed(
+        &mut self,
+        batch: &mut [(&[u32], &mut CudaKvCache)],
+    ) -> Result<Vec<Vec<f32>>> {
+        let gpu = self.gpu;
+        let b = batch.len();
+        let ids: Vec<u32> = batch.iter().map(|(t, _)| t[0]).collect();
+        // Taken out of the map while in use; an error drops it, and the next step recaptures.
+        let mut step = match self.graphs.remove(&b) {
+            Some(step) => step,
+            None => DecodeGraph::new(gpu, self, b)?,
+        };
+        gpu.upload_into(&ids, &mut step.acts.ids)?;
+        let Some(tables) = step.tables.take() else {
+            bail!("decode graph of batch {b}: its KV tables were not handed back");
+        };
+        let caches: Vec<&mut CudaKvCache> = batch.iter_mut().map(|(_, c)| &mut **c).collect();
+        let kv = KvBatch::with_tables(gpu, caches, &vec![1; b], tables)?;
+        if step.graph.is_none() {
+            step.graph = Some(self.capture(&mut step, &kv)?);
+        }
+        if let Some(graph) = &step.graph {
+            graph.launch().map_err(|e| {
+                driver_error(&format!("replaying the decode graph of batch {b}"), e)
+            })?;
+        }
+        step.tables = Some(kv.finish());
+        let flat = gpu.download(&step.logits)?;
+        self.graphs.insert(b, step);
+        Ok(split_rows(&flat, self.config.vocab_size, &vec![1; b]))
+    }
+
+    /// Records the step's launches (the layers, the final norm and the head) into a graph; the
+    /// stream runs nothing while capturing.
+    fn capture(&self, step: &mut DecodeGraph, kv: &KvBatch<'_>) -> Result<CudaGraph> {
+        let gpu = self.gpu;
+        let b = kv.rows();
+        // Allocations and host copies cannot be captured: make RoPE's frequency table (built
+        // at its first use) exist before.
+        gpu.rope_inv_freq(self.config.rope_theta, self.config.head_dim)?;
+        let stream = gpu.stream();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| {
+                driver_error(
+                    &format!("starting to capture a decode step of batch {b}"),
+                    e,
+                )
+            })?;
+        let no_flash = vec![false; b];
+        let DecodeGraph {
+            acts,
+            rows,
+            normed,
+            logits,
+            ..
+        } = step;
+        let recorded = self
+            .run_layers(acts, kv, rows, rows, &no_flash)
+            .and_then(|()| self.lm_head(&acts.x, rows, normed, logits));
+        // Always end the capture, so that the stream works again whatever happened.
+        let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        recorded.map_err(|e| {
+            crate::Error(format!(
+                "capturing the decode step of batch {b} as a CUDA graph: {e} (IMPLICIT_CUDA_GRAPHS=0 decodes without graphs)"
+            ))
+        })?;
+        match ended {
+            Ok(Some(graph)) => Ok(graph),
+            Ok(None) => bail!("capturing the decode step of batch {b}: the graph is empty"),
+            Err(e) => Err(driver_error(
+                &format!(
+                    "capturing the decode step of batch {b} (IMPLICIT_CUDA_GRAPHS=0 decodes without graphs)"
+                ),
+                e,
+            )),
+        }
+    }
+}
