@@ -63,6 +63,21 @@ struct RawConfig {
 }
 
 impl ModelConfig {
+    /// RoPE as this model applies it to `heads` heads of its queries or keys.
+    pub fn rope_spec(&self, heads: usize) -> crate::backend::cpu::ops::RopeSpec {
+        use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
+        RopeSpec {
+            heads,
+            head_dim: self.head_dim,
+            base: self.rope_theta,
+            layout: if self.rope_interleaved {
+                RopeLayout::Interleaved
+            } else {
+                RopeLayout::HalfRotation
+            },
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<ModelConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;

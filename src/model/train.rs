@@ -3,7 +3,6 @@
 
 use super::config::{Architecture, ModelConfig};
 use crate::autograd::{AttentionSpec, Tape, Var};
-use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
 use crate::bail;
 use crate::error::Result;
 use crate::io::safetensors::WeightStore;
@@ -166,17 +165,6 @@ impl<T: Real> TrainModel<T> {
             segments.push(seq.ids.len());
         }
         let llama = c.arch == Architecture::Llama;
-        let layout = if c.rope_interleaved {
-            RopeLayout::Interleaved
-        } else {
-            RopeLayout::HalfRotation
-        };
-        let rope = |heads| RopeSpec {
-            heads,
-            head_dim: hd,
-            base: c.rope_theta,
-            layout,
-        };
         let eps = c.norm_eps as f64;
         let mut p = vars.iter().copied();
         let mut next = || p.next().expect("parameters in layout order");
@@ -204,8 +192,8 @@ impl<T: Real> TrainModel<T> {
                     tape.clamp(v, clip),
                 );
             }
-            let q = tape.rope(q, &positions, rope(c.num_heads));
-            let k = tape.rope(k, &positions, rope(c.num_kv_heads));
+            let q = tape.rope(q, &positions, c.rope_spec(c.num_heads));
+            let k = tape.rope(k, &positions, c.rope_spec(c.num_kv_heads));
             let spec = AttentionSpec {
                 segments: segments.clone(),
                 heads: c.num_heads,

@@ -8,7 +8,7 @@ use super::config::ModelConfig;
 use super::weights::{load_weights, LayerWeights};
 use crate::backend::cpu::attention::{causal_attention, AttentionShape};
 use crate::backend::cpu::matmul::gemm;
-use crate::backend::cpu::ops::{self, RopeLayout};
+use crate::backend::cpu::ops;
 use crate::bail;
 use crate::error::Result;
 use crate::io::safetensors::WeightStore;
@@ -154,11 +154,6 @@ impl Transformer {
             .iter()
             .flat_map(|(t, cache)| cache.len..cache.len + t.len())
             .collect();
-        let layout = if c.rope_interleaved {
-            RopeLayout::Interleaved
-        } else {
-            RopeLayout::HalfRotation
-        };
 
         let mut x = vec![0.0f32; total * d];
         ops::embedding(&ids, self.embed_tokens.elems()?, d, &mut x);
@@ -172,14 +167,8 @@ impl Transformer {
                     ops::clamp_in_place(t.as_mut_slice(), clip);
                 }
             }
-            let rope = |heads| ops::RopeSpec {
-                heads,
-                head_dim: hd,
-                base: c.rope_theta,
-                layout,
-            };
-            ops::rope(&mut q, &positions, rope(heads), false);
-            ops::rope(&mut k, &positions, rope(kv_heads), false);
+            ops::rope(&mut q, &positions, c.rope_spec(heads), false);
+            ops::rope(&mut k, &positions, c.rope_spec(kv_heads), false);
             let mut attn = vec![0.0f32; total * heads * hd];
             let mut row = 0;
             for ((_, cache), &n) in batch.iter_mut().zip(&lens) {

@@ -26,7 +26,7 @@
 
 use super::{CudaTrainer, LayerParams};
 use crate::backend::cpu::attention::AttentionShape;
-use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
+use crate::backend::cpu::ops::RopeSpec;
 use crate::backend::cuda::{CudaBackend, DeviceBuffer, Float, GemmLayout, RowList, RowNorm};
 use crate::bail;
 use crate::error::Result;
@@ -168,16 +168,7 @@ impl Pass<'_> {
     }
 
     fn rope(&self, heads: usize) -> RopeSpec {
-        RopeSpec {
-            heads,
-            head_dim: self.c.head_dim,
-            base: self.c.rope_theta,
-            layout: if self.c.rope_interleaved {
-                RopeLayout::Interleaved
-            } else {
-                RopeLayout::HalfRotation
-            },
-        }
+        self.c.rope_spec(heads)
     }
 
     /// The attention's inputs from the saved projections: q and k clamped (OLMo) and rotated,
