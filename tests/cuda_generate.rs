@@ -15,7 +15,7 @@ use implicit::backend::cuda::CudaTransformer;
 use implicit::data::read_messages_jsonl;
 use implicit::eval::ranking::{run_ranking, RankingOptions};
 use implicit::generate::{
-    generate, run_batched, Finished, GenerateOptions, Sampler, SequenceRequest,
+    generate, greedy_pick, run_batched, Finished, GenerateOptions, Sampler, SequenceRequest,
 };
 use implicit::io::tokenizer::Tokenizer;
 use implicit::model::{LanguageModel, Logits, Transformer};
@@ -172,6 +172,13 @@ fn ranking_on_the_gpu_matches_the_cpu() {
     );
 }
 
+/// BOS then `n − 1` ids spread over stories260k's vocabulary (512), varied by `salt`.
+fn made_up_prompt(bos: u32, n: usize, salt: u32) -> Vec<u32> {
+    std::iter::once(bos)
+        .chain((1..n as u32).map(|i| 3 + (i * 37 + salt * 11) % 450))
+        .collect()
+}
+
 /// A fixed schedule of forwards over GPU caches, greedy tokens fed back, every step's logits
 /// kept: a 1-token prompt alone (a decode-shaped first step on an empty cache), two prompts
 /// joining it (ragged, eager), 70 steps of 3 sequences (the 60-token prompt's cache grows past
@@ -226,11 +233,7 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
     };
     let cpu = Transformer::load(&dir).unwrap();
     let bos = cpu.config.bos_token_id.unwrap_or(1);
-    let ids = |n: usize, salt: u32| -> Vec<u32> {
-        std::iter::once(bos)
-            .chain((1..n as u32).map(|i| 3 + (i * 37 + salt) % 400))
-            .collect()
-    };
+    let ids = |n, salt| made_up_prompt(bos, n, salt);
     let prompts = [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)];
 
     // A fresh model, so that the first capture also builds RoPE's table.
@@ -258,4 +261,50 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
             "logits row {i}: {differ} values differ from the eager step's"
         );
     }
+}
+
+#[test]
+fn greedy_picks_on_the_gpu_are_the_hosts_argmax() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-greedy-picks") else {
+        return;
+    };
+    let cpu = Transformer::load(&dir).unwrap();
+    let bos = cpu.config.bos_token_id.unwrap_or(1);
+    let ids = |n, salt| made_up_prompt(bos, n, salt);
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    let mut next = vec![vec![bos], ids(7, 1), ids(40, 2)];
+    let mut with_logits: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+    let mut with_picks: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+    // A ragged prefill (eager), 20 graphed decode steps, then 5 eager ones.
+    for step in 0..26 {
+        model.decode_graphs = step <= 20;
+        let logits = {
+            let mut batch: Vec<(&[u32], &mut _)> = next
+                .iter()
+                .map(Vec::as_slice)
+                .zip(with_logits.iter_mut())
+                .collect();
+            model.forward(&mut batch, Logits::Last).unwrap()
+        };
+        let picks = {
+            let mut batch: Vec<(&[u32], &mut _)> = next
+                .iter()
+                .map(Vec::as_slice)
+                .zip(with_picks.iter_mut())
+                .collect();
+            model.forward_greedy(&mut batch).unwrap()
+        };
+        for (s, (l, &(token, logprob))) in logits.iter().zip(&picks).enumerate() {
+            let want = greedy_pick(l, None);
+            assert_eq!(token, want.token, "step {step}, sequence {s}: token");
+            assert!(
+                (logprob - want.logprob).abs() <= 1e-4 * want.logprob.abs().max(1.0),
+                "step {step}, sequence {s}: log-probability {logprob} on the GPU, {} on the host",
+                want.logprob
+            );
+            next[s] = vec![token];
+        }
+    }
+    assert_eq!(model.captured_batch_sizes(), vec![3]);
 }

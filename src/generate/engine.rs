@@ -131,6 +131,13 @@ impl<C> Sequence<C> {
         self.sampler.clone()
     }
 
+    /// Whether this sequence's next token is the plain argmax of the model's logits (greedy,
+    /// no adjuster, no alternatives asked), which the model may pick itself
+    /// ([`LanguageModel::forward_greedy`]).
+    fn plain_greedy(&self) -> bool {
+        self.sampler.is_greedy() && self.top_logprobs == 0 && self.scores.is_none()
+    }
+
     /// Chooses the next token from this step's logits and records it; `cache_len` is the
     /// cache's length after this step's forward pass.
     fn choose(&mut self, logits: &[f32], cache_len: usize) -> TokenChoice {
@@ -156,6 +163,12 @@ impl<C> Sequence<C> {
                 top: top_k(&lp, self.top_logprobs),
             }
         };
+        self.record(choice, cache_len)
+    }
+
+    /// Records the chosen token: the adjuster's state, the output, the next pending token and
+    /// whether the sequence ends.
+    fn record(&mut self, choice: TokenChoice, cache_len: usize) -> TokenChoice {
         if let Some(s) = self.scores.as_mut() {
             s.accept(choice.token);
         }
@@ -172,7 +185,9 @@ impl<C> Sequence<C> {
 
 /// One decoding step for every given (unfinished) sequence: a single forward over all their
 /// pending tokens (prompts being prefilled and single decode tokens alike, ragged, no padding),
-/// then one token chosen per sequence.
+/// then one token chosen per sequence. When every sequence decodes plain greedy, the model may
+/// pick the tokens itself ([`LanguageModel::forward_greedy`]: the same argmax, without the
+/// logits coming back).
 pub fn step<M: LanguageModel>(
     mut model: M,
     seqs: &mut [&mut Sequence<M::Cache>],
@@ -184,14 +199,43 @@ pub fn step<M: LanguageModel>(
         .iter_mut()
         .map(|s| std::mem::take(&mut s.pending))
         .collect();
-    let logits = {
+    let plain_greedy = seqs.iter().all(|s| s.plain_greedy());
+    let (picks, logits) = {
         let mut batch: Vec<(&[u32], &mut M::Cache)> = seqs
             .iter_mut()
             .zip(&pending)
             .map(|(s, p)| (p.as_slice(), &mut s.cache))
             .collect();
-        model.forward(&mut batch, Logits::Last)?
+        match plain_greedy {
+            true => match model.forward_greedy(&mut batch)? {
+                Some(picks) => (Some(picks), Vec::new()),
+                None => (None, model.forward(&mut batch, Logits::Last)?),
+            },
+            false => (None, model.forward(&mut batch, Logits::Last)?),
+        }
     };
+    if let Some(picks) = picks {
+        if picks.len() != seqs.len() {
+            bail!(
+                "step: the model picked {} tokens for {} sequences",
+                picks.len(),
+                seqs.len()
+            );
+        }
+        return Ok(seqs
+            .iter_mut()
+            .zip(picks)
+            .map(|(s, (token, logprob))| {
+                let len = M::cache_len(&s.cache);
+                let choice = TokenChoice {
+                    token,
+                    logprob,
+                    top: Vec::new(),
+                };
+                s.record(choice, len)
+            })
+            .collect());
+    }
     Ok(seqs
         .iter_mut()
         .zip(&logits)

@@ -41,6 +41,20 @@ pub trait LanguageModel {
         batch: &mut [(&[u32], &mut Self::Cache)],
         want: Logits,
     ) -> Result<Vec<Vec<f32>>>;
+
+    /// The forward of a step in which every sequence decodes greedily (no adjuster, no
+    /// alternatives asked), returning only each sequence's next token (the argmax of its last
+    /// logits, the lowest index on ties) and that token's log-probability. The GPU model picks
+    /// beside its logits and copies back two numbers per sequence instead of the vocabulary's
+    /// logits. None when the model has no such path (the CPU's logits are already in memory):
+    /// then nothing ran, and the caller asks [`LanguageModel::forward`] for the logits.
+    fn forward_greedy(
+        &mut self,
+        batch: &mut [(&[u32], &mut Self::Cache)],
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        let _ = batch;
+        Ok(None)
+    }
 }
 
 impl<M: LanguageModel + ?Sized> LanguageModel for &mut M {
@@ -63,6 +77,12 @@ impl<M: LanguageModel + ?Sized> LanguageModel for &mut M {
         want: Logits,
     ) -> Result<Vec<Vec<f32>>> {
         (**self).forward(batch, want)
+    }
+    fn forward_greedy(
+        &mut self,
+        batch: &mut [(&[u32], &mut M::Cache)],
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        (**self).forward_greedy(batch)
     }
 }
 
@@ -137,6 +157,12 @@ impl LanguageModel for crate::backend::cuda::CudaTransformer<'_> {
         want: Logits,
     ) -> Result<Vec<Vec<f32>>> {
         crate::backend::cuda::CudaTransformer::forward(self, batch, want)
+    }
+    fn forward_greedy(
+        &mut self,
+        batch: &mut [(&[u32], &mut Self::Cache)],
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        crate::backend::cuda::CudaTransformer::forward_greedy(self, batch).map(Some)
     }
 }
 

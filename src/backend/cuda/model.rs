@@ -15,10 +15,10 @@ mod decode_graph;
 mod kernels;
 
 pub use cache::{CudaKvCache, KvBatch, KvTables, RowList, MAX_HEAD_DIM};
-use decode_graph::{DecodeGraph, MAX_GRAPH_BATCH};
+use decode_graph::{DecodeGraph, DecodeOutput, MAX_GRAPH_BATCH};
 pub use kernels::RowNorm;
 
-use super::{CudaBackend, DeviceBuffer, GemmLayout};
+use super::{CudaBackend, DeviceBuffer, GemmLayout, RuleAdapterOutput};
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::bail;
 use crate::error::Result;
@@ -202,9 +202,38 @@ impl<'g> CudaTransformer<'g> {
             && self.decode_graphs
             && batch.len() <= MAX_GRAPH_BATCH
         {
-            return self.decode_step_graphed(batch);
+            return match self.decode_step_graphed(batch, false)? {
+                DecodeOutput::Logits(logits) => Ok(logits),
+                DecodeOutput::Greedy(_) => bail!("decode graph: picks returned for logits"),
+            };
         }
-        self.forward_eager(batch, want)
+        let (out, width, per_seq) = self.forward_eager(batch, want)?;
+        Ok(split_rows(&self.gpu.download(&out)?, width, &per_seq))
+    }
+
+    /// Each sequence's greedy next token after its new tokens (the argmax of its last logits,
+    /// the lowest index on ties) and that token's log-probability, picked on the GPU
+    /// (kernels/rule_adapter.cu with no rules): two numbers per sequence come back to the host
+    /// instead of its logits. The same forward as [`CudaTransformer::forward`].
+    pub fn forward_greedy(
+        &mut self,
+        batch: &mut [(&[u32], &mut CudaKvCache)],
+    ) -> Result<Vec<(u32, f32)>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_batch(batch)?;
+        let decode_step = batch.iter().all(|(t, _)| t.len() == 1);
+        if decode_step && self.decode_graphs && batch.len() <= MAX_GRAPH_BATCH {
+            return match self.decode_step_graphed(batch, true)? {
+                DecodeOutput::Greedy(picks) => Ok(picks),
+                DecodeOutput::Logits(_) => bail!("decode graph: logits returned for picks"),
+            };
+        }
+        let (logits, _, per_seq) = self.forward_eager(batch, Logits::Last)?;
+        let mut picks = GreedyPicks::new(self.gpu, per_seq.len(), self.config.vocab_size)?;
+        picks.compute(self.gpu, &logits)?;
+        picks.download(self.gpu)
     }
 
     /// Every sequence has new tokens in the vocabulary, and a cache of this model's shape.
@@ -234,12 +263,13 @@ impl<'g> CudaTransformer<'g> {
     }
 
     /// [`CudaTransformer::forward`] launch by launch, with activations allocated for this
-    /// batch.
+    /// batch: the wanted rows' logits or hidden states on the GPU (`[rows, width]`), their
+    /// width, and how many rows each sequence has.
     fn forward_eager(
         &mut self,
         batch: &mut [(&[u32], &mut CudaKvCache)],
         want: Logits,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<(DeviceBuffer<f32>, usize, Vec<usize>)> {
         let gpu = self.gpu;
         let c = &self.config;
         let (d, hd) = (c.hidden_size, c.head_dim);
@@ -286,7 +316,7 @@ impl<'g> CudaTransformer<'g> {
         };
         let rows = RowList::new(gpu, &rows, total)?;
         let n = rows.len();
-        let (flat, width) = if want == Logits::Hidden {
+        if want == Logits::Hidden {
             let mut hidden = gpu.alloc::<f32>(n * d)?;
             let final_norm = self.norm(self.final_norm.as_ref());
             gpu.norm_rows(
@@ -297,14 +327,13 @@ impl<'g> CudaTransformer<'g> {
                 c.norm_eps as f64,
                 &mut hidden,
             )?;
-            (gpu.download(&hidden)?, d)
+            Ok((hidden, d, per_seq))
         } else {
             let mut normed = gpu.alloc::<bf16>(n * d)?;
             let mut logits = gpu.alloc::<f32>(n * c.vocab_size)?;
             self.lm_head(&acts.x, &rows, &mut normed, &mut logits)?;
-            (gpu.download(&logits)?, c.vocab_size)
-        };
-        Ok(split_rows(&flat, width, &per_seq))
+            Ok((logits, c.vocab_size, per_seq))
+        }
     }
 
     /// The embedding of `acts.ids` into the residual stream `acts.x`, then every layer (see the
@@ -439,4 +468,55 @@ fn split_rows(flat: &[f32], width: usize, per_seq: &[usize]) -> Vec<Vec<f32>> {
         start += m;
     }
     out
+}
+
+/// The greedy choice of each row of `[rows, vocab]` logits, made on the GPU by the rule adapter's
+/// kernel with no rules (a zero bias, no EOS term): the argmax and its log-softmax.
+struct GreedyPicks {
+    tokens: DeviceBuffer<u32>,
+    logprobs: DeviceBuffer<f32>,
+    base_logprobs: DeviceBuffer<f32>,
+    /// `[vocab]` zeros.
+    no_bias: DeviceBuffer<f32>,
+    /// `[rows]` zeros.
+    no_eos_bias: DeviceBuffer<f32>,
+    vocab: usize,
+}
+
+impl GreedyPicks {
+    fn new(gpu: &CudaBackend, rows: usize, vocab: usize) -> Result<GreedyPicks> {
+        Ok(GreedyPicks {
+            tokens: gpu.alloc(rows)?,
+            logprobs: gpu.alloc(rows)?,
+            base_logprobs: gpu.alloc(rows)?,
+            no_bias: gpu.zeros(vocab)?,
+            no_eos_bias: gpu.zeros(rows)?,
+            vocab,
+        })
+    }
+
+    /// Queues the picks of every row of `logits`.
+    fn compute(&mut self, gpu: &CudaBackend, logits: &DeviceBuffer<f32>) -> Result<()> {
+        let out = RuleAdapterOutput {
+            tokens: &mut self.tokens,
+            logprobs: &mut self.logprobs,
+            base_logprobs: &mut self.base_logprobs,
+        };
+        // An EOS id past the vocabulary adds no EOS term.
+        gpu.rule_adapter(
+            logits,
+            self.vocab,
+            &self.no_bias,
+            u32::MAX,
+            &self.no_eos_bias,
+            out,
+        )
+    }
+
+    /// Each row's token and log-probability, after the queued work.
+    fn download(&self, gpu: &CudaBackend) -> Result<Vec<(u32, f32)>> {
+        let tokens = gpu.download(&self.tokens)?;
+        let logprobs = gpu.download(&self.logprobs)?;
+        Ok(tokens.into_iter().zip(logprobs).collect())
+    }
 }

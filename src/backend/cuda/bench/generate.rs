@@ -1,13 +1,14 @@
 //! The GPU side of `implicit bench generate` (the arithmetic, the table and the JSON are in
 //! `cli::bench::generate`): the device-to-device copy ceiling (the [`Timer`] of
 //! `bench kernels`), timed loads of a model folder, the page-cache state of its weight files,
-//! and greedy decoding of a batch of prompts through [`CudaTransformer::forward`] as
+//! and greedy decoding of a batch of prompts through [`CudaTransformer::forward_greedy`] as
 //! `generate --device cuda` decodes (one forward per step over every sequence's pending
-//! token, each with its own [`CudaKvCache`], logits back to the host, `greedy_pick` there),
-//! without any stop condition.
+//! token, each with its own [`CudaKvCache`]; decode steps replayed as CUDA graphs unless turned
+//! off; each token picked on the GPU and only the picks copied back), without any stop
+//! condition.
 //!
 //! Timing: the host clock around each step. A forward ends with the synchronous download of
-//! its logits, so a step's interval holds all its GPU work; the stream is synchronised before
+//! its picks, so a step's interval holds all its GPU work; the stream is synchronised before
 //! each timed region starts.
 
 use super::super::timing::{Timer, SPACER_BYTES};
@@ -15,8 +16,6 @@ use super::super::{CudaBackend, CudaKvCache, CudaTransformer};
 use super::inputs::{gb_s, random, Rng};
 use super::CopyCeiling;
 use crate::error::Result;
-use crate::generate::greedy_pick;
-use crate::model::Logits;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,10 +53,10 @@ pub fn timed_load<'g>(gpu: &'g CudaBackend, dir: &Path) -> Result<(CudaTransform
 pub struct DecodeTimes {
     /// The prefill forward over every prompt and the choice of each sequence's first token.
     pub prefill_s: f64,
-    /// Each decode step's forward (from the launch of its first kernel to its logits on the
-    /// host).
+    /// Each decode step's forward (from the launch of its first kernel to the picked tokens on
+    /// the host).
     pub forward_s: Vec<f64>,
-    /// Each decode step's token choice on the host (`greedy_pick` per sequence).
+    /// Each decode step's host work after the forward (feeding the picked tokens back).
     pub pick_s: Vec<f64>,
     /// The first tokens sequence 0 generated (at most [`KEPT_TOKENS`]).
     pub first_tokens: Vec<u32>,
@@ -83,8 +82,9 @@ pub fn greedy_decode(
     Ok(times)
 }
 
-/// One forward over each sequence's pending tokens, then the greedy choice of each one's next
-/// token (as `decode_batched` in cli/generate_cuda.rs): the forward's and the choice's seconds.
+/// One forward over each sequence's pending tokens with each one's greedy next token picked on
+/// the GPU (`forward_greedy`, as the shared engine decodes plain greedy sequences), then the
+/// picks fed back: the forward's and the host's seconds.
 fn step(
     model: &mut CudaTransformer<'_>,
     pending: &mut [Vec<u32>],
@@ -92,17 +92,17 @@ fn step(
 ) -> Result<(f64, f64)> {
     model.gpu().synchronize()?;
     let t0 = Instant::now();
-    let logits = {
+    let picks = {
         let mut batch: Vec<(&[u32], &mut CudaKvCache)> = pending
             .iter()
             .map(Vec::as_slice)
             .zip(caches.iter_mut())
             .collect();
-        model.forward(&mut batch, Logits::Last)?
+        model.forward_greedy(&mut batch)?
     };
     let t1 = Instant::now();
-    for (p, l) in pending.iter_mut().zip(&logits) {
-        *p = vec![greedy_pick(l, None).token];
+    for (p, (token, _)) in pending.iter_mut().zip(picks) {
+        *p = vec![token];
     }
     Ok(((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64()))
 }

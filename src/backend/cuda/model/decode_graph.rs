@@ -20,7 +20,9 @@
 //! attention), so its logits are the same bit for bit (tests/cuda_generate.rs).
 
 use super::super::{driver_error, CudaBackend, DeviceBuffer};
-use super::{split_rows, Activations, CudaKvCache, CudaTransformer, KvBatch, KvTables, RowList};
+use super::{
+    split_rows, Activations, CudaKvCache, CudaTransformer, GreedyPicks, KvBatch, KvTables, RowList,
+};
 use crate::bail;
 use crate::error::Result;
 use cudarc::driver::{sys, CudaGraph};
@@ -41,6 +43,17 @@ pub struct DecodeGraph {
     rows: RowList,
     normed: DeviceBuffer<bf16>,
     logits: DeviceBuffer<f32>,
+    /// Each row's greedy token and log-probability, computed from `logits` in the same graph
+    /// (a few microseconds beside the step) whether or not the caller wants them.
+    picks: GreedyPicks,
+}
+
+/// What a graphed decode step hands back.
+pub enum DecodeOutput {
+    /// Each sequence's logits (`[vocab]`).
+    Logits(Vec<Vec<f32>>),
+    /// Each sequence's greedy token and its log-probability.
+    Greedy(Vec<(u32, f32)>),
 }
 
 impl DecodeGraph {
@@ -53,6 +66,7 @@ impl DecodeGraph {
             rows: RowList::all(gpu, batch)?,
             normed: gpu.alloc(batch * c.hidden_size)?,
             logits: gpu.alloc(batch * c.vocab_size)?,
+            picks: GreedyPicks::new(gpu, batch, c.vocab_size)?,
         })
     }
 }
@@ -76,11 +90,13 @@ impl CudaTransformer<'_> {
     }
 
     /// A decode step (one new token per sequence, already checked) through the graph for this
-    /// batch size, captured first if there is none: each sequence's last-token logits.
+    /// batch size, captured first if there is none: each sequence's logits, or with `greedy`
+    /// only its greedy token and log-probability.
     pub(super) fn decode_step_graphed(
         &mut self,
         batch: &mut [(&[u32], &mut CudaKvCache)],
-    ) -> Result<Vec<Vec<f32>>> {
+        greedy: bool,
+    ) -> Result<DecodeOutput> {
         let gpu = self.gpu;
         let b = batch.len();
         let ids: Vec<u32> = batch.iter().map(|(t, _)| t[0]).collect();
@@ -104,9 +120,14 @@ impl CudaTransformer<'_> {
             })?;
         }
         step.tables = Some(kv.finish());
-        let flat = gpu.download(&step.logits)?;
+        let out = if greedy {
+            DecodeOutput::Greedy(step.picks.download(gpu)?)
+        } else {
+            let flat = gpu.download(&step.logits)?;
+            DecodeOutput::Logits(split_rows(&flat, self.config.vocab_size, &vec![1; b]))
+        };
         self.graphs.insert(b, step);
-        Ok(split_rows(&flat, self.config.vocab_size, &vec![1; b]))
+        Ok(out)
     }
 
     /// Records the step's launches (the layers, the final norm and the head) into a graph; the
@@ -132,11 +153,13 @@ impl CudaTransformer<'_> {
             rows,
             normed,
             logits,
+            picks,
             ..
         } = step;
         let recorded = self
             .run_layers(acts, kv, rows, rows, &no_flash)
-            .and_then(|()| self.lm_head(&acts.x, rows, normed, logits));
+            .and_then(|()| self.lm_head(&acts.x, rows, normed, logits))
+            .and_then(|()| picks.compute(gpu, logits));
         // Always end the capture, so that the stream works again whatever happened.
         let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         recorded.map_err(|e| {

@@ -1,6 +1,6 @@
 //! `implicit bench generate`: greedy decoding speed of a model folder on the GPU, as
-//! `generate --device cuda` decodes (`CudaTransformer::forward` over every sequence with its own
-//! KV cache, logits to the host, the token chosen there), beside the device-to-device copy
+//! `generate --device cuda` decodes (`CudaTransformer::forward_greedy` over every sequence with
+//! its own KV cache, each decode step one CUDA graph, the tokens picked on the GPU), beside the device-to-device copy
 //! bandwidth measured in the same run and, with `--torch`, transformers' `generate` from
 //! tools/bench_generate_torch.py. The GPU work is in `backend::cuda::bench::generate`; this file
 //! checks the arguments, draws the prompts, does the arithmetic and prints the table and JSON.
@@ -15,8 +15,8 @@
 //! embedding, in full), the norms (f32), B rows of the embedding; and each sequence's cached
 //! keys and values (bf16), on average over the steps prompt + 1 + N/2 positions per layer
 //! (attending prompt + j keys at step j, plus the row written). Bandwidth = bytes / the median
-//! step's forward time (its kernels, launches and the logits' download; the host's choice of
-//! tokens not included).
+//! step's forward time (its kernels, launches and the picks' download; the host's feeding them
+//! back not included).
 
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
