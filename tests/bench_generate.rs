@@ -92,7 +92,7 @@ fn torch_file_of_other_lengths_is_refused() {
 #[test]
 fn without_cuda_it_says_to_rebuild() {
     let e = fails_bench(&[]);
-    assert!(e.contains("bench generate: this build has no CUDA backend; rebuild with `cargo build --release --features cuda`"), "{e}");
+    assert!(e.contains("bench generate: this binary was built without CUDA; rebuild with `cargo build --release --features cuda`"), "{e}");
 }
 
 #[cfg(feature = "cuda")]

@@ -5,6 +5,17 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+/// The error of a command that needs the GPU in a binary built without the `cuda` feature:
+/// "{what}: this binary was built without CUDA; rebuild with …{otherwise}" (`otherwise` e.g.
+/// ", or use --device cpu").
+#[cfg(not(feature = "cuda"))]
+pub fn built_without_cuda(what: &str, otherwise: &str) -> crate::error::Error {
+    crate::error::Error(format!(
+        "{what}: this binary was built without CUDA; rebuild with `cargo build --release \
+         --features cuda` (nvcc from `bash tools/install_nvcc.sh`){otherwise}"
+    ))
+}
+
 /// Where a model runs: `--device cpu|cuda`.
 #[derive(
     Clone,

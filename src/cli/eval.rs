@@ -164,10 +164,10 @@ fn with_gpu_model<R>(
     _: &Path,
     _: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
 ) -> Result<R> {
-    bail!(
-        "--device cuda: this binary was built without CUDA; rebuild with `cargo build --release \
-         --features cuda`, or use --device cpu"
-    )
+    Err(crate::backend::built_without_cuda(
+        "--device cuda",
+        ", or use --device cpu",
+    ))
 }
 
 /// What `eval` does with a model, on either device.

@@ -145,10 +145,10 @@ fn run_cuda(args: &GenerateArgs) -> Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: &GenerateArgs) -> Result<()> {
-    bail!(
-        "--device cuda: this binary was built without CUDA; rebuild with `cargo build --release \
-         --features cuda` (nvcc from `bash tools/install_nvcc.sh`), or use --device cpu"
-    );
+    Err(crate::backend::built_without_cuda(
+        "--device cuda",
+        ", or use --device cpu",
+    ))
 }
 
 fn run_prompt<M: LanguageModel>(

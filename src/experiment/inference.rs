@@ -81,11 +81,10 @@ fn open_cuda() -> Result<Runtime> {
 
 #[cfg(not(feature = "cuda"))]
 fn open_cuda() -> Result<Runtime> {
-    crate::bail!(
-        "[generate] device = \"cuda\": this binary was built without CUDA; rebuild with `cargo \
-         build --release --features cuda` (nvcc from `bash tools/install_nvcc.sh`), or set \
-         device = \"cpu\""
-    )
+    Err(crate::backend::built_without_cuda(
+        "[generate] device = \"cuda\"",
+        ", or set device = \"cpu\"",
+    ))
 }
 
 /// `with_model!(loaded, |m| body)`: `body` with `m` the loaded model as a

@@ -208,10 +208,10 @@ fn train_cuda(opts: &TrainOptions) -> Result<TrainSummary> {
 
 #[cfg(not(feature = "cuda"))]
 fn train_cuda(_: &TrainOptions) -> Result<TrainSummary> {
-    bail!(
-        "--device cuda: this binary was built without CUDA; rebuild with `cargo build --release \
-         --features cuda` (nvcc from `bash tools/install_nvcc.sh`), or use --device cpu"
-    );
+    Err(crate::backend::built_without_cuda(
+        "--device cuda",
+        ", or use --device cpu",
+    ))
 }
 
 /// Reads and encodes the data, and finds the checkpoint to resume from.

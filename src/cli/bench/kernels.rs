@@ -36,10 +36,7 @@ pub struct KernelsArgs {
 
 #[cfg(not(feature = "cuda"))]
 pub fn run(_args: KernelsArgs) -> Result<()> {
-    crate::bail!(
-        "bench kernels: this build has no CUDA backend; rebuild with \
-         `cargo build --release --features cuda`"
-    )
+    Err(crate::backend::built_without_cuda("bench kernels", ""))
 }
 
 #[cfg(feature = "cuda")]

@@ -103,10 +103,7 @@ fn plan(a: &TrainArgs, config: &ModelConfig) -> MemoryPlan {
 pub fn run(a: TrainArgs) -> Result<()> {
     let config = checked(&a, ModelConfig::from_file(&a.config)?)?;
     eprintln!("{}", plan(&a, &config).describe(None, None));
-    crate::bail!(
-        "bench train: this build has no CUDA backend; rebuild with \
-         `cargo build --release --features cuda`"
-    )
+    Err(crate::backend::built_without_cuda("bench train", ""))
 }
 
 #[cfg(feature = "cuda")]

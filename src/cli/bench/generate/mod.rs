@@ -182,10 +182,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
     if let Some(path) = &args.torch {
         read_torch(path, &plan)?;
     }
-    bail!(
-        "bench generate: this build has no CUDA backend; rebuild with \
-         `cargo build --release --features cuda`"
-    )
+    Err(crate::backend::built_without_cuda("bench generate", ""))
 }
 
 #[cfg(feature = "cuda")]
