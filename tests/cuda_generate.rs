@@ -273,7 +273,7 @@ fn greedy_picks_on_the_gpu_are_the_hosts_argmax() {
     let bos = cpu.config.bos_token_id.unwrap_or(1);
     let ids = |n, salt| made_up_prompt(bos, n, salt);
     let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
-    let mut next = vec![vec![bos], ids(7, 1), ids(40, 2)];
+    let mut next = [vec![bos], ids(7, 1), ids(40, 2)];
     let mut with_logits: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
     let mut with_picks: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
     // A ragged prefill (eager), 20 graphed decode steps, then 5 eager ones.
