@@ -4,6 +4,12 @@
 //! scalar path of every layout), batches, and Llama-2-7B's shapes (checked on a sample of rows
 //! to keep the CPU time sane; every output element is still checked to be written).
 //! Bounds (‖out − ref‖/‖ref‖): 8e-3 for bf16 outputs, 2e-3 for f32 outputs.
+//!
+//! The `wgmma_*` tests call the Hopper kernels (kernels/gemm_wgmma.cu) directly through
+//! `gemm_bf16_wgmma` (not through `IMPLICIT_GEMM`): every tile edge (M, N, K tails, K shorter
+//! than one stage, more tiles than blocks, batches), every layout, both outputs, accumulation,
+//! and run-to-run bit equality. They skip without a GPU and on devices other than compute
+//! capability 9.0, and fail on a 9.0 device where the wgmma path is unavailable.
 
 use super::support::{gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
@@ -20,6 +26,8 @@ const SAMPLED_ROWS: usize = 12;
 enum Engine {
     Ours,
     Cublas,
+    /// kernels/gemm_wgmma.cu, called directly.
+    Wgmma,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +40,16 @@ struct Case {
 }
 
 impl Case {
+    fn new(layout: GemmLayout, m: usize, n: usize, k: usize, batch: usize) -> Case {
+        Case {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+        }
+    }
+
     fn a_len(&self) -> usize {
         self.batch * self.m * self.k
     }
@@ -136,8 +154,9 @@ fn run<O: Dtype>(
         batch,
     } = *case;
     let result = match engine {
-        Engine::Ours => gpu.gemm_bf16(layout, m, n, k, batch, a, b, c, accumulate),
+        Engine::Ours => gpu.gemm_bf16_mma(layout, m, n, k, batch, a, b, c, accumulate),
         Engine::Cublas => gpu.cublas_gemm_bf16(layout, m, n, k, batch, a, b, c, accumulate),
+        Engine::Wgmma => gpu.gemm_bf16_wgmma(layout, m, n, k, batch, a, b, c, accumulate),
     };
     result.unwrap_or_else(|e| panic!("{engine:?} {case:?}: {e}"));
 }
@@ -270,6 +289,7 @@ const ODD_SHAPES: &[(usize, usize, usize, usize)] = &[
     (136, 200, 30, 1),  // k not a multiple of 8: TN stays on the 16-byte path
     (33, 17, 5, 3),     // k < 8, batch 3
     (65, 72, 48, 3),    // batch 3
+    (72, 136, 40, 2),   // batch 2 with m, n multiples of 8: TN batched on the 16-byte path
     (257, 129, 100, 2), // k % 8 = 4
     (200, 64, 1, 1),
     (64, 40, 0, 1), // k = 0: C = 0, or C unchanged when accumulating
@@ -310,14 +330,12 @@ fn gemm_matches_f64_on_odd_shapes() {
     let mut rng = Rng::new("gemm_odd");
     for layout in LAYOUTS {
         for &(m, n, k, batch) in ODD_SHAPES {
-            let case = Case {
-                layout,
-                m,
-                n,
-                k,
-                batch,
-            };
-            gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+            gemm_case(
+                gpu,
+                &mut rng,
+                Case::new(layout, m, n, k, batch),
+                &[Engine::Ours],
+            );
         }
     }
 }
@@ -331,26 +349,22 @@ fn skinny_products_match_f64() {
     assert_eq!(implicit::backend::cuda::GEMV_MAX_ROWS, 8);
     for m in 1..=8 {
         for &(n, k, batch) in &[(37, 40, 1), (4099, 256, 2), (11008, 4096, 1)] {
-            let case = Case {
-                layout: GemmLayout::NT,
-                m,
-                n,
-                k,
-                batch,
-            };
-            gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+            gemm_case(
+                gpu,
+                &mut rng,
+                Case::new(GemmLayout::NT, m, n, k, batch),
+                &[Engine::Ours],
+            );
         }
     }
     // Nine rows, and k not a multiple of 8, stay on the tiled kernels.
     for &(m, n, k) in &[(9, 300, 64), (3, 300, 61)] {
-        let case = Case {
-            layout: GemmLayout::NT,
-            m,
-            n,
-            k,
-            batch: 1,
-        };
-        gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+        gemm_case(
+            gpu,
+            &mut rng,
+            Case::new(GemmLayout::NT, m, n, k, 1),
+            &[Engine::Ours],
+        );
     }
 }
 
@@ -359,14 +373,12 @@ fn gemm_matches_f64_on_model_shapes() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new("gemm_model");
     for &(layout, m, n, k, batch) in MODEL_SHAPES {
-        let case = Case {
-            layout,
-            m,
-            n,
-            k,
-            batch,
-        };
-        gemm_case(gpu, &mut rng, case, &[Engine::Ours]);
+        gemm_case(
+            gpu,
+            &mut rng,
+            Case::new(layout, m, n, k, batch),
+            &[Engine::Ours],
+        );
     }
 }
 
@@ -385,25 +397,21 @@ fn cublas_gemm_matches_f64() {
             (33, 17, 5, 3),
             (64, 40, 0, 1),
         ] {
-            let case = Case {
-                layout,
-                m,
-                n,
-                k,
-                batch,
-            };
-            gemm_case(gpu, &mut rng, case, &[Engine::Cublas]);
+            gemm_case(
+                gpu,
+                &mut rng,
+                Case::new(layout, m, n, k, batch),
+                &[Engine::Cublas],
+            );
         }
     }
     for &(layout, m, n, k, batch) in &MODEL_SHAPES[..1] {
-        let case = Case {
-            layout,
-            m,
-            n,
-            k,
-            batch,
-        };
-        gemm_case(gpu, &mut rng, case, &[Engine::Cublas]);
+        gemm_case(
+            gpu,
+            &mut rng,
+            Case::new(layout, m, n, k, batch),
+            &[Engine::Cublas],
+        );
     }
 }
 
@@ -461,6 +469,10 @@ fn gemm_speed() {
     if let Err(e) = &have_cublas {
         println!("no cuBLAS: {e}");
     }
+    let have_wgmma = gpu.wgmma_available();
+    if let Err(e) = &have_wgmma {
+        println!("no wgmma: {e}");
+    }
     let shapes: &[(&str, GemmLayout, usize, usize, usize)] = &[
         ("4096³ NN", GemmLayout::NN, 4096, 4096, 4096),
         ("4096³ NT", GemmLayout::NT, 4096, 4096, 4096),
@@ -475,8 +487,17 @@ fn gemm_speed() {
         ("dW of down (f32 +=)", GemmLayout::TN, 4096, 11008, 4096),
     ];
     let mut table = vec![format!(
-        "{:<24} {:>20} {:>10} {:>8} {:>10} {:>8} {:>6}",
-        "shape", "m x n x k", "ours ms", "TFLOP/s", "cuBLAS ms", "TFLOP/s", "ratio"
+        "{:<24} {:>20} {:>10} {:>8} {:>10} {:>8} {:>6} {:>10} {:>8} {:>6}",
+        "shape",
+        "m x n x k",
+        "ours ms",
+        "TFLOP/s",
+        "cuBLAS ms",
+        "TFLOP/s",
+        "ratio",
+        "wgmma ms",
+        "TFLOP/s",
+        "ratio"
     )];
     for &(name, layout, m, n, k) in shapes {
         let case = Case {
@@ -529,16 +550,225 @@ fn gemm_speed() {
         } else {
             f64::NAN
         };
+        let wgmma = if have_wgmma.is_ok() {
+            time(Engine::Wgmma)
+        } else {
+            f64::NAN
+        };
         table.push(format!(
-            "{:<24} {:>20} {:>10.3} {:>8.1} {:>10.3} {:>8.1} {:>6.2}",
+            "{:<24} {:>20} {:>10.3} {:>8.1} {:>10.3} {:>8.1} {:>6.2} {:>10.3} {:>8.1} {:>6.2}",
             name,
             format!("{m}x{n}x{k}"),
             ours * 1e3,
             flops / ours / 1e12,
             theirs * 1e3,
             flops / theirs / 1e12,
-            theirs / ours
+            theirs / ours,
+            wgmma * 1e3,
+            flops / wgmma / 1e12,
+            theirs / wgmma
         ));
     }
     println!("{}", table.join("\n"));
+}
+
+/// The backend when the wgmma kernels apply: None (after printing why) without a GPU or on a
+/// device other than compute capability 9.0; a panic on a 9.0 device where they cannot run.
+fn wgmma_gpu() -> Option<&'static CudaBackend> {
+    let gpu = gpu()?;
+    if gpu.compute_capability() != (9, 0) {
+        println!(
+            "SKIPPED (wgmma needs compute capability 9.0): {} is {:?}",
+            gpu.device_name(),
+            gpu.compute_capability()
+        );
+        return None;
+    }
+    if let Err(e) = gpu.wgmma_available() {
+        panic!("{}: {e}", gpu.device_name());
+    }
+    Some(gpu)
+}
+
+/// (m, n, k, batch) for the wgmma kernels (128 × 256 tiles, k steps of 64, 4 stages) in every
+/// layout: all dimensions multiples of 8, as TMA needs for any layout.
+const WGMMA_SHAPES: &[(usize, usize, usize, usize)] = &[
+    (8, 8, 8, 1),        // one tile, almost all of it past the edges; k < one stage
+    (128, 256, 64, 1),   // exactly one tile and one k step
+    (136, 264, 72, 1),   // 8 past the tile in m, n and k: 2 × 2 tiles, a k tail
+    (200, 104, 40, 3),   // batch 3, k < one stage, two of four 64-wide n boxes
+    (64, 320, 4104, 1),  // 65 k steps: the 4-stage ring wraps 16 times, k tail of 8
+    (520, 1032, 576, 1), // 9 k steps (not a multiple of the stages), 5 × 5 tiles
+    (1000, 776, 328, 2), // tails everywhere, batch 2
+    (2184, 1024, 64, 4), // 18 tile rows (a partial group of 16), 288 tiles: > 2 per block
+];
+
+/// Shapes the wgmma kernels take in one layout only (odd dimensions TMA can still read).
+const WGMMA_LAYOUT_SHAPES: &[(GemmLayout, usize, usize, usize, usize)] = &[
+    (GemmLayout::NT, 7, 13, 24, 1), // odd m and n: scalar epilogue stores
+    (GemmLayout::NT, 129, 257, 72, 1),
+    (GemmLayout::NT, 33, 17, 8, 3),
+    (GemmLayout::NT, 1, 300, 64, 1),
+    (GemmLayout::NT, 300, 520, 264, 1),
+    (GemmLayout::NN, 129, 264, 72, 1), // odd m
+    (GemmLayout::NN, 33, 16, 8, 3),
+    (GemmLayout::NN, 300, 520, 264, 1),
+    (GemmLayout::TN, 136, 200, 30, 1), // k not a multiple of 8 (TMA's outer dimension)
+    (GemmLayout::TN, 128, 256, 5, 1),
+    (GemmLayout::TN, 64, 72, 1, 2),
+];
+
+/// Llama-2-7B's products at 512 and 2048 tokens, and attention's batched ones.
+const WGMMA_MODEL_SHAPES: &[(GemmLayout, usize, usize, usize, usize)] = &[
+    (GemmLayout::NT, 512, 4096, 4096, 1),  // q/k/v/o projections
+    (GemmLayout::NT, 512, 11008, 4096, 1), // gate/up
+    (GemmLayout::NT, 512, 4096, 11008, 1), // down
+    (GemmLayout::NT, 2048, 4096, 4096, 1), // 256 tiles: about two per block
+    (GemmLayout::NN, 512, 11008, 4096, 1), // dX of down
+    (GemmLayout::NN, 512, 4096, 11008, 1), // dX of gate/up
+    (GemmLayout::TN, 11008, 4096, 512, 1), // dW of gate/up
+    (GemmLayout::TN, 4096, 11008, 512, 1), // dW of down
+    (GemmLayout::NT, 512, 512, 128, 32),   // scores Q·Kᵀ per head
+    (GemmLayout::NN, 512, 128, 512, 32),   // P·V per head
+];
+
+/// Every wgmma case as (layout, m, n, k, batch).
+fn wgmma_cases() -> Vec<(GemmLayout, usize, usize, usize, usize)> {
+    let mut cases: Vec<_> = LAYOUTS
+        .iter()
+        .flat_map(|&l| {
+            WGMMA_SHAPES
+                .iter()
+                .map(move |&(m, n, k, b)| (l, m, n, k, b))
+        })
+        .collect();
+    cases.extend_from_slice(WGMMA_LAYOUT_SHAPES);
+    cases
+}
+
+#[test]
+fn wgmma_shapes_are_ones_tma_can_read() {
+    for (layout, m, n, k, batch) in wgmma_cases()
+        .into_iter()
+        .chain(WGMMA_MODEL_SHAPES.iter().copied())
+    {
+        assert!(
+            layout.vectorized(m, n, k) && k > 0 && batch > 0,
+            "{layout:?} {m}x{n}x{k}: not a shape the wgmma kernels take"
+        );
+    }
+}
+
+#[test]
+fn wgmma_gemm_matches_f64_on_tile_edges() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let mut rng = Rng::new("wgmma_tile_edges");
+    for (layout, m, n, k, batch) in wgmma_cases() {
+        gemm_case(
+            gpu,
+            &mut rng,
+            Case::new(layout, m, n, k, batch),
+            &[Engine::Wgmma],
+        );
+    }
+}
+
+#[test]
+fn wgmma_gemm_matches_f64_on_model_shapes() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let mut rng = Rng::new("wgmma_model");
+    for &(layout, m, n, k, batch) in WGMMA_MODEL_SHAPES {
+        gemm_case(
+            gpu,
+            &mut rng,
+            Case::new(layout, m, n, k, batch),
+            &[Engine::Wgmma],
+        );
+    }
+}
+
+/// The same inputs give the same bits twice (a race in the pipeline would not), and the same
+/// products as kernels/gemm.cu to within rounding.
+#[test]
+fn wgmma_gemm_is_deterministic_and_agrees_with_the_mma_kernel() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let mut rng = Rng::new("wgmma_deterministic");
+    for &(layout, m, n, k, batch) in &[
+        (GemmLayout::NT, 1040, 2056, 1032, 1),
+        (GemmLayout::NN, 1032, 1288, 2056, 2),
+        (GemmLayout::TN, 1288, 1032, 4104, 1),
+    ] {
+        let case = Case {
+            layout,
+            m,
+            n,
+            k,
+            batch,
+        };
+        let (aq, _) = bf16::quantize(&rng.vec(case.a_len(), 1.0));
+        let (bq, _) = bf16::quantize(&rng.vec(case.b_len(), 1.0));
+        let (ga, gb) = (gpu.upload(&aq).unwrap(), gpu.upload(&bq).unwrap());
+        let mut outs = Vec::new();
+        for _ in 0..2 {
+            let mut c = poisoned::<f32>(gpu, case.c_len());
+            run(Engine::Wgmma, gpu, &case, &ga, &gb, &mut c, false);
+            outs.push(gpu.download(&c).unwrap());
+        }
+        let differ = outs[0]
+            .iter()
+            .zip(&outs[1])
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{case:?}: {differ} elements differ between two runs"
+        );
+        let mut c = poisoned::<f32>(gpu, case.c_len());
+        run(Engine::Ours, gpu, &case, &ga, &gb, &mut c, false);
+        let theirs: Vec<f64> = gpu
+            .download(&c)
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let e = rel_err(&outs[0], &theirs);
+        eprintln!("{case:?}: wgmma vs mma.sync rel diff {e:.2e}");
+        assert!(e <= 1e-4, "{case:?}: wgmma vs mma.sync rel diff {e:.3e}");
+    }
+}
+
+#[test]
+fn wgmma_gemm_refuses_what_tma_cannot_read() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let a = gpu.upload(&[bf16::ONE; 8 * 12]).unwrap();
+    let b = gpu.upload(&[bf16::ONE; 12 * 8]).unwrap();
+    let mut c64 = poisoned::<f32>(gpu, 8 * 8);
+    let mut c144 = poisoned::<bf16>(gpu, 12 * 12);
+    for (what, result) in [
+        // NT reads A and B along k: rows of 12 elements are 24 bytes, not a multiple of 16.
+        (
+            "NT k = 12",
+            gpu.gemm_bf16_wgmma(GemmLayout::NT, 8, 8, 12, 1, &a, &b, &mut c64, false),
+        ),
+        // TN reads A [k, m] along m: rows of 12 elements.
+        (
+            "TN m = 12",
+            gpu.gemm_bf16_wgmma(GemmLayout::TN, 12, 12, 8, 1, &a, &b, &mut c144, false),
+        ),
+        (
+            "A too short",
+            gpu.gemm_bf16_wgmma(GemmLayout::NN, 8, 8, 16, 1, &a, &b, &mut c64, false),
+        ),
+    ] {
+        match result {
+            Ok(()) => panic!("{what}: accepted"),
+            Err(e) => {
+                eprintln!("{what}: {e}");
+                let e = e.to_string();
+                assert!(e.contains(" m ") && e.contains("wgmma"), "{what}: {e}");
+            }
+        }
+    }
+    // Refused products leave C as it was.
+    assert!(gpu.download(&c64).unwrap().iter().all(|v| v.is_nan()));
 }

@@ -78,17 +78,17 @@ const TILE: usize = 128;
 const MAX_BATCH: usize = 65535;
 
 /// A checked product: the shapes as the kernels' ints.
-struct Checked {
-    m: i32,
-    n: i32,
-    k: i32,
+pub(super) struct Checked {
+    pub(super) m: i32,
+    pub(super) n: i32,
+    pub(super) k: i32,
     /// Nothing to compute (m, n or batch is 0).
-    empty: bool,
+    pub(super) empty: bool,
 }
 
 /// Checks the shapes and the three buffers' lengths; the error names the shapes.
 #[allow(clippy::too_many_arguments)]
-fn check_shapes(
+pub(super) fn check_shapes(
     what: &str,
     layout: GemmLayout,
     m: usize,
@@ -159,8 +159,43 @@ impl CudaBackend {
     /// multiple of 8 (a decode step's) take kernels/gemv.cu. With f32 output and `accumulate`,
     /// weight gradients add up across micro-batches. k = 0 writes zeros (or leaves C as it is
     /// when accumulating).
+    ///
+    /// Opt-in Hopper path: with the environment variable `IMPLICIT_GEMM=wgmma` (read once per
+    /// process), products of more than [`GEMV_MAX_ROWS`] rows whose contiguous dimensions are
+    /// multiples of 8 go to [`CudaBackend::gemm_bf16_wgmma`] (kernels/gemm_wgmma.cu: wgmma +
+    /// TMA, sm_90a) when the device has compute capability 9.0 and
+    /// [`CudaBackend::wgmma_supports`] accepts the shapes and buffers; anything else goes to
+    /// [`CudaBackend::gemm_bf16_mma`]. It is off by default until a GPU run has validated it
+    /// (tests/cuda_kernels/gemm.rs, `wgmma_*`).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16<O: Float>(
+        &self,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let decode_rows = layout == GemmLayout::NT && m <= GEMV_MAX_ROWS;
+        if !decode_rows
+            && k > 0
+            && super::gemm_wgmma::requested()
+            && self.wgmma_supports(layout, m, n, k, batch, a, b).is_ok()
+        {
+            return self.gemm_bf16_wgmma(layout, m, n, k, batch, a, b, c, accumulate);
+        }
+        self.gemm_bf16_mma(layout, m, n, k, batch, a, b, c, accumulate)
+    }
+
+    /// [`CudaBackend::gemm_bf16`] on kernels/gemm.cu (mma.sync) and kernels/gemv.cu only,
+    /// whatever `IMPLICIT_GEMM` says: what tests/cuda_kernels/gemm.rs checks and `bench
+    /// kernels` times as `gemm_*`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_mma<O: Float>(
         &self,
         layout: GemmLayout,
         m: usize,

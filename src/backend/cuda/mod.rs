@@ -43,6 +43,7 @@ pub mod bench;
 mod buffer;
 mod elementwise;
 mod gemm;
+mod gemm_wgmma;
 mod memory;
 mod model;
 mod nccl;

@@ -1,5 +1,6 @@
-//! The compute-bound kernels: our GEMM against cuBLAS at the same shape, and causal flash
-//! attention against PyTorch SDPA.
+//! The compute-bound kernels: our GEMM against cuBLAS at the same shape (and, on compute
+//! capability 9.0, the Hopper wgmma kernel as its own row), and causal flash attention against
+//! PyTorch SDPA.
 
 use super::super::timing::Timing;
 use super::super::{DeviceBuffer, Float, GemmLayout, GEMV_MAX_ROWS};
@@ -11,6 +12,10 @@ use super::{
 use crate::backend::cpu::attention::AttentionShape;
 use crate::error::Result;
 use half::bf16;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The wgmma kernel's time, and ‖wgmma − cuBLAS‖/‖cuBLAS‖ on one product when cuBLAS ran.
+type WgmmaTime = Option<(Timing, Option<f64>)>;
 
 impl Bench<'_> {
     /// Times one product (ours unless `skip_ours`, cuBLAS when `with_cublas`), over rotated
@@ -27,6 +32,25 @@ impl Bench<'_> {
         with_cublas: bool,
         ours: bool,
     ) -> Result<GemmTimes> {
+        let (times, _) =
+            self.time_gemms::<O>(layout, m, n, k, accumulate, with_cublas, ours, false)?;
+        Ok(times)
+    }
+
+    /// [`Bench::time_gemm`], and with `wgmma` also kernels/gemm_wgmma.cu on the same inputs
+    /// (the caller checked that it runs here and takes these shapes).
+    #[allow(clippy::too_many_arguments)]
+    fn time_gemms<O: Sample + Float>(
+        &mut self,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+        with_cublas: bool,
+        ours: bool,
+        wgmma: bool,
+    ) -> Result<(GemmTimes, WgmmaTime)> {
         let gpu = self.gpu;
         let sets = self.sets(2 * (m * k + k * n));
         let a = self.randoms::<bf16>(sets, m * k, -1.0, 1.0)?;
@@ -49,26 +73,58 @@ impl Bench<'_> {
             ours: None,
             check: None,
         };
+        // One product of cuBLAS, written (not accumulated), on the first inputs' leading rows.
+        let count = (m * n).min(1 << 23);
+        let mut reference: Option<Vec<O>> = None;
+        if with_cublas && (ours || wgmma) {
+            let mut theirs = gpu.alloc::<O>(m * n)?;
+            gpu.cublas_gemm_bf16(layout, m, n, k, 1, &a[0], &b[0], &mut theirs, false)?;
+            reference = Some(self.download_prefix(&theirs, count)?);
+        }
         if ours {
             times.ours = Some(self.timer.time(&mut |i| {
                 let s = i % sets;
-                gpu.gemm_bf16(layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate)
+                gpu.gemm_bf16_mma(layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate)
             })?);
-            if with_cublas {
-                // One product of each, written (not accumulated), on the first rows.
-                let mut theirs = gpu.alloc::<O>(m * n)?;
-                gpu.cublas_gemm_bf16(layout, m, n, k, 1, &a[0], &b[0], &mut theirs, false)?;
-                gpu.gemm_bf16(layout, m, n, k, 1, &a[0], &b[0], &mut c, false)?;
-                let count = (m * n).min(1 << 23);
+            if let Some(y) = &reference {
+                gpu.gemm_bf16_mma(layout, m, n, k, 1, &a[0], &b[0], &mut c, false)?;
                 let x = self.download_prefix(&c, count)?;
-                let y = self.download_prefix(&theirs, count)?;
-                times.check = Some(rel_diff(&x, &y));
+                times.check = Some(rel_diff(&x, y));
             }
         }
-        Ok(times)
+        let mut wgmma_time = None;
+        if wgmma {
+            let time = self.timer.time(&mut |i| {
+                let s = i % sets;
+                gpu.gemm_bf16_wgmma(layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate)
+            })?;
+            let mut check = None;
+            if let Some(y) = &reference {
+                gpu.gemm_bf16_wgmma(layout, m, n, k, 1, &a[0], &b[0], &mut c, false)?;
+                let x = self.download_prefix(&c, count)?;
+                check = Some(rel_diff(&x, y));
+            }
+            wgmma_time = Some((time, check));
+        }
+        Ok((times, wgmma_time))
     }
 
-    /// Our GEMM against cuBLAS at one shape.
+    /// Whether kernels/gemm_wgmma.cu runs on this device; on a compute-capability-9.0 device
+    /// where it cannot, says why once.
+    fn wgmma_runs(&mut self) -> bool {
+        static NOTED: AtomicBool = AtomicBool::new(false);
+        match self.gpu.wgmma_available() {
+            Ok(()) => true,
+            Err(e) => {
+                if self.gpu.compute_capability() == (9, 0) && !NOTED.swap(true, Ordering::Relaxed) {
+                    self.sink.note(&format!("no gemm_wgmma rows: {e}"));
+                }
+                false
+            }
+        }
+    }
+
+    /// Our GEMM against cuBLAS at one shape; on Hopper also the wgmma kernel, as its own row.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(
         &mut self,
@@ -96,24 +152,83 @@ impl Bench<'_> {
             (GemmLayout::NT, true) => "gemm_nt_f32",
             (GemmLayout::TN, true) => "gemm_tn_f32",
         };
-        if !self.wants(&[kernel, label, "gemm"]) {
+        let wgmma_kernel = match (layout, f32_acc) {
+            (GemmLayout::NN, false) => "gemm_wgmma_nn_bf16",
+            (GemmLayout::NT, false) => "gemm_wgmma_nt_bf16",
+            (GemmLayout::TN, false) => "gemm_wgmma_tn_bf16",
+            (GemmLayout::NN, true) => "gemm_wgmma_nn_f32",
+            (GemmLayout::NT, true) => "gemm_wgmma_nt_f32",
+            (GemmLayout::TN, true) => "gemm_wgmma_tn_f32",
+        };
+        let want_ours = self.wants(&[kernel, label, "gemm"]);
+        // Decode-sized products (gemv) are not the wgmma kernel's business; the benchmark's
+        // shapes are all multiples of 8, which TMA needs.
+        let want_wgmma = !gemv
+            && self.wants(&[wgmma_kernel, label, "gemm", "wgmma"])
+            && layout.vectorized(m, n, k)
+            && k > 0
+            && self.wgmma_runs();
+        if !want_ours && !want_wgmma {
             return Ok(());
         }
         let with_cublas = self.cublas;
-        let times = if f32_acc {
-            self.time_gemm::<f32>(layout, m, n, k, true, with_cublas, true)?
+        let (mut times, wgmma) = if f32_acc {
+            self.time_gemms::<f32>(layout, m, n, k, true, with_cublas, want_ours, want_wgmma)?
         } else {
-            self.time_gemm::<bf16>(layout, m, n, k, false, with_cublas, true)?
+            self.time_gemms::<bf16>(layout, m, n, k, false, with_cublas, want_ours, want_wgmma)?
         };
-        let (theirs, check) = (times.cublas, times.check);
-        let Some(time) = times.ours else {
-            return Ok(());
-        };
+        if let Some(time) = times.ours.take() {
+            self.gemm_result(
+                kernel,
+                label,
+                layout,
+                (m, n, k),
+                f32_acc,
+                tokens,
+                time,
+                &times,
+            );
+        }
+        if let Some((time, check)) = wgmma {
+            let theirs = GemmTimes {
+                cublas: times.cublas.clone(),
+                ours: None,
+                check,
+            };
+            let kernel = wgmma_kernel;
+            self.gemm_result(
+                kernel,
+                label,
+                layout,
+                (m, n, k),
+                f32_acc,
+                tokens,
+                time,
+                &theirs,
+            );
+        }
+        Ok(())
+    }
+
+    /// One GEMM row: `time` of `kernel`, against cuBLAS's time and with the check in `times`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_result(
+        &mut self,
+        kernel: &str,
+        label: &str,
+        layout: GemmLayout,
+        (m, n, k): (usize, usize, usize),
+        f32_acc: bool,
+        tokens: Option<usize>,
+        time: Timing,
+        times: &GemmTimes,
+    ) {
+        let (theirs, check) = (times.cublas.as_ref(), times.check);
         let flops = 2.0 * m as f64 * n as f64 * k as f64;
         let es = if f32_acc { 8 } else { 2 }; // C: f32 read and written, or bf16 written
         let bytes = (2 * (m * k + k * n) + es * m * n) as f64;
         let ours_tflops = tflops(flops, time.median_us);
-        let reference = theirs.as_ref().map(|t| Reference {
+        let reference = theirs.map(|t| Reference {
             name: "cuBLAS",
             median_us: t.median_us,
             tflops: Some(tflops(flops, t.median_us)),
@@ -147,7 +262,6 @@ impl Bench<'_> {
             meets_target: fraction.map(|f| f >= GEMM_TARGET),
             check_rel_diff: check,
         });
-        Ok(())
     }
 
     /// Causal flash attention forward and backward for `batch` sequences of SEQ tokens.

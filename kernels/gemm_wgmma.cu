@@ -1,0 +1,492 @@
+// build: sm_90a
+//
+// bf16 GEMM for Hopper (sm_90a only): wgmma.mma_async tensor cores fed by the tensor memory
+// accelerator (TMA), fp32 accumulation, strided-batched, the same three layouts and epilogue as
+// kernels/gemm.cu (row-major everywhere):
+//   NT  C[m,n] = Σ_k A[m,k]·B[n,k]   (A [M,K], B [N,K]: both K-major; Y = X·Wᵀ)
+//   NN  C[m,n] = Σ_k A[m,k]·B[k,n]   (A [M,K] K-major, B [K,N] N-major; dX = dY·W)
+//   TN  C[m,n] = Σ_k A[k,m]·B[k,n]   (A [K,M] M-major, B [K,N] N-major; dW = dYᵀ·X)
+// Batch b reads A + b·M·K, B + b·K·N (the tensor maps' third dimension) and writes C + b·M·N.
+// With `accumulate`, C ← C + A·B (read, added in f32, rounded once); otherwise C ← A·B. Output
+// f32 or bf16 (round to nearest even). Host side, fallbacks and the env switch:
+// src/backend/cuda/gemm_wgmma.rs. Tests: tests/cuda_kernels/gemm.rs (f64 on the CPU).
+//
+// Scheme (the standard Hopper "warp-specialised persistent cooperative" GEMM, as CUTLASS's
+// sm90 KernelTmaWarpSpecializedCooperative):
+// - 384 threads = 3 warpgroups. Warpgroup 0 is the producer: after `setmaxnreg.dec` to 40
+//   registers one thread issues every TMA copy. Warpgroups 1 and 2 are consumers: after
+//   `setmaxnreg.inc` to 232 registers each owns 64 rows of the 128×256 block tile and issues
+//   wgmma.m64n256k16 (A and B both from shared memory), 128 f32 accumulators per thread.
+//   Register pool: 128·40 + 256·232 = 64512 ≤ 65536, and the launch cap of 384 threads × 1
+//   block is 65536/384 → 168 registers, so the producer frees 128·128 = 16384 registers and the
+//   consumers take 256·64 = 16384 (setmaxnreg needs the cap at entry: __launch_bounds__(384, 1)).
+// - K advances BK = 64 (one 128-byte swizzle row of bf16) at a time through a STAGES = 4 deep
+//   ring of shared-memory stages (16 KiB of A + 32 KiB of B each, 192 KiB in all), every stage
+//   1024-byte aligned. Per stage a `full` mbarrier (1 arrival: the producer's
+//   arrive.expect_tx, plus the TMA's transaction bytes) and an `empty` mbarrier (8 arrivals:
+//   lane 0 of every consumer warp once its wgmmas reading the stage are complete).
+// - Consumer loop per k-block: wait full → wgmma.fence → 4 × wgmma (k16 steps) →
+//   commit_group → wait_group 1 (the previous k-block's group is then complete) → arrive on the
+//   previous stage's empty barrier. One wgmma group stays in flight across the barrier wait.
+// - Persistent grid: min(tiles, SMs) blocks walk tile t = blockIdx.x + i·gridDim.x; the tile
+//   order is grouped (GROUP_M = 16 tile rows walk the N tiles together, batch outermost), so the
+//   ~132 tiles resident at once share A row-panels and B column-panels in L2. The producer runs
+//   ahead into the next tile while the consumers store the last one.
+// - Edges: TMA zero-fills the parts of a box outside the tensor (PTX ISA 9.0 §5.5.3.3 "Out of
+//   Boundary Access", zero fill mode = CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE), so M, N, K tails
+//   add zeros; an MN-major 64-wide sub-box that lies wholly past M or N is not issued at all
+//   (its shared memory keeps stale data, which only reaches rows/columns of C that the
+//   epilogue never stores). The epilogue bounds-checks every store. The host requires TMA's
+//   16-byte global strides (K-major: K % 8 == 0; MN-major: M or N % 8 == 0) and 16-byte
+//   aligned bases, else it takes kernels/gemm.cu.
+// - Epilogue: straight from the accumulator fragments to global memory, pairs (c, c+1) as
+//   8-byte (f32) or 4-byte (bf16) stores when N is even, scalar otherwise; with `accumulate`
+//   the old values are loaded 8 pairs at a time before the adds, to keep loads in flight.
+//
+// PTX ISA references (PTX ISA 9.0 numbering; sections move between versions, names do not):
+// - §9.7.15.5.1.1.1 "Matrix Fragments for wgmma.mma_async.m64nNk16", Figure "WGMMA .m64nNk16
+//   register fragment layout for accumulator matrix D": warp w of the warpgroup holds rows
+//   16w..16w+15; lane l holds d[4j+0], d[4j+1] at row 16w + l/4, columns 8j + 2(l%4) + {0,1},
+//   and d[4j+2], d[4j+3] at row 16w + l/4 + 8, same columns, for j = 0 .. N/8−1.
+//   (CUTLASS writes the same as CLayout_64xN = ((4,8,4),(2,2,N/8)):((128,1,16),(64,8,512)).)
+// - §9.7.15.5.1.2 "Shared Memory Matrix Layout": imm-trans = 0 → K-major, 1 → M/N-major
+//   (transpose is supported for .bf16 with descriptors, §9.7.15.5.2 "wgmma.mma_async").
+//   Canonical layouts in units of T = 8 bf16 (16 bytes), 128-byte swizzle = Swizzle<3,4,3>:
+//     K-major:  ((8,m),(T,2k)):((8T,SBO),(1,T))   → rows of 128 B, SBO = 8 rows = 1024 B,
+//               LBO unused ("assumed 1"), §9.7.15.5.1.2.1.1;
+//     MN-major: ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) → 64 M/N elements per 128-B row, LBO =
+//               offset between 64-element M/N chunks, SBO = offset between groups of 8 K rows.
+//   TMA with CU_TENSOR_MAP_SWIZZLE_128B and a 128-byte inner box writes exactly this pattern
+//   (16-byte chunk index XOR row%8 inside each 1024-byte block; §5.5.6 "Swizzling Modes").
+// - §9.7.15.5.1.2.2 "Matrix Descriptor Format": bits 0–13 (addr & 0x3FFFF) >> 4, bits 16–29
+//   LBO >> 4, bits 32–45 SBO >> 4, bits 49–51 base offset (0: every swizzle pattern starts on
+//   a 1024-byte boundary here), bits 62–63 swizzle mode (1 = 128-byte).
+//   A k16 step inside a stage: K-major +32 B on the start address (inside the 128-B swizzled
+//   row, as CUTLASS's and DeepGEMM's descriptor iterators do), MN-major +16 rows = +2048 B.
+// - §9.7.15.5.2 "wgmma.mma_async": `wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 d,
+//   a-desc, b-desc, scale-d, imm-scale-a, imm-scale-b, imm-trans-a, imm-trans-b`; scale-d is a
+//   predicate: false → D = A·B (the first k16 step of a tile), true → D = A·B + D.
+// - §9.7.15.7.1–3 wgmma.fence / commit_group / wait_group: a fence before the first wgmma and
+//   after any other access to the accumulators; wait_group N before reading them.
+// - §9.7.13.15 mbarrier (init, arrive, arrive.expect_tx, try_wait.parity): try_wait.parity P
+//   succeeds once the phase of parity P has completed; on a fresh barrier (phase 0 in progress)
+//   parity 1 names the preceding phase and succeeds at once, so the producer waits on `empty`
+//   with parity phase^1 and its first STAGES waits pass.
+// - §9.7.9.25.5.2 "cp.async.bulk.tensor": `.3d.shared::cluster.global.tile.mbarrier::
+//   complete_tx::bytes [dst], [tensorMap, {c0, c1, c2}], [mbar]`, c0 innermost, in elements.
+// - §9.7.19.5 "setmaxnreg" (sm_90a): `setmaxnreg.{inc,dec}.sync.aligned.u32 N`, executed by
+//   every warp of the warpgroup.
+#include "common.cuh"
+
+#include <cuda.h>
+
+namespace wgmma_gemm {
+
+constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, CONSUMERS = 2;
+constexpr int THREADS = 128 * (CONSUMERS + 1);
+constexpr int GROUP_M = 16;                      // tile rows per group of the tile order
+constexpr uint32_t A_BYTES = BM * BK * 2;        // 16 KiB
+constexpr uint32_t B_BYTES = BN * BK * 2;        // 32 KiB
+constexpr uint32_t STAGE_BYTES = A_BYTES + B_BYTES;
+constexpr uint32_t BOX_BYTES = 64 * BK * 2;      // one 64 (M/N) × 64 (K) box: 8 KiB
+constexpr uint32_t SWIZZLE_ATOM = 1024;          // 8 rows × 128 B
+// Dynamic shared memory: the ring plus slack to align it to 1024 bytes (gemm_wgmma.rs).
+constexpr uint32_t SMEM_BYTES = STAGES * STAGE_BYTES + SWIZZLE_ATOM;
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
+static_assert(BM == 64 * CONSUMERS, "one consumer warpgroup per 64 rows (wgmma M = 64)");
+static_assert(A_BYTES % SWIZZLE_ATOM == 0 && STAGE_BYTES % SWIZZLE_ATOM == 0,
+              "every tile and box starts on a swizzle-atom boundary (base offset 0)");
+static_assert(2 * BOX_BYTES == A_BYTES && 4 * BOX_BYTES == B_BYTES,
+              "an M-major A tile is 2 boxes of 64 × 64, an N-major B tile 4");
+static_assert(SMEM_BYTES == 197632, "shared bytes (gemm_wgmma.rs)");
+static_assert(128 * PRODUCER_REGS + 128 * CONSUMERS * CONSUMER_REGS <= 65536, "register pool");
+
+struct TileCoord {
+  int m0, n0, b;
+};
+
+// Tile t of the grouped order: batch outermost; inside a batch, groups of GROUP_M tile rows, each
+// walked column by column (the existing kernels' order, kernels/gemm.cu).
+__device__ __forceinline__ TileCoord tile_coord(int t, int tiles_m, int tiles_n) {
+  const int tiles_mn = tiles_m * tiles_n;
+  const int b = t / tiles_mn;
+  const int r = t - b * tiles_mn;
+  const int width = GROUP_M * tiles_n;
+  const int group = r / width;
+  const int first_m = group * GROUP_M;
+  const int rows = min(tiles_m - first_m, GROUP_M);
+  const int q = r - group * width;
+  return {(first_m + q % rows) * BM, (q / rows) * BN, b};
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- mbarrier (PTX ISA §9.7.13.15) ----
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the async proxy (the TMA unit) and the other
+// threads; a __syncthreads follows.
+__device__ __forceinline__ void mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// One arrival (the barrier's only expected one) that also raises the expected transaction
+// count by `bytes`: the phase completes when the TMA copies have delivered them all.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Spins until the phase of parity `parity` has completed (acquire, CTA scope by default).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// ---- TMA (PTX ISA §9.7.9.25.5.2) ----
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+// Box at element coordinates (c0 innermost, c1, c2 = batch) → shared `dst`, completing `bar`.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar,
+                                            int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// ---- wgmma (PTX ISA §9.7.15) ----
+// Shared-memory matrix descriptor, 128-byte swizzle (§9.7.15.5.1.2.2). Byte offsets must be
+// multiples of 16; the start address is a shared-window address below 256 KiB.
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  uint64_t d = 0;
+  d |= static_cast<uint64_t>((addr & 0x3FFFFu) >> 4);           // bits 0–13: start address
+  d |= static_cast<uint64_t>((lbo & 0x3FFFFu) >> 4) << 16;      // bits 16–29: leading offset
+  d |= static_cast<uint64_t>((sbo & 0x3FFFFu) >> 4) << 32;      // bits 32–45: stride offset
+  // bits 49–51: base offset 0 (pattern starts 1024-aligned); bits 62–63: 1 = 128-byte swizzle.
+  d |= static_cast<uint64_t>(1) << 62;
+  return d;
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Tells the compiler that every accumulator may change here, so no read or write of them moves
+// across a wait_group (the wgmma writes them asynchronously, behind the compiler's back).
+__device__ __forceinline__ void fence_accumulators(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d (+)= A·B for one warpgroup: A 64×16 and B 16×256 from shared memory through descriptors;
+// TRANS_A / TRANS_B: 0 = K-major, 1 = M/N-major. scale_d = 0 overwrites d.
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a,
+                                                 uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "
+      "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "
+      "%125, %126, %127}, "
+      "%128, %129, p, 1, 1, %131, %132;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
+        "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
+        "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
+        "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]),
+        "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]),
+        "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]),
+        "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),
+        "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]),
+        "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
+        "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
+        "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B));
+}
+
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// ---- epilogue ----
+// The old value of the pair (col, col+1) of `row` (0 past N); `pair_ok`: N even and col < N.
+__device__ __forceinline__ float2 load_pair(const float* row, int col, int N, bool pair_ok) {
+  if (pair_ok) return *reinterpret_cast<const float2*>(row + col);
+  return make_float2(col < N ? row[col] : 0.0f, col + 1 < N ? row[col + 1] : 0.0f);
+}
+__device__ __forceinline__ float2 load_pair(const bf16* row, int col, int N, bool pair_ok) {
+  if (pair_ok) return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + col));
+  return make_float2(col < N ? __bfloat162float(row[col]) : 0.0f,
+                     col + 1 < N ? __bfloat162float(row[col + 1]) : 0.0f);
+}
+__device__ __forceinline__ void store_pair(float* row, int col, int N, bool pair_ok, float v0,
+                                           float v1) {
+  if (pair_ok) {
+    *reinterpret_cast<float2*>(row + col) = make_float2(v0, v1);
+  } else {
+    if (col < N) row[col] = v0;
+    if (col + 1 < N) row[col + 1] = v1;
+  }
+}
+__device__ __forceinline__ void store_pair(bf16* row, int col, int N, bool pair_ok, float v0,
+                                           float v1) {
+  if (pair_ok) {
+    *reinterpret_cast<__nv_bfloat162*>(row + col) = __floats2bfloat162_rn(v0, v1);
+  } else {
+    if (col < N) row[col] = __float2bfloat16_rn(v0);
+    if (col + 1 < N) row[col + 1] = __float2bfloat16_rn(v1);
+  }
+}
+
+// Writes one warpgroup's 64×256 accumulators: this thread's rows row0 and row0 + 8, columns
+// col0 + 8j (+1) for j = 0..31 (fragment layout in the header).
+template <typename OutT>
+__device__ __forceinline__ void store_tile(const float (&d)[128], OutT* __restrict__ C, int M,
+                                           int N, int row0, int col0, bool accumulate) {
+  const bool n_even = (N & 1) == 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + 8 * h;
+    if (row >= M) continue;
+    OutT* crow = C + static_cast<size_t>(row) * N;
+    if (accumulate) {
+      // 8 pairs loaded before any is added and stored: 8 loads in flight per thread.
+#pragma unroll
+      for (int jg = 0; jg < 4; ++jg) {
+        float2 old[8];
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int col = col0 + 8 * (8 * jg + jj);
+          old[jj] = load_pair(crow, col, N, n_even && col < N);
+        }
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int j = 8 * jg + jj;
+          const int col = col0 + 8 * j;
+          store_pair(crow, col, N, n_even && col < N, d[4 * j + 2 * h] + old[jj].x,
+                     d[4 * j + 2 * h + 1] + old[jj].y);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const int col = col0 + 8 * j;
+        store_pair(crow, col, N, n_even && col < N, d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+      }
+    }
+  }
+}
+
+// The whole kernel. A_MN / B_MN: the operand is stored M/N-major (transposed for wgmma).
+template <bool A_MN, bool B_MN, typename OutT>
+__device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const CUtensorMap* tma_b,
+                                                OutT* __restrict__ C, int M, int N, int K,
+                                                int batch, int accumulate) {
+  extern __shared__ uint8_t wgmma_smem[];
+  __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[STAGES..)
+
+  // 1024-byte aligned ring (the dynamic window's start is only 16-byte aligned for sure).
+  const uint32_t ring = (smem_u32(wgmma_smem) + (SWIZZLE_ATOM - 1)) & ~(SWIZZLE_ATOM - 1);
+  const uint32_t full0 = smem_u32(&bars[0]);
+  const uint32_t empty0 = smem_u32(&bars[STAGES]);
+  const int warpgroup = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, CONSUMERS * 4);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+  const int tiles = tiles_m * tiles_n * batch;  // the host checked that it fits an int
+  const int k_blocks = (K + BK - 1) / BK;       // ≥ 1: the host never launches K = 0
+
+  if (warpgroup == 0) {
+    // ---- producer ----
+    setmaxnreg_dec<PRODUCER_REGS>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_map(tma_a);
+      tma_prefetch_map(tma_b);
+      int stage = 0;
+      uint32_t phase = 0;
+      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const TileCoord tc = tile_coord(t, tiles_m, tiles_n);
+        // Bytes this tile's stages receive: MN-major 64-wide sub-boxes wholly past M or N are
+        // skipped (see the header); a K-major box always starts inside the matrix.
+        const int a_boxes = A_MN ? (tc.m0 + 64 < M ? 2 : 1) : 1;
+        int b_boxes = 1;
+        if (B_MN) b_boxes = min(4, (N - tc.n0 + 63) / 64);
+        const uint32_t tx = (A_MN ? a_boxes * BOX_BYTES : A_BYTES) +
+                            (B_MN ? b_boxes * BOX_BYTES : B_BYTES);
+        for (int kb = 0; kb < k_blocks; ++kb) {
+          mbar_wait(empty0 + 8 * stage, phase ^ 1);  // consumers released this stage
+          const uint32_t full = full0 + 8 * stage;
+          mbar_arrive_expect_tx(full, tx);
+          const uint32_t sa = ring + stage * STAGE_BYTES, sb = sa + A_BYTES;
+          const int k0 = kb * BK;
+          if (A_MN) {  // A [K][M]: boxes {64 m, 64 k} at m0, m0 + 64
+            for (int j = 0; j < a_boxes; ++j)
+              tma_load_3d(sa + j * BOX_BYTES, tma_a, full, tc.m0 + 64 * j, k0, tc.b);
+          } else {  // A [M][K]: one box {64 k, 128 m}
+            tma_load_3d(sa, tma_a, full, k0, tc.m0, tc.b);
+          }
+          if (B_MN) {  // B [K][N]: boxes {64 n, 64 k} at n0 + 64j
+            for (int j = 0; j < b_boxes; ++j)
+              tma_load_3d(sb + j * BOX_BYTES, tma_b, full, tc.n0 + 64 * j, k0, tc.b);
+          } else {  // B [N][K]: one box {64 k, 256 n}
+            tma_load_3d(sb, tma_b, full, k0, tc.n0, tc.b);
+          }
+          if (++stage == STAGES) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    // ---- consumers ----
+    setmaxnreg_inc<CONSUMER_REGS>();
+    const int cw = warpgroup - 1;  // rows 64·cw .. 64·cw + 63 of the tile
+    const int warp_in_wg = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    // Descriptors of stage 0, k step 0. A: this warpgroup's 64 rows are 8 KiB in (K-major: 64
+    // rows × 128 B; M-major: the second 64-wide box). K-major LBO is unused (encoded 1 = 16 B).
+    const uint64_t desc_a0 = make_desc(ring + cw * BOX_BYTES, A_MN ? BOX_BYTES : 16, SWIZZLE_ATOM);
+    const uint64_t desc_b0 = make_desc(ring + A_BYTES, B_MN ? BOX_BYTES : 16, SWIZZLE_ATOM);
+    // Descriptor units (16 B) per k16 step and per stage (added to the start-address field,
+    // which never carries: every address stays below 2^18).
+    constexpr uint64_t A_K16 = (A_MN ? 16 * 128 : 16 * 2) >> 4;
+    constexpr uint64_t B_K16 = (B_MN ? 16 * 128 : 16 * 2) >> 4;
+    constexpr uint64_t STAGE16 = STAGE_BYTES >> 4;
+
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const TileCoord tc = tile_coord(t, tiles_m, tiles_n);
+      int prev_stage = 0;
+      for (int kb = 0; kb < k_blocks; ++kb) {
+        mbar_wait(full0 + 8 * stage, phase);  // the TMA bytes of this stage have landed
+        fence_accumulators(acc);
+        wgmma_fence();
+        const uint64_t da = desc_a0 + stage * STAGE16, db = desc_b0 + stage * STAGE16;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk)
+          wgmma_m64n256k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(acc, da + kk * A_K16, db + kk * B_K16,
+                                                       (kb > 0 || kk > 0) ? 1 : 0);
+        wgmma_commit();
+        // The previous k-block's group is complete: its stage can be refilled.
+        wgmma_wait<1>();
+        fence_accumulators(acc);
+        if (kb > 0 && lane == 0) mbar_arrive(empty0 + 8 * prev_stage);
+        prev_stage = stage;
+        if (++stage == STAGES) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      wgmma_wait<0>();
+      fence_accumulators(acc);
+      if (lane == 0) mbar_arrive(empty0 + 8 * prev_stage);
+
+      OutT* Cb = C + static_cast<size_t>(tc.b) * M * N;
+      const int row0 = tc.m0 + cw * 64 + warp_in_wg * 16 + lane / 4;
+      const int col0 = tc.n0 + 2 * (lane % 4);
+      store_tile<OutT>(acc, Cb, M, N, row0, col0, accumulate != 0);
+    }
+  }
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+}  // namespace wgmma_gemm
+
+// One kernel per (layout, output type). Launch (gemm_wgmma.rs): block 384, grid
+// (min(tiles, SMs), 1, 1), dynamic shared memory wgmma_gemm::SMEM_BYTES (opt-in attribute).
+// Built for sm_80/sm_90 too (build.rs compiles every file for them): there the body traps, and
+// the host never launches these kernels on anything but a compute-capability-9.0 device whose
+// loaded image is the sm_90a one (gemm_wgmma_probe).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WGMMA_BODY(AMN, BMN, OUT) \
+  wgmma_gemm::gemm_persistent<AMN, BMN, OUT>(&tma_a, &tma_b, C, M, N, K, batch, accumulate)
+#else
+#define WGMMA_BODY(AMN, BMN, OUT) __trap()
+#endif
+
+#define WGMMA_KERNEL(NAME, AMN, BMN, OUT)                                                     \
+  extern "C" __global__ void __launch_bounds__(wgmma_gemm::THREADS, 1)                       \
+      NAME(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b, \
+           OUT* __restrict__ C, int M, int N, int K, int batch, int accumulate) {            \
+    WGMMA_BODY(AMN, BMN, OUT);                                                                \
+  }
+
+WGMMA_KERNEL(gemm_wgmma_nt_bf16, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32, true, true, float)
+
+// Which image of this file the driver loaded: 1 for the sm_90a one (the only one whose GEMM
+// kernels do anything), 0 otherwise. The host runs it once per context before the first GEMM.
+extern "C" __global__ void gemm_wgmma_probe(unsigned int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1u;
+#else
+  *out = 0u;
+#endif
+}

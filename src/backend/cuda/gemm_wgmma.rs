@@ -1,0 +1,398 @@
+//! The Hopper bf16 GEMM (kernels/gemm_wgmma.cu: wgmma.mma_async fed by the tensor memory
+//! accelerator, warp-specialised, persistent): tensor maps built here with
+//! `cuTensorMapEncodeTiled`, the launch, and the checks that decide whether a product can take
+//! it. Same arguments and results as [`CudaBackend::gemm_bf16`].
+//!
+//! **Opt-in.** The kernel has not yet been validated on hardware, so
+//! [`CudaBackend::gemm_bf16`] keeps kernels/gemm.cu by default and routes a product here only
+//! when the environment variable `IMPLICIT_GEMM=wgmma` is set (read once per process), the
+//! device has compute capability 9.0 (H100/H200: the sm_90a image runs nowhere else), the
+//! driver has `cuTensorMapEncodeTiled`, the loaded image is the sm_90a one (a one-thread probe
+//! kernel, run once per stream and never inside a graph capture), and the shapes qualify
+//! ([`CudaBackend::wgmma_supports`]: k > 0, 16-byte row strides and 16-byte aligned A and B,
+//! as TMA requires). Anything else takes the existing kernels. Tests and the benchmark call
+//! [`CudaBackend::gemm_bf16_wgmma`] directly.
+
+use super::gemm::{check_shapes, GemmLayout};
+use super::{kernel_error, CudaBackend, DeviceBuffer, Float};
+use crate::bail;
+use crate::error::{Error, Result};
+use cudarc::driver::{sys, DevicePtr, DeviceRepr, LaunchConfig};
+use half::bf16;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The environment variable, and its value, that route [`CudaBackend::gemm_bf16`] here.
+pub const GEMM_ENV: &str = "IMPLICIT_GEMM";
+pub const GEMM_ENV_WGMMA: &str = "wgmma";
+
+/// Block tile of kernels/gemm_wgmma.cu (BM × BN, K steps of BK).
+const TILE_M: usize = 128;
+const TILE_N: usize = 256;
+/// Threads per block: one producer and two consumer warpgroups.
+const THREADS: u32 = 384;
+/// Dynamic shared memory: 4 stages of (128 + 256) × 64 bf16, plus 1 KiB to align the ring to
+/// the 128-byte swizzle's 1024-byte atom (the kernel asserts the same number).
+const SMEM_BYTES: u32 = 197_632;
+/// TMA's limit on a global stride (bytes, exclusive).
+const MAX_STRIDE_BYTES: u64 = 1 << 40;
+
+/// Whether `IMPLICIT_GEMM=wgmma` is set (read once).
+pub(super) fn requested() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var(GEMM_ENV).is_ok_and(|v| v == GEMM_ENV_WGMMA))
+}
+
+/// A tensor map as a kernel argument (`const __grid_constant__ CUtensorMap`).
+#[repr(transparent)]
+struct TensorMap(sys::CUtensorMap);
+
+// SAFETY: a CUtensorMap is 128 plain bytes (64- or 128-byte aligned, as the driver wants them)
+// that the kernel takes by value; the driver copies them into the parameter space at launch.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// Per stream: whether the wgmma kernels can run there (Err: why not), found on first use.
+type Availability = HashMap<usize, std::result::Result<(), String>>;
+static AVAILABLE: OnceLock<Mutex<Availability>> = OnceLock::new();
+
+/// The kernel of a layout and output type.
+fn kernel_name<O: Float>(layout: GemmLayout) -> &'static str {
+    match layout {
+        GemmLayout::NT => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
+        GemmLayout::NN => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
+        GemmLayout::TN => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
+    }
+}
+
+/// One operand as TMA sees it: `rows` rows of `inner` contiguous elements, `batch` such
+/// matrices back to back, read in boxes of 64 (inner) × `box_rows`.
+struct Operand {
+    inner: usize,
+    rows: usize,
+    box_rows: u32,
+}
+
+/// A's and B's tensor-map shapes for a layout (kernels/gemm_wgmma.cu's boxes: a K-major A tile
+/// is one 64 × 128 box, a K-major B tile one 64 × 256 box, an MN-major tile 64 × 64 boxes).
+fn operands(layout: GemmLayout, m: usize, n: usize, k: usize) -> (Operand, Operand) {
+    let k_major = |rows: usize, box_rows: u32| Operand {
+        inner: k,
+        rows,
+        box_rows,
+    };
+    let mn_major = |inner: usize| Operand {
+        inner,
+        rows: k,
+        box_rows: 64,
+    };
+    match layout {
+        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, TILE_N as u32)),
+        GemmLayout::NN => (k_major(m, TILE_M as u32), mn_major(n)),
+        GemmLayout::TN => (mn_major(m), mn_major(n)),
+    }
+}
+
+/// Why a product of these shapes cannot take the wgmma kernels (None: it can). `pa`, `pb`:
+/// the device addresses of A and B.
+fn shape_problem(
+    layout: GemmLayout,
+    m: usize,
+    n: usize,
+    k: usize,
+    batch: usize,
+    pa: u64,
+    pb: u64,
+) -> Option<String> {
+    if k == 0 {
+        return Some("k = 0 (nothing to multiply: kernels/gemm.cu writes the zeros)".into());
+    }
+    // The kernel's tile and box coordinates are ints that run up to a tile past m and n.
+    if m.max(n) > i32::MAX as usize - TILE_N {
+        return Some(format!(
+            "m or n over {} (tile coordinates overflow an int)",
+            i32::MAX as usize - TILE_N
+        ));
+    }
+    let (a, b) = operands(layout, m, n, k);
+    for (name, op, ptr) in [("A", &a, pa), ("B", &b, pb)] {
+        if !op.inner.is_multiple_of(8) {
+            return Some(format!(
+                "{name}'s rows are {} elements, TMA needs a multiple of 8 (16-byte strides)",
+                op.inner
+            ));
+        }
+        if !ptr.is_multiple_of(16) {
+            return Some(format!("{name} is not 16-byte aligned (address {ptr:#x})"));
+        }
+        let matrix_bytes = (op.inner as u64)
+            .checked_mul(op.rows as u64)
+            .and_then(|e| e.checked_mul(2));
+        if matrix_bytes.is_none_or(|b| b >= MAX_STRIDE_BYTES) {
+            return Some(format!(
+                "{name} is {} × {} elements, over TMA's 2^40-byte stride limit",
+                op.rows, op.inner
+            ));
+        }
+    }
+    let tiles = m
+        .div_ceil(TILE_M)
+        .checked_mul(n.div_ceil(TILE_N))
+        .and_then(|t| t.checked_mul(batch));
+    if tiles.is_none_or(|t| i32::try_from(t).is_err()) {
+        return Some("more 128 × 256 tiles than an int counts".into());
+    }
+    None
+}
+
+/// `cuTensorMapEncodeTiled` for one bf16 operand: 3-D (inner, rows, batch), 128-byte swizzle,
+/// out-of-bounds elements read as zeros.
+fn encode(op: &Operand, batch: usize, ptr: u64) -> std::result::Result<TensorMap, String> {
+    let dims: [u64; 3] = [op.inner as u64, op.rows as u64, batch as u64];
+    // Bytes between rows and between matrices (dimension 0 is contiguous and not given).
+    let strides: [u64; 2] = [2 * op.inner as u64, 2 * (op.inner * op.rows) as u64];
+    let boxes: [u32; 3] = [64, op.box_rows, 1];
+    let element_strides: [u32; 3] = [1, 1, 1];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
+    // suitably aligned CUtensorMap; the address and strides were checked (16-byte aligned,
+    // multiples of 16, below 2^40) by `shape_problem`. The driver only writes `map`.
+    let status = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            3,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    status.result().map_err(|e| {
+        format!(
+            "cuTensorMapEncodeTiled (dims {dims:?}, strides {strides:?} bytes, box {boxes:?}) \
+             failed: {e}"
+        )
+    })?;
+    Ok(TensorMap(map))
+}
+
+/// Whether the driver library has `cuTensorMapEncodeTiled` (CUDA 12.0+ drivers). cudarc
+/// panics on a missing symbol, so look first.
+fn driver_has_tensor_maps() -> bool {
+    // SAFETY: only looks a symbol up in the driver library, which is loaded (a context exists).
+    std::panic::catch_unwind(|| unsafe {
+        sys::culib()
+            .get::<unsafe extern "C" fn()>(b"cuTensorMapEncodeTiled\0")
+            .is_ok()
+    })
+    .unwrap_or(false)
+}
+
+impl CudaBackend {
+    /// Whether the wgmma kernels can run on this device at all: Ok, or why not (compute
+    /// capability other than 9.0, a driver without tensor maps, or the driver loaded a non-sm_90a
+    /// image of kernels/gemm_wgmma.cu). The first call on a stream runs a one-thread probe.
+    pub fn wgmma_available(&self) -> Result<()> {
+        let (major, minor) = self.compute_capability;
+        if (major, minor) != (9, 0) {
+            bail!(
+                "wgmma GEMM unavailable: it is built for sm_90a only, and {} has compute \
+                 capability {major}.{minor}",
+                self.device_name
+            );
+        }
+        let key = Arc::as_ptr(self.stream()) as usize;
+        let cache = AVAILABLE.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut cache = match cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(), // a cache: any contents are still valid
+        };
+        if !cache.contains_key(&key) && self.capturing() {
+            // The probe copies and synchronises, which a graph capture forbids: not decided
+            // yet, so this product takes kernels/gemm.cu (model/decode_graph.rs captures).
+            bail!("wgmma GEMM unavailable until its probe runs outside a CUDA graph capture");
+        }
+        match cache.entry(key).or_insert_with(|| self.probe_wgmma()) {
+            Ok(()) => Ok(()),
+            Err(why) => Err(Error(format!("wgmma GEMM unavailable: {why}"))),
+        }
+    }
+
+    fn probe_wgmma(&self) -> std::result::Result<(), String> {
+        if !driver_has_tensor_maps() {
+            return Err("the CUDA driver has no cuTensorMapEncodeTiled (older than 12.0)".into());
+        }
+        let ran = (|| -> Result<u32> {
+            let mut out = self.upload(&[u32::MAX])?;
+            let cfg = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (1, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                "gemm_wgmma_probe",
+                cfg,
+                String::from("one thread"),
+                [&mut out.slice]
+            )?;
+            Ok(self.download(&out)?[0])
+        })();
+        match ran {
+            Ok(1) => Ok(()),
+            Ok(v) => Err(format!(
+                "the driver loaded a non-sm_90a image of kernels/gemm_wgmma.cu (probe says {v}); \
+                 its kernels only trap there"
+            )),
+            Err(e) => Err(format!("the probe kernel failed: {e}")),
+        }
+    }
+
+    /// Whether a product of these shapes on these buffers can take the wgmma kernels on this
+    /// device: Ok, or why not. [`CudaBackend::gemm_bf16`] (with `IMPLICIT_GEMM=wgmma`) falls
+    /// back to kernels/gemm.cu on Err.
+    #[allow(clippy::too_many_arguments)]
+    pub fn wgmma_supports(
+        &self,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+    ) -> Result<()> {
+        self.wgmma_available()?;
+        let stream = self.stream();
+        let (pa, _ra) = a.slice.device_ptr(stream);
+        let (pb, _rb) = b.slice.device_ptr(stream);
+        match shape_problem(layout, m, n, k, batch, pa, pb) {
+            None => Ok(()),
+            Some(why) => {
+                bail!("wgmma GEMM ({layout:?} m {m} n {n} k {k} batch {batch}) cannot run: {why}")
+            }
+        }
+    }
+
+    /// [`CudaBackend::gemm_bf16`] on the Hopper kernels (kernels/gemm_wgmma.cu): C = A·B or
+    /// C += A·B for `batch` products in `layout`, bf16 in, f32 accumulation, C as `O`. Unlike
+    /// `gemm_bf16` this never falls back: shapes or devices it cannot take
+    /// ([`CudaBackend::wgmma_supports`]) are errors naming the kernel and the shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_wgmma<O: Float>(
+        &self,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let kernel = kernel_name::<O>(layout);
+        let checked = check_shapes(
+            &format!("CUDA GEMM {kernel}"),
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            a.len(),
+            b.len(),
+            c.len(),
+        )?;
+        if checked.empty {
+            return Ok(());
+        }
+        let shapes =
+            || format!("{layout:?} m {m} n {n} k {k} batch {batch} accumulate {accumulate}");
+        if let Err(e) = self.wgmma_supports(layout, m, n, k, batch, a, b) {
+            bail!("CUDA kernel {kernel} ({}): {e}", shapes());
+        }
+        let stream = self.stream();
+        // The guards keep the buffers' stream-ordering records alive until after the launch.
+        let (pa, _ra) = a.slice.device_ptr(stream);
+        let (pb, _rb) = b.slice.device_ptr(stream);
+        let (op_a, op_b) = operands(layout, m, n, k);
+        let map_a = encode(&op_a, batch, pa)
+            .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): A: {e}", shapes())))?;
+        let map_b = encode(&op_b, batch, pb)
+            .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): B: {e}", shapes())))?;
+
+        // Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set on every call.
+        self.function(kernel)?
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                SMEM_BYTES as i32,
+            )
+            .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))?;
+        // Persistent: one block per multiprocessor (192 KiB of shared memory each), at most one
+        // per tile. `shape_problem` checked that the tile count fits an int.
+        let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N) * batch;
+        let blocks = tiles.min(self.multiprocessors as usize).max(1);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: SMEM_BYTES,
+        };
+        let batch_i = batch as i32; // ≤ 65535 (check_shapes)
+        let acc = accumulate as i32;
+        launch!(
+            self,
+            kernel,
+            cfg,
+            shapes(),
+            [
+                &map_a,
+                &map_b,
+                &mut c.slice,
+                &checked.m,
+                &checked.n,
+                &checked.k,
+                &batch_i,
+                &acc
+            ]
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_that_tma_cannot_read_are_refused() {
+        // NT needs k % 8 == 0; NN k and n; TN m and n.
+        assert!(shape_problem(GemmLayout::NT, 7, 13, 24, 1, 0, 0).is_none());
+        assert!(shape_problem(GemmLayout::NT, 8, 8, 12, 1, 0, 0).is_some());
+        assert!(shape_problem(GemmLayout::NN, 7, 16, 24, 1, 0, 0).is_none());
+        assert!(shape_problem(GemmLayout::NN, 8, 12, 24, 1, 0, 0).is_some());
+        assert!(shape_problem(GemmLayout::TN, 16, 24, 5, 1, 0, 0).is_none());
+        assert!(shape_problem(GemmLayout::TN, 12, 24, 8, 1, 0, 0).is_some());
+        // k = 0, misaligned bases, too many tiles.
+        assert!(shape_problem(GemmLayout::NT, 8, 8, 0, 1, 0, 0).is_some());
+        assert!(shape_problem(GemmLayout::NT, 8, 8, 8, 1, 8, 0).is_some());
+        assert!(shape_problem(GemmLayout::NT, 8, 8, 8, 1, 0, 24).is_some());
+        assert!(shape_problem(GemmLayout::NT, 1 << 24, 1 << 24, 8, 1, 0, 0).is_some());
+    }
+
+    #[test]
+    fn operand_boxes_match_the_kernel() {
+        let (a, b) = operands(GemmLayout::NT, 100, 200, 300);
+        assert_eq!((a.inner, a.rows, a.box_rows), (300, 100, 128));
+        assert_eq!((b.inner, b.rows, b.box_rows), (300, 200, 256));
+        let (a, b) = operands(GemmLayout::NN, 100, 200, 300);
+        assert_eq!((a.inner, a.rows, a.box_rows), (300, 100, 128));
+        assert_eq!((b.inner, b.rows, b.box_rows), (200, 300, 64));
+        let (a, b) = operands(GemmLayout::TN, 100, 200, 300);
+        assert_eq!((a.inner, a.rows, a.box_rows), (100, 300, 64));
+        assert_eq!((b.inner, b.rows, b.box_rows), (200, 300, 64));
+    }
+}
