@@ -132,7 +132,15 @@ __device__ __forceinline__ Lse lse_empty() { return {-INFINITY, 0.0f}; }
 template <int N>
 __device__ __forceinline__ void lse_add(Lse& st, const float (&v)[N], float vmax) {
   const float m = fmaxf(st.m, vmax);
-  if (m == -INFINITY) return;  // only −inf so far: nothing to add
+  if (m == -INFINITY) {
+    // Only −inf so far, unless fmaxf passed over a NaN: then the state becomes {0, NaN}, which
+    // every later add and combine carries to the result (NaN, as the CPU's log-sum-exp gives).
+    bool nan = false;
+#pragma unroll
+    for (int k = 0; k < N; ++k) nan |= isnan(v[k]);
+    if (nan) st = {0.0f, NAN};
+    return;
+  }
   if (m > st.m) {
     st.s *= expf(st.m - m);  // exp(−inf) = 0 on the first finite value
     st.m = m;

@@ -474,6 +474,93 @@ fn rule_adapter_matches_reference() {
     }
 }
 
+/// Row 0 has NaN logits among finite ones (a whole first 16-byte group of them), row 1 only
+/// NaN, row 2 none: the log-sum-exp, the loss and the rule adapter's log-probabilities must be
+/// NaN in rows 0 and 1, as the CPU's are, and right in row 2. With no rules (zero bias, no EOS
+/// term) the adapter is the greedy pick of the decode graph.
+fn nan_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, vocab: usize) {
+    let tag = format!("{} vocab {vocab}", std::any::type_name::<T>());
+    let rows = 3;
+    let mut z = rng.vec(rows * vocab, 6.0);
+    let nan_rows = (0..8.min(vocab - 1)).chain(vocab..2 * vocab);
+    for i in nan_rows {
+        z[i] = f32::NAN;
+    }
+    let (zq, z) = T::quantize(&z);
+    let gz = gpu.upload(&zq).unwrap();
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab) as u32).collect();
+    let (mut loss, mut lse) = (poisoned::<f32>(gpu, rows), poisoned::<f32>(gpu, rows));
+    let weights = gpu.upload(&[1.0f32; 3]).unwrap();
+    gpu.cross_entropy(
+        &gz,
+        vocab,
+        &gpu.upload(&targets).unwrap(),
+        &weights,
+        &mut loss,
+        &mut lse,
+    )
+    .unwrap();
+    let (loss, lse) = (gpu.download(&loss).unwrap(), gpu.download(&lse).unwrap());
+    let mut tokens = gpu.upload(&[u32::MAX; 3]).unwrap();
+    let (mut lp, mut blp) = (poisoned::<f32>(gpu, rows), poisoned::<f32>(gpu, rows));
+    let out = RuleAdapterOutput {
+        tokens: &mut tokens,
+        logprobs: &mut lp,
+        base_logprobs: &mut blp,
+    };
+    let no_bias = gpu.zeros::<f32>(vocab).unwrap();
+    gpu.rule_adapter(
+        &gz,
+        vocab,
+        &no_bias,
+        u32::MAX,
+        &gpu.zeros(rows).unwrap(),
+        out,
+    )
+    .unwrap();
+    let (tokens, lp) = (gpu.download(&tokens).unwrap(), gpu.download(&lp).unwrap());
+    for r in 0..2 {
+        assert!(
+            lse[r].is_nan() && loss[r].is_nan() && lp[r].is_nan(),
+            "{tag} row {r}: lse {}, loss {}, logprob {} should all be NaN",
+            lse[r],
+            loss[r],
+            lp[r]
+        );
+    }
+    let row = f64s(&z[2 * vocab..]);
+    let want_lse = ops::log_sum_exp(&row);
+    let want_loss = want_lse - row[targets[2] as usize];
+    let best = ops::argmax(&row);
+    assert!(
+        (lse[2] as f64 - want_lse).abs() <= 1e-5 * want_lse.abs().max(1.0),
+        "{tag} row 2: lse {} vs {want_lse}",
+        lse[2]
+    );
+    assert!(
+        (loss[2] as f64 - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
+        "{tag} row 2: loss {} vs {want_loss}",
+        loss[2]
+    );
+    assert_eq!(tokens[2] as usize, best, "{tag} row 2: greedy token");
+    let want_lp = row[best] - want_lse;
+    assert!(
+        (lp[2] as f64 - want_lp).abs() <= 1e-5 * want_lp.abs().max(1.0),
+        "{tag} row 2: logprob {} vs {want_lp}",
+        lp[2]
+    );
+}
+
+#[test]
+fn nan_logits_give_nan_as_on_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("nan_logits");
+    for vocab in [7, 1001, 32000, 32003] {
+        nan_case::<f32>(gpu, &mut rng, vocab);
+        nan_case::<bf16>(gpu, &mut rng, vocab);
+    }
+}
+
 #[test]
 fn wrong_lengths_are_errors_naming_the_kernel() {
     let Some(gpu) = gpu() else { return };

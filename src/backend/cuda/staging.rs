@@ -23,6 +23,18 @@ pub(super) struct Stages {
     done: [CudaEvent; 2],
 }
 
+impl Drop for Stages {
+    /// The last copies out of the buffers may still be running: wait for them before the
+    /// page-locked memory is freed under the copy engine.
+    fn drop(&mut self) {
+        for done in &self.done {
+            if let Err(e) = done.synchronize() {
+                eprintln!("warning: waiting for a staged copy before freeing its buffer: {e}");
+            }
+        }
+    }
+}
+
 impl CudaBackend {
     fn new_stages(&self) -> Result<Stages> {
         let buffer = || {
