@@ -4,10 +4,12 @@
 # ["target/gpu"]), unpacked from target/gpu/bin.tar.xz into target/gpu-run/ (the test binaries
 # below are named by their short names). In order, each step's output to $OUT/<step>.log:
 #   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
-#   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference)
-#                                                                     -> cuda_kernels.log
+#   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference;
+#      the wgmma GEMM's tests apart, under a 60 s limit)     -> cuda_kernels.log, cuda_kernels_wgmma.log
 #   3. target/gpu/cuda_model and cuda_generate                        -> cuda_model.log, cuda_generate.log
 #   3b. target/gpu/cuda_train (the training step against the CPU)     -> cuda_train.log
+#   3c. (only when STEPS names "wgmma") cuda_model and cuda_train with IMPLICIT_GEMM=wgmma
+#                                             -> cuda_model_wgmma.log, cuda_train_wgmma.log
 #   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
 #                                                                     -> bench.log
@@ -152,7 +154,10 @@ if wants smi; then
 fi
 # shellcheck disable=SC2086
 if wants kernels && [ -x "$BIN/cuda_kernels" ]; then
-    step cuda_kernels 240 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 ${TEST_ARGS:-}
+    step cuda_kernels 240 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 --skip wgmma ${TEST_ARGS:-}
+    # The Hopper GEMM on its own, under a short limit: a wrong barrier count hangs rather than
+    # failing, and must not eat the other kernels' time.
+    step cuda_kernels_wgmma 60 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 wgmma
 fi
 # shellcheck disable=SC2086
 if wants model && [ -x "$BIN/cuda_model" ]; then
@@ -165,6 +170,16 @@ fi
 # shellcheck disable=SC2086
 if wants train && [ -x "$BIN/cuda_train" ]; then
     step cuda_train 180 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
+fi
+# Step "wgmma" (not in the default STEPS): the model and training tests again with every large
+# product on kernels/gemm_wgmma.cu (IMPLICIT_GEMM=wgmma), once its own tests pass.
+# shellcheck disable=SC2086
+if wants wgmma && [ -x "$BIN/cuda_model" ]; then
+    step cuda_model_wgmma 120 env IMPLICIT_GEMM=wgmma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_model" --nocapture --test-threads=1 ${TEST_ARGS:-}
+fi
+# shellcheck disable=SC2086
+if wants wgmma && [ -x "$BIN/cuda_train" ]; then
+    step cuda_train_wgmma 180 env IMPLICIT_GEMM=wgmma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
 quick_flag=()
 if [ "$QUICK" = 1 ]; then quick_flag=(--quick); fi
@@ -241,11 +256,12 @@ fi
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
 echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
-for t in cuda_kernels cuda_model cuda_generate cuda_train; do
+for t in cuda_kernels cuda_kernels_wgmma cuda_model cuda_generate cuda_train cuda_model_wgmma cuda_train_wgmma; do
     log="$OUT/$t.log"
     step_of_t=kernels
     if [ "$t" = cuda_model ] || [ "$t" = cuda_generate ]; then step_of_t=model; fi
     if [ "$t" = cuda_train ]; then step_of_t=train; fi
+    if [ "$t" = cuda_model_wgmma ] || [ "$t" = cuda_train_wgmma ]; then step_of_t=wgmma; fi
     if ! wants "$step_of_t" || [ ! -f "$log" ]; then continue; fi
     echo "-- $t: $(grep -c 'rel err' "$log") error checks printed, $(grep -c 'SKIPPED' "$log") SKIPPED"
     grep -E 'test result|panicked|FAILED|^error' "$log" | head -20

@@ -101,6 +101,11 @@ pub struct TrainerSetup {
     /// Data parallelism: each rank runs its share of the micro-batches, gradients are summed
     /// over the ranks, and each parameter's optimizer state lives on one rank only (its
     /// owner), which updates it and broadcasts the new values. None: one GPU.
+    ///
+    /// Every collective needs every rank: a rank that fails before one (out of memory, a token
+    /// outside the vocabulary in its share) returns its error while the others wait in the
+    /// collective. `train --gpus N` (src/train/launch.rs) stops the other ranks when one exits
+    /// with an error; a program driving ranks itself must do the same.
     pub parallel: Option<Communicator>,
 }
 

@@ -52,6 +52,13 @@ struct Packed {
 /// scale / (its number of loss tokens).
 fn pack(batch: &[TrainSequence], vocab: usize, scale: f64) -> Result<Packed> {
     let len = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+    // Rows are indexed as u32 on the GPU.
+    if u32::try_from(batch.len().saturating_mul(len)).is_err() {
+        bail!(
+            "a micro-batch of {} sequences padded to {len} tokens has too many rows",
+            batch.len()
+        );
+    }
     let mut p = Packed {
         ids: vec![0; batch.len() * len],
         positions: Vec::with_capacity(batch.len() * len),
