@@ -233,7 +233,112 @@ __device__ __forceinline__ void attention(const bf16* __restrict__ q, bf16* __re
   }
 }
 
+// The same attention with the keys of each (row, head) split over the W = blockDim.x/32 warps
+// of one block, for decode steps with few rows (flash-decoding, Dao et al. 2023): the one-warp
+// kernel above gives a batch-1 step of 32 heads only 32 warps on the whole GPU, each walking
+// the whole context. Warp w takes keys [w·c, (w+1)·c), c = ⌈keys/W⌉, and keeps its own running
+// max m_w, sum l_w and unnormalised output acc_w; then, in shared memory and in warp order,
+// o = Σ_w 2^(m_w − M)·acc_w / Σ_w 2^(m_w − M)·l_w with M = max_w m_w (a warp with no keys has
+// m_w = −inf and weight 0; warp 0 always has a key, so M is finite).
+constexpr int SPLIT_WARPS = ROW_THREADS / 32;
+
+template <int J>
+__device__ __forceinline__ void attention_split(
+    const bf16* __restrict__ q, bf16* __restrict__ out, const unsigned int* __restrict__ row_list,
+    const unsigned int* __restrict__ row_seq, const unsigned int* __restrict__ positions,
+    const unsigned long long* __restrict__ seq_table, int layer, int heads, int kv_heads,
+    int head_dim, float scale_log2) {
+  __shared__ float s_m[SPLIT_WARPS], s_l[SPLIT_WARPS];
+  __shared__ float s_acc[SPLIT_WARPS][64 * J];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int r = blockIdx.x / heads, h = blockIdx.x % heads;
+  const unsigned int t = row_list[r];
+  const unsigned int s = row_seq[t];
+  const int keys = (int)positions[t] + 1;
+  const int kvh = h / (heads / kv_heads);
+  const size_t kv_dim = (size_t)kv_heads * head_dim;
+  const unsigned long long cap = seq_table[3 * s + 2];
+  const size_t base = (size_t)layer * cap * kv_dim + (size_t)kvh * head_dim;
+  const bf16* kp = reinterpret_cast<const bf16*>(seq_table[3 * s]) + base;
+  const bf16* vp = reinterpret_cast<const bf16*>(seq_table[3 * s + 1]) + base;
+  const bf16* qrow = q + ((size_t)t * heads + h) * head_dim;
+
+  float qv[J][2], acc[J][2];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int d = 64 * j + 2 * lane;
+    const float2 v = d < head_dim ? load2(qrow + d) : make_float2(0.0f, 0.0f);
+    qv[j][0] = v.x * scale_log2;
+    qv[j][1] = v.y * scale_log2;
+    acc[j][0] = 0.0f;
+    acc[j][1] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  const int chunk = (keys + SPLIT_WARPS - 1) / SPLIT_WARPS;
+  const int end = min(keys, (w + 1) * chunk);
+  int key = w * chunk;
+  constexpr int KB = Keys<J>::KB;
+  for (; key + KB <= end; key += KB)
+    keys_step<J, KB>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
+                     head_dim);
+  for (; key < end; ++key)
+    keys_step<J, 1>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
+                    head_dim);
+
+  if (lane == 0) {
+    s_m[w] = m;
+    s_l[w] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    s_acc[w][64 * j + 2 * lane] = acc[j][0];
+    s_acc[w][64 * j + 2 * lane + 1] = acc[j][1];
+  }
+  __syncthreads();
+  if (w != 0) return;
+  float big = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < SPLIT_WARPS; ++i) big = fmaxf(big, s_m[i]);
+  // Each warp's weight 2^(m_w − M) (0 for a warp with no keys) is recomputed where it is used
+  // rather than kept in an array.
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < SPLIT_WARPS; ++i) total += exp2f(s_m[i] - big) * s_l[i];
+  const float inv = __frcp_rn(total);  // = 1.0f / total, without a division subroutine
+  bf16* orow = out + ((size_t)t * heads + h) * head_dim;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int d = 64 * j + 2 * lane;
+    if (d < head_dim) {
+      float o0 = 0.0f, o1 = 0.0f;
+#pragma unroll
+      for (int i = 0; i < SPLIT_WARPS; ++i) {
+        const float weight = exp2f(s_m[i] - big);
+        o0 += weight * s_acc[i][d];
+        o1 += weight * s_acc[i][d + 1];
+      }
+      *reinterpret_cast<__nv_bfloat162*>(orow + d) = __floats2bfloat162_rn(o0 * inv, o1 * inv);
+    }
+  }
+}
+
 }  // namespace attn
+
+// At least 3 blocks per SM (≤ 85 registers): without the bound, ptxas 13.0 gave the head_dim
+// 65–128 variant an 8-byte stack frame on sm_80.
+#define ATTENTION_SPLIT_KERNEL(J)                                                             \
+  extern "C" __global__ void __launch_bounds__(ROW_THREADS, 3) model_attention_split_j##J(     \
+      const bf16* q, bf16* out, const unsigned int* row_list, const unsigned int* row_seq,     \
+      const unsigned int* positions, const unsigned long long* seq_table, int layer,           \
+      int heads, int kv_heads, int head_dim, float scale_log2) {                               \
+    attn::attention_split<J>(q, out, row_list, row_seq, positions, seq_table, layer, heads,    \
+                             kv_heads, head_dim, scale_log2);                                  \
+  }
+
+ATTENTION_SPLIT_KERNEL(1)
+ATTENTION_SPLIT_KERNEL(2)
+ATTENTION_SPLIT_KERNEL(3)
+ATTENTION_SPLIT_KERNEL(4)
 
 #define ATTENTION_KERNEL(J)                                                                   \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS) model_attention_j##J(              \

@@ -18,8 +18,8 @@ use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cpu::ops;
 use implicit::backend::cuda::{
-    AttentionPath, CudaBackend, CudaKvCache, CudaTransformer, DeviceBuffer, Float, KvBatch,
-    RowList, RowNorm,
+    AttentionPath, CudaBackend, CudaKvCache, CudaTransformer, DeviceBuffer, Float, KeySplit,
+    KvBatch, RowList, RowNorm,
 };
 use implicit::generate::{generate, GenerateOptions, Sampler};
 use implicit::model::{Logits, ModelConfig, Transformer};
@@ -232,18 +232,27 @@ fn cache_and_attention(gpu: &CudaBackend, rng: &mut Rng, heads: usize, kv_heads:
             )
             .unwrap();
             let gq = gpu.upload(&qq).unwrap();
-            let mut out = poisoned::<bf16>(gpu, rows * qd);
-            gpu.cached_attention(&batch, layer, &gq, heads, hd, &all, &mut out)
-                .unwrap();
-            let got = download(gpu, &out);
-            // The plain kernel on sequence 1's rows only: the others stay poisoned.
+            // Both kernels (one warp per row and head, and the keys split over a block's
+            // warps), on every row and on sequence 1's rows only (the others stay poisoned).
             let (s1, n1) = batch.sequence_rows(1);
             let subset: Vec<u32> = (s1 as u32..(s1 + n1) as u32).collect();
             let subset = RowList::new(gpu, &subset, rows).unwrap();
-            let mut part = poisoned::<bf16>(gpu, rows * qd);
-            gpu.cached_attention(&batch, layer, &gq, heads, hd, &subset, &mut part)
-                .unwrap();
-            let part = download(gpu, &part);
+            let runs: Vec<(KeySplit, Vec<f32>, Vec<f32>)> = [KeySplit::None, KeySplit::Warps]
+                .into_iter()
+                .map(|split| {
+                    let mut out = poisoned::<bf16>(gpu, rows * qd);
+                    gpu.cached_attention_split(
+                        &batch, layer, &gq, heads, hd, &all, &mut out, split,
+                    )
+                    .unwrap();
+                    let mut part = poisoned::<bf16>(gpu, rows * qd);
+                    gpu.cached_attention_split(
+                        &batch, layer, &gq, heads, hd, &subset, &mut part, split,
+                    )
+                    .unwrap();
+                    (split, download(gpu, &out), download(gpu, &part))
+                })
+                .collect();
             for s in 0..3 {
                 let (start, n) = batch.sequence_rows(s);
                 hist_k[layer][s].extend_from_slice(&k[start * kvd..(start + n) * kvd]);
@@ -265,24 +274,26 @@ fn cache_and_attention(gpu: &CudaBackend, rng: &mut Rng, heads: usize, kv_heads:
                 );
                 let rows_of = |v: &[f32]| v[start * qd..(start + n) * qd].to_vec();
                 let what = format!("{tag} round {round} layer {layer} sequence {s}");
-                check(
-                    &format!("cached attention {what}"),
-                    &rows_of(&got),
-                    &want,
-                    BF16_BOUND,
-                );
-                if s == 1 {
+                for (split, got, part) in &runs {
                     check(
-                        &format!("cached attention (row subset) {what}"),
-                        &rows_of(&part),
+                        &format!("cached attention ({split:?} split) {what}"),
+                        &rows_of(got),
                         &want,
                         BF16_BOUND,
                     );
-                } else {
-                    assert!(
-                        rows_of(&part).iter().all(|x| x.is_nan()),
-                        "{what}: rows outside the list are not written"
-                    );
+                    if s == 1 {
+                        check(
+                            &format!("cached attention ({split:?} split, row subset) {what}"),
+                            &rows_of(part),
+                            &want,
+                            BF16_BOUND,
+                        );
+                    } else {
+                        assert!(
+                            rows_of(part).iter().all(|x| x.is_nan()),
+                            "{what} ({split:?} split): rows outside the list are not written"
+                        );
+                    }
                 }
                 if hd == 64 || hd == 128 {
                     let mut flash = poisoned::<bf16>(gpu, rows * qd);

@@ -59,7 +59,7 @@ pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use gemm::{GemmLayout, GEMV_MAX_ROWS};
 pub use memory::MemoryUse;
 pub use model::{
-    AttentionPath, CudaKvCache, CudaTransformer, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
+    AttentionPath, CudaKvCache, CudaTransformer, KeySplit, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
 };
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
 pub use train::{CudaTrainer, TrainerSetup};

@@ -14,7 +14,7 @@ mod cache;
 mod decode_graph;
 mod kernels;
 
-pub use cache::{CudaKvCache, KvBatch, KvTables, RowList, MAX_HEAD_DIM};
+pub use cache::{CudaKvCache, KeySplit, KvBatch, KvTables, RowList, MAX_HEAD_DIM};
 use decode_graph::{DecodeGraph, DecodeOutput, MAX_GRAPH_BATCH};
 pub use kernels::RowNorm;
 

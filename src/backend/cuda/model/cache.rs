@@ -340,6 +340,15 @@ impl<'c> KvBatch<'c> {
     }
 }
 
+/// How [`CudaBackend::cached_attention_split`] spreads each (row, head)'s keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySplit {
+    /// One warp walks all the keys (many rows: the warps fill the GPU).
+    None,
+    /// The keys are split over the 8 warps of one block and the parts combined (few rows).
+    Warps,
+}
+
 /// Row indices on the GPU, each checked to be below `bound` (the rows of the batch they index).
 pub struct RowList {
     rows: DeviceBuffer<u32>,
@@ -450,7 +459,10 @@ impl CudaBackend {
     /// head_dim]` bf16, after RoPE) against layer `layer` of their own sequence's cache (which
     /// must already hold the batch's new keys, [`CudaBackend::kv_append`]), into the same rows of
     /// `out` (other rows untouched). Row t at position p sees keys 0..=p. Scale 1/√head_dim;
-    /// softmax and sums in f32. Any even head_dim up to 256.
+    /// softmax and sums in f32. Any even head_dim up to 256. With few (row, head) pairs (fewer
+    /// than 8 per multiprocessor, e.g. a decode step of a small batch) each pair's keys are
+    /// split over the 8 warps of a block ([`KeySplit::Warps`]); otherwise one warp takes them
+    /// all.
     #[allow(clippy::too_many_arguments)]
     pub fn cached_attention(
         &self,
@@ -462,11 +474,39 @@ impl CudaBackend {
         rows: &RowList,
         out: &mut DeviceBuffer<bf16>,
     ) -> Result<()> {
-        let kernel = match head_dim.div_ceil(64) {
-            0 | 1 => "model_attention_j1",
-            2 => "model_attention_j2",
-            3 => "model_attention_j3",
-            _ => "model_attention_j4",
+        let pairs = rows.len.saturating_mul(heads);
+        let split = if pairs < 8 * self.multiprocessors as usize {
+            KeySplit::Warps
+        } else {
+            KeySplit::None
+        };
+        self.cached_attention_split(batch, layer, q, heads, head_dim, rows, out, split)
+    }
+
+    /// [`CudaBackend::cached_attention`] with the kernel chosen by the caller (the tests check
+    /// both on the same inputs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn cached_attention_split(
+        &self,
+        batch: &KvBatch<'_>,
+        layer: usize,
+        q: &DeviceBuffer<bf16>,
+        heads: usize,
+        head_dim: usize,
+        rows: &RowList,
+        out: &mut DeviceBuffer<bf16>,
+        split: KeySplit,
+    ) -> Result<()> {
+        let j = head_dim.div_ceil(64).clamp(1, 4);
+        let kernel = match (split, j) {
+            (KeySplit::None, 1) => "model_attention_j1",
+            (KeySplit::None, 2) => "model_attention_j2",
+            (KeySplit::None, 3) => "model_attention_j3",
+            (KeySplit::None, _) => "model_attention_j4",
+            (KeySplit::Warps, 1) => "model_attention_split_j1",
+            (KeySplit::Warps, 2) => "model_attention_split_j2",
+            (KeySplit::Warps, 3) => "model_attention_split_j3",
+            (KeySplit::Warps, _) => "model_attention_split_j4",
         };
         let kv_heads = attention_heads(kernel, batch, layer, heads, head_dim)?;
         let n = batch.rows.saturating_mul(heads).saturating_mul(head_dim);
@@ -482,45 +522,77 @@ impl CudaBackend {
         if rows.is_empty() {
             return Ok(());
         }
-        let warps = rows.len.saturating_mul(heads);
-        let threads = warps.saturating_mul(32);
+        let pairs = rows.len.saturating_mul(heads);
+        let threads = match split {
+            KeySplit::None => pairs.saturating_mul(32),
+            KeySplit::Warps => pairs,
+        };
         if u32::try_from(threads).is_err() {
             bail!(
                 "CUDA kernel {kernel}: {} rows × {heads} heads are too many for one launch",
                 rows.len
             );
         }
-        let cfg = LaunchConfig {
-            grid_dim: (threads.div_ceil(THREADS as usize) as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let (nrows, layer_int) = (rows.len as i32, layer as i32);
         let (heads_int, kv_heads_int, hd_int) = (heads as i32, kv_heads as i32, head_dim as i32);
         let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
-        launch!(
-            self,
-            kernel,
-            cfg,
+        let shapes = || {
             format!(
                 "rows {} of {}, layer {layer}, heads {heads}, kv_heads {kv_heads}, head_dim {head_dim}",
                 rows.len, batch.rows
-            ),
-            [
-                &q.slice,
-                &mut out.slice,
-                &rows.rows.slice,
-                &nrows,
-                &batch.tables.row_seq.slice,
-                &batch.tables.positions.slice,
-                &batch.tables.table,
-                &layer_int,
-                &heads_int,
-                &kv_heads_int,
-                &hd_int,
-                &scale_log2
-            ]
-        )
+            )
+        };
+        match split {
+            KeySplit::None => {
+                let cfg = LaunchConfig {
+                    grid_dim: (threads.div_ceil(THREADS as usize) as u32, 1, 1),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                launch!(
+                    self,
+                    kernel,
+                    cfg,
+                    shapes(),
+                    [
+                        &q.slice,
+                        &mut out.slice,
+                        &rows.rows.slice,
+                        &nrows,
+                        &batch.tables.row_seq.slice,
+                        &batch.tables.positions.slice,
+                        &batch.tables.table,
+                        &layer_int,
+                        &heads_int,
+                        &kv_heads_int,
+                        &hd_int,
+                        &scale_log2
+                    ]
+                )
+            }
+            KeySplit::Warps => {
+                // One block of THREADS (8 warps) per (row, head).
+                launch!(
+                    self,
+                    kernel,
+                    per_row(pairs, 0),
+                    shapes(),
+                    [
+                        &q.slice,
+                        &mut out.slice,
+                        &rows.rows.slice,
+                        &batch.tables.row_seq.slice,
+                        &batch.tables.positions.slice,
+                        &batch.tables.table,
+                        &layer_int,
+                        &heads_int,
+                        &kv_heads_int,
+                        &hd_int,
+                        &scale_log2
+                    ]
+                )
+            }
+        }
     }
 
     /// [`CudaBackend::cached_attention`] for all the new rows of sequence `seq` through flash
