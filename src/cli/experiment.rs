@@ -48,10 +48,13 @@ pub struct PlanArgs {
     /// `bench generate --json`: prefill and decode tokens/s at the config's batch size.
     #[arg(long)]
     bench_generate: Option<PathBuf>,
+    /// Training tokens/s to plan with (overrides --bench-train's), e.g. from another run.
     #[arg(long)]
     train_tokens_per_s: Option<f64>,
+    /// Prompt (prefill) tokens/s of generation and ranking (overrides --bench-generate's).
     #[arg(long)]
     prefill_tokens_per_s: Option<f64>,
+    /// Generated (decode) tokens/s at the config's batch size (overrides --bench-generate's).
     #[arg(long)]
     decode_tokens_per_s: Option<f64>,
     /// Write the plan as JSON here too.
