@@ -23,8 +23,10 @@
 #      against PyTorch bf16 + checkpointing (what fits 80 GB there)
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
-# files under $OUT come back whole). A failed step does not stop the later ones; the exit code is
-# that of the first failed step.
+# files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
+# $OUT/logs.tar.gz at the end, the JSON results stay loose). bench kernels times the wgmma GEMM
+# (--wgmma) only when its tests passed earlier in the same call. A failed step does not stop
+# the later ones; the exit code is that of the first failed step (3 for a step's time limit).
 #
 # Environment: OUT (default target/gpu-out), QUICK=1 (micro-batch 1, fewer samples),
 # STEPS (default "smi,kernels,model,train,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
@@ -32,6 +34,8 @@
 # filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600),
 # MODEL_DIR (the model folder of step "generate"; unset: a random Llama-2-7B written once to
 # /tmp/implicit-llama2-7b by `implicit init`),
+# RESERVE (seconds of BUDGET the test steps leave to sdpa and bench, default 200 when "bench" is
+# in STEPS), WGMMA=1 (bench kernels --wgmma even when this call did not run the wgmma tests),
 # EAGER=1 (step "generate" also runs bench generate --no-cuda-graphs -> bench_generate_eager.json),
 # GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
 # TRAIN_LAYERS (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments
@@ -49,6 +53,8 @@ STEPS=${STEPS:-smi,kernels,model,train,sdpa,bench}
 BUDGET=${BUDGET:-570}
 QUICK=${QUICK:-0}
 first_failure=0
+# Python's output reaches its log even when a step's time limit kills it.
+export PYTHONUNBUFFERED=1
 
 # The binaries travel packed (tools/build_gpu_binaries.sh): unpack them next to the archive.
 if [ -f "$CARRIED/bin.tar.xz" ] && { [ ! -x "$BIN/implicit" ] || [ "$CARRIED/bin.tar.xz" -nt "$BIN/implicit" ]; }; then
@@ -129,7 +135,7 @@ wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 step() {
     local name=$1 cap=$2
     shift 2
-    local left=$((BUDGET - SECONDS))
+    local left=$((STEP_BUDGET - SECONDS))
     local limit=$((cap < left ? cap : left))
     if [ "$limit" -lt 10 ]; then
         echo "$name: skipped (budget spent)" | tee -a "$OUT/steps.txt"
@@ -143,14 +149,20 @@ step() {
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then note=" (timed out)"; fi
     echo "$name: rc $rc$note, $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
     if [ "$rc" -ne 0 ] && [ "$first_failure" -eq 0 ]; then first_failure=$rc; fi
+    last_rc=$rc
     return 0
 }
+last_rc=0
+# The test steps leave RESERVE seconds of the budget to the benchmarks of the same call (SDPA
+# and bench kernels), so that a slow or hung test cannot starve them.
+if wants bench; then RESERVE=${RESERVE:-200}; else RESERVE=${RESERVE:-0}; fi
+STEP_BUDGET=$((BUDGET - RESERVE))
 
 : > "$OUT/steps.txt"
 echo "commit $IMPLICIT_COMMIT" >> "$OUT/steps.txt"
 
 if wants smi; then
-    step nvidia-smi 30 bash -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.limit --format=csv'
+    step nvidia-smi 30 bash -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,power.limit --format=csv; grep -E "MemTotal|MemAvailable" /proc/meminfo'
 fi
 # shellcheck disable=SC2086
 if wants kernels && [ -x "$BIN/cuda_kernels" ]; then
@@ -158,6 +170,7 @@ if wants kernels && [ -x "$BIN/cuda_kernels" ]; then
     # The Hopper GEMM on its own, under a short limit: a wrong barrier count hangs rather than
     # failing, and must not eat the other kernels' time.
     step cuda_kernels_wgmma 60 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 wgmma
+    wgmma_ok=$((last_rc == 0))
 fi
 # shellcheck disable=SC2086
 if wants model && [ -x "$BIN/cuda_model" ]; then
@@ -181,6 +194,8 @@ fi
 if wants wgmma && [ -x "$BIN/cuda_train" ]; then
     step cuda_train_wgmma 180 env IMPLICIT_GEMM=wgmma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
+# The benchmarks get the whole budget, reserve included.
+STEP_BUDGET=$BUDGET
 quick_flag=()
 if [ "$QUICK" = 1 ]; then quick_flag=(--quick); fi
 if wants sdpa; then
@@ -190,8 +205,11 @@ fi
 if wants bench; then
     sdpa_flag=()
     if [ -f "$OUT/sdpa.json" ]; then sdpa_flag=(--sdpa "$OUT/sdpa.json"); fi
+    # The Hopper GEMM's rows only once its own tests passed in this call (or WGMMA=1).
+    wgmma_flag=()
+    if [ "${wgmma_ok:-0}" = 1 ] || [ "${WGMMA:-0}" = 1 ]; then wgmma_flag=(--wgmma); fi
     # shellcheck disable=SC2086
-    step bench 400 "$BIN/implicit" bench kernels "${sdpa_flag[@]}" --json "$OUT/bench.json" \
+    step bench 400 "$BIN/implicit" bench kernels "${sdpa_flag[@]}" "${wgmma_flag[@]}" --json "$OUT/bench.json" \
         "${quick_flag[@]}" ${BENCH_ARGS:-}
 fi
 if wants generate; then
@@ -294,4 +312,13 @@ if wants trainbench; then
 fi
 echo "-- steps"
 cat "$OUT/steps.txt"
-exit "$first_failure"
+# The device tool brings back at most 8 files: the logs and steps.txt travel as one archive,
+# the JSON results stay as they are.
+(cd "$OUT" && tar -czf logs.tar.gz --remove-files -- *.log steps.txt 2>/dev/null)
+echo "gpu_check: logs in \$OUT/logs.tar.gz; results: $(cd "$OUT" && ls -- *.json 2>/dev/null | tr '\n' ' ')"
+# A step stopped by its own limit exits 124 or 137, which the device tool would read as the
+# whole call timing out: report it as 3 (steps.txt says which step).
+case "$first_failure" in
+    124 | 137) exit 3 ;;
+    *) exit "$first_failure" ;;
+esac

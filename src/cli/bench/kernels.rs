@@ -32,6 +32,10 @@ pub struct KernelsArgs {
     /// The ceilings are always measured.
     #[arg(long, value_delimiter = ',')]
     filter: Vec<String>,
+    /// Also time the Hopper GEMM (kernels/gemm_wgmma.cu, compute capability 9.0) as its own row
+    /// beside each GEMM; run it once its tests pass (`cuda_kernels wgmma`).
+    #[arg(long)]
+    wgmma: bool,
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -72,6 +76,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
             .cloned()
             .collect(),
         sdpa: sdpa.as_ref().map(|s| s.results.clone()).unwrap_or_default(),
+        wgmma: args.wgmma,
     };
     let mut report = bench::new_report(&gpu);
     eprintln!(

@@ -62,6 +62,10 @@ pub struct BenchConfig {
     pub samples: usize,
     /// Run only kernels whose name (or GEMM label) contains one of these.
     pub filter: Vec<String>,
+    /// Also time kernels/gemm_wgmma.cu beside each GEMM row (compute capability 9.0). Off by
+    /// default: the kernel has not been validated on a GPU yet, and a hang there would cost
+    /// the whole benchmark.
+    pub wgmma: bool,
     /// PyTorch SDPA times for the same attention shapes (tools/bench_sdpa.py).
     pub sdpa: Vec<SdpaEntry>,
 }
