@@ -42,6 +42,7 @@ const HOT_KERNELS: &[&str] = &[
     "grad_norm_finalize",
     "adamw_f32",
     "adamw_bf16",
+    "adamw_bf16_sr",
     "rule_adapter_f32",
     "rule_adapter_bf16",
     "gemm_nn_bf16",

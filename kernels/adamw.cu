@@ -12,6 +12,9 @@
 //      the result is bit-identical to the CPU's. A non-finite norm leaves everything untouched
 //      (the trainer stops on it). The scaled gradient is not written back.
 // bf16 parameters keep fp32 master weights: the master is updated, then rounded to nearest even.
+//   4. adamw_bf16_sr (`--optimizer-state bf16`): no master; the same update in f32 from the bf16
+//      parameter and bf16 moments (widened exactly), then parameter, m and v each written back
+//      to bf16 with stochastic rounding (optim::adamw_bf16_stochastic_step, bit for bit).
 #include "common.cuh"
 
 // Host-computed f32 scalars of one step (optim::adamw StepScalars; mirrored by the Rust
@@ -38,6 +41,29 @@ __device__ __forceinline__ float adamw_update(const AdamWScalars& s, float p, fl
   v = __fadd_rn(__fmul_rn(v, s.beta2), __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bias_correction2_sqrt), s.eps);
   return __fadd_rn(p, __fdiv_rn(__fmul_rn(s.neg_step_size, m), denom));
+}
+
+// Stochastic rounding (src/optim/stochastic.rs): splitmix64's output function over the counter
+// key + (i + 1)·γ gives element i 64 random bits, 16 each for the parameter, m and v.
+__device__ __forceinline__ unsigned long long sr_bits(unsigned long long key,
+                                                      unsigned long long i) {
+  unsigned long long z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// x to bf16 bits, rounded away from zero with probability (dropped bits)/2^16: add 16 random
+// bits below bf16's mantissa and truncate. Infinities stay; NaN stays NaN (quieted, as
+// half::bf16::from_f32).
+__device__ __forceinline__ unsigned int sr_bf16(float x, unsigned int r) {
+  const unsigned int b = __float_as_uint(x);
+  if ((b & 0x7F800000u) == 0x7F800000u) return (b >> 16) | ((b & 0x007FFFFFu) ? 0x40u : 0u);
+  return (b + (r & 0xFFFFu)) >> 16;
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(unsigned int h) {
+  return __uint_as_float(h << 16);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -147,5 +173,62 @@ extern "C" __global__ void __launch_bounds__(256)
     param[i] = adamw_update(s, param[i], __fmul_rn(grad[i], coef), m, v);
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
+  }
+}
+
+// Element i: p, m, v from bf16 (the low or high half of the 32-bit word they are read in), the
+// f32 update as adamw_bf16's, each written back stochastically rounded.
+__device__ __forceinline__ void adamw_sr_element(const AdamWScalars& s, unsigned long long key,
+                                                 unsigned long long i, float g, unsigned int& p,
+                                                 unsigned int& m, unsigned int& v) {
+  float mf = bf16_bits_to_float(m), vf = bf16_bits_to_float(v);
+  const float pf = adamw_update(s, bf16_bits_to_float(p), g, mf, vf);
+  const unsigned long long r = sr_bits(key, i);
+  p = sr_bf16(pf, (unsigned int)r);
+  m = sr_bf16(mf, (unsigned int)(r >> 16));
+  v = sr_bf16(vf, (unsigned int)(r >> 32));
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_bf16_sr(bf16* __restrict__ param, const float* __restrict__ grad,
+                  bf16* __restrict__ exp_avg, bf16* __restrict__ exp_avg_sq, unsigned long long n,
+                  const float* __restrict__ clip, AdamWScalars s, unsigned long long key) {
+  if (!isfinite(clip[0])) return;
+  const float coef = clip[1];
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  unsigned short* const p16 = reinterpret_cast<unsigned short*>(param);
+  unsigned short* const m16 = reinterpret_cast<unsigned short*>(exp_avg);
+  unsigned short* const v16 = reinterpret_cast<unsigned short*>(exp_avg_sq);
+  unsigned long long vec_end = 0;
+  const uintptr_t bf16_addresses = reinterpret_cast<uintptr_t>(param) |
+                                 reinterpret_cast<uintptr_t>(exp_avg) |
+                                 reinterpret_cast<uintptr_t>(exp_avg_sq);
+  if (aligned16(grad) && (bf16_addresses & 7) == 0) {
+    vec_end = n / 4 * 4;
+    for (unsigned long long j = tid; j < n / 4; j += stride) {
+      float g[4];
+      load16(grad + j * 4, g);
+      const uint2 pw = *reinterpret_cast<const uint2*>(p16 + j * 4);
+      const uint2 mw = *reinterpret_cast<const uint2*>(m16 + j * 4);
+      const uint2 vw = *reinterpret_cast<const uint2*>(v16 + j * 4);
+      // Element 4j + k sits in the low half of word k/2 for even k (little-endian).
+      unsigned int p[4] = {pw.x & 0xFFFFu, pw.x >> 16, pw.y & 0xFFFFu, pw.y >> 16};
+      unsigned int m[4] = {mw.x & 0xFFFFu, mw.x >> 16, mw.y & 0xFFFFu, mw.y >> 16};
+      unsigned int v[4] = {vw.x & 0xFFFFu, vw.x >> 16, vw.y & 0xFFFFu, vw.y >> 16};
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        adamw_sr_element(s, key, j * 4 + k, __fmul_rn(g[k], coef), p[k], m[k], v[k]);
+      *reinterpret_cast<uint2*>(p16 + j * 4) = make_uint2(p[0] | (p[1] << 16), p[2] | (p[3] << 16));
+      *reinterpret_cast<uint2*>(m16 + j * 4) = make_uint2(m[0] | (m[1] << 16), m[2] | (m[3] << 16));
+      *reinterpret_cast<uint2*>(v16 + j * 4) = make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
+    }
+  }
+  for (unsigned long long i = vec_end + tid; i < n; i += stride) {
+    unsigned int p = p16[i], m = m16[i], v = v16[i];
+    adamw_sr_element(s, key, i, __fmul_rn(grad[i], coef), p, m, v);
+    p16[i] = (unsigned short)p;
+    m16[i] = (unsigned short)m;
+    v16[i] = (unsigned short)v;
   }
 }

@@ -184,6 +184,7 @@ fn gpu_memory_options_are_refused_on_the_cpu() {
     for extra in [
         ["--checkpointing", ""],
         ["--optimizer-state", "host"],
+        ["--optimizer-state", "bf16"],
         ["--gpus", "2"],
     ] {
         let mut args = vec![

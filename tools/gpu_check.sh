@@ -19,8 +19,9 @@
 #                                             -> bench_generate_torch.log, bench_generate.log
 #   7. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
 #      Llama-2-7B's shape: TRAIN_LAYERS layers (default 8) with everything on the GPU against
-#      PyTorch AMP; then all 32 layers with checkpointing and the optimizer state in host memory
-#      against PyTorch bf16 + checkpointing (what fits 80 GB there)
+#      PyTorch AMP; then all 32 layers with checkpointing and bf16 optimizer state (stochastic
+#      rounding) against PyTorch bf16 + checkpointing (what fits 80 GB on both sides); with
+#      TRAIN_HOST=1 also the fp32 state in host memory
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
@@ -38,8 +39,9 @@
 # in STEPS), WGMMA=1 (bench kernels --wgmma even when this call did not run the wgmma tests),
 # EAGER=1 (step "generate" also runs bench generate --no-cuda-graphs -> bench_generate_eager.json),
 # GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
-# TRAIN_LAYERS (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments
-# for every train benchmark, e.g. "--micro-batch 2").
+# TRAIN_HOST=1 (step "trainbench" also runs bench train --optimizer-state host), TRAIN_LAYERS
+# (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments for every
+# train benchmark, e.g. "--micro-batch 2").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -264,11 +266,19 @@ if wants trainbench; then
             "${implicit_args[@]}" "${torch_flag[@]}" --json "$OUT/bench_train_$name.json" ${TRAIN_ARGS:-}
     }
     train_pair "l$layers" --layers "$layers" --mode amp -- --layers "$layers"
-    # 8 micro-batches per step, so that the state's trip over the bus (24 bytes per parameter
-    # per step) is amortised as gradient accumulation does in the paper's recipe (64).
+    # All 32 layers on one GPU, like for like: PyTorch bf16 (bf16 AdamW state) against bf16
+    # state with stochastic rounding, both with checkpointing, 8 micro-batches per step as
+    # gradient accumulation does in the paper's recipe (64).
     full=(--accumulation 8 --steps 3 --warmup 1)
     train_pair full --mode bf16 --checkpointing "${full[@]}" -- \
-        --checkpointing --optimizer-state host "${full[@]}"
+        --checkpointing --optimizer-state bf16 "${full[@]}"
+    if [ "${TRAIN_HOST:-0}" = 1 ]; then
+        # The fp32 master and moments in page-locked host memory (75 GiB), streamed over PCIe
+        # at each step (24 bytes per parameter).
+        # shellcheck disable=SC2086
+        step bench_train_host 200 "$BIN/implicit" bench train --config "$llama" --checkpointing \
+            --optimizer-state host "${full[@]}" --json "$OUT/bench_train_host.json" ${TRAIN_ARGS:-}
+    fi
 fi
 
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----

@@ -84,7 +84,9 @@ pub struct TrainArgs {
     #[arg(long)]
     checkpointing: bool,
     /// (cuda) Where the fp32 master weights and AdamW moments live: on the GPU (18 bytes per
-    /// parameter there), or in page-locked host memory (6 on the GPU; Llama-2-7B on 80 GB).
+    /// parameter there), or in page-locked host memory (6 on the GPU; Llama-2-7B on 80 GB); or
+    /// bf16: no master, bf16 moments on the GPU, stochastic rounding (10 bytes per parameter;
+    /// Llama-2-7B on 80 GB without streaming; other numerics than fp32 master weights).
     #[arg(long, value_enum, default_value_t = OptimizerPlacement::Device)]
     optimizer_state: OptimizerPlacement,
     /// (cuda) Print the memory plan before loading and the measured peak after the first step.

@@ -71,7 +71,7 @@ pub struct TrainSpec {
     pub device: Device,
     /// (cuda) `checkpointing = true`: activation checkpointing.
     pub checkpointing: bool,
-    /// (cuda) `optimizer_state = "device" | "host"`.
+    /// (cuda) `optimizer_state = "device" | "host" | "bf16"`.
     pub optimizer_state: OptimizerPlacement,
 }
 
@@ -316,8 +316,9 @@ impl ExperimentConfig {
         let optimizer_state = match t.string("optimizer_state")?.as_deref() {
             None | Some("device") => OptimizerPlacement::Device,
             Some("host") => OptimizerPlacement::Host,
+            Some("bf16") => OptimizerPlacement::Bf16,
             Some(other) => bail!(
-                "line {}: optimizer_state {other:?}: use \"device\" or \"host\"",
+                "line {}: optimizer_state {other:?}: use \"device\", \"host\" or \"bf16\"",
                 t.line("optimizer_state")
             ),
         };
@@ -613,5 +614,35 @@ lr = 1e-3
             .unwrap_err()
             .to_string()
             .contains("[judge]"));
+    }
+
+    #[test]
+    fn optimizer_state_choices() {
+        let with = |value: &str| {
+            let text = SMALL.replace(
+                "[data]",
+                &format!("[train]\noptimizer_state = \"{value}\"\n[data]"),
+            );
+            ExperimentConfig::parse(&text)
+        };
+        assert_eq!(
+            ExperimentConfig::parse(SMALL)
+                .unwrap()
+                .train
+                .optimizer_state,
+            OptimizerPlacement::Device
+        );
+        for (value, placement) in [
+            ("device", OptimizerPlacement::Device),
+            ("host", OptimizerPlacement::Host),
+            ("bf16", OptimizerPlacement::Bf16),
+        ] {
+            assert_eq!(with(value).unwrap().train.optimizer_state, placement);
+        }
+        let e = with("fp8").unwrap_err().to_string();
+        assert!(
+            e.contains("line 7") && e.contains("\"fp8\"") && e.contains("\"bf16\""),
+            "{e}"
+        );
     }
 }

@@ -169,7 +169,7 @@ impl StepScalars {
 
     /// One element's update: returns the new parameter, updates the moments in place.
     #[inline(always)]
-    fn update(&self, p: f32, g: f32, m: &mut f32, v: &mut f32) -> f32 {
+    pub(crate) fn update(&self, p: f32, g: f32, m: &mut f32, v: &mut f32) -> f32 {
         let p = p * self.decay;
         *m = if self.lerp_small {
             *m + self.lerp_weight * (g - *m)

@@ -10,12 +10,21 @@
 //! call [`clip_grad_norm`] once on the sums and [`AdamW::step`] once. This is what
 //! `accelerator.accumulate` amounts to in open-instruct, and the clip then sees the norm of the
 //! full-batch gradient, as there.
+//!
+//! [`adamw_bf16_stochastic_step`] is the other recipe the GPU trainer offers
+//! (`--optimizer-state bf16`): no fp32 master, bf16 moments, stochastic rounding; not the paper's
+//! numerics, and not the default.
 
 pub(crate) mod adamw;
 mod schedule;
+mod stochastic;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use schedule::{learning_rate, lr_multiplier, warmup_steps, Schedule};
+pub use stochastic::{
+    adamw_bf16_stochastic_step, stochastic_round_bf16, stochastic_rounding_bits,
+    stochastic_rounding_key,
+};
 
 use half::bf16;
 

@@ -25,8 +25,9 @@ use super::checkpoint::{self, ParamValues};
 pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     if opts.precision != Precision::Bf16 {
         bail!(
-            "--device cuda trains with bf16 parameters and fp32 master weights and moments; \
-             use --precision bf16 (or --device cpu for fp32 parameters)"
+            "--device cuda trains with bf16 parameters (and fp32 master weights and moments, or \
+             bf16 moments with --optimizer-state bf16); use --precision bf16 (or --device cpu \
+             for fp32 parameters)"
         );
     }
     let dp = opts.data_parallel.as_ref();
@@ -55,6 +56,8 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         adamw: adamw_config(opts),
         placement: opts.optimizer_state,
         parallel,
+        // The run's seed also seeds the stochastic rounding of bf16 optimizer state.
+        seed: opts.seed,
     };
     let mut trainer = CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, setup)?;
     trainer.checkpointing = opts.checkpointing;

@@ -60,7 +60,7 @@ pub struct TrainOptions {
     pub device: Device,
     /// (cuda) Keep only each layer's input from the forward; recompute the rest.
     pub checkpointing: bool,
-    /// (cuda) Where the fp32 master weights and moments live.
+    /// (cuda) Where the fp32 master weights and moments live (or bf16 moments and no master).
     pub optimizer_state: OptimizerPlacement,
     /// (cuda) Print the memory plan, and the measured peak after the first step.
     pub memory_report: bool,
@@ -189,8 +189,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 || opts.data_parallel.is_some()
             {
                 bail!(
-                    "--checkpointing, --optimizer-state host and --gpus are for --device cuda (the \
-                     CPU trainer keeps every activation and its optimizer state in host memory)"
+                    "--checkpointing, --optimizer-state host|bf16 and --gpus are for --device cuda \
+                     (the CPU trainer keeps every activation and its fp32 optimizer state in host \
+                     memory)"
                 );
             }
             let plan = prepare(opts)?;

@@ -6,7 +6,8 @@
 //!
 //! The byte counts follow `backend::cuda::CudaTrainer` buffer by buffer (train/pass.rs):
 //! - between steps, per parameter: the bf16 value (2), fp32 master (4), two fp32 moments (8)
-//!   and the fp32 gradient (4); 18 bytes.
+//!   and the fp32 gradient (4); 18 bytes (6 with the master and moments on the host, 10 with
+//!   bf16 moments and no master).
 //! - kept per token and layer for the backward: the layer's input and the residual after
 //!   attention (f32, 2·4d), q, k, v and the attention output (bf16, 2·(2q + 2kv)), the
 //!   log-sum-exp (4 per head), gate and up (bf16, 2·2f); with checkpointing the input only (4d).
@@ -17,7 +18,8 @@
 
 use crate::model::ModelConfig;
 
-/// Where the trainer keeps the fp32 master weights and AdamW moments.
+/// Where the trainer keeps the fp32 master weights and AdamW moments, or whether it keeps bf16
+/// moments and no master.
 #[derive(
     Clone,
     Copy,
@@ -37,22 +39,27 @@ pub enum OptimizerPlacement {
     /// In page-locked host memory, copied through the GPU at each step (6 bytes per parameter
     /// on the GPU, 12 on the host).
     Host,
+    /// On the GPU without an fp32 master: bf16 moments, the parameter and moments written back
+    /// with stochastic rounding (10 bytes per parameter; other numerics than fp32 master
+    /// weights, so not the default).
+    Bf16,
 }
 
 impl OptimizerPlacement {
     /// GPU bytes per parameter between steps: the bf16 value and fp32 gradient, plus the fp32
-    /// master and two moments when they are on the GPU.
+    /// master and two moments when they are on the GPU, or two bf16 moments.
     pub fn device_bytes_per_parameter(self) -> u64 {
         match self {
             OptimizerPlacement::Device => 2 + 4 + 4 + 4 + 4,
             OptimizerPlacement::Host => 2 + 4,
+            OptimizerPlacement::Bf16 => 2 + 4 + 2 + 2,
         }
     }
 
     /// Host bytes per parameter: the master and the moments when they are kept there.
     pub fn host_bytes_per_parameter(self) -> u64 {
         match self {
-            OptimizerPlacement::Device => 0,
+            OptimizerPlacement::Device | OptimizerPlacement::Bf16 => 0,
             OptimizerPlacement::Host => 4 + 4 + 4,
         }
     }
@@ -139,7 +146,7 @@ impl MemoryPlan {
         // With the state on the host, the step stages one tensor's master and moments.
         let largest = (v * d).max(d * f).max(d * q);
         let staging = match placement {
-            OptimizerPlacement::Device => 0,
+            OptimizerPlacement::Device | OptimizerPlacement::Bf16 => 0,
             OptimizerPlacement::Host => 3 * 4 * largest,
         };
         let parameters = c.num_parameters() as u64;
@@ -170,6 +177,7 @@ impl MemoryPlan {
             match self.placement {
                 OptimizerPlacement::Device => ", fp32 master and moments",
                 OptimizerPlacement::Host => "",
+                OptimizerPlacement::Bf16 => ", bf16 moments, no fp32 master",
             },
             gib(self.activations),
             gib(self.workspace),
@@ -192,7 +200,8 @@ impl MemoryPlan {
             if self.total() > device {
                 s += &format!(
                     "\ndoes not fit the device's {}: use --checkpointing, fewer tokens per \
-                     micro-batch, or --optimizer-state host",
+                     micro-batch, --optimizer-state bf16 (bf16 moments, no fp32 master: other \
+                     numerics) or --optimizer-state host",
                     gib(device)
                 );
             }
@@ -243,5 +252,48 @@ mod tests {
         assert!(!ckpt
             .describe(Some(ckpt.total()), Some(141 << 30))
             .contains("does not fit"));
+        let hint = kept.describe(None, Some(h100));
+        assert!(hint.contains("--optimizer-state bf16") && hint.contains("--optimizer-state host"));
+    }
+
+    #[test]
+    fn llama2_7b_bf16_state_fits_an_h100() {
+        let c = llama2_7b();
+        assert_eq!(OptimizerPlacement::Bf16.device_bytes_per_parameter(), 10);
+        assert_eq!(OptimizerPlacement::Bf16.host_bytes_per_parameter(), 0);
+        let bf16 = MemoryPlan::new(&c, 2048, 1, true, OptimizerPlacement::Bf16);
+        assert_eq!(bf16.state, 6_738_415_616 * 10);
+        assert_eq!(bf16.host, 0);
+        let device = MemoryPlan::new(&c, 2048, 1, true, OptimizerPlacement::Device);
+        // Only the state differs: no staging buffers, the same activations and workspace.
+        assert_eq!(
+            (bf16.activations, bf16.workspace),
+            (device.activations, device.workspace)
+        );
+        // 62.8 GiB of state: an 80 GB H100 (79.6 GiB usable) holds it with checkpointing.
+        let h100 = 80u64 * 1_000_000_000;
+        assert!(bf16.total() < h100, "{}", bf16.describe(None, Some(h100)));
+        let text = bf16.describe(None, Some(h100));
+        assert!(
+            text.contains("10 bytes each") && text.contains("bf16 moments"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("does not fit") && !text.contains("host:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn placements_parse_from_the_command_line_and_serialise() {
+        use clap::ValueEnum;
+        for (name, p) in [
+            ("device", OptimizerPlacement::Device),
+            ("host", OptimizerPlacement::Host),
+            ("bf16", OptimizerPlacement::Bf16),
+        ] {
+            assert_eq!(OptimizerPlacement::from_str(name, false), Ok(p));
+            assert_eq!(serde_json::to_value(p).unwrap(), name);
+        }
     }
 }

@@ -1,10 +1,15 @@
 //! Grad-norm clipping and the fused AdamW update against optim::{clip_grad_norm, AdamW}:
-//! bit-identical when the clip coefficients agree.
+//! bit-identical when the clip coefficients agree. The bf16-state update with stochastic
+//! rounding (adamw_bf16_sr) against optim::adamw_bf16_stochastic_step: bit-identical, the
+//! CPU applying the GPU's own clip coefficient.
 
 use super::support::{check, f64s, gpu, Rng};
 use half::bf16;
 use implicit::backend::cuda::{AdamWStep, CudaBackend, DeviceBuffer};
-use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef};
+use implicit::optim::{
+    adamw_bf16_stochastic_step, clip_grad_norm, stochastic_rounding_key, AdamW, AdamWConfig,
+    ParamMut, ParamRef,
+};
 
 /// Bits of a float slice, for exact comparison.
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -195,4 +200,150 @@ fn adamw_f32_matches_cpu_and_skips_non_finite_norms() {
         bits(&p),
         "a non-finite norm must skip the update"
     );
+}
+
+fn bf16_bits(v: &[bf16]) -> Vec<u16> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn bf16s(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+/// Three steps of adamw_bf16_sr over tensors of odd and even lengths from random (non-zero)
+/// moments, so that an element the kernel failed to write would keep a value the reference
+/// moved; `clip_at`: clipped by the GPU's grad_norm (the CPU multiplies by the same
+/// coefficient, as the kernel does), or not clipped at all.
+fn adamw_sr_case(
+    gpu: &CudaBackend,
+    rng: &mut Rng,
+    config: AdamWConfig,
+    lr: f32,
+    clip_at: Option<f32>,
+) {
+    let sizes = [1usize, 3, 7, 1000, 4096 * 3 + 1, 4099, 65_537];
+    let seed = rng.next();
+    let mut p: Vec<Vec<bf16>> = sizes.iter().map(|&n| bf16s(&rng.vec(n, 1.0))).collect();
+    let mut m: Vec<Vec<bf16>> = sizes.iter().map(|&n| bf16s(&rng.vec(n, 1e-2))).collect();
+    let mut v: Vec<Vec<bf16>> = sizes
+        .iter()
+        .map(|&n| {
+            let r = rng.vec(n, 1e-4);
+            bf16s(&r.iter().map(|x| x * x + 1e-12).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut gp: Vec<DeviceBuffer<bf16>> = p.iter().map(|x| gpu.upload(x).unwrap()).collect();
+    let mut gm: Vec<DeviceBuffer<bf16>> = m.iter().map(|x| gpu.upload(x).unwrap()).collect();
+    let mut gv: Vec<DeviceBuffer<bf16>> = v.iter().map(|x| gpu.upload(x).unwrap()).collect();
+    let mut clip = gpu.upload(&[f32::NAN; 2]).unwrap();
+    for t in 1..=3u64 {
+        let mut grads: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 0.1)).collect();
+        let ggrads: Vec<DeviceBuffer<f32>> = grads.iter().map(|g| gpu.upload(g).unwrap()).collect();
+        if let Some(max_norm) = clip_at {
+            gpu.grad_norm(&ggrads.iter().collect::<Vec<_>>(), max_norm, &mut clip)
+                .unwrap();
+            let c = gpu.download(&clip).unwrap();
+            let cpu_norm = {
+                let mut copy = grads.clone();
+                let mut refs: Vec<&mut [f32]> = copy.iter_mut().map(|g| g.as_mut_slice()).collect();
+                clip_grad_norm(&mut refs, max_norm)
+            };
+            assert!(
+                ((c[0] - cpu_norm) / cpu_norm).abs() <= 1e-6,
+                "grad norm {} vs {cpu_norm}",
+                c[0]
+            );
+            for g in grads.iter_mut().flatten() {
+                *g *= c[1];
+            }
+        }
+        let step = AdamWStep::new(&config, lr, t);
+        for (i, &n) in sizes.iter().enumerate() {
+            let key = stochastic_rounding_key(seed, t, i as u64);
+            gpu.adamw_step_bf16_stochastic(
+                &mut gp[i],
+                &ggrads[i],
+                &mut gm[i],
+                &mut gv[i],
+                clip_at.map(|_| &clip),
+                &step,
+                key,
+            )
+            .unwrap();
+            adamw_bf16_stochastic_step(
+                &config, lr, t, key, &mut p[i], &grads[i], &mut m[i], &mut v[i],
+            )
+            .unwrap();
+            for (what, got, want) in [
+                ("param", &gp[i], &p[i]),
+                ("exp_avg", &gm[i], &m[i]),
+                ("exp_avg_sq", &gv[i], &v[i]),
+            ] {
+                let got = gpu.download(got).unwrap();
+                let differ = got
+                    .iter()
+                    .zip(want)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(
+                    bf16_bits(&got),
+                    bf16_bits(want),
+                    "adamw_bf16_sr step {t}, tensor {i} (n {n}) {what}: {} elements differ",
+                    differ.count()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_bf16_stochastic_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("adamw_bf16_stochastic");
+    let paper = AdamWConfig {
+        lr: 1e-5,
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    };
+    adamw_sr_case(gpu, &mut rng, paper, 1e-5, None);
+    // Clipped (the coefficient below 1), with decay, and a learning rate that moves most
+    // parameters by a bf16 step.
+    adamw_sr_case(gpu, &mut rng, AdamWConfig::default(), 1e-2, Some(0.05));
+    // β1 ≤ 0.5 takes torch's other lerp form; the clip is on but its coefficient is 1.
+    let other_lerp = AdamWConfig {
+        beta1: 0.3,
+        ..AdamWConfig::default()
+    };
+    adamw_sr_case(gpu, &mut rng, other_lerp, 1e-3, Some(1e3));
+
+    // Lengths are checked; a non-finite norm leaves everything untouched.
+    let (mut p, g) = (
+        gpu.upload(&bf16s(&rng.vec(33, 1.0))).unwrap(),
+        rng.vec(33, 0.1),
+    );
+    let (mut m, mut v) = (
+        gpu.zeros::<bf16>(33).unwrap(),
+        gpu.zeros::<bf16>(32).unwrap(),
+    );
+    let step = AdamWStep::new(&AdamWConfig::default(), 1e-2, 1);
+    let gg = gpu.upload(&g).unwrap();
+    let e = gpu
+        .adamw_step_bf16_stochastic(&mut p, &gg, &mut m, &mut v, None, &step, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exp_avg_sq"), "{e}");
+    let mut v = gpu.zeros::<bf16>(33).unwrap();
+    let before = gpu.download(&p).unwrap();
+    let mut bad = g.clone();
+    bad[5] = f32::NAN;
+    let gbad = gpu.upload(&bad).unwrap();
+    let mut clip = gpu.zeros(2).unwrap();
+    gpu.grad_norm(&[&gbad], 1.0, &mut clip).unwrap();
+    gpu.adamw_step_bf16_stochastic(&mut p, &gbad, &mut m, &mut v, Some(&clip), &step, 0)
+        .unwrap();
+    assert_eq!(
+        gpu.download(&p).unwrap(),
+        before,
+        "a NaN norm must skip the update"
+    );
+    assert!(gpu.download(&v).unwrap().iter().all(|x| x.to_bits() == 0));
 }

@@ -3,7 +3,8 @@
 //!
 //! A step is: [`CudaBackend::grad_norm`] over all gradients (writes ‖g‖ and the clip
 //! coefficient to a 2-element device buffer), then one [`CudaBackend::adamw_step_bf16`] /
-//! [`CudaBackend::adamw_step_f32`] per parameter reading that buffer: no host round trip. The
+//! [`CudaBackend::adamw_step_f32`] / [`CudaBackend::adamw_step_bf16_stochastic`] per parameter
+//! reading that buffer: no host round trip. The
 //! host reads the norm whenever it logs (a non-finite norm makes every update a no-op, and the
 //! trainer stops on it).
 
@@ -138,11 +139,8 @@ impl CudaBackend {
         let kernel = "adamw_bf16";
         let n = param.len();
         check_len(kernel, "master", master.len(), n)?;
-        check_len(kernel, "grad", grad.len(), n)?;
-        check_len(kernel, "exp_avg", exp_avg.len(), n)?;
-        check_len(kernel, "exp_avg_sq", exp_avg_sq.len(), n)?;
-        let clip = clip.unwrap_or(&self.unit_clip);
-        check_len(kernel, "clip", clip.len(), 2)?;
+        let clip =
+            self.adamw_operands(kernel, n, grad.len(), exp_avg.len(), exp_avg_sq.len(), clip)?;
         if n == 0 {
             return Ok(());
         }
@@ -165,6 +163,26 @@ impl CudaBackend {
         )
     }
 
+    /// Checks the lengths every AdamW kernel takes (gradient and moments as long as the
+    /// parameter, a 2-element clip state) and returns the clip state to pass: the given one, or
+    /// [‖g‖ = 0, coefficient 1] (no clipping).
+    fn adamw_operands<'a>(
+        &'a self,
+        kernel: &str,
+        n: usize,
+        grad: usize,
+        exp_avg: usize,
+        exp_avg_sq: usize,
+        clip: Option<&'a DeviceBuffer<f32>>,
+    ) -> Result<&'a DeviceBuffer<f32>> {
+        check_len(kernel, "grad", grad, n)?;
+        check_len(kernel, "exp_avg", exp_avg, n)?;
+        check_len(kernel, "exp_avg_sq", exp_avg_sq, n)?;
+        let clip = clip.unwrap_or(&self.unit_clip);
+        check_len(kernel, "clip", clip.len(), 2)?;
+        Ok(clip)
+    }
+
     /// One AdamW step of an f32 parameter (its own master copy), as `optim::AdamW::step`.
     #[allow(clippy::too_many_arguments)]
     pub fn adamw_step_f32(
@@ -178,11 +196,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let kernel = "adamw_f32";
         let n = param.len();
-        check_len(kernel, "grad", grad.len(), n)?;
-        check_len(kernel, "exp_avg", exp_avg.len(), n)?;
-        check_len(kernel, "exp_avg_sq", exp_avg_sq.len(), n)?;
-        let clip = clip.unwrap_or(&self.unit_clip);
-        check_len(kernel, "clip", clip.len(), 2)?;
+        let clip =
+            self.adamw_operands(kernel, n, grad.len(), exp_avg.len(), exp_avg_sq.len(), clip)?;
         if n == 0 {
             return Ok(());
         }
@@ -200,6 +215,49 @@ impl CudaBackend {
                 &n64,
                 &clip.slice,
                 step
+            ]
+        )
+    }
+
+    /// One AdamW step of a bf16 parameter with bf16 moments and no master (`--optimizer-state
+    /// bf16`): the update of [`CudaBackend::adamw_step_bf16`] in f32 from the widened values,
+    /// then the parameter, m and v written back with stochastic rounding, bit for bit as
+    /// `optim::adamw_bf16_stochastic_step` (element i draws
+    /// `optim::stochastic_rounding_bits(key, i)`; `key` is the tensor's
+    /// `optim::stochastic_rounding_key` at this step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_step_bf16_stochastic(
+        &self,
+        param: &mut DeviceBuffer<bf16>,
+        grad: &DeviceBuffer<f32>,
+        exp_avg: &mut DeviceBuffer<bf16>,
+        exp_avg_sq: &mut DeviceBuffer<bf16>,
+        clip: Option<&DeviceBuffer<f32>>,
+        step: &AdamWStep,
+        key: u64,
+    ) -> Result<()> {
+        let kernel = "adamw_bf16_sr";
+        let n = param.len();
+        let clip =
+            self.adamw_operands(kernel, n, grad.len(), exp_avg.len(), exp_avg_sq.len(), clip)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        launch!(
+            self,
+            kernel,
+            self.grid_stride(n / 4),
+            format!("n {n}"),
+            [
+                &mut param.slice,
+                &grad.slice,
+                &mut exp_avg.slice,
+                &mut exp_avg_sq.slice,
+                &n64,
+                &clip.slice,
+                step,
+                &key
             ]
         )
     }

@@ -1,7 +1,9 @@
 //! Full finetuning on the GPU. [`CudaTrainer`] keeps everything a step touches on the GPU:
 //! the parameters as bf16 (what the matrix products and the embedding read), fp32 master
-//! weights, fp32 AdamW moments and fp32 gradients. [`CudaTrainer::accumulate`] runs one
-//! micro-batch's forward and backward (train/pass.rs) and adds its gradients;
+//! weights, fp32 AdamW moments and fp32 gradients (or, by [`OptimizerPlacement`], the master
+//! and moments in host memory, or no master and bf16 moments with stochastic rounding).
+//! [`CudaTrainer::accumulate`] runs one micro-batch's forward and backward (train/pass.rs) and
+//! adds its gradients;
 //! [`CudaTrainer::step`] computes the global gradient norm on the GPU, and applies the clipped
 //! AdamW update to every parameter (kernels/adamw.cu); only the norm comes back to the host.
 //!
@@ -21,7 +23,7 @@ use crate::error::{Context, Result};
 use crate::io::safetensors::WeightStore;
 use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::{Architecture, ModelConfig};
-use crate::optim::AdamWConfig;
+use crate::optim::{stochastic_rounding_key, AdamWConfig};
 use crate::train::plan::{OptimizerPlacement, LOGITS_CHUNK_BYTES};
 use half::bf16;
 use optimizer::OptimizerState;
@@ -107,6 +109,9 @@ pub struct TrainerSetup {
     /// collective. `train --gpus N` (src/train/launch.rs) stops the other ranks when one exits
     /// with an error; a program driving ranks itself must do the same.
     pub parallel: Option<Communicator>,
+    /// Seed of the stochastic rounding of [`OptimizerPlacement::Bf16`] (with the step and the
+    /// parameter's position: `optim::stochastic_rounding_key`); unused by the other placements.
+    pub seed: u64,
 }
 
 impl TrainerSetup {
@@ -116,6 +121,7 @@ impl TrainerSetup {
             adamw,
             placement: OptimizerPlacement::Device,
             parallel: None,
+            seed: 0,
         }
     }
 }
@@ -154,8 +160,11 @@ pub struct CudaTrainer<'g> {
     /// f32 copies of the 1-D parameters (the norm weights) for the norm kernels; None for the
     /// matrices.
     norm_values: Vec<Option<DeviceBuffer<f32>>>,
-    /// Each parameter's fp32 master weights and moments (on the GPU or the host).
+    /// Each parameter's fp32 master weights and moments (on the GPU or the host), or its bf16
+    /// moments.
     optimizer: Vec<OptimizerState>,
+    /// Seed of the bf16 state's stochastic rounding.
+    seed: u64,
     grads: Vec<DeviceBuffer<f32>>,
     /// [‖g‖, clip coefficient] of the last step (kernels/adamw.cu's grad_norm_finalize).
     clip: DeviceBuffer<f32>,
@@ -252,6 +261,7 @@ impl<'g> CudaTrainer<'g> {
             adamw,
             placement,
             parallel,
+            seed,
         } = setup;
         adamw.validate()?;
         let layout = parameter_layout(&config);
@@ -271,6 +281,7 @@ impl<'g> CudaTrainer<'g> {
             values: Vec::with_capacity(n),
             norm_values: Vec::with_capacity(n),
             optimizer: Vec::with_capacity(n),
+            seed,
             grads: Vec::with_capacity(n),
             clip: gpu.zeros(2)?,
             steps: 0,
@@ -377,14 +388,19 @@ impl<'g> CudaTrainer<'g> {
         if !norm.is_finite() {
             return Ok(norm);
         }
-        let scalars = AdamWStep::new(&self.adamw, lr, self.steps + 1);
+        let t = self.steps + 1;
+        let scalars = AdamWStep::new(&self.adamw, lr, t);
         for i in 0..self.values.len() {
+            // The parameter's position, the same on every rank: one GPU and data parallelism
+            // draw the same roundings.
+            let key = stochastic_rounding_key(self.seed, t, i as u64);
             self.optimizer[i].step(
                 gpu,
                 &mut self.values[i],
                 &self.grads[i],
                 &self.clip,
                 &scalars,
+                key,
             )?;
         }
         if let Some(p) = &self.parallel {
@@ -411,19 +427,20 @@ impl<'g> CudaTrainer<'g> {
     }
 
     /// The optimizer state under `optim::AdamW::state_tensors`' names: `exp_avg.NAME`,
-    /// `exp_avg_sq.NAME`, `master.NAME` and `step`. With data parallelism this is collective
-    /// (every rank must call it): the owners send their parts to rank 0, which returns the
-    /// whole state; the other ranks return nothing.
+    /// `exp_avg_sq.NAME`, `master.NAME` and `step`, all f32 (bf16 state: the moments widened,
+    /// the master the parameter widened, so that any trainer can resume from it). With data
+    /// parallelism this is collective (every rank must call it): the owners send their parts
+    /// to rank 0, which returns the whole state; the other ranks return nothing.
     pub fn state_tensors(&self) -> Result<Vec<(String, Vec<f32>)>> {
         let gpu = self.gpu;
         let mut out = Vec::with_capacity(3 * self.names.len() + 1);
         for (i, (name, state)) in self.names.iter().zip(&self.optimizer).enumerate() {
             let [master, exp_avg, exp_avg_sq] = match &self.parallel {
-                None => state.download(gpu)?,
+                None => state.download(gpu, &self.values[i])?,
                 Some(p) => {
                     let (owner, rank) = (p.owner[i], p.comm.rank());
                     let mut parts = if owner == rank {
-                        state.device_copies(gpu)?
+                        state.device_copies(gpu, &self.values[i])?
                     } else {
                         let n = self.values[i].len();
                         [gpu.alloc(n)?, gpu.alloc(n)?, gpu.alloc(n)?]
@@ -450,8 +467,9 @@ impl<'g> CudaTrainer<'g> {
 
     /// Restores what [`CudaTrainer::state_tensors`] (or the CPU optimizer in bf16 precision)
     /// saved: every expected tensor must be there with its parameter's size, and nothing else.
-    /// The master weights replace the parameters' values (rounded to bf16), as on the CPU.
-    /// Checked in full before anything changes.
+    /// The master weights replace the parameters' values (rounded to bf16), as on the CPU;
+    /// bf16 state rounds the moments to nearest even too. Checked in full before anything
+    /// changes.
     pub fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()> {
         let steps = match tensors.get(STEP_TENSOR).map(|v| v.as_slice()) {
             Some(&[s]) if s >= 0.0 && s.fract() == 0.0 && s < (1u32 << 24) as f32 => s as u64,

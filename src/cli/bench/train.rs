@@ -44,7 +44,7 @@ pub struct TrainArgs {
     #[arg(long)]
     checkpointing: bool,
     /// Where the fp32 master weights and moments live (host: page-locked memory, streamed
-    /// through the GPU at each step).
+    /// through the GPU at each step), or bf16 (no master, bf16 moments, stochastic rounding).
     #[arg(long, value_enum, default_value_t = OptimizerPlacement::Device)]
     optimizer_state: OptimizerPlacement,
     /// tools/bench_train_torch.py's JSON for the same shapes, shown beside.
@@ -183,6 +183,7 @@ mod gpu {
             config.clone(),
             TrainerSetup {
                 placement: a.optimizer_state,
+                seed: a.seed,
                 ..TrainerSetup::new(AdamWConfig::default())
             },
             |_, shape| {
@@ -290,7 +291,12 @@ mod gpu {
                     "accumulation": a.accumulation,
                     "checkpointing": a.checkpointing,
                     "optimizer_state": a.optimizer_state,
-                    "precision": "bf16 parameters, fp32 master weights, moments and gradients",
+                    "precision": match a.optimizer_state {
+                        OptimizerPlacement::Bf16 => {
+                            "bf16 parameters and moments (stochastic rounding, no master), fp32 gradients"
+                        }
+                        _ => "bf16 parameters, fp32 master weights, moments and gradients",
+                    },
                     "warmup": a.warmup,
                     "seed": a.seed,
                 },

@@ -397,6 +397,37 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// `--optimizer-state bf16`'s update: no master, bf16 moments, stochastic rounding.
+    pub(super) fn adamw_bf16_sr(&mut self) -> Result<()> {
+        let kernel = "adamw_bf16_sr";
+        if !self.wants(&[kernel]) {
+            return Ok(());
+        }
+        let (gpu, n) = (self.gpu, OPTIMIZER_PARAMS);
+        let mut param = self.random::<bf16>(n, -0.1, 0.1)?;
+        let grad = self.random::<f32>(n, -1e-2, 1e-2)?;
+        let mut m = self.random::<bf16>(n, -1e-3, 1e-3)?;
+        let mut v = self.random::<bf16>(n, 1e-8, 1e-5)?;
+        let clip = self.clip_of(&grad)?;
+        let step = Self::adamw_step();
+        let time = self.timer.time(&mut |i| {
+            let key = crate::optim::stochastic_rounding_key(0, 10 + i as u64, 0);
+            gpu.adamw_step_bf16_stochastic(
+                &mut param,
+                &grad,
+                &mut m,
+                &mut v,
+                Some(&clip),
+                &step,
+                key,
+            )
+        })?;
+        // bf16 param, m, v read and written; f32 grad read: 16 B/param.
+        let bytes = (16 * n) as f64;
+        self.memory_result(kernel, format!("{n} params"), None, bytes, time);
+        Ok(())
+    }
+
     pub(super) fn adamw_f32(&mut self) -> Result<()> {
         let kernel = "adamw_f32";
         if !self.wants(&[kernel]) {

@@ -299,6 +299,7 @@ pub fn run(
     bench.rule_adapter::<bf16>()?;
     bench.grad_norm()?;
     bench.adamw_bf16()?;
+    bench.adamw_bf16_sr()?;
     bench.adamw_f32()?;
     for (layout, f32_acc) in [
         (GemmLayout::NT, false),

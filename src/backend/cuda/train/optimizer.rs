@@ -1,7 +1,12 @@
 //! A parameter's AdamW state (fp32 master weights and moments) on the GPU, or in page-locked
 //! host memory when the GPU cannot hold it (Llama-2-7B's is 81 GB): then each step copies it
 //! to the GPU tensor by tensor, runs the same fused update there, and copies it back, all
-//! queued on the stream (24 bytes per parameter over the bus per step).
+//! queued on the stream (24 bytes per parameter over the bus per step). Or, with
+//! `--optimizer-state bf16`, no master and bf16 moments on the GPU, updated with stochastic
+//! rounding (4 bytes of state per parameter; other numerics, see
+//! `optim::adamw_bf16_stochastic_step`).
+//! Saved and loaded as the others: the master is the parameter widened to f32, the moments
+//! widened; loading rounds f32 moments to nearest even.
 
 use super::super::{AdamWStep, CudaBackend, DeviceBuffer, HostBuffer};
 use crate::error::Result;
@@ -12,13 +17,15 @@ use half::bf16;
 pub(super) enum OptimizerState {
     Device([DeviceBuffer<f32>; 3]),
     Host([HostBuffer; 3]),
+    /// exp_avg, exp_avg_sq in bf16; the parameter is its own (bf16) master.
+    Bf16([DeviceBuffer<bf16>; 2]),
     /// Kept by another rank (data parallelism): steps and uploads do nothing here.
     Elsewhere,
 }
 
 impl OptimizerState {
     /// Masters the exact f32 widening of `value`, moments zero (`optim::AdamW::new` for a bf16
-    /// parameter).
+    /// parameter); bf16 state: zero moments only.
     pub(super) fn new(
         gpu: &CudaBackend,
         value: &DeviceBuffer<bf16>,
@@ -29,21 +36,26 @@ impl OptimizerState {
             return Ok(OptimizerState::Elsewhere);
         }
         let len = value.len();
-        let mut master = gpu.alloc::<f32>(len)?;
-        gpu.convert_to_f32(value, &mut master)?;
+        let master = || -> Result<DeviceBuffer<f32>> {
+            let mut master = gpu.alloc::<f32>(len)?;
+            gpu.convert_to_f32(value, &mut master)?;
+            Ok(master)
+        };
         Ok(match placement {
             OptimizerPlacement::Device => {
-                OptimizerState::Device([master, gpu.zeros(len)?, gpu.zeros(len)?])
+                OptimizerState::Device([master()?, gpu.zeros(len)?, gpu.zeros(len)?])
             }
             OptimizerPlacement::Host => {
                 let mut host_master = gpu.host_zeros(len)?;
-                gpu.download_host(&master, &mut host_master)?;
+                gpu.download_host(&master()?, &mut host_master)?;
                 OptimizerState::Host([host_master, gpu.host_zeros(len)?, gpu.host_zeros(len)?])
             }
+            OptimizerPlacement::Bf16 => OptimizerState::Bf16([gpu.zeros(len)?, gpu.zeros(len)?]),
         })
     }
 
-    /// One clipped AdamW step of `value` (kernels/adamw.cu's adamw_bf16).
+    /// One clipped AdamW step of `value` (kernels/adamw.cu's adamw_bf16, or adamw_bf16_sr with
+    /// `key`, the tensor's `optim::stochastic_rounding_key` at this step).
     pub(super) fn step(
         &mut self,
         gpu: &CudaBackend,
@@ -51,8 +63,12 @@ impl OptimizerState {
         grad: &DeviceBuffer<f32>,
         clip: &DeviceBuffer<f32>,
         scalars: &AdamWStep,
+        key: u64,
     ) -> Result<()> {
         match self {
+            OptimizerState::Bf16([m, v]) => {
+                gpu.adamw_step_bf16_stochastic(value, grad, m, v, Some(clip), scalars, key)
+            }
             OptimizerState::Device([master, m, v]) => {
                 gpu.adamw_step_bf16(value, master, grad, m, v, Some(clip), scalars)
             }
@@ -76,10 +92,26 @@ impl OptimizerState {
         }
     }
 
-    /// [master, exp_avg, exp_avg_sq] in new device buffers (owned state only).
-    pub(super) fn device_copies(&self, gpu: &CudaBackend) -> Result<[DeviceBuffer<f32>; 3]> {
+    /// [master, exp_avg, exp_avg_sq] in new f32 device buffers (owned state only); `value` is
+    /// the parameter (the master of bf16 state).
+    pub(super) fn device_copies(
+        &self,
+        gpu: &CudaBackend,
+        value: &DeviceBuffer<bf16>,
+    ) -> Result<[DeviceBuffer<f32>; 3]> {
         match self {
             OptimizerState::Device([a, b, c]) => Ok([gpu.copy(a)?, gpu.copy(b)?, gpu.copy(c)?]),
+            OptimizerState::Bf16([m, v]) => {
+                let mut out = [
+                    gpu.alloc(value.len())?,
+                    gpu.alloc(m.len())?,
+                    gpu.alloc(v.len())?,
+                ];
+                for (src, dst) in [value, m, v].into_iter().zip(out.iter_mut()) {
+                    gpu.convert_to_f32(src, dst)?;
+                }
+                Ok(out)
+            }
             OptimizerState::Host(host) => {
                 let mut out = [
                     gpu.alloc(host[0].len())?,
@@ -97,12 +129,21 @@ impl OptimizerState {
         }
     }
 
-    /// [master, exp_avg, exp_avg_sq] on the host.
-    pub(super) fn download(&self, gpu: &CudaBackend) -> Result<[Vec<f32>; 3]> {
+    /// [master, exp_avg, exp_avg_sq] on the host, in f32; `value` is the parameter (the master
+    /// of bf16 state, widened exactly as the moments).
+    pub(super) fn download(
+        &self,
+        gpu: &CudaBackend,
+        value: &DeviceBuffer<bf16>,
+    ) -> Result<[Vec<f32>; 3]> {
+        let widened = |b: &DeviceBuffer<bf16>| -> Result<Vec<f32>> {
+            Ok(gpu.download(b)?.iter().map(|x| x.to_f32()).collect())
+        };
         Ok(match self {
             OptimizerState::Device([a, b, c]) => {
                 [gpu.download(a)?, gpu.download(b)?, gpu.download(c)?]
             }
+            OptimizerState::Bf16([m, v]) => [widened(value)?, widened(m)?, widened(v)?],
             OptimizerState::Host([a, b, c]) => [
                 a.as_slice()?.to_vec(),
                 b.as_slice()?.to_vec(),
@@ -114,9 +155,17 @@ impl OptimizerState {
         })
     }
 
-    /// Replaces [master, exp_avg, exp_avg_sq] (lengths checked by the caller).
+    /// Replaces [master, exp_avg, exp_avg_sq] (lengths checked by the caller). bf16 state
+    /// keeps no master (the caller sets the parameter from it) and rounds the moments to
+    /// nearest even.
     pub(super) fn upload(&mut self, gpu: &CudaBackend, values: [&[f32]; 3]) -> Result<()> {
         match self {
+            OptimizerState::Bf16(dev) => {
+                for (d, v) in dev.iter_mut().zip(&values[1..]) {
+                    let rounded: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                    gpu.upload_into(&rounded, d)?;
+                }
+            }
             OptimizerState::Device(dev) => {
                 for (d, v) in dev.iter_mut().zip(values) {
                     gpu.upload_into(v, d)?;
