@@ -17,6 +17,15 @@ use crate::error::Result;
 use cudarc::driver::{sys, DevicePtr, LaunchConfig};
 use half::bf16;
 
+/// Where [`CudaBackend::flash_attention_forward_at`] finds one sequence inside larger buffers:
+/// the element at which its q (and out) rows start, and the element at which its keys (and
+/// values) start.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlashOffsets {
+    pub q: usize,
+    pub kv: usize,
+}
+
 /// Threads per block of the forward and backward kernels (kernels/flash_attention.cu).
 const BLOCK_THREADS: u32 = 128;
 /// Queries per forward block, keys per backward block.
@@ -212,10 +221,77 @@ impl CudaBackend {
         let c = check_shape(WHAT, shape, batch)?;
         let lens = [q.len(), k.len(), v.len(), out.len(), lse.len()];
         c.forward_buffers(WHAT, shape, batch, lens)?;
+        let at = FlashOffsets { q: 0, kv: 0 };
+        self.flash_forward_launch(WHAT, shape, batch, &c, [q, k, v], at, out, lse)
+    }
+
+    /// [`CudaBackend::flash_attention_forward`] of one sequence whose q and out rows start at
+    /// element `at.q` of larger buffers (the rows of a ragged batch, `[rows, heads, head_dim]`)
+    /// and whose keys and values start at element `at.kv` of k and v (one layer of a KV cache,
+    /// `[capacity, kv_heads, head_dim]`): no copy in or out. `lse` is `[heads, queries]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn flash_attention_forward_at(
+        &self,
+        shape: AttentionShape,
+        q: &DeviceBuffer<bf16>,
+        k: &DeviceBuffer<bf16>,
+        v: &DeviceBuffer<bf16>,
+        at: FlashOffsets,
+        out: &mut DeviceBuffer<bf16>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        const WHAT: &str = "CUDA flash attention forward (in place)";
+        let c = check_shape(WHAT, shape, 1)?;
+        let fits = |name: &str, len: usize, start: usize, n: usize| -> Result<()> {
+            if start.checked_add(n).is_none_or(|end| end > len) {
+                bail!(
+                    "{WHAT} ({}): {name} has {len} elements, the call reads {n} from element {start}",
+                    describe(shape, 1)
+                );
+            }
+            Ok(())
+        };
+        fits("q", q.len(), at.q, c.q_len)?;
+        fits("out", out.len(), at.q, c.q_len)?;
+        fits("k", k.len(), at.kv, c.kv_len)?;
+        fits("v", v.len(), at.kv, c.kv_len)?;
+        if lse.len() != c.lse_len {
+            bail!(
+                "{WHAT} ({}): lse has {} elements, the shape needs {}",
+                describe(shape, 1),
+                lse.len(),
+                c.lse_len
+            );
+        }
+        self.flash_forward_launch(WHAT, shape, 1, &c, [q, k, v], at, out, lse)
+    }
+
+    /// The forward kernel on checked buffers, q/out and k/v read from the given elements on.
+    #[allow(clippy::too_many_arguments)]
+    fn flash_forward_launch(
+        &self,
+        what: &str,
+        shape: AttentionShape,
+        batch: usize,
+        c: &Checked,
+        [q, k, v]: [&DeviceBuffer<bf16>; 3],
+        at: FlashOffsets,
+        out: &mut DeviceBuffer<bf16>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
         if c.q_len == 0 {
             return Ok(()); // no query: nothing to write
         }
-        check_aligned(self, WHAT, shape, batch, &[q, k, v, &*out])?;
+        check_aligned(self, what, shape, batch, &[q, k, v, &*out])?;
+        // 16-byte loads from the offsets too.
+        if !at.q.is_multiple_of(8) || !at.kv.is_multiple_of(8) {
+            bail!(
+                "{what} ({}): element offsets {} (q) and {} (k, v) must be multiples of 8",
+                describe(shape, batch),
+                at.q,
+                at.kv
+            );
+        }
         let kernel = if shape.head_dim == 64 {
             "flash_fwd_hd64"
         } else {
@@ -233,16 +309,24 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         let scale_log2 = std::f32::consts::LOG2_E / (shape.head_dim as f32).sqrt();
+        let q_range = at.q..at.q + c.q_len;
+        let kv_range = at.kv..at.kv + c.kv_len;
+        let (q_view, k_view) = (
+            q.slice.slice(q_range.clone()),
+            k.slice.slice(kv_range.clone()),
+        );
+        let v_view = v.slice.slice(kv_range);
+        let mut out_view = out.slice.slice_mut(q_range);
         launch!(
             self,
             kernel,
             cfg,
             describe(shape, batch),
             [
-                &q.slice,
-                &k.slice,
-                &v.slice,
-                &mut out.slice,
+                &q_view,
+                &k_view,
+                &v_view,
+                &mut out_view,
                 &mut lse.slice,
                 &c.queries,
                 &c.keys,

@@ -10,6 +10,7 @@
 //! sequence's keys ([`CudaBackend::cached_attention`]). [`KvBatch::finish`] then advances the
 //! caches' lengths. Reference: `backend::cpu::attention::causal_attention`.
 
+use super::super::attention::FlashOffsets;
 use super::super::{as_int, check_len, driver_error, per_row, CudaBackend, DeviceBuffer, THREADS};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
@@ -596,9 +597,9 @@ impl CudaBackend {
     }
 
     /// [`CudaBackend::cached_attention`] for all the new rows of sequence `seq` through flash
-    /// attention (head_dim 64 or 128): its queries and its cached keys and values are copied
-    /// into buffers of the flash kernel's layout, and the output copied back into its rows of
-    /// `out`.
+    /// attention (head_dim 64 or 128), in place: the kernel reads the sequence's queries from
+    /// its rows of `q`, its keys and values from the cache's layer (already in the kernel's
+    /// `[keys, kv_heads, head_dim]` layout), and writes its rows of `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn cached_flash_attention(
         &self,
@@ -624,28 +625,6 @@ impl CudaBackend {
         let Some((k_all, v_all)) = &cache.buffers else {
             bail!("{WHAT}: sequence {seq}'s cache has no memory");
         };
-        let qd = heads * head_dim;
-        let kv_off = layer * cache.capacity * batch.kv_dim;
-        let kv_len = keys * batch.kv_dim;
-        let copy = |what: &str, e| driver_error(&format!("{WHAT}: copying {what}"), e);
-        let stream = self.stream();
-        let mut q_s = self.alloc::<bf16>(queries * qd)?;
-        stream
-            .memcpy_dtod(
-                &q.slice.slice(start * qd..(start + queries) * qd),
-                &mut q_s.slice,
-            )
-            .map_err(|e| copy("the queries", e))?;
-        let mut k_s = self.alloc::<bf16>(kv_len)?;
-        let mut v_s = self.alloc::<bf16>(kv_len)?;
-        stream
-            .memcpy_dtod(&k_all.slice.slice(kv_off..kv_off + kv_len), &mut k_s.slice)
-            .map_err(|e| copy("the keys", e))?;
-        stream
-            .memcpy_dtod(&v_all.slice.slice(kv_off..kv_off + kv_len), &mut v_s.slice)
-            .map_err(|e| copy("the values", e))?;
-        let mut o_s = self.alloc::<bf16>(queries * qd)?;
-        let mut lse = self.alloc::<f32>(heads * queries)?;
         let shape = AttentionShape {
             queries,
             keys,
@@ -653,12 +632,11 @@ impl CudaBackend {
             kv_heads,
             head_dim,
         };
-        self.flash_attention_forward(shape, 1, &q_s, &k_s, &v_s, &mut o_s, &mut lse)?;
-        stream
-            .memcpy_dtod(
-                &o_s.slice,
-                &mut out.slice.slice_mut(start * qd..(start + queries) * qd),
-            )
-            .map_err(|e| copy("the output", e))
+        let at = FlashOffsets {
+            q: start * heads * head_dim,
+            kv: layer * cache.capacity * batch.kv_dim,
+        };
+        let mut lse = self.alloc::<f32>(heads * queries)?;
+        self.flash_attention_forward_at(shape, q, k_all, v_all, at, out, &mut lse)
     }
 }
