@@ -1,11 +1,12 @@
 //! Build script: with the `cuda` feature, compiles every `kernels/*.cu` with nvcc into one
-//! fatbin per file (cubins for sm_80 and sm_90, PTX for compute_80, and sm_90a for files that
-//! ask for it) and writes `OUT_DIR/kernels.rs`, which `src/backend/cuda` includes to embed them.
+//! fatbin per file (cubins for sm_80 and sm_90, PTX for compute_80; sm_90a instead of sm_90 for
+//! files that ask for it) and writes `OUT_DIR/kernels.rs`, which `src/backend/cuda` includes to embed them.
 //! ptxas's resource report goes to `OUT_DIR/resource-usage.txt`; a kernel of the HOT list with
 //! spills or a stack frame fails the build. Without the feature it does nothing.
 //!
 //! A file that needs Hopper-only instructions (wgmma, setmaxnreg) says so with a line
-//! `// build: sm_90a`; it then also gets `-gencode=arch=compute_90a,code=sm_90a`.
+//! `// build: sm_90a`; it then gets `-gencode=arch=compute_90a,code=sm_90a` in place of the
+//! plain sm_90 cubin, so that a 9.0 device has one image of it to load.
 
 use std::env;
 use std::fmt::Write as _;
@@ -242,10 +243,13 @@ fn compile(nvcc: &Path, root: &Path, out: &Path, src: &Path) -> (String, String)
     ])
     .args(["-Xptxas", "-v"])
     .arg("-gencode=arch=compute_80,code=sm_80")
-    .arg("-gencode=arch=compute_90,code=sm_90")
     .arg("-gencode=arch=compute_80,code=compute_80");
+    // A file that needs sm_90a gets that cubin instead of plain sm_90's, so that a 9.0 device
+    // has exactly one image of it to load (with both, nothing documents which the driver picks).
     if text.lines().any(|l| l.trim() == "// build: sm_90a") {
         cmd.arg("-gencode=arch=compute_90a,code=sm_90a");
+    } else {
+        cmd.arg("-gencode=arch=compute_90,code=sm_90");
     }
     cmd.arg("-I")
         .arg(root.join("kernels"))

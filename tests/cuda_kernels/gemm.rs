@@ -616,6 +616,9 @@ const WGMMA_LAYOUT_SHAPES: &[(GemmLayout, usize, usize, usize, usize)] = &[
     (GemmLayout::TN, 136, 200, 30, 1), // k not a multiple of 8 (TMA's outer dimension)
     (GemmLayout::TN, 128, 256, 5, 1),
     (GemmLayout::TN, 64, 72, 1, 2),
+    // n − 256 = 184 in (128, 192]: the last tile's MN-major B takes 3 of its 4 boxes.
+    (GemmLayout::NN, 136, 440, 72, 1),
+    (GemmLayout::TN, 136, 440, 72, 1),
 ];
 
 /// Llama-2-7B's products at 512 and 2048 tokens, and attention's batched ones.
