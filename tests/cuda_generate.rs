@@ -182,11 +182,17 @@ fn made_up_prompt(bos: u32, n: usize, salt: u32) -> Vec<u32> {
 /// A fixed schedule of forwards over GPU caches, greedy tokens fed back, every step's logits
 /// kept: a 1-token prompt alone (a decode-shaped first step on an empty cache), two prompts
 /// joining it (ragged, eager), 70 steps of 3 sequences (the 60-token prompt's cache grows past
-/// its first 64 positions, and moves), one sequence leaving (batch 2), a new one joining, and
-/// 10 steps of 3 sequences with a different set of caches than before.
+/// its first 64 positions, and moves), one sequence leaving (batch 2), a new one joining, 10
+/// steps of 3 sequences with a different set of caches than before, then wider batches: 12
+/// rows (over 8, so the GEMMs take the mma.sync kernel rather than the small-batch one) and
+/// 140 rows (140 × 8 heads ≥ 8 × 132 pairs: on an H100 the attention takes one warp per pair
+/// instead of splitting keys over a block).
 fn decode_schedule(model: &mut CudaTransformer, prompts: &[Vec<u32>; 4]) -> Vec<Vec<f32>> {
-    let mut caches: Vec<_> = (0..4).map(|_| model.new_cache()).collect();
+    let bos = prompts[0][0];
+    let (wide, wider) = (4..16, 16..156);
     let mut next: Vec<Vec<u32>> = prompts.to_vec();
+    next.extend((4..wider.end).map(|i| made_up_prompt(bos, 2 + i % 5, i as u32)));
+    let mut caches: Vec<_> = next.iter().map(|_| model.new_cache()).collect();
     let mut all = Vec::new();
     let mut run = |model: &mut CudaTransformer, seqs: &[usize], caches: &mut Vec<_>| {
         let mut taken: Vec<(usize, implicit::backend::cuda::CudaKvCache)> = seqs
@@ -218,6 +224,12 @@ fn decode_schedule(model: &mut CudaTransformer, prompts: &[Vec<u32>; 4]) -> Vec<
     for _ in 0..10 {
         run(model, &[3, 0, 2], &mut caches);
     }
+    for seqs in [wide, wider] {
+        let seqs: Vec<usize> = seqs.collect();
+        for _ in 0..4 {
+            run(model, &seqs, &mut caches);
+        }
+    }
     assert!(
         caches[2].capacity() > 64,
         "the long prompt's cache never grew"
@@ -236,19 +248,19 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
     let ids = |n, salt| made_up_prompt(bos, n, salt);
     let prompts = [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)];
 
-    // A fresh model, so that the first capture also builds RoPE's table.
+    // The eager reference first, so that nothing the graphs might leave behind in the shared
+    // backend reaches it.
     let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    model.decode_graphs = false;
+    let eager = decode_schedule(&mut model, &prompts);
+    assert!(model.captured_batch_sizes().is_empty());
     model.decode_graphs = true;
     let graphed = decode_schedule(&mut model, &prompts);
     assert_eq!(
         model.captured_batch_sizes(),
-        vec![1, 2, 3],
-        "every decode step of batch 1, 2 and 3 should have gone through a graph"
+        vec![1, 2, 3, 12, 140],
+        "every decode step of batch 1, 2, 3, 12 and 140 should have gone through a graph"
     );
-    model.clear_decode_graphs();
-    model.decode_graphs = false;
-    let eager = decode_schedule(&mut model, &prompts);
-    assert!(model.captured_batch_sizes().is_empty());
     assert_eq!(graphed.len(), eager.len());
     for (i, (g, e)) in graphed.iter().zip(&eager).enumerate() {
         let differ = g
@@ -261,6 +273,67 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
             "logits row {i}: {differ} values differ from the eager step's"
         );
     }
+}
+
+#[test]
+fn decode_graphs_over_their_memory_budget_drop_the_least_recently_used() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-decode-graph-budget") else {
+        return;
+    };
+    let bos = Transformer::load(&dir)
+        .unwrap()
+        .config
+        .bos_token_id
+        .unwrap_or(1);
+    // Decode steps of these batch sizes (the first sequences of 3, each fed its greedy token).
+    let sizes = [3, 2, 3, 1, 1, 2];
+    let run = |model: &mut CudaTransformer, after_step: &mut dyn FnMut(&CudaTransformer, usize)| {
+        let mut caches: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+        let mut next = vec![vec![bos]; 3];
+        let mut all = Vec::new();
+        for &n in &sizes {
+            let logits = {
+                let mut batch: Vec<(&[u32], &mut _)> = next[..n]
+                    .iter()
+                    .map(Vec::as_slice)
+                    .zip(caches.iter_mut())
+                    .collect();
+                model.forward(&mut batch, Logits::Last).unwrap()
+            };
+            for (s, l) in logits.into_iter().enumerate() {
+                next[s] = vec![ops::argmax(&l) as u32];
+                all.push(l);
+            }
+            after_step(model, n);
+        }
+        all
+    };
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    model.decode_graphs = false;
+    let eager = run(&mut model, &mut |_, _| {});
+
+    // No budget: only the graph of the step just run is kept.
+    model.decode_graphs = true;
+    model.decode_graph_budget = 0;
+    let graphed = run(&mut model, &mut |model, n| {
+        assert_eq!(
+            model.captured_batch_sizes(),
+            vec![n],
+            "budget 0, after a step of {n}"
+        );
+    });
+    // The default budget holds all three.
+    model.decode_graph_budget = 1 << 30;
+    run(&mut model, &mut |_, _| {});
+    assert_eq!(model.captured_batch_sizes(), vec![1, 2, 3]);
+
+    let bits =
+        |rows: &[Vec<f32>]| -> Vec<u32> { rows.concat().iter().map(|x| x.to_bits()).collect() };
+    assert!(
+        bits(&graphed) == bits(&eager),
+        "steps recaptured after eviction give other logits than the eager path"
+    );
 }
 
 #[test]

@@ -67,15 +67,9 @@ pub fn greedy_pick(logits: &[f32], scores: Option<&[f32]>) -> Pick {
         return pick(token, logits[token], lse_z);
     };
     debug_assert_eq!(scores.len(), logits.len(), "one score per logit");
-    let y = logits.iter().zip(scores).map(|(&z, &s)| z + s);
-    let (mut best, mut best_y) = (0usize, logits[0] + scores[0]);
-    for (i, v) in y.clone().enumerate().skip(1) {
-        if v > best_y {
-            best = i;
-            best_y = v;
-        }
-    }
-    pick(best, best_y, log_sum_exp(y))
+    let y: Vec<f32> = logits.iter().zip(scores).map(|(&z, &s)| z + s).collect();
+    let best = crate::backend::cpu::ops::argmax(&y);
+    pick(best, y[best], log_sum_exp(y.iter().copied()))
 }
 
 /// The whole adapted log-distribution, `log_softmax(log_softmax(logits) + scores)` computed as

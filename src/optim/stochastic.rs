@@ -11,7 +11,8 @@
 //! `p − lr·u` rounds back to `p` once lr·u is below p/512).
 //!
 //! This changes the numerics: there is no fp32 master, so the parameter carries bf16 noise of
-//! up to one step (2⁻⁸ relative) per update, and the moments 2⁻⁸ relative each (zero mean).
+//! up to one bf16 step (2⁻⁸ to 2⁻⁷ relative) per update, and the moments as much each (zero
+//! mean).
 //! It is not the default: it exists so that a 7B model's full finetuning fits one 80 GB GPU
 //! (10 bytes per parameter instead of 18).
 //!

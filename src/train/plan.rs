@@ -270,7 +270,7 @@ mod tests {
             (bf16.activations, bf16.workspace),
             (device.activations, device.workspace)
         );
-        // 62.8 GiB of state: an 80 GB H100 (79.6 GiB usable) holds it with checkpointing.
+        // 62.8 GiB of state: an 80 GB H100 (80e9 bytes = 74.5 GiB) holds it with checkpointing.
         let h100 = 80u64 * 1_000_000_000;
         assert!(bf16.total() < h100, "{}", bf16.describe(None, Some(h100)));
         let text = bf16.describe(None, Some(h100));

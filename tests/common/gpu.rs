@@ -2,10 +2,37 @@
 //! draws new inputs on every run, and the relative error against an f64 reference.
 
 use implicit::backend::cuda::{CudaAvailability, CudaBackend};
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-/// The shared backend, or None after printing why the test is skipped.
+/// The shared backend, or None after printing why the test is skipped. The calling thread
+/// holds the GPU until it ends (tests/common/gpu.rs's `hold_the_gpu`).
 pub fn gpu() -> Option<&'static CudaBackend> {
+    let gpu = shared_backend()?;
+    hold_the_gpu();
+    Some(gpu)
+}
+
+/// One test at a time on the GPU: the tests share one backend and so one stream, and a test
+/// capturing a decode step as a CUDA graph would record another test's launches into its graph.
+/// The first call on a thread takes the lock and keeps it, in a thread-local, until the thread
+/// ends (the test harness runs each test on its own thread, or all on one with
+/// `--test-threads=1`, where the lock is simply never contended).
+fn hold_the_gpu() {
+    static GPU_LOCK: Mutex<()> = Mutex::new(());
+    thread_local! {
+        static HELD: RefCell<Option<MutexGuard<'static, ()>>> = const { RefCell::new(None) };
+    }
+    HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        if held.is_none() {
+            // A test that panicked while holding it poisons nothing the lock guards.
+            *held = Some(GPU_LOCK.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+    });
+}
+
+fn shared_backend() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
     let opened =
         GPU.get_or_init(

@@ -17,7 +17,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 fn adamw_case(gpu: &CudaBackend, rng: &mut Rng, config: AdamWConfig, clip_at: Option<f32>) {
-    let sizes = [4096 * 3 + 1, 1000, 7];
+    // 2_200_003: more than one pass of the capped grid (see adamw_sr_case).
+    let sizes = [4096 * 3 + 1, 1000, 7, 2_200_003];
     let names: Vec<String> = (0..sizes.len()).map(|i| format!("p{i}")).collect();
     let mut params: Vec<Vec<bf16>> = sizes
         .iter()
@@ -221,7 +222,10 @@ fn adamw_sr_case(
     lr: f32,
     clip_at: Option<f32>,
 ) {
-    let sizes = [1usize, 3, 7, 1000, 4096 * 3 + 1, 4099, 65_537];
+    // 2_200_003 is more than one pass of the capped grid (132 SMs × 16 blocks × 256 threads
+    // × 4 elements ≈ 2.16M on an H100): its threads take a second grid-stride step, as every
+    // thread does on a 7B model's embedding.
+    let sizes = [1usize, 3, 7, 1000, 4096 * 3 + 1, 4099, 65_537, 2_200_003];
     let seed = rng.next();
     let mut p: Vec<Vec<bf16>> = sizes.iter().map(|&n| bf16s(&rng.vec(n, 1.0))).collect();
     let mut m: Vec<Vec<bf16>> = sizes.iter().map(|&n| bf16s(&rng.vec(n, 1e-2))).collect();

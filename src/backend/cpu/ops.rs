@@ -166,10 +166,15 @@ pub fn log_softmax<T: Real>(row: &[T], out: &mut [T]) {
     }
 }
 
-/// Index of the largest value (the first one on ties, as torch.argmax).
+/// Index of the largest value, the first one on ties (as torch.argmax). Unlike torch, NaN never wins, as in
+/// the GPU's picks (kernels/rule_adapter.cu), so both pick the same token from the same row; a
+/// row of NaN only gives 0.
 pub fn argmax<T: Real>(row: &[T]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
+    // Only NaN is unordered against itself.
+    let Some(mut best) = row.iter().position(|v| v.partial_cmp(v).is_some()) else {
+        return 0;
+    };
+    for (i, &v) in row.iter().enumerate().skip(best + 1) {
         if v > row[best] {
             best = i;
         }
@@ -286,6 +291,8 @@ mod tests {
         }
         assert_eq!(argmax(&x), argmax(&p));
         assert_eq!(argmax(&[1.0f32, 3.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 3.0, f32::NAN, 3.0]), 2);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub enum CudaAvailability {
 }
 
 /// One GPU: its context, the stream all work goes to, and the loaded kernels.
+///
+/// One thread at a time: work from a second thread would land on the same stream, and while a
+/// decode step is being captured as a CUDA graph it would be recorded into that graph (or break
+/// the capture) instead of running.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,

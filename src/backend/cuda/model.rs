@@ -51,9 +51,15 @@ pub struct CudaTransformer<'g> {
     /// Whether decode steps replay CUDA graphs (decode_graph.rs): on unless
     /// `IMPLICIT_CUDA_GRAPHS=0`.
     pub decode_graphs: bool,
+    /// Device memory the captured steps' own buffers may hold (about 260 KB per row for a
+    /// 7B model, so every batch size up to 256 would take ~8.5 GB): beyond it the least
+    /// recently used graphs are dropped. `IMPLICIT_CUDA_GRAPH_MIB`, 1024 MiB by default.
+    pub decode_graph_budget: usize,
     /// One captured decode step per batch size. Declared before the weights, so that the
     /// graphs, which hold the weights' addresses, go first.
     graphs: std::collections::HashMap<usize, DecodeGraph>,
+    /// Counts graphed steps: each graph's last use, for eviction.
+    graph_clock: u64,
     embed_tokens: DeviceBuffer<bf16>,
     layers: Vec<CudaLayer>,
     final_norm: Option<DeviceBuffer<f32>>,
@@ -68,6 +74,7 @@ impl std::fmt::Debug for CudaTransformer<'_> {
             .field("config", &self.config)
             .field("attention", &self.attention)
             .field("decode_graphs", &self.decode_graphs)
+            .field("decode_graph_budget", &self.decode_graph_budget)
             .field("captured_batch_sizes", &self.captured_batch_sizes())
             .finish()
     }
@@ -141,7 +148,9 @@ impl<'g> CudaTransformer<'g> {
             config,
             attention: AttentionPath::Auto,
             decode_graphs: std::env::var("IMPLICIT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            decode_graph_budget: decode_graph::budget_from_env()?,
             graphs: std::collections::HashMap::new(),
+            graph_clock: 0,
             embed_tokens: w.embed_tokens,
             layers: w.layers,
             final_norm: w.final_norm,
@@ -202,10 +211,11 @@ impl<'g> CudaTransformer<'g> {
             && self.decode_graphs
             && batch.len() <= MAX_GRAPH_BATCH
         {
-            return match self.decode_step_graphed(batch, false)? {
-                DecodeOutput::Logits(logits) => Ok(logits),
-                DecodeOutput::Greedy(_) => bail!("decode graph: picks returned for logits"),
-            };
+            match self.decode_step_graphed(batch, false)? {
+                Some(DecodeOutput::Logits(logits)) => return Ok(logits),
+                Some(DecodeOutput::Greedy(_)) => bail!("decode graph: picks returned for logits"),
+                None => {} // the capture failed: eagerly, below
+            }
         }
         let (out, width, per_seq) = self.forward_eager(batch, want)?;
         Ok(split_rows(&self.gpu.download(&out)?, width, &per_seq))
@@ -225,10 +235,11 @@ impl<'g> CudaTransformer<'g> {
         self.check_batch(batch)?;
         let decode_step = batch.iter().all(|(t, _)| t.len() == 1);
         if decode_step && self.decode_graphs && batch.len() <= MAX_GRAPH_BATCH {
-            return match self.decode_step_graphed(batch, true)? {
-                DecodeOutput::Greedy(picks) => Ok(picks),
-                DecodeOutput::Logits(_) => bail!("decode graph: logits returned for picks"),
-            };
+            match self.decode_step_graphed(batch, true)? {
+                Some(DecodeOutput::Greedy(picks)) => return Ok(picks),
+                Some(DecodeOutput::Logits(_)) => bail!("decode graph: logits returned for picks"),
+                None => {} // the capture failed: eagerly, below
+            }
         }
         let (logits, _, per_seq) = self.forward_eager(batch, Logits::Last)?;
         let mut picks = GreedyPicks::new(self.gpu, per_seq.len(), self.config.vocab_size)?;

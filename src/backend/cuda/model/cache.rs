@@ -528,7 +528,11 @@ impl CudaBackend {
             KeySplit::None => pairs.saturating_mul(32),
             KeySplit::Warps => pairs,
         };
-        if u32::try_from(threads).is_err() {
+        // The one-warp kernel runs 32 threads per (row, head) pair; the split kernel one block per
+        // pair, and a grid's x dimension takes at most 2^31 - 1 blocks.
+        if u32::try_from(threads).is_err()
+            || (split == KeySplit::Warps && pairs > i32::MAX as usize)
+        {
             bail!(
                 "CUDA kernel {kernel}: {} rows × {heads} heads are too many for one launch",
                 rows.len

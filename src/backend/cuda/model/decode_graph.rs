@@ -14,6 +14,11 @@
 //! - the attention kernel loops over each row's keys up to the position it reads, so the
 //!   number of keys is not baked into the launch.
 //!
+//! Each batch size's graph keeps its own buffers (~260 KB per row for a 7B model), so the graphs
+//! share a memory budget ([`CudaTransformer::decode_graph_budget`]) and the least recently used
+//! are dropped beyond it; a batch shrinking one sequence at a time under continuous batching
+//! would otherwise keep a graph of every size it passed.
+//!
 //! Around each replay, on the host: the ids and the tables are copied in (before), the caches'
 //! lengths advanced and the logits copied out (after). Every step runs the same kernels with the
 //! same inputs as [`CudaTransformer::forward`]'s eager path (decode rows never take flash
@@ -25,6 +30,7 @@ use super::{
 };
 use crate::bail;
 use crate::error::Result;
+use crate::model::ModelConfig;
 use cudarc::driver::{sys, CudaGraph};
 use half::bf16;
 
@@ -32,10 +38,40 @@ use half::bf16;
 /// launch overhead is small beside their GEMMs).
 pub const MAX_GRAPH_BATCH: usize = 256;
 
+/// Environment variable: MiB of device memory the captured steps' buffers may hold.
+pub const GRAPH_BUDGET_ENV: &str = "IMPLICIT_CUDA_GRAPH_MIB";
+
+/// [`CudaTransformer::decode_graph_budget`] from `IMPLICIT_CUDA_GRAPH_MIB` (1024 MiB unset).
+pub fn budget_from_env() -> Result<usize> {
+    let mib = match std::env::var(GRAPH_BUDGET_ENV) {
+        Err(_) => 1024,
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(mib) => mib,
+            Err(_) => bail!("{GRAPH_BUDGET_ENV}={v:?}: expected a whole number of MiB"),
+        },
+    };
+    Ok(mib.saturating_mul(1 << 20))
+}
+
+/// Bytes of the buffers [`DecodeGraph::new`] allocates for `batch` rows (the activations, the
+/// logits, the tables and the picks; the graph itself is small beside them).
+fn graph_bytes(c: &ModelConfig, batch: usize) -> usize {
+    let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    // Per row: ids, x (f32), h, q, k, v, attn, gate, up, act (bf16), normed (bf16), logits
+    // (f32), the KV tables' and the picks' few words.
+    let per_row = 4 + 4 * d + 2 * d + 4 * q_dim + 4 * kv_dim + 6 * f + 2 * d + 4 * v + 64;
+    batch.saturating_mul(per_row).saturating_add(4 * v)
+}
+
 /// One captured decode step of `batch` sequences and the buffers it reads and writes.
 pub struct DecodeGraph {
     /// Declared first: dropped before the buffers it uses.
     graph: Option<CudaGraph>,
+    /// [`graph_bytes`] of its batch.
+    bytes: usize,
+    /// The model's graph clock at its last replay (the least recent goes first).
+    last_used: u64,
     acts: Activations,
     /// None only while lent to the step's [`KvBatch`].
     tables: Option<KvTables>,
@@ -61,6 +97,8 @@ impl DecodeGraph {
         let c = &model.config;
         Ok(DecodeGraph {
             graph: None,
+            bytes: graph_bytes(c, batch),
+            last_used: 0,
             acts: Activations::new(gpu, c, batch)?,
             tables: Some(KvTables::new(gpu, batch, batch)?),
             rows: RowList::all(gpu, batch)?,
@@ -89,22 +127,44 @@ impl CudaTransformer<'_> {
         self.graphs.clear();
     }
 
+    /// Drops the least recently used graphs until `bytes` more fit in
+    /// [`CudaTransformer::decode_graph_budget`] (or none is left: one graph is always kept,
+    /// whatever the budget).
+    fn make_room_for_graph(&mut self, bytes: usize) {
+        let mut held: usize = self.graphs.values().map(|g| g.bytes).sum();
+        while held.saturating_add(bytes) > self.decode_graph_budget {
+            let oldest = self.graphs.iter().min_by_key(|(_, g)| g.last_used);
+            let Some(oldest) = oldest.map(|(&b, _)| b) else {
+                break;
+            };
+            if let Some(dropped) = self.graphs.remove(&oldest) {
+                held -= dropped.bytes;
+            }
+        }
+    }
+
     /// A decode step (one new token per sequence, already checked) through the graph for this
     /// batch size, captured first if there is none: each sequence's logits, or with `greedy`
-    /// only its greedy token and log-probability.
+    /// only its greedy token and log-probability. None when the capture failed: graphs are then
+    /// off ([`CudaTransformer::decode_graphs`]), and the caller runs the step eagerly.
     pub(super) fn decode_step_graphed(
         &mut self,
         batch: &mut [(&[u32], &mut CudaKvCache)],
         greedy: bool,
-    ) -> Result<DecodeOutput> {
+    ) -> Result<Option<DecodeOutput>> {
         let gpu = self.gpu;
         let b = batch.len();
         let ids: Vec<u32> = batch.iter().map(|(t, _)| t[0]).collect();
         // Taken out of the map while in use; an error drops it, and the next step recaptures.
         let mut step = match self.graphs.remove(&b) {
             Some(step) => step,
-            None => DecodeGraph::new(gpu, self, b)?,
+            None => {
+                self.make_room_for_graph(graph_bytes(&self.config, b));
+                DecodeGraph::new(gpu, self, b)?
+            }
         };
+        self.graph_clock += 1;
+        step.last_used = self.graph_clock;
         gpu.upload_into(&ids, &mut step.acts.ids)?;
         let Some(tables) = step.tables.take() else {
             bail!("decode graph of batch {b}: its KV tables were not handed back");
@@ -112,7 +172,18 @@ impl CudaTransformer<'_> {
         let caches: Vec<&mut CudaKvCache> = batch.iter_mut().map(|(_, c)| &mut **c).collect();
         let kv = KvBatch::with_tables(gpu, caches, &vec![1; b], tables)?;
         if step.graph.is_none() {
-            step.graph = Some(self.capture(&mut step, &kv)?);
+            match self.capture(&mut step, &kv) {
+                Ok(graph) => step.graph = Some(graph),
+                Err(e) => {
+                    // Nothing ran (a capture records without running, and the caches only
+                    // advance in `finish`): the caller can take the eager path for this step
+                    // and all later ones, so a capture the driver refuses slows decoding
+                    // instead of ending it.
+                    eprintln!("warning: {e}; decoding without CUDA graphs from here on");
+                    self.decode_graphs = false;
+                    return Ok(None);
+                }
+            }
         }
         if let Some(graph) = &step.graph {
             graph.launch().map_err(|e| {
@@ -127,7 +198,7 @@ impl CudaTransformer<'_> {
             DecodeOutput::Logits(split_rows(&flat, self.config.vocab_size, &vec![1; b]))
         };
         self.graphs.insert(b, step);
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Records the step's launches (the layers, the final norm and the head) into a graph; the
@@ -138,6 +209,12 @@ impl CudaTransformer<'_> {
         // Allocations and host copies cannot be captured: make RoPE's frequency table (built
         // at its first use) exist before.
         gpu.rope_inv_freq(self.config.rope_theta, self.config.head_dim)?;
+        // Likewise the opt-in wgmma GEMM's one-time probe: run inside the capture it would be
+        // refused, and the graph would keep the mma.sync GEMM while eager steps take wgmma.
+        if super::super::gemm_wgmma::requested() {
+            // Unavailable is an answer too: every GEMM then takes kernels/gemm.cu.
+            let _ = gpu.wgmma_available();
+        }
         let stream = gpu.stream();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
