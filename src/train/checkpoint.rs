@@ -4,6 +4,7 @@
 
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::train::plan::OptimizerPlacement;
 use half::bf16;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -22,6 +23,32 @@ pub struct TrainerState {
     pub seed: u64,
     /// Training examples (after encoding) the data order was drawn over.
     pub examples: usize,
+    /// Which optimizer state wrote the checkpoint (`device` for checkpoints that predate the
+    /// field: the fp32 kind, as the CPU trainer's). The files are the same for every kind;
+    /// resuming under another kind converts, see [`placement_change`].
+    #[serde(default)]
+    pub optimizer_state: OptimizerPlacement,
+}
+
+/// What resuming a checkpoint written with optimizer state `saved` under `now` does to the
+/// numbers, when it is more than moving them (None for fp32 state on the GPU or the host, which
+/// hold the same values).
+pub fn placement_change(saved: OptimizerPlacement, now: OptimizerPlacement) -> Option<String> {
+    use OptimizerPlacement::Bf16;
+    match (saved == Bf16, now == Bf16) {
+        (true, false) => Some(
+            "the checkpoint's optimizer state is bf16 (no fp32 master): the fp32 master weights \
+             start as its bf16 parameters, and the moments are its bf16 moments widened"
+                .to_string(),
+        ),
+        (false, true) => Some(
+            "the checkpoint's optimizer state is fp32: --optimizer-state bf16 drops the fp32 \
+             master (the bf16 parameters go on from it rounded to nearest) and rounds the \
+             moments to bf16"
+                .to_string(),
+        ),
+        _ => None,
+    }
 }
 
 /// Parameter values in the dtype they are stored in.
@@ -164,4 +191,51 @@ pub fn latest_checkpoint(out: &Path) -> Option<(usize, PathBuf)> {
                 .then(|| (epoch, e.path()))
         })
         .max_by_key(|(epoch, _)| *epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OptimizerPlacement::{Bf16, Device, Host};
+
+    #[test]
+    fn trainer_state_records_the_optimizer_state_and_reads_older_files_as_fp32() {
+        let dir =
+            std::env::temp_dir().join(format!("implicit-trainer-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = TrainerState {
+            epoch: 2,
+            step: 10,
+            total_steps: 20,
+            seed: 7,
+            examples: 40,
+            optimizer_state: Bf16,
+        };
+        write_state(&dir, &state).unwrap();
+        assert_eq!(read_state(&dir).unwrap(), state);
+        // Written before the field existed.
+        let older = r#"{"epoch": 1, "step": 5, "total_steps": 20, "seed": 7, "examples": 40}"#;
+        std::fs::write(dir.join("trainer_state.json"), older).unwrap();
+        assert_eq!(read_state(&dir).unwrap().optimizer_state, Device);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_changes_to_or_from_bf16_state_are_conversions() {
+        for (saved, now) in [
+            (Device, Device),
+            (Device, Host),
+            (Host, Device),
+            (Bf16, Bf16),
+        ] {
+            assert_eq!(placement_change(saved, now), None, "{saved:?} → {now:?}");
+        }
+        let widened = placement_change(Bf16, Host).unwrap();
+        assert!(
+            widened.contains("master weights start as its bf16 parameters"),
+            "{widened}"
+        );
+        let rounded = placement_change(Device, Bf16).unwrap();
+        assert!(rounded.contains("drops the fp32 master"), "{rounded}");
+    }
 }

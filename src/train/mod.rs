@@ -260,6 +260,11 @@ fn prepare(opts: &TrainOptions) -> Result<Plan> {
                 dir.display(),
                 state.step
             );
+            if let Some(change) =
+                checkpoint::placement_change(state.optimizer_state, opts.optimizer_state)
+            {
+                eprintln!("note: {change}");
+            }
             (epoch, dir, state.step)
         }
         _ => (0, opts.model.clone(), 0),
@@ -379,6 +384,7 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
             total_steps,
             seed: opts.seed,
             examples: n,
+            optimizer_state: opts.optimizer_state,
         };
         if writer {
             let dir = save_checkpoint(opts, &layout, engine, &state)?;
