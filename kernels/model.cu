@@ -178,6 +178,72 @@ __device__ __forceinline__ void keys_step(const float (&qv)[J][2], float (&acc)[
   m = m_new;
 }
 
+// Where one (row, head) pair reads and writes: its query and output rows, its sequence's keys
+// and values of this layer at its kv head (grouped-query: h / (heads / kv_heads)), the stride
+// between keys, and how many keys it sees (its position + 1, causal).
+struct Pair {
+  const bf16* qrow;
+  bf16* orow;
+  const bf16* kp;
+  const bf16* vp;
+  size_t kv_dim;
+  int keys;
+};
+
+__device__ __forceinline__ Pair locate_pair(const bf16* __restrict__ q, bf16* __restrict__ out,
+                                            unsigned int t, int h,
+                                            const unsigned int* __restrict__ row_seq,
+                                            const unsigned int* __restrict__ positions,
+                                            const unsigned long long* __restrict__ seq_table,
+                                            int layer, int heads, int kv_heads, int head_dim) {
+  const unsigned int s = row_seq[t];
+  const int kvh = h / (heads / kv_heads);
+  const size_t kv_dim = (size_t)kv_heads * head_dim;
+  const unsigned long long cap = seq_table[3 * s + 2];
+  const size_t base = (size_t)layer * cap * kv_dim + (size_t)kvh * head_dim;
+  Pair p;
+  p.qrow = q + ((size_t)t * heads + h) * head_dim;
+  p.orow = out + ((size_t)t * heads + h) * head_dim;
+  p.kp = reinterpret_cast<const bf16*>(seq_table[3 * s]) + base;
+  p.vp = reinterpret_cast<const bf16*>(seq_table[3 * s + 1]) + base;
+  p.kv_dim = kv_dim;
+  p.keys = (int)positions[t] + 1;
+  return p;
+}
+
+// The lane's elements of q (d = 64j + 2·lane, 2 per j), pre-scaled by scale_log2 so the scores
+// come out in log2 units; the output accumulator zeroed.
+template <int J>
+__device__ __forceinline__ void load_query(float (&qv)[J][2], float (&acc)[J][2],
+                                           const bf16* qrow, float scale_log2, int lane,
+                                           int head_dim) {
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int d = 64 * j + 2 * lane;
+    const float2 v = d < head_dim ? load2(qrow + d) : make_float2(0.0f, 0.0f);
+    qv[j][0] = v.x * scale_log2;
+    qv[j][1] = v.y * scale_log2;
+    acc[j][0] = 0.0f;
+    acc[j][1] = 0.0f;
+  }
+}
+
+// Keys [begin, end) of the pair into the warp's running max m, sum l and output acc (online
+// softmax): KB at a time, then the rest one by one.
+template <int J>
+__device__ __forceinline__ void attend_keys(const float (&qv)[J][2], float (&acc)[J][2],
+                                            float& m, float& l, const Pair& p, int begin,
+                                            int end, int lane, int head_dim) {
+  constexpr int KB = Keys<J>::KB;
+  int key = begin;
+  for (; key + KB <= end; key += KB)
+    keys_step<J, KB>(qv, acc, m, l, p.kp + key * p.kv_dim, p.vp + key * p.kv_dim, p.kv_dim,
+                     lane, head_dim);
+  for (; key < end; ++key)
+    keys_step<J, 1>(qv, acc, m, l, p.kp + key * p.kv_dim, p.vp + key * p.kv_dim, p.kv_dim, lane,
+                    head_dim);
+}
+
 template <int J>
 __device__ __forceinline__ void attention(const bf16* __restrict__ q, bf16* __restrict__ out,
                                           const unsigned int* __restrict__ row_list, int nrows,
@@ -191,44 +257,19 @@ __device__ __forceinline__ void attention(const bf16* __restrict__ q, bf16* __re
   const int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
   if (warp >= nrows * heads) return;  // the whole warp leaves together
   const int r = warp / heads, h = warp % heads;
-  const unsigned int t = row_list[r];
-  const unsigned int s = row_seq[t];
-  const int keys = (int)positions[t] + 1;
-  const int kvh = h / (heads / kv_heads);
-  const size_t kv_dim = (size_t)kv_heads * head_dim;
-  const unsigned long long cap = seq_table[3 * s + 2];
-  const size_t base = (size_t)layer * cap * kv_dim + (size_t)kvh * head_dim;
-  const bf16* kp = reinterpret_cast<const bf16*>(seq_table[3 * s]) + base;
-  const bf16* vp = reinterpret_cast<const bf16*>(seq_table[3 * s + 1]) + base;
-  const bf16* qrow = q + ((size_t)t * heads + h) * head_dim;
-
+  const Pair p = locate_pair(q, out, row_list[r], h, row_seq, positions, seq_table, layer, heads,
+                             kv_heads, head_dim);
   float qv[J][2], acc[J][2];
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int d = 64 * j + 2 * lane;
-    const float2 v = d < head_dim ? load2(qrow + d) : make_float2(0.0f, 0.0f);
-    qv[j][0] = v.x * scale_log2;
-    qv[j][1] = v.y * scale_log2;
-    acc[j][0] = 0.0f;
-    acc[j][1] = 0.0f;
-  }
+  load_query<J>(qv, acc, p.qrow, scale_log2, lane, head_dim);
   float m = -INFINITY, l = 0.0f;
-  int key = 0;
-  constexpr int KB = Keys<J>::KB;
-  for (; key + KB <= keys; key += KB)
-    keys_step<J, KB>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
-                     head_dim);
-  for (; key < keys; ++key)
-    keys_step<J, 1>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
-                    head_dim);
+  attend_keys<J>(qv, acc, m, l, p, 0, p.keys, lane, head_dim);
 
   const float inv = 1.0f / l;
-  bf16* orow = out + ((size_t)t * heads + h) * head_dim;
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     const int d = 64 * j + 2 * lane;
     if (d < head_dim)
-      *reinterpret_cast<__nv_bfloat162*>(orow + d) =
+      *reinterpret_cast<__nv_bfloat162*>(p.orow + d) =
           __floats2bfloat162_rn(acc[j][0] * inv, acc[j][1] * inv);
   }
 }
@@ -252,38 +293,13 @@ __device__ __forceinline__ void attention_split(
   __shared__ float s_acc[SPLIT_WARPS][64 * J];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int r = blockIdx.x / heads, h = blockIdx.x % heads;
-  const unsigned int t = row_list[r];
-  const unsigned int s = row_seq[t];
-  const int keys = (int)positions[t] + 1;
-  const int kvh = h / (heads / kv_heads);
-  const size_t kv_dim = (size_t)kv_heads * head_dim;
-  const unsigned long long cap = seq_table[3 * s + 2];
-  const size_t base = (size_t)layer * cap * kv_dim + (size_t)kvh * head_dim;
-  const bf16* kp = reinterpret_cast<const bf16*>(seq_table[3 * s]) + base;
-  const bf16* vp = reinterpret_cast<const bf16*>(seq_table[3 * s + 1]) + base;
-  const bf16* qrow = q + ((size_t)t * heads + h) * head_dim;
-
+  const Pair p = locate_pair(q, out, row_list[r], h, row_seq, positions, seq_table, layer, heads,
+                             kv_heads, head_dim);
   float qv[J][2], acc[J][2];
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    const int d = 64 * j + 2 * lane;
-    const float2 v = d < head_dim ? load2(qrow + d) : make_float2(0.0f, 0.0f);
-    qv[j][0] = v.x * scale_log2;
-    qv[j][1] = v.y * scale_log2;
-    acc[j][0] = 0.0f;
-    acc[j][1] = 0.0f;
-  }
+  load_query<J>(qv, acc, p.qrow, scale_log2, lane, head_dim);
   float m = -INFINITY, l = 0.0f;
-  const int chunk = (keys + SPLIT_WARPS - 1) / SPLIT_WARPS;
-  const int end = min(keys, (w + 1) * chunk);
-  int key = w * chunk;
-  constexpr int KB = Keys<J>::KB;
-  for (; key + KB <= end; key += KB)
-    keys_step<J, KB>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
-                     head_dim);
-  for (; key < end; ++key)
-    keys_step<J, 1>(qv, acc, m, l, kp + key * kv_dim, vp + key * kv_dim, kv_dim, lane,
-                    head_dim);
+  const int chunk = (p.keys + SPLIT_WARPS - 1) / SPLIT_WARPS;
+  attend_keys<J>(qv, acc, m, l, p, w * chunk, min(p.keys, (w + 1) * chunk), lane, head_dim);
 
   if (lane == 0) {
     s_m[w] = m;
@@ -305,7 +321,6 @@ __device__ __forceinline__ void attention_split(
 #pragma unroll
   for (int i = 0; i < SPLIT_WARPS; ++i) total += exp2f(s_m[i] - big) * s_l[i];
   const float inv = __frcp_rn(total);  // = 1.0f / total, without a division subroutine
-  bf16* orow = out + ((size_t)t * heads + h) * head_dim;
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     const int d = 64 * j + 2 * lane;
@@ -317,7 +332,7 @@ __device__ __forceinline__ void attention_split(
         o0 += weight * s_acc[i][d];
         o1 += weight * s_acc[i][d + 1];
       }
-      *reinterpret_cast<__nv_bfloat162*>(orow + d) = __floats2bfloat162_rn(o0 * inv, o1 * inv);
+      *reinterpret_cast<__nv_bfloat162*>(p.orow + d) = __floats2bfloat162_rn(o0 * inv, o1 * inv);
     }
   }
 }
