@@ -59,6 +59,17 @@ impl Case {
     fn c_len(&self) -> usize {
         self.batch * self.m * self.n
     }
+
+    /// Fresh uniform A and B in [−1, 1), rounded to bf16, on the GPU.
+    fn random_operands(
+        &self,
+        gpu: &CudaBackend,
+        rng: &mut Rng,
+    ) -> (DeviceBuffer<bf16>, DeviceBuffer<bf16>) {
+        let (aq, _) = bf16::quantize(&rng.vec(self.a_len(), 1.0));
+        let (bq, _) = bf16::quantize(&rng.vec(self.b_len(), 1.0));
+        (gpu.upload(&aq).unwrap(), gpu.upload(&bq).unwrap())
+    }
 }
 
 /// Rows i of C (the same in every batch) the reference computes.
@@ -500,19 +511,9 @@ fn gemm_speed() {
         "ratio"
     )];
     for &(name, layout, m, n, k) in shapes {
-        let case = Case {
-            layout,
-            m,
-            n,
-            k,
-            batch: 1,
-        };
-        let inputs: Vec<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)> = (0..2)
-            .map(|_| {
-                let (aq, _) = bf16::quantize(&rng.vec(case.a_len(), 1.0));
-                let (bq, _) = bf16::quantize(&rng.vec(case.b_len(), 1.0));
-                (gpu.upload(&aq).unwrap(), gpu.upload(&bq).unwrap())
-            })
+        let case = Case::new(layout, m, n, k, 1);
+        let inputs: Vec<_> = (0..2)
+            .map(|_| case.random_operands(gpu, &mut rng))
             .collect();
         let f32_acc = layout == GemmLayout::TN;
         let mut c_bf16 = poisoned::<bf16>(gpu, case.c_len());
@@ -701,16 +702,8 @@ fn wgmma_gemm_is_deterministic_and_agrees_with_the_mma_kernel() {
         (GemmLayout::NN, 1032, 1288, 2056, 2),
         (GemmLayout::TN, 1288, 1032, 4104, 1),
     ] {
-        let case = Case {
-            layout,
-            m,
-            n,
-            k,
-            batch,
-        };
-        let (aq, _) = bf16::quantize(&rng.vec(case.a_len(), 1.0));
-        let (bq, _) = bf16::quantize(&rng.vec(case.b_len(), 1.0));
-        let (ga, gb) = (gpu.upload(&aq).unwrap(), gpu.upload(&bq).unwrap());
+        let case = Case::new(layout, m, n, k, batch);
+        let (ga, gb) = case.random_operands(gpu, &mut rng);
         let mut outs = Vec::new();
         for _ in 0..2 {
             let mut c = poisoned::<f32>(gpu, case.c_len());
