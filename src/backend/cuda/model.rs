@@ -15,7 +15,7 @@ mod decode_graph;
 mod kernels;
 
 pub use cache::{CudaKvCache, KeySplit, KvBatch, KvTables, RowList, MAX_HEAD_DIM};
-use decode_graph::{DecodeGraph, DecodeOutput, MAX_GRAPH_BATCH};
+use decode_graph::{DecodeGraph, DecodeOutput};
 pub use kernels::RowNorm;
 
 use super::{CudaBackend, DeviceBuffer, GemmLayout, RuleAdapterOutput};
@@ -205,16 +205,11 @@ impl<'g> CudaTransformer<'g> {
             return Ok(Vec::new());
         }
         self.check_batch(batch)?;
-        let decode_step = batch.iter().all(|(t, _)| t.len() == 1);
-        if decode_step
-            && want != Logits::Hidden
-            && self.decode_graphs
-            && batch.len() <= MAX_GRAPH_BATCH
-        {
+        if want != Logits::Hidden {
             match self.decode_step_graphed(batch, false)? {
                 Some(DecodeOutput::Logits(logits)) => return Ok(logits),
                 Some(DecodeOutput::Greedy(_)) => bail!("decode graph: picks returned for logits"),
-                None => {} // the capture failed: eagerly, below
+                None => {} // not a graphed step: eagerly, below
             }
         }
         let (out, width, per_seq) = self.forward_eager(batch, want)?;
@@ -233,13 +228,10 @@ impl<'g> CudaTransformer<'g> {
             return Ok(Vec::new());
         }
         self.check_batch(batch)?;
-        let decode_step = batch.iter().all(|(t, _)| t.len() == 1);
-        if decode_step && self.decode_graphs && batch.len() <= MAX_GRAPH_BATCH {
-            match self.decode_step_graphed(batch, true)? {
-                Some(DecodeOutput::Greedy(picks)) => return Ok(picks),
-                Some(DecodeOutput::Logits(_)) => bail!("decode graph: logits returned for picks"),
-                None => {} // the capture failed: eagerly, below
-            }
+        match self.decode_step_graphed(batch, true)? {
+            Some(DecodeOutput::Greedy(picks)) => return Ok(picks),
+            Some(DecodeOutput::Logits(_)) => bail!("decode graph: logits returned for picks"),
+            None => {} // not a graphed step: eagerly, below
         }
         let (logits, _, per_seq) = self.forward_eager(batch, Logits::Last)?;
         let mut picks = GreedyPicks::new(self.gpu, per_seq.len(), self.config.vocab_size)?;

@@ -68,8 +68,6 @@ fn graph_bytes(c: &ModelConfig, batch: usize) -> usize {
 pub struct DecodeGraph {
     /// Declared first: dropped before the buffers it uses.
     graph: Option<CudaGraph>,
-    /// [`graph_bytes`] of its batch.
-    bytes: usize,
     /// The model's graph clock at its last replay (the least recent goes first).
     last_used: u64,
     acts: Activations,
@@ -97,7 +95,6 @@ impl DecodeGraph {
         let c = &model.config;
         Ok(DecodeGraph {
             graph: None,
-            bytes: graph_bytes(c, batch),
             last_used: 0,
             acts: Activations::new(gpu, c, batch)?,
             tables: Some(KvTables::new(gpu, batch, batch)?),
@@ -128,25 +125,27 @@ impl CudaTransformer<'_> {
     }
 
     /// Drops the least recently used graphs until `bytes` more fit in
-    /// [`CudaTransformer::decode_graph_budget`] (or none is left: one graph is always kept,
-    /// whatever the budget).
+    /// [`CudaTransformer::decode_graph_budget`], or none is left (the step being graphed gets
+    /// its graph whatever the budget).
     fn make_room_for_graph(&mut self, bytes: usize) {
-        let mut held: usize = self.graphs.values().map(|g| g.bytes).sum();
+        let c = &self.config;
+        let mut held: usize = self.graphs.keys().map(|&b| graph_bytes(c, b)).sum();
         while held.saturating_add(bytes) > self.decode_graph_budget {
             let oldest = self.graphs.iter().min_by_key(|(_, g)| g.last_used);
             let Some(oldest) = oldest.map(|(&b, _)| b) else {
                 break;
             };
-            if let Some(dropped) = self.graphs.remove(&oldest) {
-                held -= dropped.bytes;
-            }
+            self.graphs.remove(&oldest);
+            held -= graph_bytes(c, oldest);
         }
     }
 
-    /// A decode step (one new token per sequence, already checked) through the graph for this
-    /// batch size, captured first if there is none: each sequence's logits, or with `greedy`
-    /// only its greedy token and log-probability. None when the capture failed: graphs are then
-    /// off ([`CudaTransformer::decode_graphs`]), and the caller runs the step eagerly.
+    /// A decode step (one new token per sequence; the batch already checked) through the graph
+    /// for this batch size, captured first if there is none: each sequence's logits, or with
+    /// `greedy` only its greedy token and log-probability. None, for the caller to run the
+    /// step eagerly, when it is not a decode step, graphs are off
+    /// ([`CudaTransformer::decode_graphs`]), the batch is over [`MAX_GRAPH_BATCH`], or the
+    /// capture failed (which turns graphs off).
     pub(super) fn decode_step_graphed(
         &mut self,
         batch: &mut [(&[u32], &mut CudaKvCache)],
@@ -154,6 +153,10 @@ impl CudaTransformer<'_> {
     ) -> Result<Option<DecodeOutput>> {
         let gpu = self.gpu;
         let b = batch.len();
+        let decode_step = batch.iter().all(|(t, _)| t.len() == 1);
+        if !decode_step || !self.decode_graphs || b == 0 || b > MAX_GRAPH_BATCH {
+            return Ok(None);
+        }
         let ids: Vec<u32> = batch.iter().map(|(t, _)| t[0]).collect();
         // Taken out of the map while in use; an error drops it, and the next step recaptures.
         let mut step = match self.graphs.remove(&b) {
