@@ -4,6 +4,7 @@
 //! reference the benchmark measures against. References: tests/cuda_kernels/gemm.rs (f64 on
 //! the CPU).
 
+use super::gemm_wgmma::{gemm_choice, GemmChoice};
 use super::{driver_error, kernel_error, CudaBackend, DeviceBuffer, Float};
 use crate::bail;
 use crate::error::{Error, Result};
@@ -160,13 +161,12 @@ impl CudaBackend {
     /// weight gradients add up across micro-batches. k = 0 writes zeros (or leaves C as it is
     /// when accumulating).
     ///
-    /// Opt-in Hopper path: with the environment variable `IMPLICIT_GEMM=wgmma` (read once per
-    /// process), products of more than [`GEMV_MAX_ROWS`] rows whose contiguous dimensions are
-    /// multiples of 8 go to [`CudaBackend::gemm_bf16_wgmma`] (kernels/gemm_wgmma.cu: wgmma +
-    /// TMA, sm_90a) when the device has compute capability 9.0 and
-    /// [`CudaBackend::wgmma_supports`] accepts the shapes and buffers; anything else goes to
-    /// [`CudaBackend::gemm_bf16_mma`]. It is off by default until a GPU run has validated it
-    /// (tests/cuda_kernels/gemm.rs, `wgmma_*`).
+    /// The Hopper path, by default: products of more than [`GEMV_MAX_ROWS`] rows whose
+    /// contiguous dimensions are multiples of 8 go to [`CudaBackend::gemm_bf16_wgmma`]
+    /// (kernels/gemm_wgmma.cu: wgmma + TMA, sm_90a) when the device has compute capability 9.0
+    /// and [`CudaBackend::wgmma_supports`] accepts the shapes and buffers; anything else, and
+    /// everything with `IMPLICIT_GEMM=mma` (read once per process, [`gemm_choice`]), goes to
+    /// [`CudaBackend::gemm_bf16_mma`].
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16<O: Float>(
         &self,
@@ -183,7 +183,7 @@ impl CudaBackend {
         let decode_rows = layout == GemmLayout::NT && m <= GEMV_MAX_ROWS;
         if !decode_rows
             && k > 0
-            && super::gemm_wgmma::requested()
+            && gemm_choice()? == GemmChoice::Wgmma
             && self.wgmma_supports(layout, m, n, k, batch, a, b).is_ok()
         {
             return self.gemm_bf16_wgmma(layout, m, n, k, batch, a, b, c, accumulate);

@@ -3,14 +3,16 @@
 //! `cuTensorMapEncodeTiled`, the launch, and the checks that decide whether a product can take
 //! it. Same arguments and results as [`CudaBackend::gemm_bf16`].
 //!
-//! **Opt-in.** The kernel has not yet been validated on hardware, so
-//! [`CudaBackend::gemm_bf16`] keeps kernels/gemm.cu by default and routes a product here only
-//! when the environment variable `IMPLICIT_GEMM=wgmma` is set (read once per process), the
-//! device has compute capability 9.0 (H100/H200: the sm_90a image runs nowhere else), the
-//! driver has `cuTensorMapEncodeTiled`, the loaded image is the sm_90a one (a one-thread probe
-//! kernel, run once per stream and never inside a graph capture), and the shapes qualify
-//! ([`CudaBackend::wgmma_supports`]: k > 0, 16-byte row strides and 16-byte aligned A and B,
-//! as TMA requires). Anything else takes the existing kernels. Tests and the benchmark call
+//! **The default on Hopper.** The first H100 run (commit 981b527) passed the kernel's own tests
+//! and the model and training tests through it, at 81-93% of cuBLAS where kernels/gemm.cu
+//! (mma.sync) reached 31-42%. So [`CudaBackend::gemm_bf16`] routes a product here unless the
+//! environment variable `IMPLICIT_GEMM=mma` (read once per process, [`gemm_choice`]) forces
+//! kernels/gemm.cu, provided the device has compute capability 9.0 (H100/H200: the sm_90a
+//! image runs nowhere else), the driver has `cuTensorMapEncodeTiled`, the loaded image is the
+//! sm_90a one (a one-thread probe kernel, run once per stream and never inside a graph
+//! capture), and the shapes qualify ([`CudaBackend::wgmma_supports`]: k > 0, 16-byte row
+//! strides and 16-byte aligned A and B, as TMA requires). Anything else takes the mma.sync
+//! kernels, which stay the path for sm_80 and the fallback. Tests and the benchmark call
 //! [`CudaBackend::gemm_bf16_wgmma`] directly.
 
 use super::gemm::{check_shapes, GemmLayout};
@@ -22,9 +24,8 @@ use half::bf16;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The environment variable, and its value, that route [`CudaBackend::gemm_bf16`] here.
+/// The environment variable that chooses [`CudaBackend::gemm_bf16`]'s kernels ([`GemmChoice`]).
 pub const GEMM_ENV: &str = "IMPLICIT_GEMM";
-pub const GEMM_ENV_WGMMA: &str = "wgmma";
 
 /// Block tile of kernels/gemm_wgmma.cu (BM × BN, K steps of BK).
 const TILE_M: usize = 128;
@@ -37,10 +38,39 @@ const SMEM_BYTES: u32 = 197_632;
 /// TMA's limit on a global stride (bytes, exclusive).
 const MAX_STRIDE_BYTES: u64 = 1 << 40;
 
-/// Whether `IMPLICIT_GEMM=wgmma` is set (read once).
-pub(super) fn requested() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var(GEMM_ENV).is_ok_and(|v| v == GEMM_ENV_WGMMA))
+/// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmChoice {
+    /// kernels/gemm_wgmma.cu where the device, driver and shapes allow, else kernels/gemm.cu:
+    /// `IMPLICIT_GEMM` unset, empty, `auto` or `wgmma`.
+    Wgmma,
+    /// kernels/gemm.cu (mma.sync) everywhere: `IMPLICIT_GEMM=mma`.
+    Mma,
+}
+
+impl GemmChoice {
+    /// The choice a value of `IMPLICIT_GEMM` names (None: unset).
+    pub fn parse(value: Option<&str>) -> Result<GemmChoice> {
+        match value.map(str::trim) {
+            None | Some("" | "auto" | "wgmma") => Ok(GemmChoice::Wgmma),
+            Some("mma") => Ok(GemmChoice::Mma),
+            Some(other) => bail!(
+                "{GEMM_ENV}={other:?}: expected 'wgmma' (the default: the Hopper GEMM where \
+                 it runs) or 'mma' (kernels/gemm.cu everywhere)"
+            ),
+        }
+    }
+}
+
+/// `IMPLICIT_GEMM`'s choice, read once per process; an unknown value is an error at every
+/// product, naming the variable.
+pub fn gemm_choice() -> Result<GemmChoice> {
+    static CHOICE: OnceLock<std::result::Result<GemmChoice, String>> = OnceLock::new();
+    let choice = CHOICE.get_or_init(|| {
+        let value = std::env::var(GEMM_ENV).ok();
+        GemmChoice::parse(value.as_deref()).map_err(|e| e.to_string())
+    });
+    choice.clone().map_err(Error)
 }
 
 /// A tensor map as a kernel argument (`const __grid_constant__ CUtensorMap`).
@@ -223,6 +253,19 @@ impl CudaBackend {
         }
     }
 
+    /// Which kernels [`CudaBackend::gemm_bf16`] gives the large products on this device, and
+    /// why: what benchmarks record beside their figures.
+    pub fn large_gemm_kernel(&self) -> String {
+        match gemm_choice() {
+            Err(e) => format!("none ({e})"),
+            Ok(GemmChoice::Mma) => format!("mma.sync (kernels/gemm.cu; {GEMM_ENV}=mma)"),
+            Ok(GemmChoice::Wgmma) => match self.wgmma_available() {
+                Ok(()) => "wgmma (kernels/gemm_wgmma.cu)".to_string(),
+                Err(e) => format!("mma.sync (kernels/gemm.cu; {e})"),
+            },
+        }
+    }
+
     fn probe_wgmma(&self) -> std::result::Result<(), String> {
         if !driver_has_tensor_maps() {
             return Err("the CUDA driver has no cuTensorMapEncodeTiled (older than 12.0)".into());
@@ -254,7 +297,7 @@ impl CudaBackend {
     }
 
     /// Whether a product of these shapes on these buffers can take the wgmma kernels on this
-    /// device: Ok, or why not. [`CudaBackend::gemm_bf16`] (with `IMPLICIT_GEMM=wgmma`) falls
+    /// device: Ok, or why not. [`CudaBackend::gemm_bf16`] (unless `IMPLICIT_GEMM=mma`) falls
     /// back to kernels/gemm.cu on Err.
     #[allow(clippy::too_many_arguments)]
     pub fn wgmma_supports(

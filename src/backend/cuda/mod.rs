@@ -57,6 +57,7 @@ mod vocab;
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use gemm::{GemmLayout, GEMV_MAX_ROWS};
+pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
 pub use memory::MemoryUse;
 pub use model::{
     AttentionPath, CudaKvCache, CudaTransformer, KeySplit, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,

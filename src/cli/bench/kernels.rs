@@ -32,10 +32,10 @@ pub struct KernelsArgs {
     /// The ceilings are always measured.
     #[arg(long, value_delimiter = ',')]
     filter: Vec<String>,
-    /// Also time the Hopper GEMM (kernels/gemm_wgmma.cu, compute capability 9.0) as its own row
-    /// beside each GEMM; run it once its tests pass (`cuda_kernels wgmma`).
+    /// Leave out the Hopper GEMM's rows (kernels/gemm_wgmma.cu, timed beside each GEMM row on
+    /// compute capability 9.0 by default), e.g. when its tests (`cuda_kernels wgmma`) failed.
     #[arg(long)]
-    wgmma: bool,
+    no_wgmma: bool,
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -76,7 +76,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
             .cloned()
             .collect(),
         sdpa: sdpa.as_ref().map(|s| s.results.clone()).unwrap_or_default(),
-        wgmma: args.wgmma,
+        wgmma: !args.no_wgmma,
     };
     let mut report = bench::new_report(&gpu);
     eprintln!(
@@ -372,6 +372,7 @@ mod table_tests {
             l2_bytes: Some(50 << 20),
             memory_bytes: None,
             cublas_version: None,
+            gemm: "wgmma (kernels/gemm_wgmma.cu)".into(),
         };
         let ceilings = Ceilings {
             copy: Some(CopyCeiling {

@@ -172,6 +172,7 @@ mod gpu {
             a.checkpointing,
             gpu.device_name()
         );
+        eprintln!("GEMM: {}", gpu.large_gemm_kernel());
         eprintln!(
             "{}",
             plan(&a, &config).describe(None, Some(gpu.memory_use()?.total_bytes))
@@ -273,6 +274,7 @@ mod gpu {
             let value = json!({
                 "schema": "implicit-bench-train/1",
                 "device": gpu.device_name(),
+                "gemm": gpu.large_gemm_kernel(),
                 "commit": commit(),
                 "date": utc_iso8601(std::time::SystemTime::now()),
                 "command": command_line(),

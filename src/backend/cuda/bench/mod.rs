@@ -62,9 +62,9 @@ pub struct BenchConfig {
     pub samples: usize,
     /// Run only kernels whose name (or GEMM label) contains one of these.
     pub filter: Vec<String>,
-    /// Also time kernels/gemm_wgmma.cu beside each GEMM row (compute capability 9.0). Off by
-    /// default: the kernel has not been validated on a GPU yet, and a hang there would cost
-    /// the whole benchmark.
+    /// Also time kernels/gemm_wgmma.cu beside each GEMM row (compute capability 9.0; `bench
+    /// kernels --no-wgmma` turns it off). The `gemm_*` rows stay kernels/gemm.cu (mma.sync),
+    /// the fallback and the sm_80 path.
     pub wgmma: bool,
     /// PyTorch SDPA times for the same attention shapes (tools/bench_sdpa.py).
     pub sdpa: Vec<SdpaEntry>,
@@ -106,6 +106,8 @@ pub struct DeviceInfo {
     pub memory_bytes: Option<u64>,
     /// libcublas's version, when it loads.
     pub cublas_version: Option<String>,
+    /// The kernels `gemm_bf16` gives the model's large products (`IMPLICIT_GEMM`).
+    pub gemm: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -203,6 +205,7 @@ pub fn device_info(gpu: &CudaBackend) -> DeviceInfo {
         l2_bytes: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE),
         memory_bytes: gpu.ctx.total_mem().ok().map(|b| b as u64),
         cublas_version: cublas_version(gpu),
+        gemm: gpu.large_gemm_kernel(),
     }
 }
 

@@ -212,9 +212,9 @@ impl CudaTransformer<'_> {
         // Allocations and host copies cannot be captured: make RoPE's frequency table (built
         // at its first use) exist before.
         gpu.rope_inv_freq(self.config.rope_theta, self.config.head_dim)?;
-        // Likewise the opt-in wgmma GEMM's one-time probe: run inside the capture it would be
+        // Likewise the wgmma GEMM's one-time probe: run inside the capture it would be
         // refused, and the graph would keep the mma.sync GEMM while eager steps take wgmma.
-        if super::super::gemm_wgmma::requested() {
+        if super::super::gemm_choice()? == super::super::GemmChoice::Wgmma {
             // Unavailable is an answer too: every GEMM then takes kernels/gemm.cu.
             let _ = gpu.wgmma_available();
         }
