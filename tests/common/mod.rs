@@ -6,10 +6,19 @@ use std::path::{Path, PathBuf};
 #[cfg(feature = "cuda")]
 pub mod gpu;
 
+/// The path in environment variable `name`, when it is set and not empty. Paths compiled in with
+/// `env!` name the build machine's folders, but the GPU machine runs these test binaries from
+/// another checkout (tools/build_gpu_binaries.sh, tools/gpu_check.sh): there the variables say
+/// where the carried copies are.
+fn path_from_env(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+}
+
 /// ../shared/data (or $IMPLICIT_DATA), or None with a message saying the test is skipped.
 pub fn data_dir(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("IMPLICIT_DATA")
-        .map(PathBuf::from)
+    let dir = path_from_env("IMPLICIT_DATA")
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
     if dir.is_dir() {
         Some(dir)
@@ -22,9 +31,16 @@ pub fn data_dir(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// A fresh, empty temporary folder unique to this test.
+/// A fresh, empty temporary folder, new on every call: the name says which test it serves and
+/// a per-process counter keeps two calls apart, so a second call with the same name (e.g.
+/// `temp_dir(test)` after `stories260k(test)`) cannot remove the first call's folder.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("implicit-test-{}-{name}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "implicit-test-{}-{call}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -42,8 +58,15 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// The checkout's tests/fixtures, or $IMPLICIT_FIXTURES.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    path_from_env("IMPLICIT_FIXTURES")
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
+/// The `implicit` binary cargo built with these tests, or $IMPLICIT_BIN.
+pub fn implicit_bin() -> PathBuf {
+    path_from_env("IMPLICIT_BIN").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_implicit")))
 }
 
 /// stories260k (shared data's GGUF) converted into a model folder in this test's temporary
