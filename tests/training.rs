@@ -175,3 +175,31 @@ fn killed_run_resumes_to_the_same_losses() {
         "resumed run must continue to the uninterrupted run's losses"
     );
 }
+
+/// The GPU run's `train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device` converted
+/// stories260k with `common::stories260k(test)`, then asked `common::temp_dir(test)` for its
+/// output folders, which removed the converted model ("stories/config.json: cannot read").
+/// Same sequence here, on the CPU: the model must survive it and train.
+#[test]
+fn a_temporary_folder_named_like_the_model_leaves_the_model_alone() {
+    let test = "temp-dir-after-model";
+    let Some(model) = common::stories260k(test) else {
+        return;
+    };
+    let data = common::data_dir(test).unwrap().join("lima/lima_data.jsonl");
+    let root = common::temp_dir(test);
+    assert!(
+        model.join("config.json").is_file(),
+        "temp_dir({test:?}) removed {}",
+        model.display()
+    );
+    assert!(
+        !model.starts_with(&root),
+        "the model lies inside a later folder"
+    );
+    let mut opts = options(&model, &data, root.join("run"));
+    opts.max_examples = Some(2);
+    opts.epochs = 1;
+    let summary = train(&opts).unwrap();
+    assert!(summary.steps >= 1, "{} steps", summary.steps);
+}
