@@ -94,8 +94,8 @@ impl Bench<'_> {
         }
         let mut wgmma_time = None;
         if wgmma {
-            // Not yet validated on hardware: its failure is a note, and the other rows go on
-            // (unless it left the GPU unusable, which the next row then reports).
+            // Its failure (e.g. on a driver the first H100 run did not see) is a note, and the
+            // other rows go on (unless it left the GPU unusable, which the next row reports).
             let mut timed = || -> Result<(Timing, Option<f64>)> {
                 let time = self.timer.time(&mut |i| {
                     let s = i % sets;
