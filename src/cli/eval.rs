@@ -345,7 +345,7 @@ fn winrate(args: WinrateArgs) -> Result<()> {
         .and_then(|r| r.generator_1.clone())
         .unwrap_or_default();
     println!(
-        "{model} vs {baseline} ({} annotations): win rate {:.4} ± {:.4} (n_wins {}, n_wins_base {}, n_draws {}, n_total {}); discrete {:.4}",
+        "{model} vs {baseline} ({} annotations): win rate {:.4} ± {:.4} ({} wins, {} losses, {} draws, {} with a preference); discrete win rate {:.4}",
         rows.len(),
         raw.win_rate,
         raw.standard_error,
@@ -355,22 +355,24 @@ fn winrate(args: WinrateArgs) -> Result<()> {
         raw.n_total,
         raw.discrete_win_rate
     );
-    let coefs: Vec<String> = lc
-        .coefficients
-        .iter()
-        .map(|(n, v)| format!("{n} {v:.4}"))
-        .collect();
+    let note = lc.comparability_note();
     println!(
-        "length-controlled win rate {:.4} (GLM {}; C = {:.4}{})",
+        "length-controlled win rate {:.4} ({})",
         lc.length_controlled_winrate,
-        coefs.join(", "),
-        lc.best_c,
-        if lc.with_difficulty {
-            ""
-        } else {
-            "; no instruction difficulty given, and AlpacaEval's gamed-baseline rows are not used"
-        }
+        note.unwrap_or("the baseline against itself: 50 by construction")
     );
+    if !lc.terms.is_empty() {
+        let terms: Vec<String> = lc
+            .terms
+            .iter()
+            .map(|t| format!("{} {:.4}", t.name, t.coefficient))
+            .collect();
+        println!(
+            "  logistic fit, C = {:.4} by cross-validation: {}",
+            lc.best_c,
+            terms.join(", ")
+        );
+    }
     if let Some(out) = &args.json {
         let value = json!({
             "annotations": args.annotations.display().to_string(),
@@ -384,6 +386,7 @@ fn winrate(args: WinrateArgs) -> Result<()> {
             "n_total": raw.n_total,
             "discrete_win_rate": raw.discrete_win_rate,
             "length_controlled_winrate": lc.length_controlled_winrate,
+            "length_controlled_note": note,
             "glm": lc,
         });
         write_json_atomic(out, &value)?;

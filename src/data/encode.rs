@@ -178,23 +178,60 @@ pub struct EncodedDataset {
     pub truncated: usize,
     /// Examples left out because no token carries loss (e.g. truncated inside the instruction).
     pub no_loss: usize,
+    /// Of `no_loss`, those cut at max_len: the prompt alone fills it. The others have no
+    /// assistant turn at all.
+    pub no_loss_truncated: usize,
+    /// The length examples were cut at.
+    pub max_len: usize,
     /// Tokens over the kept examples, and of those the ones that carry loss.
     pub tokens: usize,
     pub loss_tokens: usize,
 }
 
+/// Says what truncation and skipping mean, because at a small max_len (the smoke grid's 128)
+/// most examples are cut and a newcomer cannot tell that from a fault.
 impl fmt::Display for EncodedDataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "encoded {} of {} examples ({} tokens, {} with loss); {} truncated, {} skipped with no loss tokens",
+            "encoded {} of {} examples ({} tokens, {} with loss); ",
             self.examples.len(),
             self.total,
             self.tokens,
-            self.loss_tokens,
-            self.truncated,
-            self.no_loss
-        )
+            self.loss_tokens
+        )?;
+        if self.truncated == 0 {
+            write!(f, "none longer than max_len {} tokens", self.max_len)?;
+        } else {
+            write!(
+                f,
+                "{} longer than max_len {} tokens were cut at the end (the response side)",
+                self.truncated, self.max_len
+            )?;
+            if self.no_loss_truncated > 0 {
+                write!(
+                    f,
+                    ", and {} of them skipped: the prompt alone fills the {} tokens, leaving no \
+                     response token to learn from",
+                    self.no_loss_truncated, self.max_len
+                )?;
+            }
+        }
+        let no_assistant = self.no_loss - self.no_loss_truncated;
+        if no_assistant > 0 {
+            write!(
+                f,
+                "; {no_assistant} skipped with no assistant turn (nothing to learn from)"
+            )?;
+        }
+        if self.truncated > 0 {
+            write!(
+                f,
+                "\n  (expected with a small max_len; raise it with --max-len for `implicit train`, \
+                 or max_len under [train] in an experiment config)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -212,6 +249,8 @@ pub fn encode_dataset(
         total: examples.len(),
         truncated: 0,
         no_loss: 0,
+        no_loss_truncated: 0,
+        max_len,
         tokens: 0,
         loss_tokens: 0,
     };
@@ -222,6 +261,7 @@ pub fn encode_dataset(
         let loss = enc.loss_tokens();
         if loss == 0 {
             out.no_loss += 1;
+            out.no_loss_truncated += usize::from(truncated);
             continue;
         }
         out.tokens += enc.ids.len();
@@ -256,5 +296,59 @@ mod tests {
         );
         let err = concat_messages(&[Message::new("bot", "x")], "</s>").unwrap_err();
         assert!(err.to_string().contains("invalid role \"bot\""));
+    }
+
+    fn counts(truncated: usize, no_loss: usize, no_loss_truncated: usize) -> EncodedDataset {
+        EncodedDataset {
+            examples: vec![
+                EncodedExample {
+                    ids: vec![1; 128],
+                    loss_mask: vec![true; 128],
+                };
+                16 - no_loss
+            ],
+            source_index: (0..16 - no_loss).collect(),
+            total: 16,
+            truncated,
+            no_loss,
+            no_loss_truncated,
+            max_len: 128,
+            tokens: 128 * (16 - no_loss),
+            loss_tokens: 128 * (16 - no_loss),
+        }
+    }
+
+    #[test]
+    fn summary_explains_truncation_and_skips() {
+        // The smoke grid's LIMA rows at max_len 128: all cut, half with the prompt filling it.
+        let text = counts(16, 8, 8).to_string();
+        for fact in [
+            "encoded 8 of 16 examples (1024 tokens, 1024 with loss)",
+            "16 longer than max_len 128 tokens were cut at the end",
+            "8 of them skipped: the prompt alone fills the 128 tokens",
+            "no response token to learn from",
+            "expected with a small max_len",
+            "--max-len",
+            "max_len under [train]",
+        ] {
+            assert!(text.contains(fact), "{fact:?} not in {text:?}");
+        }
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains("no assistant turn"), "{text}");
+
+        // Nothing cut: one line, no hint; a skip without truncation is a row with no reply.
+        let text = counts(0, 1, 0).to_string();
+        assert!(
+            text.contains("none longer than max_len 128 tokens"),
+            "{text}"
+        );
+        assert!(text.contains("1 skipped with no assistant turn"), "{text}");
+        assert!(!text.contains("expected with"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+
+        // Cut but none skipped: no skip clause.
+        let text = counts(3, 0, 0).to_string();
+        assert!(text.contains("3 longer than max_len 128 tokens"), "{text}");
+        assert!(!text.contains("skipped"), "{text}");
     }
 }

@@ -274,17 +274,53 @@ impl Difficulty {
     }
 }
 
+/// One term of the GLM: what a reader calls it, the patsy column AlpacaEval's formula names,
+/// and the fitted coefficient.
+#[derive(Clone, Debug, Serialize)]
+pub struct GlmTerm {
+    pub name: &'static str,
+    pub patsy: &'static str,
+    pub coefficient: f64,
+}
+
+/// The GLM's terms in column order: (readable name, patsy column).
+const LENGTH_TERM: (&str, &str) = (
+    "length (tanh of standardised length difference)",
+    "np.tanh(std_delta_len)",
+);
+const DIFFICULTY_TERM: (&str, &str) = ("instruction difficulty", "instruction_difficulty");
+const MODEL_TERM: (&str, &str) = (
+    "model intercept (its log-odds of winning at equal length)",
+    "not_gamed_baseline.astype(float)",
+);
+
 /// The length-controlled win rate and the fit behind it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LengthControlled {
     pub length_controlled_winrate: f64,
-    /// Coefficient names (patsy's column names) and values.
+    /// Coefficient names (patsy's column names) and values; `terms` has the same with
+    /// readable names.
     pub coefficients: Vec<(String, f64)>,
+    pub terms: Vec<GlmTerm>,
     pub best_c: f64,
     pub cv_cs: Vec<f64>,
     pub cv_scores: Vec<f64>,
     pub n_train: usize,
     pub with_difficulty: bool,
+}
+
+impl LengthControlled {
+    /// Why this LC win rate is not AlpacaEval's published one, as a short clause to print next
+    /// to it; None for the baseline against itself (50 by construction in both).
+    pub fn comparability_note(&self) -> Option<&'static str> {
+        if self.terms.is_empty() {
+            None
+        } else if self.with_difficulty {
+            Some("without AlpacaEval's gamed-baseline rows, so it can differ from its published LC figures")
+        } else {
+            Some("no --difficulty: not comparable to AlpacaEval's published LC figures")
+        }
+    }
 }
 
 /// Fits AlpacaEval's GLM (without its gamed-baseline rows) and predicts at zero length
@@ -320,6 +356,7 @@ pub fn length_controlled(
         return Ok(LengthControlled {
             length_controlled_winrate: 50.0,
             coefficients: Vec::new(),
+            terms: Vec::new(),
             best_c: f64::NAN,
             cv_cs: Vec::new(),
             cv_scores: Vec::new(),
@@ -335,11 +372,11 @@ pub fn length_controlled(
     if !(sd > 0.0 && sd.is_finite()) {
         bail!("length-controlled win rate: every length difference is the same (std 0)");
     }
-    let mut names = vec!["np.tanh(std_delta_len)".to_string()];
+    let mut names = vec![LENGTH_TERM];
     if difficulty.is_some() {
-        names.push("instruction_difficulty".into());
+        names.push(DIFFICULTY_TERM);
     }
-    names.push("not_gamed_baseline.astype(float)".into());
+    names.push(MODEL_TERM);
     let mut test_x = Vec::with_capacity(rows.len());
     let (mut x, mut p) = (Vec::new(), Vec::new());
     for (i, (r, d)) in rows.iter().zip(&delta).enumerate() {
@@ -369,7 +406,20 @@ pub fn length_controlled(
         / test_x.len() as f64;
     Ok(LengthControlled {
         length_controlled_winrate: lc * 100.0,
-        coefficients: names.into_iter().zip(cv.beta.iter().copied()).collect(),
+        coefficients: names
+            .iter()
+            .zip(&cv.beta)
+            .map(|(&(_, patsy), &b)| (patsy.to_string(), b))
+            .collect(),
+        terms: names
+            .iter()
+            .zip(&cv.beta)
+            .map(|(&(name, patsy), &coefficient)| GlmTerm {
+                name,
+                patsy,
+                coefficient,
+            })
+            .collect(),
         best_c: cv.best_c,
         cv_cs: cv.cs,
         cv_scores: cv.scores,
