@@ -620,7 +620,7 @@ fn stories260k_greedy_matches_the_cpu() {
 }
 
 fn implicit(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_implicit"))
+    Command::new(common::implicit_bin())
         .args(args)
         .output()
         .unwrap()

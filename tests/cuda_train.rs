@@ -896,7 +896,7 @@ fn train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device() {
 }
 
 fn implicit(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_implicit"))
+    Command::new(common::implicit_bin())
         .args(args)
         .output()
         .unwrap()

@@ -135,7 +135,11 @@ def run(args, doc):
         if not torch.cuda.is_available():
             print("bench_train_torch: no CUDA device visible to PyTorch", file=sys.stderr)
             return 1
-        torch.cuda.set_device(device)
+        if device.index is None:
+            # Plain "cuda" is the current device; set_device wants an index (torch 2.11 raises
+            # ValueError on a torch.device without one).
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device.index)
         doc["device"] = torch.cuda.get_device_name(device)
     else:
         doc["device"] = f"cpu ({os.cpu_count()} threads; dry run)"

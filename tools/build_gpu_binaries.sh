@@ -4,23 +4,46 @@
 # (implicit, cuda_kernels, cuda_model, cuda_train, cuda_generate), stripped of debug info and
 # packed into target/gpu/bin.tar.xz (five binaries of ~15 MiB each share most of their bytes;
 # packed they are ~15 MiB, under the device tool's 64 MiB carry limit); the small real data the
-# GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/; target/gpu/COMMIT naming the
-# commit they were built from ("-dirty" when the working tree had changes). Then carry
-# target/gpu to the device tool and run tools/gpu_check.sh there, which unpacks the binaries
+# GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/; the test fixtures
+# (tests/fixtures, 0.7 MiB) under target/gpu/fixtures/, so that the binaries read the fixtures
+# of the tree they were built from; target/gpu/COMMIT naming the commit they were built from
+# ("-dirty" when the working tree had changes). Then carry target/gpu to the device tool and run
+# tools/gpu_check.sh there, which unpacks the binaries and tells them where the carried files are
 # (benches/NOTES.md, "How to run the benchmark").
 #
-# Usage: bash tools/build_gpu_binaries.sh          (nvcc: bash tools/install_nvcc.sh first)
+# Usage: bash tools/build_gpu_binaries.sh             (nvcc: bash tools/install_nvcc.sh first)
+#        bash tools/build_gpu_binaries.sh --pack DIR  (no build: packs the binaries in DIR, the
+#            `implicit` one and whichever test binaries are there, as they are; tests/gpu_check.rs
+#            packs stand-ins this way)
+# Environment: IMPLICIT_DATA (where the data is read from, default ../shared/data beside the
+# repository).
 set -euo pipefail
+start=$PWD
 cd "$(dirname "$0")/.."
+repo=$PWD
 
-out=target/gpu
-build=target/gpu-build
-rm -rf "$out"
-mkdir -p "$out" "$build"
+out=$repo/target/gpu
+test_names=(cuda_kernels cuda_model cuda_train cuda_generate)
 
-echo "== cargo build --release --features cuda --bin implicit"
-cargo build --release --features cuda --bin implicit
-cp target/release/implicit "$build/implicit"
+# Builds the binaries into $build, stripped of debug info.
+build_binaries() {
+    mkdir -p "$build"
+    echo "== cargo build --release --features cuda --bin implicit"
+    cargo build --release --features cuda --bin implicit
+    cp target/release/implicit "$build/implicit"
+    strip --strip-debug "$build/implicit"
+    local t path
+    for t in "${test_names[@]}"; do
+        if [ -f "tests/$t.rs" ]; then
+            echo "== cargo test --release --features cuda --test $t --no-run"
+            path=$(test_binary "$t")
+            cp "$path" "$build/$t"
+            strip --strip-debug "$build/$t"
+        else
+            rm -f "$build/$t"
+        fi
+    done
+}
 
 # The path of a test binary, from cargo's JSON messages.
 test_binary() {
@@ -43,30 +66,34 @@ print(path)
 ' "$1"
 }
 
-for t in cuda_kernels cuda_model cuda_train cuda_generate; do
-    if [ -f "tests/$t.rs" ]; then
-        echo "== cargo test --release --features cuda --test $t --no-run"
-        path=$(test_binary "$t")
-        cp "$path" "$build/$t"
-    else
-        rm -f "$build/$t"
+if [ "${1:-}" = --pack ]; then
+    if [ -z "${2:-}" ] || ! (cd "$start" && [ -d "$2" ]); then
+        echo "usage: bash tools/build_gpu_binaries.sh --pack DIR (DIR holds implicit and the cuda_* test binaries)" >&2
+        exit 2
     fi
-done
+    build=$(cd "$start" && cd "$2" && pwd)
+else
+    build=$repo/target/gpu-build
+    build_binaries
+fi
 
-strip --strip-debug "$build/implicit"
+# ---- pack: what is in $build, the data, the fixtures and the commit into $out ----
+if [ ! -x "$build/implicit" ]; then
+    echo "no executable $build/implicit to pack" >&2
+    exit 2
+fi
+rm -rf "$out"
+mkdir -p "$out"
 bins=(implicit)
-for t in cuda_kernels cuda_model cuda_train cuda_generate; do
-    if [ -f "$build/$t" ]; then
-        strip --strip-debug "$build/$t"
-        bins+=("$t")
-    fi
+for t in "${test_names[@]}"; do
+    if [ -f "$build/$t" ]; then bins+=("$t"); fi
 done
 echo "== packing ${bins[*]} into $out/bin.tar.xz"
 tar -C "$build" -cf - "${bins[@]}" | xz -T2 -6 > "$out/bin.tar.xz"
 
 # The GPU machine has no ../shared/data: carry what the tests read (gpu_check.sh points
 # IMPLICIT_DATA here).
-data=${IMPLICIT_DATA:-../shared/data}
+data=${IMPLICIT_DATA:-$repo/../shared/data}
 for f in models/stories260k-f32.gguf lima/lima_data.jsonl; do
     if [ -f "$data/$f" ]; then
         mkdir -p "$out/data/$(dirname "$f")"
@@ -75,6 +102,10 @@ for f in models/stories260k-f32.gguf lima/lima_data.jsonl; do
         echo "warning: $data/$f is absent; the GPU tests that read it will skip" >&2
     fi
 done
+
+# The fixtures of this tree (gpu_check.sh points IMPLICIT_FIXTURES here): the GPU machine's
+# checkout may have moved on since the binaries were built.
+cp -R tests/fixtures "$out/fixtures"
 
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=normal 2>/dev/null)" ]; then

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The one script a GPU session runs, from the repository root on the device machine, with the
-# binaries of tools/build_gpu_binaries.sh carried in target/gpu/ (device tool: carry
-# ["target/gpu"]), unpacked from target/gpu/bin.tar.xz into target/gpu-run/ (the test binaries
-# below are named by their short names). In order, each step's output to $OUT/<step>.log:
+# The one script a GPU session runs on the device machine, with the binaries of
+# tools/build_gpu_binaries.sh carried in target/gpu/ (device tool: carry ["target/gpu"]). It may
+# be started from any folder (`bash tools/gpu_check.sh` in the repository root, or
+# `bash /else/where/tools/gpu_check.sh`): every path below is made absolute from where the
+# script lies. It unpacks target/gpu/bin.tar.xz into target/gpu-run/ (afresh at every start; the
+# test binaries below are named by their short names), points the test binaries at the carried
+# files (their compiled-in paths name the build machine's folders) and checks that what the
+# chosen STEPS need is there, then runs them. In order, each step's output to $OUT/<step>.log:
 #   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
 #   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference;
 #      the wgmma GEMM's tests apart, under a 60 s limit)     -> cuda_kernels.log, cuda_kernels_wgmma.log
@@ -18,10 +22,10 @@
 #      bench generate --torch $OUT/bench_generate_torch.json --json $OUT/bench_generate.json
 #                                             -> bench_generate_torch.log, bench_generate.log
 #   7. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
-#      Llama-2-7B's shape: TRAIN_LAYERS layers (default 8) with everything on the GPU against
-#      PyTorch AMP; then all 32 layers with checkpointing and bf16 optimizer state (stochastic
-#      rounding) against PyTorch bf16 + checkpointing (what fits 80 GB on both sides); with
-#      TRAIN_HOST=1 also the fp32 state in host memory
+#      Llama-2-7B's shape (configs/models/llama2-7b.json): TRAIN_LAYERS layers (default 8) with
+#      everything on the GPU against PyTorch AMP; then all 32 layers with checkpointing and bf16
+#      optimizer state (stochastic rounding) against PyTorch bf16 + checkpointing (what fits
+#      80 GB on both sides); with TRAIN_HOST=1 also the fp32 state in host memory
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
@@ -29,7 +33,18 @@
 # (--wgmma) only when its tests passed earlier in the same call. A failed step does not stop
 # the later ones; the exit code is that of the first failed step (3 for a step's time limit).
 #
-# Environment: OUT (default target/gpu-out), QUICK=1 (micro-batch 1, fewer samples),
+# What the test binaries are told (exported, absolute paths; a value set by the caller is kept):
+#   IMPLICIT_BIN       target/gpu-run/implicit (the tests that run the CLI)
+#   IMPLICIT_FIXTURES  target/gpu/fixtures (carried; the checkout's tests/fixtures if absent)
+#   IMPLICIT_DATA      ../shared/data beside the repository if there, else target/gpu/data
+#   IMPLICIT_COMMIT    target/gpu/COMMIT (what the benchmarks record)
+#
+# Environment: DRY_RUN=1 (everything but the steps: unpacks, prints every path and variable the
+# steps and the tests use, checks each one that the chosen STEPS need, runs each binary once with
+# --version or --list, and exits 2 naming whatever is missing, else 0; without DRY_RUN a missing
+# piece is printed as a warning and the steps run), OUT (default target/gpu-out in the
+# repository; a relative OUT, MODEL_DIR or IMPLICIT_* is taken from the folder the script was
+# started in), QUICK=1 (micro-batch 1, fewer samples),
 # STEPS (default "smi,kernels,model,train,sdpa,bench"), BENCH_ARGS (more arguments for bench kernels,
 # e.g. "--filter gemm"), TEST_ARGS (more arguments for the test binaries, e.g. a test name
 # filter), BUDGET (seconds for all steps, default 570: the device tool stops a command at 600),
@@ -43,40 +58,75 @@
 # (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments for every
 # train benchmark, e.g. "--micro-batch 2").
 set -uo pipefail
-cd "$(dirname "$0")/.."
+# The caller's folder (relative paths given in the environment are read from there) and the
+# repository this script belongs to (the steps run there).
+START=$PWD
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) || {
+    echo "gpu_check: cannot enter the folder above $0"
+    exit 2
+}
+cd "$REPO" || exit 2
+absolute() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$START/$1" ;; esac; }
 
-OUT=${OUT:-target/gpu-out}
-mkdir -p "$OUT"
-# What is carried (the packed binaries, COMMIT, data/) and where the binaries are unpacked
-# (outside the carried folder, so that it stays small).
-CARRIED=target/gpu
-BIN=target/gpu-run
+OUT=$(absolute "${OUT:-$REPO/target/gpu-out}")
+# What is carried (the packed binaries, COMMIT, data/, fixtures/) and where the binaries are
+# unpacked (outside the carried folder, so that it stays small).
+CARRIED=$REPO/target/gpu
+BIN=$REPO/target/gpu-run
 STEPS=${STEPS:-smi,kernels,model,train,sdpa,bench}
 BUDGET=${BUDGET:-570}
 QUICK=${QUICK:-0}
+DRY_RUN=${DRY_RUN:-0}
 first_failure=0
 # Python's output reaches its log even when a step's time limit kills it.
 export PYTHONUNBUFFERED=1
 
-# The binaries travel packed (tools/build_gpu_binaries.sh): unpack them next to the archive.
-if [ -f "$CARRIED/bin.tar.xz" ] && { [ ! -x "$BIN/implicit" ] || [ "$CARRIED/bin.tar.xz" -nt "$BIN/implicit" ]; }; then
-    mkdir -p "$BIN"
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-        "$CARRIED/bin.tar.xz" "$BIN" || { echo "gpu_check: cannot unpack $CARRIED/bin.tar.xz"; exit 2; }
-    touch "$BIN"/implicit "$BIN"/cuda_* 2>/dev/null
+wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# The binaries travel packed (tools/build_gpu_binaries.sh): unpack them afresh, so that they are
+# the archive's whole set (a binary left from an earlier archive would run in its place).
+if [ -f "$CARRIED/bin.tar.xz" ]; then
+    rm -rf "$BIN" && mkdir -p "$BIN" || exit 2
+    python3 -c '
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as archive:
+    # The "data" filter (Python 3.12+) keeps the archive inside the folder and executables executable.
+    archive.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+' "$CARRIED/bin.tar.xz" "$BIN" || { echo "gpu_check: cannot unpack $CARRIED/bin.tar.xz"; exit 2; }
+    echo "gpu_check: unpacked $CARRIED/bin.tar.xz into $BIN"
 fi
-if [ ! -x "$BIN/implicit" ]; then
-    echo "gpu_check: no $BIN/implicit: run 'bash tools/build_gpu_binaries.sh' on the build machine and carry target/gpu"
-    exit 2
-fi
-if [ -z "${IMPLICIT_COMMIT:-}" ] && [ -f "$CARRIED/COMMIT" ]; then
+commit_given=${IMPLICIT_COMMIT:-}
+if [ -z "$commit_given" ] && [ -f "$CARRIED/COMMIT" ]; then
     IMPLICIT_COMMIT=$(cat "$CARRIED/COMMIT")
 fi
 export IMPLICIT_COMMIT=${IMPLICIT_COMMIT:-unknown}
-# The real data the tests read, carried by build_gpu_binaries.sh when ../shared/data is absent.
-if [ -z "${IMPLICIT_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d "$CARRIED/data" ]; then
-    export IMPLICIT_DATA=$PWD/$CARRIED/data
+# Where the test binaries find what they read: their compiled-in paths (env!("CARGO_MANIFEST_DIR"),
+# env!("CARGO_BIN_EXE_implicit")) name the build machine's folders (tests/common/mod.rs).
+if [ -n "${IMPLICIT_BIN:-}" ]; then
+    IMPLICIT_BIN=$(absolute "$IMPLICIT_BIN")
+else
+    IMPLICIT_BIN=$BIN/implicit
 fi
+if [ -n "${IMPLICIT_FIXTURES:-}" ]; then
+    IMPLICIT_FIXTURES=$(absolute "$IMPLICIT_FIXTURES")
+elif [ -d "$CARRIED/fixtures" ]; then
+    IMPLICIT_FIXTURES=$CARRIED/fixtures
+else
+    # An archive from before the fixtures were carried: the checkout's own (tracked, so the
+    # device tool copies them).
+    IMPLICIT_FIXTURES=$REPO/tests/fixtures
+fi
+# The real data the tests read: ../shared/data beside the repository (the build machine), else
+# the copy build_gpu_binaries.sh carried.
+if [ -n "${IMPLICIT_DATA:-}" ]; then
+    IMPLICIT_DATA=$(absolute "$IMPLICIT_DATA")
+elif [ -d "$REPO/../shared/data" ]; then
+    IMPLICIT_DATA=$(cd "$REPO/../shared/data" && pwd)
+else
+    IMPLICIT_DATA=$CARRIED/data
+fi
+export IMPLICIT_BIN IMPLICIT_FIXTURES IMPLICIT_DATA
+if [ -n "${MODEL_DIR:-}" ]; then MODEL_DIR=$(absolute "$MODEL_DIR"); fi
 
 # cuBLAS (the GEMM reference): the image has libcublas in the nvidia-cublas wheel beside torch;
 # make it loadable when it is not already.
@@ -121,16 +171,111 @@ for p in sys.path:
 EOF
 )
     if [ -n "$nccl_so" ]; then
-        mkdir -p target/nccl-lib
-        ln -sf "$nccl_so" target/nccl-lib/libnccl.so
-        export LD_LIBRARY_PATH="$PWD/target/nccl-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        mkdir -p "$REPO/target/nccl-lib"
+        ln -sf "$nccl_so" "$REPO/target/nccl-lib/libnccl.so"
+        export LD_LIBRARY_PATH="$REPO/target/nccl-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         echo "gpu_check: libnccl.so -> $nccl_so"
     else
         echo "gpu_check: no libnccl.so.2 found; the data-parallel tests will skip"
     fi
 fi
 
-wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+# ---- what the chosen STEPS need: every path checked (and all printed under DRY_RUN=1) ----
+missing=()
+# report STATE NAME PATH: records one checked path; prints it under DRY_RUN=1 or when not ok.
+report() {
+    if [ "$1" != ok ]; then missing+=("$2: $3 ($1)"); fi
+    if [ "$DRY_RUN" = 1 ] || [ "$1" != ok ]; then
+        printf 'gpu_check: check %-14s %-37s %s\n' "$1" "$2" "$3"
+    fi
+}
+need_file() { if [ -f "$2" ]; then report ok "$1" "$2"; else report MISSING "$1" "$2"; fi; }
+# need_binary NAME PATH ARGS...: an executable that starts here when run with ARGS (--version,
+# --list: nothing touches the GPU), so that a missing library or an older C library shows now.
+need_binary() {
+    local name=$1 path=$2 run_output
+    shift 2
+    if [ ! -f "$path" ]; then
+        report MISSING "$name" "$path"
+    elif [ ! -x "$path" ]; then
+        report NOT-EXECUTABLE "$name" "$path"
+    elif ! run_output=$(timeout 60 "$path" "$@" 2>&1); then
+        report CANNOT-RUN "$name" "$path"
+        printf '%s\n' "$run_output" | head -5 | sed 's/^/    /'
+    else
+        report ok "$name" "$path"
+    fi
+}
+# Whether STEPS runs test binary $1.
+runs_test() {
+    case $1 in
+        cuda_kernels) wants kernels ;;
+        cuda_model) wants model || wants wgmma ;;
+        cuda_generate) wants model ;;
+        cuda_train) wants train || wants wgmma ;;
+        *) return 1 ;;
+    esac
+}
+if [ "$DRY_RUN" = 1 ]; then
+    echo "gpu_check: dry run (nothing runs on the GPU), STEPS=$STEPS, started in $START"
+    echo "gpu_check: path repository $REPO"
+    echo "gpu_check: path carried $CARRIED"
+    echo "gpu_check: path unpacked $BIN"
+    echo "gpu_check: path OUT $OUT"
+    for name in IMPLICIT_BIN IMPLICIT_FIXTURES IMPLICIT_DATA IMPLICIT_COMMIT; do
+        echo "gpu_check: env $name=${!name}"
+    done
+    if [ -n "${MODEL_DIR:-}" ]; then echo "gpu_check: path MODEL_DIR $MODEL_DIR"; fi
+    echo "gpu_check: machine python3 $(command -v python3 || echo absent)," \
+        "nvidia-smi $(command -v nvidia-smi || echo absent), LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+fi
+if [ -z "$commit_given" ]; then need_file COMMIT "$CARRIED/COMMIT"; fi
+need_binary implicit "$IMPLICIT_BIN" --version
+for t in cuda_kernels cuda_model cuda_generate cuda_train; do
+    if runs_test "$t"; then need_binary "$t" "$BIN/$t" --list; fi
+done
+if wants model || wants train || wants wgmma; then
+    # What cuda_model, cuda_generate and cuda_train read.
+    for f in llama-gqa/config.json llama-gqa/model.safetensors olmo/config.json olmo/model.safetensors; do
+        need_file "fixtures/$f" "$IMPLICIT_FIXTURES/$f"
+    done
+    for f in models/stories260k-f32.gguf lima/lima_data.jsonl; do
+        need_file "data/$f" "$IMPLICIT_DATA/$f"
+    done
+fi
+if wants sdpa; then need_file tools/bench_sdpa.py "$REPO/tools/bench_sdpa.py"; fi
+if wants generate; then
+    need_file tools/bench_generate_torch.py "$REPO/tools/bench_generate_torch.py"
+    if [ -n "${MODEL_DIR:-}" ]; then
+        need_file MODEL_DIR/config.json "$MODEL_DIR/config.json"
+    elif [ "$DRY_RUN" = 1 ]; then
+        echo "gpu_check: note MODEL_DIR unset: step generate writes a random Llama-2-7B to /tmp/implicit-llama2-7b"
+    fi
+fi
+if wants trainbench; then
+    need_file tools/bench_train_torch.py "$REPO/tools/bench_train_torch.py"
+    need_file configs/models/llama2-7b.json "$REPO/configs/models/llama2-7b.json"
+fi
+if [ "$DRY_RUN" = 1 ]; then
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "gpu_check: dry run: ${#missing[@]} missing for STEPS=$STEPS:"
+        printf '  %s\n' "${missing[@]}"
+        if [ ! -f "$CARRIED/bin.tar.xz" ]; then
+            echo "  (no $CARRIED/bin.tar.xz: run 'bash tools/build_gpu_binaries.sh' on the build machine and carry target/gpu)"
+        fi
+        exit 2
+    fi
+    echo "gpu_check: dry run: everything STEPS=$STEPS needs is in place"
+    exit 0
+fi
+if [ ! -x "$IMPLICIT_BIN" ]; then
+    echo "gpu_check: no $IMPLICIT_BIN: run 'bash tools/build_gpu_binaries.sh' on the build machine and carry target/gpu"
+    exit 2
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "gpu_check: warning: ${#missing[@]} missing (the steps that need them will fail or skip); DRY_RUN=1 lists what is checked"
+fi
+mkdir -p "$OUT"
 
 # step NAME CAP_SECONDS COMMAND...: runs COMMAND with its output in $OUT/NAME.log, under a time
 # limit of min(CAP, what is left of BUDGET); records rc and seconds in $OUT/steps.txt.
@@ -202,7 +347,7 @@ quick_flag=()
 if [ "$QUICK" = 1 ]; then quick_flag=(--quick); fi
 if wants sdpa; then
     rm -f "$OUT/sdpa.json"
-    step sdpa 150 python3 tools/bench_sdpa.py --json "$OUT/sdpa.json" "${quick_flag[@]}"
+    step sdpa 150 python3 "$REPO"/tools/bench_sdpa.py --json "$OUT/sdpa.json" "${quick_flag[@]}"
 fi
 if wants bench; then
     sdpa_flag=()
@@ -211,7 +356,7 @@ if wants bench; then
     wgmma_flag=()
     if [ "${wgmma_ok:-0}" = 1 ] || [ "${WGMMA:-0}" = 1 ]; then wgmma_flag=(--wgmma); fi
     # shellcheck disable=SC2086
-    step bench 400 "$BIN/implicit" bench kernels "${sdpa_flag[@]}" "${wgmma_flag[@]}" --json "$OUT/bench.json" \
+    step bench 400 "$IMPLICIT_BIN" bench kernels "${sdpa_flag[@]}" "${wgmma_flag[@]}" --json "$OUT/bench.json" \
         "${quick_flag[@]}" ${BENCH_ARGS:-}
 fi
 if wants generate; then
@@ -220,7 +365,7 @@ if wants generate; then
         # per machine.
         MODEL_DIR=/tmp/implicit-llama2-7b
         if [ ! -f "$MODEL_DIR/config.json" ]; then
-            step init 240 "$BIN/implicit" init --config llama2-7b --out "$MODEL_DIR"
+            step init 240 "$IMPLICIT_BIN" init --config llama2-7b --out "$MODEL_DIR"
         fi
     fi
     if [ ! -f "$MODEL_DIR/config.json" ]; then
@@ -229,23 +374,23 @@ if wants generate; then
     else
         rm -f "$OUT/bench_generate_torch.json"
         # shellcheck disable=SC2086
-        step bench_generate_torch 240 python3 tools/bench_generate_torch.py --model "$MODEL_DIR" \
+        step bench_generate_torch 240 python3 "$REPO"/tools/bench_generate_torch.py --model "$MODEL_DIR" \
             --json "$OUT/bench_generate_torch.json" ${GENERATE_ARGS:-}
         torch_flag=()
         if [ -f "$OUT/bench_generate_torch.json" ]; then torch_flag=(--torch "$OUT/bench_generate_torch.json"); fi
         # shellcheck disable=SC2086
-        step bench_generate 240 "$BIN/implicit" bench generate --model "$MODEL_DIR" "${torch_flag[@]}" \
+        step bench_generate 240 "$IMPLICIT_BIN" bench generate --model "$MODEL_DIR" "${torch_flag[@]}" \
             --json "$OUT/bench_generate.json" ${GENERATE_ARGS:-}
         if [ "${EAGER:-0}" = 1 ]; then
             # The same decode launched kernel by kernel: what the CUDA graphs gain.
             # shellcheck disable=SC2086
-            step bench_generate_eager 240 "$BIN/implicit" bench generate --model "$MODEL_DIR" \
+            step bench_generate_eager 240 "$IMPLICIT_BIN" bench generate --model "$MODEL_DIR" \
                 --no-cuda-graphs --json "$OUT/bench_generate_eager.json" ${GENERATE_ARGS:-}
         fi
     fi
 fi
 if wants trainbench; then
-    llama=configs/models/llama2-7b.json
+    llama=$REPO/configs/models/llama2-7b.json
     layers=${TRAIN_LAYERS:-8}
     # name TORCH_ARGS... -- IMPLICIT_ARGS...: one PyTorch run and one implicit run, side by side.
     train_pair() {
@@ -257,12 +402,12 @@ if wants trainbench; then
         implicit_args=("$@")
         rm -f "$OUT/train_torch_$name.json"
         # shellcheck disable=SC2086
-        step "train_torch_$name" 200 python3 tools/bench_train_torch.py --config "$llama" \
+        step "train_torch_$name" 200 python3 "$REPO"/tools/bench_train_torch.py --config "$llama" \
             "${torch_args[@]}" --json "$OUT/train_torch_$name.json" ${TRAIN_ARGS:-}
         local torch_flag=()
         if [ -f "$OUT/train_torch_$name.json" ]; then torch_flag=(--torch "$OUT/train_torch_$name.json"); fi
         # shellcheck disable=SC2086
-        step "bench_train_$name" 200 "$BIN/implicit" bench train --config "$llama" \
+        step "bench_train_$name" 200 "$IMPLICIT_BIN" bench train --config "$llama" \
             "${implicit_args[@]}" "${torch_flag[@]}" --json "$OUT/bench_train_$name.json" ${TRAIN_ARGS:-}
     }
     train_pair "l$layers" --layers "$layers" --mode amp -- --layers "$layers"
@@ -276,7 +421,7 @@ if wants trainbench; then
         # The fp32 master and moments in page-locked host memory (75 GiB), streamed over PCIe
         # at each step (24 bytes per parameter).
         # shellcheck disable=SC2086
-        step bench_train_host 200 "$BIN/implicit" bench train --config "$llama" --checkpointing \
+        step bench_train_host 200 "$IMPLICIT_BIN" bench train --config "$llama" --checkpointing \
             --optimizer-state host "${full[@]}" --json "$OUT/bench_train_host.json" ${TRAIN_ARGS:-}
     fi
 fi
@@ -325,7 +470,8 @@ cat "$OUT/steps.txt"
 # The device tool brings back at most 8 files: the logs and steps.txt travel as one archive,
 # the JSON results stay as they are.
 (cd "$OUT" && tar -czf logs.tar.gz --remove-files -- *.log steps.txt 2>/dev/null)
-echo "gpu_check: logs in \$OUT/logs.tar.gz; results: $(cd "$OUT" && ls -- *.json 2>/dev/null | tr '\n' ' ')"
+results=$(cd "$OUT" && for f in *.json; do if [ -f "$f" ]; then printf '%s ' "$f"; fi; done)
+echo "gpu_check: logs in \$OUT/logs.tar.gz; results: $results"
 # A step stopped by its own limit exits 124 or 137, which the device tool would read as the
 # whole call timing out: report it as 3 (steps.txt says which step).
 case "$first_failure" in
