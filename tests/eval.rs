@@ -9,7 +9,7 @@ use implicit::eval::judge::{
     is_switched, preference_from_logprobs, run_judge, top_logprobs_of_choice, JudgeOptions,
     ANNOTATOR,
 };
-use implicit::eval::ranking::{log_softmax_at, run_ranking, RankingOptions};
+use implicit::eval::ranking::{draw_negatives, log_softmax_at, run_ranking, RankingOptions};
 use implicit::eval::winrate::{length_controlled, raw_winrate, read_annotations, Difficulty, Row};
 use implicit::io::convert::convert_gguf;
 use implicit::io::tokenizer::Tokenizer;
@@ -91,6 +91,8 @@ fn ranking_stories260k_on_lima() {
         .collect();
     assert_eq!(first, [6, 6, 4, 7]);
     assert_eq!(r.instructions[2].pairs, 3);
+    // At 2048 tokens every response keeps some tokens: nothing is skipped.
+    assert_eq!((r.skipped_pairs, r.skipped_instructions), (0, 0));
     assert!(r.ci95[0] <= r.fraction && r.fraction <= r.ci95[1]);
     assert!(r.wilson_ci95[0] <= r.fraction && r.fraction <= r.wilson_ci95[1]);
     assert_eq!(r.wins, r.instructions.iter().map(|i| i.wins).sum::<usize>());
@@ -116,12 +118,140 @@ fn ranking_stories260k_on_lima() {
         let got = match neg {
             None => r.instructions[index].true_score,
             Some(k) => r.instructions[index].negatives[k].score,
-        };
+        }
+        .unwrap();
         assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
     }
     eprintln!(
         "stories260k on 8 LIMA instructions: {}/{} = {:.3}, 95% CI {:?}",
         r.wins, r.pairs, r.fraction, r.ci95
+    );
+}
+
+/// Loss targets of an encoded sequence: positions t >= 1 whose token carries loss.
+fn loss_targets(mask: &[bool]) -> usize {
+    mask.iter().skip(1).filter(|&&m| m).count()
+}
+
+#[test]
+fn ranking_skips_responses_cut_off_by_max_len() {
+    // The GPU run's case (issue 13): 16 LIMA instructions at max_len 512. stories260k's
+    // 512-token vocabulary spells LIMA's long instructions out in many tokens, so the prompts of
+    // instructions 3 (634 tokens) and 9 (542) fill all 512 positions: no response token is left
+    // to score, and their scores were NaN.
+    let Some((data, dir)) = stories260k("ranking_skips_responses_cut_off_by_max_len") else {
+        return;
+    };
+    let model = Transformer::load(&dir).unwrap();
+    let tok = Tokenizer::load(&dir, &model.config).unwrap();
+    let examples = read_messages_jsonl(&data.join("lima/lima_data.jsonl")).unwrap();
+    let max_len = 512;
+    // The token counts behind it (the cause, measured): the prompt is every token before the
+    // first one carrying loss.
+    for (i, ex) in examples[..16].iter().enumerate() {
+        let (full, _) = encode_example(&tok, ex, Mode::Instruction, usize::MAX).unwrap();
+        let (cut, _) = encode_example(&tok, ex, Mode::Instruction, max_len).unwrap();
+        eprintln!(
+            "instruction {i}: {} tokens ({} of them prompt), cut to {}: {} loss targets",
+            full.ids.len(),
+            full.loss_mask.iter().take_while(|&&m| !m).count(),
+            cut.ids.len(),
+            loss_targets(&cut.loss_mask)
+        );
+    }
+    let opts = RankingOptions {
+        max_examples: Some(16),
+        max_len,
+        bootstrap: 200,
+        ..RankingOptions::default()
+    };
+    let r = run_ranking(&model, &tok, &examples, &opts).unwrap();
+
+    // Which sequences have a loss target, found from the encodings alone.
+    let draws = draw_negatives(&examples[..16], 5, 0).unwrap();
+    let targets = |i: usize, pool: Option<usize>| {
+        let mut ex = examples[i].clone();
+        if let Some(p) = pool {
+            ex.messages[1] = draws.pool[p].0.clone();
+        }
+        loss_targets(
+            &encode_example(&tok, &ex, Mode::Instruction, max_len)
+                .unwrap()
+                .0
+                .loss_mask,
+        )
+    };
+    let cut_off: Vec<usize> = (0..16).filter(|&i| targets(i, None) == 0).collect();
+    assert_eq!(cut_off, [3, 9], "instructions whose prompt fills max_len");
+    let mut skipped_pairs = 0;
+    for ins in &r.instructions {
+        let i = ins.index;
+        assert_eq!(ins.pairs + ins.skipped_pairs + ins.self_draws, 5);
+        if cut_off.contains(&i) {
+            // Skipped whole: nothing scored, nothing compared.
+            assert_eq!(ins.true_score, None, "instruction {i}");
+            assert!(ins
+                .negatives
+                .iter()
+                .all(|n| n.score.is_none() && n.true_wins.is_none()));
+            assert_eq!((ins.pairs, ins.wins), (0, 0));
+        } else {
+            let t = ins.true_score.unwrap();
+            assert!(t > 0.0 && t <= 1.0, "instruction {i}: true score {t}");
+            for n in &ins.negatives {
+                let scored = targets(i, Some(n.pool_index)) > 0;
+                assert_eq!(
+                    n.score.is_some(),
+                    scored,
+                    "instruction {i}, {}",
+                    n.pool_index
+                );
+                assert_eq!(n.true_wins, n.score.map(|s| t > s));
+            }
+        }
+        skipped_pairs += ins.skipped_pairs;
+    }
+    assert_eq!(r.skipped_instructions, cut_off.len());
+    assert_eq!(r.skipped_pairs, skipped_pairs);
+    assert!(r.skipped_pairs > 0);
+    assert_eq!(r.pairs + r.skipped_pairs + r.self_draws_dropped, 16 * 5);
+    assert_eq!(
+        r.pairs,
+        r.instructions.iter().map(|i| i.pairs).sum::<usize>()
+    );
+    assert_eq!(r.fraction, r.wins as f64 / r.pairs as f64);
+    assert_eq!(
+        r.fraction_skipped_as_losses,
+        r.wins as f64 / (r.pairs + r.skipped_pairs) as f64
+    );
+    for x in [r.fraction, r.fraction_skipped_as_losses]
+        .iter()
+        .chain(&r.ci95)
+        .chain(&r.wilson_ci95)
+    {
+        assert!(x.is_finite(), "{x} in {:?} {:?}", r.ci95, r.wilson_ci95);
+    }
+    assert!(r.ci95[0] <= r.fraction && r.fraction <= r.ci95[1]);
+    assert!(r.wilson_ci95[0] <= r.fraction && r.fraction <= r.wilson_ci95[1]);
+    // The JSON says which were skipped (null scores), and every summary figure is a number.
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["instructions"][3]["true_score"], Value::Null);
+    assert_eq!(v["skipped_instructions"], json!(2));
+    for key in ["fraction", "fraction_skipped_as_losses"] {
+        assert!(v[key].is_f64(), "{key}: {}", v[key]);
+    }
+    eprintln!(
+        "stories260k on 16 LIMA instructions at max_len {max_len}: {}/{} = {:.3}, CI {:?}, \
+         Wilson {:?}; skipped {} pairs of {} instructions ({} sequences); as losses {:.3}",
+        r.wins,
+        r.pairs,
+        r.fraction,
+        r.ci95,
+        r.wilson_ci95,
+        r.skipped_pairs,
+        r.skipped_instructions,
+        r.no_loss_sequences,
+        r.fraction_skipped_as_losses
     );
 }
 
@@ -142,10 +272,18 @@ fn ranking_cli_writes_json() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.contains("response ranking:"), "{stdout}");
+    assert!(
+        stdout.contains("skipped: 9 pairs (2 instructions"),
+        "{stdout}"
+    );
     assert!(stderr.contains("ranking: 4/4"), "progress: {stderr}");
     let v = read_json(&out);
     // random.seed(0) over a pool of 4: [[3,3,0,2,3], [3,2,3,2,1], [1,2,1,0,2], [1,2,0,0,2]]
-    assert_eq!(v["result"]["pairs"], json!(16));
+    // leaves 4 + 4 + 3 + 5 pairs; instructions 1 and 3 (405 and 634 prompt tokens) leave no
+    // response token within 256, so their 4 + 5 pairs are skipped.
+    assert_eq!(v["result"]["pairs"], json!(7));
+    assert_eq!(v["result"]["skipped_pairs"], json!(9));
+    assert_eq!(v["result"]["skipped_instructions"], json!(2));
     assert_eq!(v["result"]["instructions"].as_array().unwrap().len(), 4);
     assert!(!out.with_extension("json.tmp").exists());
 
@@ -182,10 +320,11 @@ fn ranking_smollm2_on_lima() {
     );
     assert_eq!(r.n_instructions, n);
     assert_eq!(r.no_loss_sequences, 0);
+    assert_eq!((r.skipped_pairs, r.skipped_instructions), (0, 0));
     assert!(r
         .instructions
         .iter()
-        .all(|i| i.true_score > 0.0 && i.true_score < 1.0));
+        .all(|i| i.true_score.is_some_and(|s| s > 0.0 && s < 1.0)));
 }
 
 // ---------------------------------------------------------------- the judge

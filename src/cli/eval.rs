@@ -271,6 +271,17 @@ fn ranking(args: RankingArgs) -> Result<()> {
         report.wilson_ci95[1],
         report.ties
     );
+    println!(
+        "skipped: {} pairs ({} instructions, {} sequences) with no response token within max_len \
+         {}; counted as losses (the paper's last plot_ratios.py): {}/{} = {:.4}",
+        report.skipped_pairs,
+        report.skipped_instructions,
+        report.no_loss_sequences,
+        report.max_len,
+        report.wins,
+        report.pairs + report.skipped_pairs,
+        report.fraction_skipped_as_losses
+    );
     if let Some(out) = &args.json {
         let value = json!({
             "model": args.model.display().to_string(),

@@ -22,6 +22,27 @@
 //!   the response tokens and EOS (labels shifted by one, batch size 1);
 //! * the fraction counts pairs with `true - negative > 0` (`plot_ratios.py`), so ties lose.
 //!
+//! **Responses that `max_len` cuts off.** The cut keeps the first `max_len` tokens (HF's
+//! default right-side truncation: `tokenizer(..., max_length=max_seq_length, truncation=True)` in
+//! `encode_with_messages_format`), so an instruction of `max_len` tokens or more leaves no
+//! response token to score. The paper's code as last changed (ratio_eval.py in 158fe94 "update
+//! ratio eval", which also set the 5 draws; plot_ratios.py's logic as of then; HEAD fe1c2d8)
+//! scores such a sequence anyway: `open_instruct/ratio_eval.py` line 604 has the filter
+//! `lm_datasets.filter(lambda example: (example['labels'] != -100).any())` commented out, HF's
+//! mean cross-entropy over zero tokens is NaN, and `prob = torch.exp(-outputs.loss)` (line 634)
+//! writes NaN; `plot_ratios.py` forms `real_likelihood - x` (line 49), and `x > 0` is False for
+//! NaN while the pair stays in `len(sft_ratios)` (line 56): the pair counts as a loss. Before
+//! 158fe94 (10 draws) the filter was active: such sequences were dropped unscored, so a dropped
+//! negative's pair was skipped, and a dropped true response left `plot_ratios.py` (lines 16-23)
+//! comparing the negatives with the previous instruction's `real_elt`, a stale loop variable.
+//!
+//! Here such pairs are **skipped and counted**, as the filter did for negatives: a sequence
+//! without loss targets is not run; if it is the instruction's own, the instruction and all its
+//! pairs are skipped (`skipped_instructions`); if a negative, its pair is. Skipped pairs are in
+//! no fraction or interval; `skipped_pairs` counts them, and `fraction_skipped_as_losses`, wins /
+//! (pairs + skipped pairs), is what the last `plot_ratios.py` would print. No score is NaN: a
+//! non-finite score (NaN or infinite logits) is an error.
+//!
 //! The 95% interval is ours (the paper reports none): a percentile bootstrap over instructions,
 //! which resamples an instruction with all its pairs and so respects that the 5 pairs of one
 //! instruction share its true response. A Wilson interval, which treats pairs as independent,
@@ -74,9 +95,11 @@ pub struct NegativeResult {
     pub pool_index: usize,
     /// The example that response comes from.
     pub source_example: usize,
-    pub score: f64,
-    /// Whether the true response scored strictly higher.
-    pub true_wins: bool,
+    /// exp(-mean token loss); None when not scored: `max_len` leaves this sequence no response
+    /// token, or its instruction is skipped.
+    pub score: Option<f64>,
+    /// Whether the true response scored strictly higher; None when the pair is skipped.
+    pub true_wins: Option<bool>,
 }
 
 /// Everything about one instruction.
@@ -84,30 +107,42 @@ pub struct NegativeResult {
 pub struct InstructionResult {
     pub index: usize,
     pub id: Option<String>,
-    /// exp(-mean token loss) of the instruction's own response; NaN when no token carries loss.
-    pub true_score: f64,
+    /// exp(-mean token loss) of the instruction's own response; None when `max_len` leaves it
+    /// no response token (the instruction is skipped).
+    pub true_score: Option<f64>,
     pub negatives: Vec<NegativeResult>,
     /// Draws that hit the instruction's own index and so are not negatives.
     pub self_draws: usize,
     pub wins: usize,
+    /// Pairs compared (skipped pairs are not).
     pub pairs: usize,
+    /// Pairs skipped: one side has no response token within `max_len`.
+    pub skipped_pairs: usize,
 }
 
 /// The result of a ranking run.
 #[derive(Clone, Debug, Serialize)]
 pub struct RankingReport {
-    /// Fraction of (true, negative) pairs where the true response scores higher.
+    /// Fraction of the compared (true, negative) pairs where the true response scores higher.
     pub fraction: f64,
     pub ci95: [f64; 2],
     pub ci_method: String,
     /// Wilson score interval over pairs (treats pairs as independent).
     pub wilson_ci95: [f64; 2],
     pub wins: usize,
+    /// Pairs compared: both sides have a response token within `max_len`.
     pub pairs: usize,
     /// Pairs with equal scores (counted as losses, as plot_ratios.py does).
     pub ties: usize,
-    /// Sequences with no loss tokens (e.g. cut inside the instruction): NaN scores, pairs lost.
+    /// Sequences with no loss tokens (cut inside the instruction); they are not scored.
     pub no_loss_sequences: usize,
+    /// Instructions whose own response `max_len` cuts off entirely: all their pairs skipped.
+    pub skipped_instructions: usize,
+    /// Pairs skipped (either side without loss tokens); in no fraction or interval.
+    pub skipped_pairs: usize,
+    /// wins / (pairs + skipped_pairs): skipped pairs counted as losses, as the paper's last
+    /// `plot_ratios.py` counts their NaN comparisons.
+    pub fraction_skipped_as_losses: f64,
     pub n_instructions: usize,
     pub negatives_per_instruction: usize,
     pub self_draws_dropped: usize,
@@ -157,14 +192,21 @@ fn with_response(ex: &Example, response: &Message) -> Example {
     out
 }
 
-/// The sequences of one instruction: its own (first) and its negatives.
+/// The sequences of one instruction to score: its own (first) and its negatives, only those
+/// with a loss target (none at all when its own response has none).
 struct Group {
     seqs: Vec<EncodedExample>,
 }
 
+/// Whether a sequence has a loss target (a position t >= 1 whose token carries loss).
+fn has_loss_target(seq: &EncodedExample) -> bool {
+    seq.loss_mask.iter().skip(1).any(|&m| m)
+}
+
 /// exp(-mean token loss) for each sequence of each group, sharing the instruction prefix
 /// through a KV cache (when the model's caches can be copied; otherwise every sequence runs
-/// from its first token); `on_group` is called as groups finish.
+/// from its first token); `on_group` is called as groups finish. Every sequence must have a
+/// loss target; a score that is not finite (NaN or infinite logits) is an error.
 fn score_groups<M: LanguageModel>(
     mut model: M,
     groups: &[Group],
@@ -214,8 +256,8 @@ fn score_groups<M: LanguageModel>(
         for (gi, g) in chunk.iter().enumerate() {
             items.extend((0..g.seqs.len()).map(|si| (gi, si)));
         }
-        let mut chunk_scores: Vec<Vec<f64>> =
-            chunk.iter().map(|g| vec![f64::NAN; g.seqs.len()]).collect();
+        // Scores in `items` order (group by group), split per group below.
+        let mut chunk_scores: Vec<f64> = Vec::with_capacity(items.len());
         let mut i = 0;
         while i < items.len() {
             let mut j = i;
@@ -246,12 +288,22 @@ fn score_groups<M: LanguageModel>(
             let logits = model.forward(&mut batch, Logits::All)?;
             for (&(gi, si), l) in items[i..j].iter().zip(&logits) {
                 let seq = &chunk[gi].seqs[si];
-                chunk_scores[gi][si] = sequence_score(seq, prefixes[gi], l, vocab);
+                match sequence_score(seq, prefixes[gi], l, vocab) {
+                    Some(score) if score.is_finite() => chunk_scores.push(score),
+                    score => bail!(
+                        "ranking: instruction {}, scored sequence {si} of {} ({} tokens): score \
+                         {score:?} (None: no loss target; NaN or inf: the logits are not finite)",
+                        start + gi,
+                        chunk[gi].seqs.len(),
+                        seq.ids.len()
+                    ),
+                }
             }
             i = j;
         }
-        for (k, s) in chunk_scores.into_iter().enumerate() {
-            scores.push(s);
+        let mut chunk_scores = chunk_scores.into_iter();
+        for (k, g) in chunk.iter().enumerate() {
+            scores.push(chunk_scores.by_ref().take(g.seqs.len()).collect());
             on_group(start + k);
         }
         start = end;
@@ -263,7 +315,9 @@ fn score_groups<M: LanguageModel>(
 /// token before the first loss target of any sequence (the logits predicting it must come from
 /// the per-sequence pass) and leaves every sequence at least one new token.
 fn shared_prefix(seqs: &[EncodedExample]) -> usize {
-    let first = &seqs[0].ids;
+    let Some(first) = seqs.first().map(|s| &s.ids) else {
+        return 0;
+    };
     let mut limit = first.len();
     for s in seqs {
         let common = first.iter().zip(&s.ids).take_while(|(a, b)| a == b).count();
@@ -276,9 +330,14 @@ fn shared_prefix(seqs: &[EncodedExample]) -> usize {
 }
 
 /// exp(-mean over loss targets t >= 1 of -log p(x_t | x_<t)); `logits` are the rows of
-/// positions `offset..`, so position t-1 is row t-1-offset. NaN without loss targets (HF's
-/// loss is NaN then too).
-fn sequence_score(seq: &EncodedExample, offset: usize, logits: &[f32], vocab: usize) -> f64 {
+/// positions `offset..`, so position t-1 is row t-1-offset. None without loss targets (where
+/// HF's loss, and so the paper's score, is NaN).
+fn sequence_score(
+    seq: &EncodedExample,
+    offset: usize,
+    logits: &[f32],
+    vocab: usize,
+) -> Option<f64> {
     let mut total = 0.0f64;
     let mut count = 0usize;
     for t in 1..seq.ids.len() {
@@ -289,10 +348,7 @@ fn sequence_score(seq: &EncodedExample, offset: usize, logits: &[f32], vocab: us
         total += log_softmax_at(row, seq.ids[t] as usize);
         count += 1;
     }
-    if count == 0 {
-        return f64::NAN;
-    }
-    (total / count as f64).exp()
+    (count > 0).then(|| (total / count as f64).exp())
 }
 
 /// log softmax(row)[index], in f64.
@@ -321,6 +377,9 @@ pub fn run_ranking<M: LanguageModel>(
     if opts.negatives == 0 {
         bail!("--negatives must be at least 1");
     }
+    if opts.bootstrap == 0 {
+        bail!("--bootstrap must be at least 1 (the interval is a percentile of the resamples)");
+    }
     for (i, ex) in examples.iter().enumerate() {
         if ex.messages.len() < 2 {
             bail!(
@@ -333,7 +392,10 @@ pub fn run_ranking<M: LanguageModel>(
     }
     let draws = draw_negatives(examples, opts.negatives, opts.seed)?;
     let mut groups = Vec::with_capacity(n);
+    // Per instruction: the kept picks, and whether each sequence (own, then each pick) has a
+    // loss target, i.e. is scored.
     let mut kept: Vec<Vec<usize>> = Vec::with_capacity(n);
+    let mut scorable: Vec<Vec<bool>> = Vec::with_capacity(n);
     for (i, ex) in examples.iter().enumerate() {
         let name = || format!("example {i} ({})", ex.id.as_deref().unwrap_or("no id"));
         let own = encode_example(tok, ex, Mode::Instruction, opts.max_len)
@@ -353,9 +415,20 @@ pub fn run_ranking<M: LanguageModel>(
             );
             picks.push(p);
         }
+        let has_loss: Vec<bool> = seqs.iter().map(has_loss_target).collect();
+        // Without its own score an instruction has nothing to compare: none of it is run.
+        let own_scored = has_loss[0];
+        let seqs = seqs
+            .into_iter()
+            .zip(&has_loss)
+            .filter(|&(_, &h)| own_scored && h)
+            .map(|(s, _)| s)
+            .collect();
         groups.push(Group { seqs });
         kept.push(picks);
+        scorable.push(has_loss);
     }
+    let no_loss_sequences = scorable.iter().flatten().filter(|&&h| !h).count();
 
     let total_tokens: usize = groups
         .iter()
@@ -377,12 +450,19 @@ pub fn run_ranking<M: LanguageModel>(
 
     let mut instructions = Vec::with_capacity(n);
     let (mut wins, mut pairs, mut ties, mut self_draws_dropped) = (0, 0, 0, 0);
-    for (i, (s, picks)) in scores.iter().zip(&kept).enumerate() {
-        let true_score = s[0];
+    let (mut skipped_instructions, mut skipped_pairs) = (0, 0);
+    for (i, ((s, picks), has_loss)) in scores.iter().zip(&kept).zip(&scorable).enumerate() {
+        // Back from the scored sequences to every sequence (None: not scored).
+        let mut s = s.iter().copied();
+        let per_seq: Vec<Option<f64>> = has_loss
+            .iter()
+            .map(|&h| if h && has_loss[0] { s.next() } else { None })
+            .collect();
+        let true_score = per_seq[0];
         let mut negatives = Vec::new();
-        for (&p, &score) in picks.iter().zip(&s[1..]) {
-            let true_wins = true_score - score > 0.0;
-            ties += usize::from(true_score == score);
+        for (&p, &score) in picks.iter().zip(&per_seq[1..]) {
+            let true_wins = true_score.zip(score).map(|(t, s)| t - s > 0.0);
+            ties += usize::from(true_score.is_some() && true_score == score);
             negatives.push(NegativeResult {
                 pool_index: p,
                 source_example: draws.pool[p].1,
@@ -390,10 +470,16 @@ pub fn run_ranking<M: LanguageModel>(
                 true_wins,
             });
         }
-        let w = negatives.iter().filter(|x| x.true_wins).count();
+        let w = negatives
+            .iter()
+            .filter(|x| x.true_wins == Some(true))
+            .count();
+        let compared = negatives.iter().filter(|x| x.true_wins.is_some()).count();
         let self_draws = draws.picks[i].len() - picks.len();
         wins += w;
-        pairs += negatives.len();
+        pairs += compared;
+        skipped_pairs += picks.len() - compared;
+        skipped_instructions += usize::from(true_score.is_none());
         self_draws_dropped += self_draws;
         instructions.push(InstructionResult {
             index: i,
@@ -402,14 +488,24 @@ pub fn run_ranking<M: LanguageModel>(
             negatives,
             self_draws,
             wins: w,
-            pairs: picks.len(),
+            pairs: compared,
+            skipped_pairs: picks.len() - compared,
         });
     }
     if pairs == 0 {
-        bail!("no (true, negative) pairs: every draw hit the instruction itself");
+        bail!(
+            "no (true, negative) pairs to compare: {self_draws_dropped} draws hit the instruction \
+             itself and {skipped_pairs} pairs were skipped ({skipped_instructions} instructions \
+             and {no_loss_sequences} sequences have no response token within max_len {})",
+            opts.max_len
+        );
     }
-    let no_loss_sequences = scores.iter().flatten().filter(|s| s.is_nan()).count();
-    let per: Vec<(usize, usize)> = instructions.iter().map(|r| (r.wins, r.pairs)).collect();
+    // Skipped instructions have no pairs: the bootstrap resamples those that were compared.
+    let per: Vec<(usize, usize)> = instructions
+        .iter()
+        .filter(|r| r.pairs > 0)
+        .map(|r| (r.wins, r.pairs))
+        .collect();
     Ok(RankingReport {
         fraction: wins as f64 / pairs as f64,
         ci95: bootstrap_ci(&per, opts.bootstrap, opts.seed),
@@ -422,6 +518,9 @@ pub fn run_ranking<M: LanguageModel>(
         pairs,
         ties,
         no_loss_sequences,
+        skipped_instructions,
+        skipped_pairs,
+        fraction_skipped_as_losses: wins as f64 / (pairs + skipped_pairs) as f64,
         n_instructions: n,
         negatives_per_instruction: opts.negatives,
         self_draws_dropped,
@@ -526,5 +625,26 @@ mod tests {
         };
         assert_eq!(shared_prefix(&[a.clone(), b]), 2);
         assert_eq!(shared_prefix(&[a]), 2);
+        // A skipped instruction's group is empty.
+        assert_eq!(shared_prefix(&[]), 0);
+    }
+
+    #[test]
+    fn no_loss_target_no_score() {
+        // max_len cut inside the prompt: no position carries loss, so no score (not NaN).
+        let cut = EncodedExample {
+            ids: vec![1, 5, 6],
+            loss_mask: vec![false; 3],
+        };
+        assert!(!has_loss_target(&cut));
+        assert_eq!(sequence_score(&cut, 0, &[0.0; 3 * 8], 8), None);
+        // One target: exp(log softmax) of uniform logits over 8 is 1/8.
+        let one = EncodedExample {
+            ids: vec![1, 5, 6],
+            loss_mask: vec![false, false, true],
+        };
+        assert!(has_loss_target(&one));
+        let score = sequence_score(&one, 0, &[0.0; 3 * 8], 8).unwrap();
+        assert!((score - 0.125).abs() < 1e-12, "{score}");
     }
 }
