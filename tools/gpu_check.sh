@@ -12,8 +12,9 @@
 #      the wgmma GEMM's tests apart, under a 60 s limit)     -> cuda_kernels.log, cuda_kernels_wgmma.log
 #   3. target/gpu/cuda_model and cuda_generate                        -> cuda_model.log, cuda_generate.log
 #   3b. target/gpu/cuda_train (the training step against the CPU)     -> cuda_train.log
-#   3c. (only when STEPS names "wgmma") cuda_model and cuda_train with IMPLICIT_GEMM=wgmma
-#                                             -> cuda_model_wgmma.log, cuda_train_wgmma.log
+#   3c. (only when STEPS names "mma") cuda_model and cuda_train with IMPLICIT_GEMM=mma: the
+#      mma.sync GEMM, the sm_80 path and the fallback, which the default no longer takes on
+#      compute capability 9.0                  -> cuda_model_mma.log, cuda_train_mma.log
 #   4. python3 tools/bench_sdpa.py --json $OUT/sdpa.json (PyTorch SDPA) -> sdpa.log
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
 #                                                                     -> bench.log
@@ -30,7 +31,7 @@
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
 # $OUT/logs.tar.gz at the end, the JSON results stay loose). bench kernels times the wgmma GEMM
-# (--wgmma) only when its tests passed earlier in the same call. A failed step does not stop
+# unless its tests failed earlier in the same call (then --no-wgmma). A failed step does not stop
 # the later ones; the exit code is that of the first failed step (3 for a step's time limit).
 #
 # What the test binaries are told (exported, absolute paths; a value set by the caller is kept):
@@ -51,7 +52,7 @@
 # MODEL_DIR (the model folder of step "generate"; unset: a random Llama-2-7B written once to
 # /tmp/implicit-llama2-7b by `implicit init`),
 # RESERVE (seconds of BUDGET the test steps leave to sdpa and bench, default 200 when "bench" is
-# in STEPS), WGMMA=1 (bench kernels --wgmma even when this call did not run the wgmma tests),
+# in STEPS), WGMMA=1 (bench kernels times the wgmma rows even when its tests failed in this call),
 # EAGER=1 (step "generate" also runs bench generate --no-cuda-graphs -> bench_generate_eager.json),
 # GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
 # TRAIN_HOST=1 (step "trainbench" also runs bench train --optimizer-state host), TRAIN_LAYERS
@@ -210,9 +211,9 @@ need_binary() {
 runs_test() {
     case $1 in
         cuda_kernels) wants kernels ;;
-        cuda_model) wants model || wants wgmma ;;
+        cuda_model) wants model || wants mma ;;
         cuda_generate) wants model ;;
-        cuda_train) wants train || wants wgmma ;;
+        cuda_train) wants train || wants mma ;;
         *) return 1 ;;
     esac
 }
@@ -234,7 +235,7 @@ need_binary implicit "$IMPLICIT_BIN" --version
 for t in cuda_kernels cuda_model cuda_generate cuda_train; do
     if runs_test "$t"; then need_binary "$t" "$BIN/$t" --list; fi
 done
-if wants model || wants train || wants wgmma; then
+if wants model || wants train || wants mma; then
     # What cuda_model, cuda_generate and cuda_train read.
     for f in llama-gqa/config.json llama-gqa/model.safetensors olmo/config.json olmo/model.safetensors; do
         need_file "fixtures/$f" "$IMPLICIT_FIXTURES/$f"
@@ -331,15 +332,16 @@ fi
 if wants train && [ -x "$BIN/cuda_train" ]; then
     step cuda_train 180 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
-# Step "wgmma" (not in the default STEPS): the model and training tests again with every large
-# product on kernels/gemm_wgmma.cu (IMPLICIT_GEMM=wgmma), once its own tests pass.
+# Step "mma" (not in the default STEPS): the model and training tests again with every large
+# product on kernels/gemm.cu (IMPLICIT_GEMM=mma), the path of sm_80 and of shapes TMA cannot read:
+# on compute capability 9.0 the default runs kernels/gemm_wgmma.cu.
 # shellcheck disable=SC2086
-if wants wgmma && [ -x "$BIN/cuda_model" ]; then
-    step cuda_model_wgmma 120 env IMPLICIT_GEMM=wgmma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_model" --nocapture --test-threads=1 ${TEST_ARGS:-}
+if wants mma && [ -x "$BIN/cuda_model" ]; then
+    step cuda_model_mma 120 env IMPLICIT_GEMM=mma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_model" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
 # shellcheck disable=SC2086
-if wants wgmma && [ -x "$BIN/cuda_train" ]; then
-    step cuda_train_wgmma 180 env IMPLICIT_GEMM=wgmma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
+if wants mma && [ -x "$BIN/cuda_train" ]; then
+    step cuda_train_mma 180 env IMPLICIT_GEMM=mma IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_train" --nocapture --test-threads=1 ${TEST_ARGS:-}
 fi
 # The benchmarks get the whole budget, reserve included.
 STEP_BUDGET=$BUDGET
@@ -352,9 +354,9 @@ fi
 if wants bench; then
     sdpa_flag=()
     if [ -f "$OUT/sdpa.json" ]; then sdpa_flag=(--sdpa "$OUT/sdpa.json"); fi
-    # The Hopper GEMM's rows only once its own tests passed in this call (or WGMMA=1).
+    # The Hopper GEMM's rows, unless its own tests ran in this call and failed (or WGMMA=1).
     wgmma_flag=()
-    if [ "${wgmma_ok:-0}" = 1 ] || [ "${WGMMA:-0}" = 1 ]; then wgmma_flag=(--wgmma); fi
+    if [ "${wgmma_ok:-1}" = 0 ] && [ "${WGMMA:-0}" != 1 ]; then wgmma_flag=(--no-wgmma); fi
     # shellcheck disable=SC2086
     step bench 400 "$IMPLICIT_BIN" bench kernels "${sdpa_flag[@]}" "${wgmma_flag[@]}" --json "$OUT/bench.json" \
         "${quick_flag[@]}" ${BENCH_ARGS:-}
@@ -429,12 +431,12 @@ fi
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
 echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
-for t in cuda_kernels cuda_kernels_wgmma cuda_model cuda_generate cuda_train cuda_model_wgmma cuda_train_wgmma; do
+for t in cuda_kernels cuda_kernels_wgmma cuda_model cuda_generate cuda_train cuda_model_mma cuda_train_mma; do
     log="$OUT/$t.log"
     step_of_t=kernels
     if [ "$t" = cuda_model ] || [ "$t" = cuda_generate ]; then step_of_t=model; fi
     if [ "$t" = cuda_train ]; then step_of_t=train; fi
-    if [ "$t" = cuda_model_wgmma ] || [ "$t" = cuda_train_wgmma ]; then step_of_t=wgmma; fi
+    if [ "$t" = cuda_model_mma ] || [ "$t" = cuda_train_mma ]; then step_of_t=mma; fi
     if ! wants "$step_of_t" || [ ! -f "$log" ]; then continue; fi
     echo "-- $t: $(grep -c 'rel err' "$log") error checks printed, $(grep -c 'SKIPPED' "$log") SKIPPED"
     grep -E 'test result|panicked|FAILED|^error' "$log" | head -20
