@@ -66,6 +66,7 @@ __device__ __forceinline__ float bf16_bits_to_float(unsigned int h) {
   return __uint_as_float(h << 16);
 }
 
+// HOT: grad_sumsq_partial
 extern "C" __global__ void __launch_bounds__(256)
     grad_sumsq_partial(const float* __restrict__ g, unsigned long long n,
                        double* __restrict__ partial) {
@@ -88,6 +89,7 @@ extern "C" __global__ void __launch_bounds__(256)
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
+// HOT: grad_norm_finalize
 extern "C" __global__ void __launch_bounds__(256)
     grad_norm_finalize(const double* __restrict__ partial, int count, float max_norm,
                        float* __restrict__ clip) {
@@ -104,6 +106,7 @@ extern "C" __global__ void __launch_bounds__(256)
   }
 }
 
+// HOT: adamw_bf16
 extern "C" __global__ void __launch_bounds__(256)
     adamw_bf16(float* __restrict__ master, bf16* __restrict__ param, const float* __restrict__ grad,
                float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq, unsigned long long n,
@@ -144,6 +147,7 @@ extern "C" __global__ void __launch_bounds__(256)
   }
 }
 
+// HOT: adamw_f32
 extern "C" __global__ void __launch_bounds__(256)
     adamw_f32(float* __restrict__ param, const float* __restrict__ grad,
               float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq, unsigned long long n,
@@ -189,6 +193,7 @@ __device__ __forceinline__ void adamw_sr_element(const AdamWScalars& s, unsigned
   v = sr_bf16(vf, (unsigned int)(r >> 32));
 }
 
+// HOT: adamw_bf16_sr
 extern "C" __global__ void __launch_bounds__(256)
     adamw_bf16_sr(bf16* __restrict__ param, const float* __restrict__ grad,
                   bf16* __restrict__ exp_avg, bf16* __restrict__ exp_avg_sq, unsigned long long n,

@@ -83,6 +83,7 @@ __device__ __forceinline__ void store_cols(bf16* __restrict__ row, const float (
   }
 }
 
+// HOT: attn_plain_fwd
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
     attn_plain_fwd(const bf16* __restrict__ q, const bf16* __restrict__ k,
                    const bf16* __restrict__ v, bf16* __restrict__ out, float* __restrict__ lse,
@@ -120,6 +121,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
   store_cols(out + row, acc, 1.0f, c, d);
 }
 
+// HOT: attn_plain_bwd_dq
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
     attn_plain_bwd_dq(const bf16* __restrict__ q, const bf16* __restrict__ k,
                       const bf16* __restrict__ v, const bf16* __restrict__ out,
@@ -164,6 +166,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
   store_cols(dq + row, acc, scale, c, d);
 }
 
+// HOT: attn_plain_bwd_dkv
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
     attn_plain_bwd_dkv(const bf16* __restrict__ q, const bf16* __restrict__ k,
                        const bf16* __restrict__ v, const bf16* __restrict__ d_out,

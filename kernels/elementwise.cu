@@ -15,6 +15,7 @@
   const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; \
   unsigned long long vec_end = 0;
 
+// HOT: convert_f32_to_bf16
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     convert_f32_to_bf16(const float* __restrict__ x, bf16* __restrict__ y, unsigned long long n) {
   GRID_STRIDE_SETUP
@@ -35,6 +36,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
   for (unsigned long long i = vec_end + tid; i < n; i += stride) y[i] = from_float<bf16>(x[i]);
 }
 
+// HOT: convert_bf16_to_f32
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     convert_bf16_to_f32(const bf16* __restrict__ x, float* __restrict__ y, unsigned long long n) {
   GRID_STRIDE_SETUP
@@ -55,6 +57,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
   for (unsigned long long i = vec_end + tid; i < n; i += stride) y[i] = to_float(x[i]);
 }
 
+// HOT: add_f32_in_place
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     add_f32_in_place(float* __restrict__ y, const float* __restrict__ x, unsigned long long n) {
   GRID_STRIDE_SETUP
@@ -83,6 +86,7 @@ __device__ __forceinline__ unsigned int keep_pair(unsigned int pair, float x_lo,
   return pair;
 }
 
+// HOT: clamp_backward_bf16
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     clamp_backward_bf16(const bf16* __restrict__ x, bf16* __restrict__ dy, unsigned long long n,
                         float limit) {

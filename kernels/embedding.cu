@@ -49,6 +49,7 @@ __device__ __forceinline__ void embedding_bwd(const unsigned int* __restrict__ i
   }
 }
 
+// HOT: embedding_fwd_f32 embedding_fwd_bf16 embedding_bwd_f32 embedding_bwd_bf16
 #define EMBEDDING_KERNELS(T, SUF)                                                              \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS) embedding_fwd_##SUF(               \
       const unsigned int* ids, const T* table, T* out, int vocab, int dim) {                   \

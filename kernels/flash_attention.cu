@@ -630,6 +630,7 @@ static_assert(flash::bwd_smem_bytes<128>() == 75264, "backward d=128 shared byte
     flash::fwd_block<HD>(q, k, v, out, lse, queries, keys, heads, kv_heads, scale_log2);        \
   }
 
+// HOT: flash_fwd_hd64 flash_fwd_hd128
 FLASH_FWD_KERNEL(flash_fwd_hd64, 64)
 FLASH_FWD_KERNEL(flash_fwd_hd128, 128)
 
@@ -646,12 +647,14 @@ FLASH_FWD_KERNEL(flash_fwd_hd128, 128)
                          kv_heads, scale, scale_log2);                                          \
   }
 
+// HOT: flash_bwd_hd64 flash_bwd_hd128
 FLASH_BWD_KERNEL(flash_bwd_hd64, 64)
 FLASH_BWD_KERNEL(flash_bwd_hd128, 128)
 
 // D[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] in f32 (Algorithm 2, line 4; FA-2 §3.2's
 // preprocessing), one warp per row (b, i, h) of `rows` = batch·queries·heads, grid-stride;
 // also zeroes the row's f32 dQ accumulator. hd even.
+// HOT: flash_bwd_preprocess
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     flash_bwd_preprocess(const bf16* __restrict__ out, const bf16* __restrict__ dout,
                          float* __restrict__ delta, float* __restrict__ dq_acc, long long rows,
@@ -680,6 +683,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 }
 
 // dq[x] = bf16(scale · acc[x]) for 4·n4 elements, grid-stride, 16-byte loads.
+// HOT: flash_bwd_convert_dq
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     flash_bwd_convert_dq(const float* __restrict__ acc, bf16* __restrict__ dq, long long n4,
                          float scale) {

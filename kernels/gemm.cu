@@ -349,6 +349,9 @@ __device__ __forceinline__ void gemm_block(const bf16* __restrict__ A, const bf1
     gemm::gemm_block<AK, BKM, VEC, OUT>(A, B, C, M, N, K, accumulate);                          \
   }
 
+// HOT: gemm_nn_bf16 gemm_nn_f32 gemm_nt_bf16 gemm_nt_f32 gemm_tn_bf16 gemm_tn_f32
+// HOT: gemm_nn_bf16_scalar gemm_nn_f32_scalar gemm_nt_bf16_scalar gemm_nt_f32_scalar
+// HOT: gemm_tn_bf16_scalar gemm_tn_f32_scalar
 GEMM_KERNEL(gemm_nn_bf16, true, false, true, bf16)
 GEMM_KERNEL(gemm_nn_f32, true, false, true, float)
 GEMM_KERNEL(gemm_nt_bf16, true, true, true, bf16)

@@ -487,6 +487,8 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
     WGMMA_BODY(AMN, BMN, OUT);                                                                \
   }
 
+// HOT: gemm_wgmma_nt_bf16 gemm_wgmma_nt_f32 gemm_wgmma_nn_bf16 gemm_wgmma_nn_f32 gemm_wgmma_tn_bf16
+// HOT: gemm_wgmma_tn_f32
 WGMMA_KERNEL(gemm_wgmma_nt_bf16, false, false, bf16)
 WGMMA_KERNEL(gemm_wgmma_nt_f32, false, false, float)
 WGMMA_KERNEL(gemm_wgmma_nn_bf16, false, true, bf16)

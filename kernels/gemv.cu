@@ -54,12 +54,14 @@ __device__ __forceinline__ void gemv_nt(const bf16* __restrict__ A, const bf16* 
 }
 
 // Launch: block 32·GEMV_WARPS, grid (blocks over the columns, 1, batch).
+// HOT: gemv_nt_bf16
 extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
     gemv_nt_bf16(const bf16* __restrict__ A, const bf16* __restrict__ B, bf16* __restrict__ C,
                  int M, int N, int K, int accumulate) {
   gemv_nt<bf16>(A, B, C, M, N, K, accumulate);
 }
 
+// HOT: gemv_nt_f32
 extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
     gemv_nt_f32(const bf16* __restrict__ A, const bf16* __restrict__ B, float* __restrict__ C,
                 int M, int N, int K, int accumulate) {

@@ -261,6 +261,7 @@ __device__ __forceinline__ void layernorm_bwd(const T* __restrict__ x, const T* 
 
 // dw[i] = (accumulate ? dw[i] : 0) + Σ_b dw_partial[b·d + i], summed in a fixed order: a block of
 // 32 columns × 8 row groups; group g sums partials g, g+8, …; then the 8 groups are added in order.
+// HOT: rmsnorm_dw_reduce
 extern "C" __global__ void __launch_bounds__(256)
     rmsnorm_dw_reduce(const float* __restrict__ dw_partial, float* __restrict__ dw, int blocks,
                       int d, int accumulate) {
@@ -282,6 +283,8 @@ extern "C" __global__ void __launch_bounds__(256)
   }
 }
 
+// HOT: rmsnorm_fwd_f32 rmsnorm_fwd_bf16 rmsnorm_bwd_f32 rmsnorm_bwd_bf16 layernorm_fwd_f32
+// HOT: layernorm_fwd_bf16 layernorm_bwd_f32 layernorm_bwd_bf16
 #define NORM_KERNELS(T, SUF)                                                                    \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                      \
       rmsnorm_fwd_##SUF(const T* x, const T* w, T* y, int d, float eps) {                        \

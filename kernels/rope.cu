@@ -75,6 +75,7 @@ __device__ __forceinline__ void rope(T* __restrict__ x, const unsigned int* __re
   }
 }
 
+// HOT: rope_f32 rope_bf16
 #define ROPE_KERNEL(T, SUF)                                                                   \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                    \
       rope_##SUF(T* x, const unsigned int* positions, const float* inv_freq, int heads,        \

@@ -93,6 +93,7 @@ __device__ __forceinline__ void rule_adapter(const T* __restrict__ logits,
   }
 }
 
+// HOT: rule_adapter_f32 rule_adapter_bf16
 #define RULE_KERNEL(T, SUF)                                                                    \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS) rule_adapter_##SUF(                 \
       const T* logits, const float* bias, int bias_row_stride, unsigned int eos_id,             \

@@ -64,6 +64,7 @@ __device__ __forceinline__ void swiglu_bwd(const T* __restrict__ gate, const T* 
   }
 }
 
+// HOT: swiglu_fwd_f32 swiglu_fwd_bf16 swiglu_bwd_f32 swiglu_bwd_bf16
 #define SWIGLU_KERNELS(T, SUF)                                                                \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                    \
       swiglu_fwd_##SUF(const T* gate, const T* up, T* out, unsigned long long n) {             \

@@ -4,6 +4,8 @@
 pub mod adapter;
 pub mod autograd;
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;

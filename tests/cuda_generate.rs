@@ -11,13 +11,13 @@ mod common;
 
 use common::gpu::gpu;
 use implicit::backend::cpu::ops;
-use implicit::backend::cuda::CudaTransformer;
 use implicit::data::read_messages_jsonl;
 use implicit::eval::ranking::{run_ranking, RankingOptions};
 use implicit::generate::{
     generate, greedy_pick, run_batched, Finished, GenerateOptions, Sampler, SequenceRequest,
 };
 use implicit::io::tokenizer::Tokenizer;
+use implicit::model::cuda::CudaTransformer;
 use implicit::model::{LanguageModel, Logits, Transformer};
 
 /// Greedy tokens must agree with the CPU's on at least this many leading tokens.

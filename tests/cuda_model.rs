@@ -1,5 +1,5 @@
-//! The model's forward pass on the GPU (`backend::cuda::CudaTransformer`) against the CPU
-//! `Transformer`, and its small kernels (kernels/model.cu) against their CPU references, on
+//! The model's forward pass on the GPU (`model::cuda::CudaTransformer`) against the CPU
+//! `Transformer`, and its small kernels (kernels/decode.cu) against their CPU references, on
 //! fresh random inputs (seed printed; set IMPLICIT_TEST_SEED to replay), outputs poisoned with
 //! NaN first.
 //!
@@ -18,10 +18,10 @@ use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cpu::ops;
 use implicit::backend::cuda::{
-    AttentionPath, CudaBackend, CudaKvCache, CudaTransformer, DeviceBuffer, Float, KeySplit,
-    KvBatch, RowList, RowNorm,
+    CudaBackend, CudaKvCache, DeviceBuffer, Float, KeySplit, KvBatch, RowList, RowNorm,
 };
 use implicit::generate::{generate, GenerateOptions, Sampler};
+use implicit::model::cuda::{AttentionPath, CudaTransformer};
 use implicit::model::{Logits, ModelConfig, Transformer};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! The training step on the GPU (`backend::cuda::CudaTrainer`, `train --device cuda`) against
+//! The training step on the GPU (`train::cuda::CudaTrainer`, `train --device cuda`) against
 //! the CPU: the loss and every parameter's gradient against `TrainModel::loss` on the autograd
 //! tape in f64 (from the same bf16-rounded parameters), on the Llama (GQA) and OLMo fixtures,
 //! stories260k and random models whose head_dim 64 and 128 take flash attention; the
@@ -19,14 +19,13 @@ mod common;
 use common::gpu::{check, gpu, rel_err, Rng};
 use half::bf16;
 use implicit::autograd::Tape;
-use implicit::backend::cuda::{
-    nccl_unique_id, Communicator, CudaBackend, CudaTrainer, TrainerSetup,
-};
+use implicit::backend::cuda::{nccl_unique_id, Communicator, CudaBackend};
 use implicit::backend::Device;
 use implicit::data::Mode;
 use implicit::model::train::{load_parameter_values, parameter_layout, TrainModel, TrainSequence};
 use implicit::model::{ModelConfig, Transformer};
 use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule};
+use implicit::train::cuda::{CudaTrainer, TrainerSetup};
 use implicit::train::plan::OptimizerPlacement;
 use implicit::train::{train, Precision, TrainOptions};
 use std::collections::HashMap;

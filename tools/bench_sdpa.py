@@ -12,7 +12,7 @@ Times (CUDA events; median, min and max of --reps samples after --warmup calls):
   fwdbwd  forward then backward
 Each sample starts after a 512 MiB device-to-device copy (evicts L2 and lets the host queue the
 call before the GPU reaches it), and several input sets are rotated when one would fit in L2
-three times over, as in the Rust harness (src/backend/cuda/timing.rs).
+three times over, as in the Rust harness (src/bench/timing.rs).
 
 FLOPs, as `implicit bench kernels` counts them: forward 4 * seq^2 * head_dim * heads / 2 per
 sequence (causal: half the score matrix), backward 2.5x the forward.

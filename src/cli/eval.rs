@@ -151,7 +151,8 @@ fn with_gpu_model<R>(
     dir: &Path,
     f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
 ) -> Result<R> {
-    use crate::backend::cuda::{CudaBackend, CudaTransformer};
+    use crate::backend::cuda::CudaBackend;
+    use crate::model::cuda::CudaTransformer;
     let gpu = CudaBackend::require(0, "--device cuda: no usable GPU")?;
     let mut model = CudaTransformer::from_dir(&gpu, dir)?;
     let tok = Tokenizer::load(dir, &model.config)?;
@@ -210,7 +211,7 @@ impl RunModel for CpuModel<'_> {
 }
 
 #[cfg(feature = "cuda")]
-struct GpuModel<'m, 'g>(&'m mut crate::backend::cuda::CudaTransformer<'g>, String);
+struct GpuModel<'m, 'g>(&'m mut crate::model::cuda::CudaTransformer<'g>, String);
 
 #[cfg(feature = "cuda")]
 impl RunModel for GpuModel<'_, '_> {

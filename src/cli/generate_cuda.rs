@@ -1,14 +1,15 @@
 //! `implicit generate --device cuda`: the same prompts, decoding rules, EOS handling and
 //! outputs as the CPU path, with the model's forward pass on the GPU
-//! (`backend::cuda::CudaTransformer`). Logits come back to the host as f32 each step and the
+//! (`model::cuda::CudaTransformer`). Logits come back to the host as f32 each step and the
 //! shared engine (`generate::engine`, through `model::LanguageModel`) chooses each token there
 //! exactly as on the CPU (the same `Sampler`, `greedy_pick`, rule adapter and continuous
 //! batching); only opening the GPU and loading the model are this file's own.
 
 use super::{run_loaded, GenerateArgs};
-use crate::backend::cuda::{CudaBackend, CudaTransformer};
+use crate::backend::cuda::CudaBackend;
 use crate::error::Result;
 use crate::io::tokenizer::Tokenizer;
+use crate::model::cuda::CudaTransformer;
 use std::time::Instant;
 
 /// Opens the GPU (or fails with the reason none can be used), loads the model onto it and runs

@@ -38,7 +38,7 @@ pub(super) enum Runtime {
 pub(super) enum Loaded<'g> {
     Cpu(Transformer, PhantomData<&'g Runtime>),
     #[cfg(feature = "cuda")]
-    Cuda(crate::backend::cuda::CudaTransformer<'g>),
+    Cuda(crate::model::cuda::CudaTransformer<'g>),
 }
 
 impl Runtime {
@@ -57,7 +57,7 @@ impl Runtime {
             Runtime::Cpu => Loaded::Cpu(Transformer::load(dir)?, PhantomData),
             #[cfg(feature = "cuda")]
             Runtime::Cuda(gpu) => {
-                Loaded::Cuda(crate::backend::cuda::CudaTransformer::from_dir(gpu, dir)?)
+                Loaded::Cuda(crate::model::cuda::CudaTransformer::from_dir(gpu, dir)?)
             }
         };
         let tok = match &model {

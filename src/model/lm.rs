@@ -1,6 +1,6 @@
 //! [`LanguageModel`]: what generation, ranking, the local judge and the embedder need of a
 //! model: a causal LM that runs ragged batches of new tokens, each sequence appending to its own
-//! KV cache. The CPU [`Transformer`] and (feature `cuda`) `backend::cuda::CudaTransformer`
+//! KV cache. The CPU [`Transformer`] and (feature `cuda`) `model::cuda::CudaTransformer`
 //! implement it, so every entry point runs on either device.
 //!
 //! The methods take `&mut self`, since the GPU model's forward pass needs it (it drives one
@@ -137,13 +137,13 @@ impl LanguageModel for Transformer {
 /// The GPU model. Its caches live on the GPU; a fork copies them there (None if that fails:
 /// the caller then runs the prefix again).
 #[cfg(feature = "cuda")]
-impl LanguageModel for crate::backend::cuda::CudaTransformer<'_> {
+impl LanguageModel for crate::model::cuda::CudaTransformer<'_> {
     type Cache = crate::backend::cuda::CudaKvCache;
     fn config(&self) -> &ModelConfig {
         &self.config
     }
     fn new_cache(&self) -> Self::Cache {
-        crate::backend::cuda::CudaTransformer::new_cache(self)
+        crate::model::cuda::CudaTransformer::new_cache(self)
     }
     fn cache_len(cache: &Self::Cache) -> usize {
         cache.len()
@@ -156,13 +156,13 @@ impl LanguageModel for crate::backend::cuda::CudaTransformer<'_> {
         batch: &mut [(&[u32], &mut Self::Cache)],
         want: Logits,
     ) -> Result<Vec<Vec<f32>>> {
-        crate::backend::cuda::CudaTransformer::forward(self, batch, want)
+        crate::model::cuda::CudaTransformer::forward(self, batch, want)
     }
     fn forward_greedy(
         &mut self,
         batch: &mut [(&[u32], &mut Self::Cache)],
     ) -> Result<Option<Vec<(u32, f32)>>> {
-        crate::backend::cuda::CudaTransformer::forward_greedy(self, batch).map(Some)
+        crate::model::cuda::CudaTransformer::forward_greedy(self, batch).map(Some)
     }
 }
 

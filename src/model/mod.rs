@@ -1,6 +1,8 @@
 //! Model definitions: config.json, weights, the forward pass with a KV cache.
 
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod init;
 pub mod lm;
 pub mod presets;

@@ -1,32 +1,30 @@
-//! Full finetuning on the CPU: the paper's recipe (AdamW, linear decay with warmup, global
-//! grad-norm clipping, gradient accumulation to an effective batch, per-example mean token loss),
-//! with per-epoch checkpoints, resume, progress and a metrics JSONL log.
+//! Full finetuning: the paper's recipe (AdamW, linear decay with warmup, global grad-norm
+//! clipping, gradient accumulation to an effective batch, per-example mean token loss), with
+//! per-epoch checkpoints, resume, progress and a metrics JSONL log. This file is the loop every
+//! device shares; the engines behind its [`Engine`] trait are `cpu.rs` and (feature `cuda`)
+//! `cuda/`.
 
 pub mod checkpoint;
+mod cpu;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub mod cuda;
 pub mod launch;
 pub mod plan;
 
-use crate::autograd::Tape;
 use crate::backend::Device;
 use crate::bail;
 use crate::data::{encode_dataset, read_messages_jsonl, EncodedExample, Mode};
 use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::train::{load_parameter_values, parameter_layout, TrainModel, TrainSequence};
+use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::ModelConfig;
-use crate::optim::{
-    clip_grad_norm, learning_rate, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule,
-};
+use crate::optim::{learning_rate, AdamWConfig, Schedule};
 use crate::train::plan::OptimizerPlacement;
-use checkpoint::{ParamValues, TrainerState};
-use half::bf16;
+use checkpoint::TrainerState;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// How parameters are stored between steps.
@@ -70,25 +68,6 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Print a progress line to stderr each step.
     pub progress: bool,
-}
-
-/// Parameters between steps, in their storage precision.
-enum Store {
-    F32(Vec<Arc<Vec<f32>>>),
-    BF16(Vec<Vec<bf16>>),
-}
-
-impl Store {
-    /// f32 values for the forward pass (shared, not copied, when stored in f32).
-    fn f32_values(&self) -> Vec<Arc<Vec<f32>>> {
-        match self {
-            Store::F32(v) => v.clone(),
-            Store::BF16(v) => v
-                .iter()
-                .map(|p| Arc::new(p.iter().map(|x| x.to_f32()).collect()))
-                .collect(),
-        }
-    }
 }
 
 /// A permutation of 0..n drawn from (seed, epoch): the data order of that epoch, the same
@@ -195,7 +174,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
                 );
             }
             let plan = prepare(opts)?;
-            let mut engine = CpuEngine::new(&plan, opts)?;
+            let mut engine = cpu::CpuEngine::new(&plan, opts)?;
             run(opts, plan, &mut engine)
         }
         Device::Cuda => train_cuda(opts),
@@ -401,131 +380,12 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
     })
 }
 
-/// The CPU engine: parameters in their storage precision, `optim::AdamW`, the autograd tape.
-struct CpuEngine {
-    config: ModelConfig,
-    params: Store,
-    optimizer: AdamW,
-}
-
-impl CpuEngine {
-    fn new(plan: &Plan, opts: &TrainOptions) -> Result<CpuEngine> {
-        let values = load_parameter_values(&plan.source, &plan.config)?;
-        let params = match opts.precision {
-            Precision::F32 => Store::F32(values.into_iter().map(Arc::new).collect()),
-            Precision::Bf16 => Store::BF16(
-                values
-                    .into_iter()
-                    .map(|v| v.into_iter().map(bf16::from_f32).collect())
-                    .collect(),
-            ),
-        };
-        let names = plan.layout.iter().map(|(name, _)| name.clone());
-        let optimizer = match &params {
-            Store::F32(v) => AdamW::new(
-                adamw_config(opts),
-                names.zip(v.iter().map(|p| ParamRef::F32(p))),
-            ),
-            Store::BF16(v) => AdamW::new(
-                adamw_config(opts),
-                names.zip(v.iter().map(|p| ParamRef::BF16(p))),
-            ),
-        }?;
-        Ok(CpuEngine {
-            config: plan.config.clone(),
-            params,
-            optimizer,
-        })
-    }
-}
-
 /// The paper's AdamW (torch defaults but the learning rate and weight decay).
 fn adamw_config(opts: &TrainOptions) -> AdamWConfig {
     AdamWConfig {
         lr: opts.lr,
         weight_decay: opts.weight_decay,
         ..AdamWConfig::default()
-    }
-}
-
-impl Engine for CpuEngine {
-    fn load_state(&mut self, tensors: &HashMap<String, Vec<f32>>) -> Result<()> {
-        self.optimizer.load_state(tensors)
-    }
-
-    fn step(
-        &mut self,
-        micro_batches: &[Vec<TrainSequence>],
-        scale: f64,
-        lr: f32,
-        max_grad_norm: f32,
-    ) -> Result<(f64, f32)> {
-        let model = TrainModel::from_shared(self.config.clone(), self.params.f32_values())?;
-        let mut grads: Vec<Vec<f32>> = model
-            .params
-            .iter()
-            .map(|p| vec![0.0; p.value.len()])
-            .collect();
-        let mut loss_sum = 0.0f64;
-        for seqs in micro_batches {
-            let mut tape = Tape::new();
-            let vars = model.bind(&mut tape);
-            let loss = model.loss(&mut tape, &vars, seqs, scale)?;
-            loss_sum += tape.value(loss)[0] as f64;
-            let g = tape.backward(loss);
-            for (acc, &v) in grads.iter_mut().zip(&vars) {
-                if let Some(gv) = g.get(v) {
-                    crate::backend::cpu::ops::add_in_place(acc, gv);
-                }
-            }
-        }
-        drop(model);
-        let grad_norm = {
-            let mut refs: Vec<&mut [f32]> = grads.iter_mut().map(|g| g.as_mut_slice()).collect();
-            clip_grad_norm(&mut refs, max_grad_norm)
-        };
-        check_grad_norm(grad_norm)?;
-        let grad_refs: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
-        match &mut self.params {
-            Store::F32(v) => {
-                let mut muts: Vec<ParamMut> = v
-                    .iter_mut()
-                    .map(|p| {
-                        ParamMut::F32(
-                            Arc::get_mut(p)
-                                .expect("no tape holds the parameters now")
-                                .as_mut_slice(),
-                        )
-                    })
-                    .collect();
-                self.optimizer.step(&mut muts, &grad_refs, lr);
-            }
-            Store::BF16(v) => {
-                let mut muts: Vec<ParamMut> = v
-                    .iter_mut()
-                    .map(|p| ParamMut::BF16(p.as_mut_slice()))
-                    .collect();
-                self.optimizer.step(&mut muts, &grad_refs, lr);
-            }
-        }
-        Ok((loss_sum, grad_norm))
-    }
-
-    fn write_tensors(&self, dir: Option<&Path>, layout: &[(String, Vec<usize>)]) -> Result<()> {
-        let Some(dir) = dir else {
-            return Ok(());
-        };
-        let params: Vec<ParamValues> = match &self.params {
-            Store::F32(v) => v.iter().map(|p| ParamValues::F32(p)).collect(),
-            Store::BF16(v) => v.iter().map(|p| ParamValues::BF16(p)).collect(),
-        };
-        let state = self.optimizer.state_tensors();
-        checkpoint::write_checkpoint_tensors(
-            dir,
-            layout,
-            params,
-            state.iter().map(|(name, v)| (name, &v[..])),
-        )
     }
 }
 

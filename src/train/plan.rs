@@ -4,7 +4,7 @@
 //! top, and the model FLOPs per token. `train --memory-report` and `bench train` print this
 //! plan beside the peak they measured, so that the model here is checked against the GPU.
 //!
-//! The byte counts follow `backend::cuda::CudaTrainer` buffer by buffer (train/pass.rs):
+//! The byte counts follow `train::cuda::CudaTrainer` buffer by buffer (train/cuda/trainer/pass.rs):
 //! - between steps, per parameter: the bf16 value (2), fp32 master (4), two fp32 moments (8)
 //!   and the fp32 gradient (4); 18 bytes (6 with the master and moments on the host, 10 with
 //!   bf16 moments and no master).

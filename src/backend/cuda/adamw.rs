@@ -11,8 +11,6 @@
 use super::{check_len, CudaBackend, DeviceBuffer};
 use crate::bail;
 use crate::error::Result;
-use crate::optim::adamw::StepScalars;
-use crate::optim::AdamWConfig;
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 use half::bf16;
 
@@ -22,7 +20,8 @@ const NORM_BLOCKS: usize = 1024;
 const NORM_ELEMS_PER_BLOCK: usize = 256 * 4 * 8;
 
 /// The f32 scalars of AdamW step t, as `optim::adamw`'s `StepScalars` computes them (Python
-/// floats in f64, rounded to f32 where they meet the tensors). Mirrors kernels/adamw.cu's
+/// floats in f64, rounded to f32 where they meet the tensors); `AdamWStep::new` (in
+/// `optim::adamw`, which owns the arithmetic) makes them. Mirrors kernels/adamw.cu's
 /// `AdamWScalars` field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,24 +46,6 @@ pub struct AdamWStep {
 // SAFETY: #[repr(C)] plain old data whose layout matches the C struct AdamWScalars (eight
 // floats and an int, 4-byte aligned), passed to the kernels by value.
 unsafe impl DeviceRepr for AdamWStep {}
-
-impl AdamWStep {
-    /// The scalars of step `t` (1 for the first step) at learning rate `lr`.
-    pub fn new(config: &AdamWConfig, lr: f32, t: u64) -> AdamWStep {
-        let s = StepScalars::new(config, lr, t);
-        AdamWStep {
-            decay: s.decay,
-            lerp_weight: s.lerp_weight,
-            one_minus_lerp_weight: 1.0 - s.lerp_weight,
-            beta2: s.beta2,
-            one_minus_beta2: s.one_minus_beta2,
-            bias_correction2_sqrt: s.bias_correction2_sqrt,
-            eps: s.eps,
-            neg_step_size: s.neg_step_size,
-            lerp_small: s.lerp_small as i32,
-        }
-    }
-}
 
 fn one_block(blocks: usize) -> LaunchConfig {
     LaunchConfig {

@@ -244,7 +244,7 @@ impl CudaBackend {
         };
         if !cache.contains_key(&key) && self.capturing() {
             // The probe copies and synchronises, which a graph capture forbids: not decided
-            // yet, so this product takes kernels/gemm.cu (model/decode_graph.rs captures).
+            // yet, so this product takes kernels/gemm.cu (model::cuda::decode_graph captures).
             bail!("wgmma GEMM unavailable until its probe runs outside a CUDA graph capture");
         }
         match cache.entry(key).or_insert_with(|| self.probe_wgmma()) {

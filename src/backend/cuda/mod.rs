@@ -9,6 +9,30 @@
 //! Kernel execution is asynchronous: an error inside a kernel surfaces at the next synchronising
 //! call ([`CudaBackend::synchronize`], a download). Set `IMPLICIT_CUDA_SYNC=1` to synchronise
 //! after every launch, so that such an error names its kernel and shapes.
+//!
+//! This floor is ops only: it imports nothing from `model`, `train`, `optim` or the floors above
+//! (tests/architecture.rs fails on such an import). The GPU model is `model::cuda`, the GPU
+//! trainer `train::cuda`, the benchmarks `bench`. What each module defines:
+//!
+//! - this file: [`CudaBackend`] (context, stream, the loaded kernels of every kernels/*.cu),
+//!   `launch!`, the shape checks every launcher uses;
+//! - `buffer`: [`DeviceBuffer`], [`HostBuffer`], [`Float`], uploads and downloads;
+//! - `staging`: page-locked staging buffers for large uploads;
+//! - `memory`: [`MemoryUse`], the memory pool's peak and the device's total;
+//! - `gemm` (gemm.cu, gemv.cu): [`GemmLayout`], the mma.sync GEMM, GEMV, the cuBLAS reference;
+//! - `gemm_wgmma` (gemm_wgmma.cu): the Hopper wgmma GEMM and [`gemm_choice`];
+//! - `attention` (flash_attention.cu): flash attention, forward and backward;
+//! - `attention_plain` (attention_plain.cu): plain attention for any head_dim up to 256;
+//! - `norm` (norm.cu): RMSNorm and LayerNorm, forward and backward;
+//! - `ops` (rope.cu, swiglu.cu, embedding.cu): RoPE, SwiGLU, the embedding, forward and backward;
+//! - `vocab` (cross_entropy.cu, rule_adapter.cu): fused cross-entropy, the rule adapter
+//!   ([`RuleAdapterOutput`]);
+//! - `elementwise` (elementwise.cu): conversions, an in-place add, clamp's backward;
+//! - `adamw` (adamw.cu): grad-norm clipping and the fused AdamW ([`AdamWStep`]);
+//! - `decode` (decode.cu): the decode-time kernels: embedding to f32, row norms ([`RowNorm`]),
+//!   clamp, KV append and the attention over the cache ([`KeySplit`]); its child `kv_cache`:
+//!   [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`];
+//! - `nccl`: [`Communicator`], the collectives of data parallelism.
 
 use crate::bail;
 use crate::error::{Error, Result};
@@ -39,31 +63,27 @@ macro_rules! launch {
 mod adamw;
 mod attention;
 mod attention_plain;
-pub mod bench;
 mod buffer;
+mod decode;
 mod elementwise;
 mod gemm;
 mod gemm_wgmma;
 mod memory;
-mod model;
 mod nccl;
 mod norm;
 mod ops;
 mod staging;
-pub mod timing;
-mod train;
 mod vocab;
 
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
+pub use decode::{
+    CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, RowNorm, MAX_HEAD_DIM,
+};
 pub use gemm::{GemmLayout, GEMV_MAX_ROWS};
 pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
 pub use memory::MemoryUse;
-pub use model::{
-    AttentionPath, CudaKvCache, CudaTransformer, KeySplit, KvBatch, RowList, RowNorm, MAX_HEAD_DIM,
-};
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
-pub use train::{CudaTrainer, TrainerSetup};
 pub use vocab::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise
@@ -87,13 +107,13 @@ pub enum CudaAvailability {
 /// decode step is being captured as a CUDA graph it would be recorded into that graph (or break
 /// the capture) instead of running.
 pub struct CudaBackend {
-    ctx: Arc<CudaContext>,
+    pub(crate) ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
-    device_name: String,
-    compute_capability: (i32, i32),
-    multiprocessors: u32,
-    sync_each_launch: bool,
+    pub(crate) device_name: String,
+    pub(crate) compute_capability: (i32, i32),
+    pub(crate) multiprocessors: u32,
+    pub(crate) sync_each_launch: bool,
     /// [0, 1]: the "clip state" of a step without clipping (finite norm, coefficient 1).
     unit_clip: DeviceBuffer<f32>,
     /// RoPE's inverse frequencies per (base bits, head_dim), uploaded once.
@@ -119,7 +139,7 @@ pub(crate) fn kernel_error(kernel: &str, shapes: &str, what: &str, e: DriverErro
     ))
 }
 
-fn driver_error(what: &str, e: DriverError) -> Error {
+pub(crate) fn driver_error(what: &str, e: DriverError) -> Error {
     Error(format!("CUDA: {what} failed: {e}"))
 }
 
@@ -196,7 +216,7 @@ impl CudaBackend {
         // called before any allocation.
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own rather than the legacy default stream, which cannot be captured
-        // into a CUDA graph (decode steps are, model/decode_graph.rs). Everything the backend
+        // into a CUDA graph (decode steps are, model/cuda/decode_graph.rs). Everything the backend
         // does goes to this one stream, so its order is the program's order.
         let stream = ctx
             .new_stream()
@@ -275,7 +295,7 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether the stream is recording a CUDA graph (model/decode_graph.rs).
+    /// Whether the stream is recording a CUDA graph (model/cuda/decode_graph.rs).
     fn capturing(&self) -> bool {
         self.stream
             .capture_status()

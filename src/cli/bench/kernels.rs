@@ -1,7 +1,7 @@
 //! `implicit bench kernels`: every CUDA kernel at Llama-2-7B's shapes, against ceilings measured
 //! in the same run (device-to-device copy bandwidth, cuBLAS at the same GEMM shapes) and, for
 //! attention, PyTorch SDPA's times from tools/bench_sdpa.py. Prints a table as it goes and
-//! writes the full results as JSON (`--json`). The measuring is in `backend::cuda::bench`.
+//! writes the full results as JSON (`--json`). The measuring is in `bench`.
 
 #[cfg(feature = "cuda")]
 use super::{command_line, commit, utc_iso8601};
@@ -45,9 +45,9 @@ pub fn run(_args: KernelsArgs) -> Result<()> {
 
 #[cfg(feature = "cuda")]
 pub fn run(args: KernelsArgs) -> Result<()> {
-    use crate::backend::cuda::bench::{self, BenchConfig};
     use crate::backend::cuda::CudaBackend;
     use crate::bail;
+    use crate::bench::{self, BenchConfig};
 
     let micro_batches = match (args.micro_batches.is_empty(), args.quick) {
         (false, _) => args.micro_batches.clone(),
@@ -134,7 +134,7 @@ pub fn run(args: KernelsArgs) -> Result<()> {
 
 /// tools/bench_sdpa.py's JSON, or an error naming the file.
 #[cfg(feature = "cuda")]
-fn read_sdpa(path: &std::path::Path) -> Result<crate::backend::cuda::bench::SdpaFile> {
+fn read_sdpa(path: &std::path::Path) -> Result<crate::bench::SdpaFile> {
     use crate::error::Context;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--sdpa {}: cannot read", path.display()))?;
@@ -151,7 +151,7 @@ fn read_sdpa(path: &std::path::Path) -> Result<crate::backend::cuda::bench::Sdpa
 /// writes it beside the binaries), else `git rev-parse HEAD` here, else "unknown".
 #[cfg(feature = "cuda")]
 mod table {
-    use crate::backend::cuda::bench::{BenchReport, BenchResult, BenchSink, Ceilings, DeviceInfo};
+    use crate::bench::{BenchReport, BenchResult, BenchSink, Ceilings, DeviceInfo};
 
     /// Whether our GEMM's difference from cuBLAS is beyond bf16 rounding (or not a number).
     fn check_failed(rel_diff: f64) -> bool {
@@ -324,10 +324,10 @@ mod table {
 #[cfg(all(test, feature = "cuda"))]
 mod table_tests {
     use super::table::Table;
-    use crate::backend::cuda::bench::{
+    use crate::bench::timing::Timing;
+    use crate::bench::{
         BenchReport, BenchResult, BenchSink, Ceilings, CopyCeiling, DeviceInfo, Reference,
     };
-    use crate::backend::cuda::timing::Timing;
 
     fn timing(us: f64) -> Timing {
         Timing {

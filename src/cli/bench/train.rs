@@ -1,5 +1,5 @@
 //! `implicit bench train`: full finetuning steps of a model of a given shape on the GPU
-//! (`backend::cuda::CudaTrainer`, random weights: speed does not depend on them), reporting
+//! (`train::cuda::CudaTrainer`, random weights: speed does not depend on them), reporting
 //! tokens/s, model FLOPs utilisation and the memory the step needed, beside PyTorch's figures
 //! for the same shapes from tools/bench_train_torch.py (`--torch`).
 //!
@@ -116,11 +116,12 @@ mod gpu {
     use super::super::{command_line, commit, utc_iso8601};
     use super::*;
     use crate::backend::cpu::parallel::parallel_chunks_mut;
-    use crate::backend::cuda::{CudaBackend, CudaTrainer, TrainerSetup};
+    use crate::backend::cuda::CudaBackend;
     use crate::error::Context;
     use crate::io::atomic::write_atomic;
     use crate::model::train::TrainSequence;
     use crate::optim::AdamWConfig;
+    use crate::train::cuda::{CudaTrainer, TrainerSetup};
     use crate::train::plan::{flops_per_token, matmul_parameters};
     use half::bf16;
     use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! `generate --device cuda` decodes (`CudaTransformer::forward_greedy` over every sequence with
 //! its own KV cache, each decode step one CUDA graph, the tokens picked on the GPU), beside the device-to-device copy
 //! bandwidth measured in the same run and, with `--torch`, transformers' `generate` from
-//! tools/bench_generate_torch.py. The GPU work is in `backend::cuda::bench::generate`; this file
+//! tools/bench_generate_torch.py. The GPU work is in `bench::generate`; this file
 //! checks the arguments, draws the prompts, does the arithmetic and prints the table and JSON.
 //!
 //! Per batch size B: B prompts of --prompt-len random ids (xorshift64*, seeded; never an EOS
@@ -188,8 +188,8 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
 #[cfg(feature = "cuda")]
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
     use super::{command_line, commit, utc_iso8601};
-    use crate::backend::cuda::bench::{device_info, generate as gpu_bench};
     use crate::backend::cuda::CudaBackend;
+    use crate::bench::{device_info, generate as gpu_bench};
 
     let plan = plan(&args)?;
     let torch = match &args.torch {
@@ -252,7 +252,7 @@ fn measure(
     files: &[(PathBuf, u64)],
     report: &mut Report,
 ) -> Result<()> {
-    use crate::backend::cuda::bench::generate as gpu_bench;
+    use crate::bench::generate as gpu_bench;
 
     let copy = gpu_bench::copy_ceiling(gpu, plan.seed, 20)?;
     eprintln!(

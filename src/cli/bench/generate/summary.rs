@@ -79,7 +79,7 @@ pub fn spread(v: &[f64], scale: f64) -> Option<Spread> {
     })
 }
 
-/// What the GPU side measured for one batch (seconds), see `backend::cuda::bench::generate`.
+/// What the GPU side measured for one batch (seconds), see `bench::generate`.
 #[derive(Clone, Debug, Default)]
 pub struct Measured {
     pub prefill_s: f64,

@@ -1,5 +1,5 @@
-//! The KV cache on the GPU and the attention over it (kernels/model.cu, and
-//! kernels/flash_attention.cu for prefill): each sequence's keys and values stay on the GPU as
+//! The KV cache on the GPU (the attention over it is launched from decode.rs: kernels/decode.cu,
+//! and kernels/flash_attention.cu for prefill): each sequence's keys and values stay on the GPU as
 //! bf16 `[layers, capacity, kv_heads, head_dim]`, growing geometrically (doubling, from 64
 //! positions, up to the model's context) and copied over when they grow.
 //!
@@ -10,13 +10,10 @@
 //! sequence's keys ([`CudaBackend::cached_attention`]). [`KvBatch::finish`] then advances the
 //! caches' lengths. Reference: `backend::cpu::attention::causal_attention`.
 
-use super::super::attention::FlashOffsets;
-use super::super::{as_int, check_len, driver_error, per_row, CudaBackend, DeviceBuffer, THREADS};
-use crate::backend::cpu::attention::AttentionShape;
+use super::super::{as_int, driver_error, CudaBackend, DeviceBuffer};
 use crate::bail;
 use crate::error::Result;
-use crate::model::ModelConfig;
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use half::bf16;
 
 /// Positions a cache gets at its first use; it then doubles, up to the model's context.
@@ -25,15 +22,26 @@ const MIN_CAPACITY: usize = 64;
 /// Largest head dimension of the plain attention kernel (4 pairs per lane).
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// What a [`CudaKvCache`] holds per token and how far it may grow: `model::cuda` makes one from
+/// a `ModelConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheShape {
+    pub layers: usize,
+    /// Values per token and layer (kv_heads · head_dim).
+    pub kv_dim: usize,
+    /// The model's context: a cache grows (doubling) at most to it unless more is needed.
+    pub max_positions: usize,
+}
+
 /// Keys and values of one sequence on the GPU, per layer (bf16). Empty until its first forward.
 pub struct CudaKvCache {
-    layers: usize,
-    kv_dim: usize,
-    max_positions: usize,
+    pub(super) layers: usize,
+    pub(super) kv_dim: usize,
+    pub(super) max_positions: usize,
     /// K and V, each `[layers, capacity, kv_dim]`.
-    buffers: Option<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)>,
-    capacity: usize,
-    len: usize,
+    pub(super) buffers: Option<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)>,
+    pub(super) capacity: usize,
+    pub(super) len: usize,
 }
 
 impl std::fmt::Debug for CudaKvCache {
@@ -48,12 +56,17 @@ impl std::fmt::Debug for CudaKvCache {
 }
 
 impl CudaKvCache {
-    /// An empty cache for a model of this configuration (no GPU memory yet).
-    pub fn new(config: &ModelConfig) -> CudaKvCache {
+    /// An empty cache for a model of this shape (no GPU memory yet).
+    pub fn new(shape: impl Into<KvCacheShape>) -> CudaKvCache {
+        let KvCacheShape {
+            layers,
+            kv_dim,
+            max_positions,
+        } = shape.into();
         CudaKvCache {
-            layers: config.num_layers,
-            kv_dim: config.num_kv_heads * config.head_dim,
-            max_positions: config.max_position_embeddings,
+            layers,
+            kv_dim,
+            max_positions,
             buffers: None,
             capacity: 0,
             len: 0,
@@ -183,11 +196,11 @@ impl CudaKvCache {
 /// run time, never as launch arguments, so a captured decode step (a CUDA graph, decode_graph.rs)
 /// serves any caches: each replay overwrites the same tables.
 pub struct KvTables {
-    row_seq: DeviceBuffer<u32>,
-    positions: DeviceBuffer<u32>,
-    table: CudaSlice<u64>,
-    rows: usize,
-    sequences: usize,
+    pub(super) row_seq: DeviceBuffer<u32>,
+    pub(super) positions: DeviceBuffer<u32>,
+    pub(super) table: CudaSlice<u64>,
+    pub(super) rows: usize,
+    pub(super) sequences: usize,
 }
 
 impl KvTables {
@@ -211,14 +224,14 @@ impl KvTables {
 /// The caches of one forward pass over a ragged batch (see the module docs). Borrows the caches
 /// until [`KvBatch::finish`], so none can grow or be dropped while kernels hold their addresses.
 pub struct KvBatch<'c> {
-    caches: Vec<&'c mut CudaKvCache>,
-    new_tokens: Vec<usize>,
+    pub(super) caches: Vec<&'c mut CudaKvCache>,
+    pub(super) new_tokens: Vec<usize>,
     /// First row of each sequence.
-    starts: Vec<usize>,
-    rows: usize,
-    layers: usize,
-    kv_dim: usize,
-    tables: KvTables,
+    pub(super) starts: Vec<usize>,
+    pub(super) rows: usize,
+    pub(super) layers: usize,
+    pub(super) kv_dim: usize,
+    pub(super) tables: KvTables,
 }
 
 impl<'c> KvBatch<'c> {
@@ -352,9 +365,9 @@ pub enum KeySplit {
 
 /// Row indices on the GPU, each checked to be below `bound` (the rows of the batch they index).
 pub struct RowList {
-    rows: DeviceBuffer<u32>,
-    len: usize,
-    bound: usize,
+    pub(super) rows: DeviceBuffer<u32>,
+    pub(super) len: usize,
+    pub(super) bound: usize,
 }
 
 impl RowList {
@@ -388,259 +401,5 @@ impl RowList {
     /// The indices on the GPU (one unused element when empty).
     pub fn device(&self) -> &DeviceBuffer<u32> {
         &self.rows
-    }
-}
-
-/// Checks `q`/`out` against the batch and returns the KV heads.
-fn attention_heads(
-    what: &str,
-    batch: &KvBatch<'_>,
-    layer: usize,
-    heads: usize,
-    head_dim: usize,
-) -> Result<usize> {
-    if layer >= batch.layers {
-        bail!("{what}: layer {layer} of {}", batch.layers);
-    }
-    if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > MAX_HEAD_DIM {
-        bail!("{what}: head_dim {head_dim} must be even, 2 to {MAX_HEAD_DIM}");
-    }
-    if !batch.kv_dim.is_multiple_of(head_dim) {
-        bail!(
-            "{what}: the cache's {} values per token are not whole heads of {head_dim}",
-            batch.kv_dim
-        );
-    }
-    let kv_heads = batch.kv_dim / head_dim;
-    if heads == 0 || !heads.is_multiple_of(kv_heads) {
-        bail!("{what}: {heads} query heads are not a multiple of {kv_heads} KV heads");
-    }
-    Ok(kv_heads)
-}
-
-impl CudaBackend {
-    /// Writes each row's `k`, `v` (`[rows, kv_heads, head_dim]` bf16, RoPE already applied to
-    /// k) into layer `layer` of its sequence's cache, at its position.
-    pub fn kv_append(
-        &self,
-        batch: &KvBatch<'_>,
-        layer: usize,
-        k: &DeviceBuffer<bf16>,
-        v: &DeviceBuffer<bf16>,
-    ) -> Result<()> {
-        const KERNEL: &str = "model_kv_append";
-        if layer >= batch.layers {
-            bail!("CUDA kernel {KERNEL}: layer {layer} of {}", batch.layers);
-        }
-        let n = batch.rows * batch.kv_dim;
-        check_len(KERNEL, "k", k.len(), n)?;
-        check_len(KERNEL, "v", v.len(), n)?;
-        let (layer_int, kv_dim_int) = (layer as i32, as_int(KERNEL, "kv_dim", batch.kv_dim)?);
-        launch!(
-            self,
-            KERNEL,
-            per_row(batch.rows, 0),
-            format!(
-                "rows {}, layer {layer}, kv_dim {}",
-                batch.rows, batch.kv_dim
-            ),
-            [
-                &k.slice,
-                &v.slice,
-                &batch.tables.row_seq.slice,
-                &batch.tables.positions.slice,
-                &batch.tables.table,
-                &layer_int,
-                &kv_dim_int
-            ]
-        )
-    }
-
-    /// Causal grouped-query attention of the listed rows of `q` (`[batch rows, heads,
-    /// head_dim]` bf16, after RoPE) against layer `layer` of their own sequence's cache (which
-    /// must already hold the batch's new keys, [`CudaBackend::kv_append`]), into the same rows of
-    /// `out` (other rows untouched). Row t at position p sees keys 0..=p. Scale 1/√head_dim;
-    /// softmax and sums in f32. Any even head_dim up to 256. With few (row, head) pairs (fewer
-    /// than 8 per multiprocessor, e.g. a decode step of a small batch) each pair's keys are
-    /// split over the 8 warps of a block ([`KeySplit::Warps`]); otherwise one warp takes them
-    /// all.
-    #[allow(clippy::too_many_arguments)]
-    pub fn cached_attention(
-        &self,
-        batch: &KvBatch<'_>,
-        layer: usize,
-        q: &DeviceBuffer<bf16>,
-        heads: usize,
-        head_dim: usize,
-        rows: &RowList,
-        out: &mut DeviceBuffer<bf16>,
-    ) -> Result<()> {
-        let pairs = rows.len.saturating_mul(heads);
-        let split = if pairs < 8 * self.multiprocessors as usize {
-            KeySplit::Warps
-        } else {
-            KeySplit::None
-        };
-        self.cached_attention_split(batch, layer, q, heads, head_dim, rows, out, split)
-    }
-
-    /// [`CudaBackend::cached_attention`] with the kernel chosen by the caller (the tests check
-    /// both on the same inputs).
-    #[allow(clippy::too_many_arguments)]
-    pub fn cached_attention_split(
-        &self,
-        batch: &KvBatch<'_>,
-        layer: usize,
-        q: &DeviceBuffer<bf16>,
-        heads: usize,
-        head_dim: usize,
-        rows: &RowList,
-        out: &mut DeviceBuffer<bf16>,
-        split: KeySplit,
-    ) -> Result<()> {
-        let j = head_dim.div_ceil(64).clamp(1, 4);
-        let kernel = match (split, j) {
-            (KeySplit::None, 1) => "model_attention_j1",
-            (KeySplit::None, 2) => "model_attention_j2",
-            (KeySplit::None, 3) => "model_attention_j3",
-            (KeySplit::None, _) => "model_attention_j4",
-            (KeySplit::Warps, 1) => "model_attention_split_j1",
-            (KeySplit::Warps, 2) => "model_attention_split_j2",
-            (KeySplit::Warps, 3) => "model_attention_split_j3",
-            (KeySplit::Warps, _) => "model_attention_split_j4",
-        };
-        let kv_heads = attention_heads(kernel, batch, layer, heads, head_dim)?;
-        let n = batch.rows.saturating_mul(heads).saturating_mul(head_dim);
-        check_len(kernel, "q", q.len(), n)?;
-        check_len(kernel, "out", out.len(), n)?;
-        if rows.bound != batch.rows {
-            bail!(
-                "CUDA kernel {kernel}: a row list of a batch of {} rows, this one has {}",
-                rows.bound,
-                batch.rows
-            );
-        }
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let pairs = rows.len.saturating_mul(heads);
-        let threads = match split {
-            KeySplit::None => pairs.saturating_mul(32),
-            KeySplit::Warps => pairs,
-        };
-        // The one-warp kernel runs 32 threads per (row, head) pair; the split kernel one block per
-        // pair, and a grid's x dimension takes at most 2^31 - 1 blocks.
-        if u32::try_from(threads).is_err()
-            || (split == KeySplit::Warps && pairs > i32::MAX as usize)
-        {
-            bail!(
-                "CUDA kernel {kernel}: {} rows × {heads} heads are too many for one launch",
-                rows.len
-            );
-        }
-        let (nrows, layer_int) = (rows.len as i32, layer as i32);
-        let (heads_int, kv_heads_int, hd_int) = (heads as i32, kv_heads as i32, head_dim as i32);
-        let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
-        let shapes = || {
-            format!(
-                "rows {} of {}, layer {layer}, heads {heads}, kv_heads {kv_heads}, head_dim {head_dim}",
-                rows.len, batch.rows
-            )
-        };
-        match split {
-            KeySplit::None => {
-                let cfg = LaunchConfig {
-                    grid_dim: (threads.div_ceil(THREADS as usize) as u32, 1, 1),
-                    block_dim: (THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                launch!(
-                    self,
-                    kernel,
-                    cfg,
-                    shapes(),
-                    [
-                        &q.slice,
-                        &mut out.slice,
-                        &rows.rows.slice,
-                        &nrows,
-                        &batch.tables.row_seq.slice,
-                        &batch.tables.positions.slice,
-                        &batch.tables.table,
-                        &layer_int,
-                        &heads_int,
-                        &kv_heads_int,
-                        &hd_int,
-                        &scale_log2
-                    ]
-                )
-            }
-            KeySplit::Warps => {
-                // One block of THREADS (8 warps) per (row, head).
-                launch!(
-                    self,
-                    kernel,
-                    per_row(pairs, 0),
-                    shapes(),
-                    [
-                        &q.slice,
-                        &mut out.slice,
-                        &rows.rows.slice,
-                        &batch.tables.row_seq.slice,
-                        &batch.tables.positions.slice,
-                        &batch.tables.table,
-                        &layer_int,
-                        &heads_int,
-                        &kv_heads_int,
-                        &hd_int,
-                        &scale_log2
-                    ]
-                )
-            }
-        }
-    }
-
-    /// [`CudaBackend::cached_attention`] for all the new rows of sequence `seq` through flash
-    /// attention (head_dim 64 or 128), in place: the kernel reads the sequence's queries from
-    /// its rows of `q`, its keys and values from the cache's layer (already in the kernel's
-    /// `[keys, kv_heads, head_dim]` layout), and writes its rows of `out`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn cached_flash_attention(
-        &self,
-        batch: &KvBatch<'_>,
-        layer: usize,
-        seq: usize,
-        q: &DeviceBuffer<bf16>,
-        heads: usize,
-        head_dim: usize,
-        out: &mut DeviceBuffer<bf16>,
-    ) -> Result<()> {
-        const WHAT: &str = "cached flash attention";
-        let kv_heads = attention_heads(WHAT, batch, layer, heads, head_dim)?;
-        let n = batch.rows.saturating_mul(heads).saturating_mul(head_dim);
-        check_len(WHAT, "q", q.len(), n)?;
-        check_len(WHAT, "out", out.len(), n)?;
-        if seq >= batch.sequences() {
-            bail!("{WHAT}: sequence {seq} of {}", batch.sequences());
-        }
-        let (start, queries) = batch.sequence_rows(seq);
-        let cache = &batch.caches[seq];
-        let keys = cache.len + queries;
-        let Some((k_all, v_all)) = &cache.buffers else {
-            bail!("{WHAT}: sequence {seq}'s cache has no memory");
-        };
-        let shape = AttentionShape {
-            queries,
-            keys,
-            heads,
-            kv_heads,
-            head_dim,
-        };
-        let at = FlashOffsets {
-            q: start * heads * head_dim,
-            kv: layer * cache.capacity * batch.kv_dim,
-        };
-        let mut lse = self.alloc::<f32>(heads * queries)?;
-        self.flash_attention_forward_at(shape, q, k_all, v_all, at, out, &mut lse)
     }
 }

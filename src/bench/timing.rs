@@ -9,7 +9,7 @@
 //! When the host took longer to queue a sample's launches than the spacer ran, the GPU may have
 //! waited for them: [`Timing::host_bound`] says so.
 
-use super::{driver_error, CudaBackend, DeviceBuffer};
+use crate::backend::cuda::{driver_error, CudaBackend, DeviceBuffer};
 use crate::error::Result;
 use cudarc::driver::{sys, CudaEvent};
 use serde::Serialize;

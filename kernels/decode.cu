@@ -1,5 +1,6 @@
-// The small kernels of the model's forward pass on the GPU (src/backend/cuda/model/): the
-// residual stream stays in f32, matrix-product inputs are bf16, the KV cache is bf16.
+// The small kernels of the model's forward pass on the GPU (launchers: src/backend/cuda/decode.rs;
+// the model: src/model/cuda/): the residual stream stays in f32, matrix-product inputs are bf16,
+// the KV cache is bf16.
 //   model_embed_f32            out[t, :] = f32(table[ids[t], :])                (bf16 table)
 //   model_norm_{bf16,f32}      out[r, :] = norm(x[rows[r], :]): RMSNorm with an f32 weight, or
 //                              LayerNorm without parameters (biased variance), in f32
@@ -18,6 +19,7 @@
 #include "common.cuh"
 
 // One block per token. An id ≥ vocab writes a row of NaN (the host rejects such ids first).
+// HOT: model_embed_f32
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     model_embed_f32(const unsigned int* __restrict__ ids, const bf16* __restrict__ table,
                     float* __restrict__ out, int vocab, int dim) {
@@ -73,10 +75,12 @@ __device__ __forceinline__ void norm_rows(const float* __restrict__ x, int x_row
     norm_rows<O>(x, x_rows, rows, w, y, d, eps, layer_norm);                                   \
   }
 
+// HOT: model_norm_bf16 model_norm_f32
 NORM_KERNEL(bf16, bf16)
 NORM_KERNEL(float, f32)
 
 // Grid-stride; compares as the CPU reference does, so NaN stays NaN.
+// HOT: model_clamp_bf16
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     model_clamp_bf16(bf16* __restrict__ x, unsigned long long n, float limit) {
   const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
@@ -94,6 +98,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 // One block per new row t: k_new[t], v_new[t] (kv_dim values each) go to position
 // positions[t] of layer `layer` of sequence row_seq[t]'s cache. The host guarantees
 // positions[t] < capacity.
+// HOT: model_kv_append
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     model_kv_append(const bf16* __restrict__ k_new, const bf16* __restrict__ v_new,
                     const unsigned int* __restrict__ row_seq,
@@ -350,6 +355,8 @@ __device__ __forceinline__ void attention_split(
                              kv_heads, head_dim, scale_log2);                                  \
   }
 
+// HOT: model_attention_split_j1 model_attention_split_j2 model_attention_split_j3
+// HOT: model_attention_split_j4
 ATTENTION_SPLIT_KERNEL(1)
 ATTENTION_SPLIT_KERNEL(2)
 ATTENTION_SPLIT_KERNEL(3)
@@ -365,6 +372,7 @@ ATTENTION_SPLIT_KERNEL(4)
                        kv_heads, head_dim, scale_log2);                                        \
   }
 
+// HOT: model_attention_j1 model_attention_j2 model_attention_j3 model_attention_j4
 ATTENTION_KERNEL(1)
 ATTENTION_KERNEL(2)
 ATTENTION_KERNEL(3)

@@ -11,11 +11,12 @@
 //! its picks, so a step's interval holds all its GPU work; the stream is synchronised before
 //! each timed region starts.
 
-use super::super::timing::{Timer, SPACER_BYTES};
-use super::super::{CudaBackend, CudaKvCache, CudaTransformer};
 use super::inputs::{gb_s, random, Rng};
+use super::timing::{Timer, SPACER_BYTES};
 use super::CopyCeiling;
+use crate::backend::cuda::{CudaBackend, CudaKvCache};
 use crate::error::Result;
+use crate::model::cuda::CudaTransformer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

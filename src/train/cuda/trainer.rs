@@ -2,7 +2,7 @@
 //! the parameters as bf16 (what the matrix products and the embedding read), fp32 master
 //! weights, fp32 AdamW moments and fp32 gradients (or, by [`OptimizerPlacement`], the master
 //! and moments in host memory, or no master and bf16 moments with stochastic rounding).
-//! [`CudaTrainer::accumulate`] runs one micro-batch's forward and backward (train/pass.rs) and
+//! [`CudaTrainer::accumulate`] runs one micro-batch's forward and backward (trainer/pass.rs) and
 //! adds its gradients;
 //! [`CudaTrainer::step`] computes the global gradient norm on the GPU, and applies the clipped
 //! AdamW update to every parameter (kernels/adamw.cu); only the norm comes back to the host.
@@ -16,11 +16,11 @@
 mod optimizer;
 mod pass;
 
-use super::model::upload_bf16;
-use super::{AdamWStep, Communicator, CudaBackend, DeviceBuffer};
+use crate::backend::cuda::{AdamWStep, Communicator, CudaBackend, DeviceBuffer};
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::io::safetensors::WeightStore;
+use crate::model::cuda::upload_bf16;
 use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::{Architecture, ModelConfig};
 use crate::optim::{stochastic_rounding_key, AdamWConfig};

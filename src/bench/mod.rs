@@ -1,6 +1,6 @@
 //! `implicit bench kernels`: every kernel at the paper's shapes (Llama-2-7B: d 4096, FFN 11008,
 //! 32 heads of 128, sequences of 2048, vocab 32000), timed with CUDA events
-//! ([`super::timing`]), against ceilings measured in the same run: the device-to-device copy
+//! ([`timing`]), against ceilings measured in the same run: the device-to-device copy
 //! bandwidth for the memory-bound kernels, cuBLAS at the same shape for the GEMMs, and (from
 //! `tools/bench_sdpa.py`'s JSON) PyTorch's SDPA for attention.
 //!
@@ -14,10 +14,11 @@ mod compute;
 pub mod generate;
 mod inputs;
 mod memory;
+pub mod timing;
 
 use self::inputs::{random, Rng, Sample};
-use super::timing::{Timer, Timing, SPACER_BYTES};
-use super::{driver_error, CudaBackend, DeviceBuffer, DeviceElem, GemmLayout};
+use self::timing::{Timer, Timing, SPACER_BYTES};
+use crate::backend::cuda::{driver_error, CudaBackend, DeviceBuffer, DeviceElem, GemmLayout};
 use crate::error::Result;
 use cudarc::cublas::sys as cublas_sys;
 use cudarc::driver::sys;

@@ -1,8 +1,8 @@
 //! Random inputs (a seeded xorshift generator, uploaded in chunks), the relative difference
 //! of two results, and the unit conversions of the rates.
 
-use super::super::{driver_error, CudaBackend, DeviceBuffer, DeviceElem};
 use super::FILL_CHUNK;
+use crate::backend::cuda::{driver_error, CudaBackend, DeviceBuffer, DeviceElem};
 use crate::error::Result;
 use half::bf16;
 

@@ -1,12 +1,14 @@
 //! `train --device cuda`: the same run (data order, schedule, metrics, checkpoints) with the
-//! forward, backward and optimizer on the GPU (`backend::cuda::CudaTrainer`).
+//! forward, backward and optimizer on the GPU ([`CudaTrainer`], trainer.rs).
 
 use super::{
     adamw_config, check_grad_norm, prepare, run, Engine, Precision, TrainOptions, TrainSummary,
 };
-use crate::backend::cuda::{
-    nccl_unique_id, Communicator, CudaBackend, CudaTrainer, TrainerSetup, NCCL_ID_BYTES,
-};
+mod trainer;
+
+pub use trainer::{CudaTrainer, TrainerSetup};
+
+use crate::backend::cuda::{nccl_unique_id, Communicator, CudaBackend, NCCL_ID_BYTES};
 use crate::bail;
 use crate::error::Result;
 use crate::io::atomic::write_atomic;

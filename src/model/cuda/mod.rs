@@ -10,16 +10,15 @@
 //! → h = norm(x) → silu(h·Wgᵀ) ⊙ h·Wuᵀ → x += act·Wdᵀ. Then the final norm of only the rows
 //! whose logits are wanted, and the LM head (the embedding when tied) in f32.
 
-mod cache;
 mod decode_graph;
-mod kernels;
 
-pub use cache::{CudaKvCache, KeySplit, KvBatch, KvTables, RowList, MAX_HEAD_DIM};
 use decode_graph::{DecodeGraph, DecodeOutput};
-pub use kernels::RowNorm;
 
-use super::{CudaBackend, DeviceBuffer, GemmLayout, RuleAdapterOutput};
 use crate::backend::cpu::parallel::parallel_chunks_mut;
+use crate::backend::cuda::{
+    CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, RowList,
+    RowNorm, RuleAdapterOutput, MAX_HEAD_DIM,
+};
 use crate::bail;
 use crate::error::Result;
 use crate::io::safetensors::WeightStore;
@@ -28,6 +27,16 @@ use crate::model::{Logits, ModelConfig, Transformer};
 use crate::tensor::{Elems, Tensor};
 use half::bf16;
 use std::path::Path;
+
+impl From<&ModelConfig> for KvCacheShape {
+    fn from(config: &ModelConfig) -> KvCacheShape {
+        KvCacheShape {
+            layers: config.num_layers,
+            kv_dim: config.num_kv_heads * config.head_dim,
+            max_positions: config.max_position_embeddings,
+        }
+    }
+}
 
 /// Which attention kernel a forward pass uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +91,7 @@ impl std::fmt::Debug for CudaTransformer<'_> {
 
 /// A weight as bf16 on the GPU, whatever its dtype in the checkpoint (f32 and f16 rounded to
 /// nearest even).
-pub(super) fn upload_bf16(gpu: &CudaBackend, t: &Tensor) -> Result<DeviceBuffer<bf16>> {
+pub(crate) fn upload_bf16(gpu: &CudaBackend, t: &Tensor) -> Result<DeviceBuffer<bf16>> {
     let t = if t.is_contiguous() {
         t.clone()
     } else {
@@ -177,7 +186,7 @@ impl<'g> CudaTransformer<'g> {
 
     /// y[rows, out] = x[rows, inp] · Wᵀ for W `[out, inp]` (bf16 in, f32 sums; `O` out, added
     /// to y's contents when `accumulate`).
-    fn linear<O: super::Float>(
+    fn linear<O: Float>(
         &self,
         x: &DeviceBuffer<bf16>,
         w: &DeviceBuffer<bf16>,

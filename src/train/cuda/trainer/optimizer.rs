@@ -8,7 +8,7 @@
 //! Saved and loaded as the others: the master is the parameter widened to f32, the moments
 //! widened; loading rounds f32 moments to nearest even.
 
-use super::super::{AdamWStep, CudaBackend, DeviceBuffer, HostBuffer};
+use crate::backend::cuda::{AdamWStep, CudaBackend, DeviceBuffer, HostBuffer};
 use crate::error::Result;
 use crate::train::plan::OptimizerPlacement;
 use half::bf16;

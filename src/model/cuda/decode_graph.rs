@@ -24,9 +24,9 @@
 //! same inputs as [`CudaTransformer::forward`]'s eager path (decode rows never take flash
 //! attention), so its logits are the same bit for bit (tests/cuda_generate.rs).
 
-use super::super::{driver_error, CudaBackend, DeviceBuffer};
-use super::{
-    split_rows, Activations, CudaKvCache, CudaTransformer, GreedyPicks, KvBatch, KvTables, RowList,
+use super::{split_rows, Activations, CudaKvCache, CudaTransformer, GreedyPicks, KvBatch, RowList};
+use crate::backend::cuda::{
+    driver_error, gemm_choice, CudaBackend, DeviceBuffer, GemmChoice, KvTables,
 };
 use crate::bail;
 use crate::error::Result;
@@ -214,7 +214,7 @@ impl CudaTransformer<'_> {
         gpu.rope_inv_freq(self.config.rope_theta, self.config.head_dim)?;
         // Likewise the wgmma GEMM's one-time probe: run inside the capture it would be
         // refused, and the graph would keep the mma.sync GEMM while eager steps take wgmma.
-        if super::super::gemm_choice()? == super::super::GemmChoice::Wgmma {
+        if gemm_choice()? == GemmChoice::Wgmma {
             // Unavailable is an answer too: every GEMM then takes kernels/gemm.cu.
             let _ = gpu.wgmma_available();
         }
