@@ -15,6 +15,7 @@ pub mod generate;
 mod inputs;
 mod memory;
 pub mod timing;
+pub mod train;
 
 use self::inputs::{random, Rng, Sample};
 use self::timing::{Timer, Timing, SPACER_BYTES};

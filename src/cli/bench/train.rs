@@ -1,5 +1,6 @@
 //! `implicit bench train`: full finetuning steps of a model of a given shape on the GPU
-//! (`train::cuda::CudaTrainer`, random weights: speed does not depend on them), reporting
+//! (`train::cuda::CudaTrainer`, random weights: speed does not depend on them; the measuring is
+//! in `bench::train`), reporting
 //! tokens/s, model FLOPs utilisation and the memory the step needed, beside PyTorch's figures
 //! for the same shapes from tools/bench_train_torch.py (`--torch`).
 //!
@@ -115,44 +116,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
 mod gpu {
     use super::super::{command_line, commit, utc_iso8601};
     use super::*;
-    use crate::backend::cpu::parallel::parallel_chunks_mut;
     use crate::backend::cuda::CudaBackend;
+    use crate::bench;
     use crate::error::Context;
     use crate::io::atomic::write_atomic;
-    use crate::model::train::TrainSequence;
-    use crate::optim::AdamWConfig;
-    use crate::train::cuda::{CudaTrainer, TrainerSetup};
     use crate::train::plan::{flops_per_token, matmul_parameters};
-    use half::bf16;
     use serde_json::{json, Value};
-    use std::time::Instant;
-
-    /// splitmix64: the random stream of the weights and tokens.
-    fn mix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in ±limit (the weights' values do not change the speed; finite, non-zero
-    /// values keep the arithmetic realistic), norm weights 1.
-    fn random_tensor(shape: &[usize], seed: u64) -> Vec<bf16> {
-        let n: usize = shape.iter().product();
-        if shape.len() == 1 {
-            return vec![bf16::ONE; n];
-        }
-        let limit = (3.0 / shape[1] as f32).sqrt();
-        let mut out = vec![bf16::ZERO; n];
-        parallel_chunks_mut(&mut out, 1 << 16, |chunk, xs| {
-            for (i, x) in xs.iter_mut().enumerate() {
-                let r = mix(seed ^ mix(((chunk as u64) << 16) + i as u64));
-                let u = (r >> 40) as f32 / (1u64 << 24) as f32;
-                *x = bf16::from_f32((2.0 * u - 1.0) * limit);
-            }
-        });
-        out
-    }
 
     pub fn run(a: TrainArgs) -> Result<()> {
         let config = checked(&a, ModelConfig::from_file(&a.config)?)?;
@@ -178,69 +147,22 @@ mod gpu {
             "{}",
             plan(&a, &config).describe(None, Some(gpu.memory_use()?.total_bytes))
         );
-        let t0 = Instant::now();
-        let mut index = 0u64;
-        let mut trainer = CudaTrainer::from_fn(
+        let measured = bench::train::measure(
             &gpu,
-            config.clone(),
-            TrainerSetup {
-                placement: a.optimizer_state,
+            &bench::train::TrainShape {
+                config: config.clone(),
+                seq: a.seq,
+                micro_batch: a.micro_batch,
+                accumulation: a.accumulation,
+                warmup: a.warmup,
+                steps: a.steps,
+                checkpointing: a.checkpointing,
+                optimizer_state: a.optimizer_state,
                 seed: a.seed,
-                ..TrainerSetup::new(AdamWConfig::default())
             },
-            |_, shape| {
-                index += 1;
-                Ok(random_tensor(shape, mix(a.seed ^ index)))
-            },
-        )
-        .context("bench train: setting up the model (does it fit? try --layers)")?;
-        trainer.checkpointing = a.checkpointing;
-        let state = gpu.memory_use()?;
-        eprintln!(
-            "model and optimizer state on the GPU in {:.1}s: {:.2} GiB in use",
-            t0.elapsed().as_secs_f64(),
-            state.used_bytes as f64 / (1u64 << 30) as f64
-        );
-
+        )?;
         let tokens_per_step = a.seq * a.micro_batch * a.accumulation;
-        let ids: Vec<u32> = (0..a.seq * a.micro_batch)
-            .map(|i| (mix(a.seed ^ 0xA5A5 ^ i as u64) % config.vocab_size as u64) as u32)
-            .collect();
-        let mask = vec![true; a.seq];
-        let seqs: Vec<TrainSequence> = ids
-            .chunks(a.seq)
-            .map(|ids| TrainSequence {
-                ids,
-                loss_mask: &mask,
-            })
-            .collect();
-        let scale = 1.0 / (a.micro_batch * a.accumulation) as f64;
-        let step = |trainer: &mut CudaTrainer| -> Result<(f64, f64)> {
-            let start = Instant::now();
-            trainer.zero_grads()?;
-            let mut loss = 0.0;
-            for _ in 0..a.accumulation {
-                loss += trainer.accumulate(&seqs, scale)?;
-            }
-            trainer.step(1e-5, 1.0)?; // reads the norm back: the step has finished
-            Ok((start.elapsed().as_secs_f64(), loss))
-        };
-        for i in 0..a.warmup {
-            let (s, loss) = step(&mut trainer)?;
-            eprintln!("warmup {}: {s:.3}s, loss {loss:.3}", i + 1);
-        }
-        gpu.reset_peak_memory()?;
-        let mut times = Vec::with_capacity(a.steps);
-        for i in 0..a.steps {
-            let (s, loss) = step(&mut trainer)?;
-            eprintln!(
-                "step {}: {s:.3}s, {:.0} tokens/s, loss {loss:.3}",
-                i + 1,
-                tokens_per_step as f64 / s
-            );
-            times.push(s);
-        }
-        let memory = gpu.memory_use()?;
+        let (times, memory) = (measured.step_seconds, measured.memory);
         let mut sorted = times.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
