@@ -9,15 +9,17 @@ use super::{run_loaded, GenerateArgs};
 use crate::backend::cuda::{CudaBackend, CudaTransformer};
 use crate::error::Result;
 use crate::io::tokenizer::Tokenizer;
+use std::path::Path;
 use std::time::Instant;
 
 /// Opens the GPU (or fails with the reason none can be used), loads the model onto it and runs
-/// the prompt or the instruction set.
-pub(super) fn run(args: &GenerateArgs) -> Result<()> {
+/// the prompt or the instruction set; `dir` is the model folder (`--model`'s, or its GGUF's
+/// conversion).
+pub(super) fn run(args: &GenerateArgs, dir: &Path) -> Result<()> {
     let gpu = CudaBackend::require(0, "--device cuda: no usable GPU")?;
     let t0 = Instant::now();
-    let mut model = CudaTransformer::from_dir(&gpu, &args.model)?;
-    let tok = Tokenizer::load(&args.model, &model.config)?;
+    let mut model = CudaTransformer::from_dir(&gpu, dir)?;
+    let tok = Tokenizer::load(dir, &model.config)?;
     eprintln!(
         "loaded {} ({} parameters) onto {} in {:.2}s",
         args.model.display(),
@@ -25,5 +27,5 @@ pub(super) fn run(args: &GenerateArgs) -> Result<()> {
         gpu.device_name(),
         t0.elapsed().as_secs_f64(),
     );
-    run_loaded(args, &mut model, &tok, " (GPU)")
+    run_loaded(args, dir, &mut model, &tok, " (GPU)")
 }

@@ -2,6 +2,7 @@
 
 use crate::adapter::RuleSet;
 use crate::error::{Context, Result};
+use crate::io::chat_template::ChatFormat;
 use crate::serve::{ServeConfig, Server};
 use clap::Args;
 use std::io::Write;
@@ -29,6 +30,11 @@ pub struct ServeArgs {
     /// The model's name in responses (default: the model folder's name).
     #[arg(long)]
     model_name: Option<String>,
+    /// How /v1/chat/completions renders messages: the model's own chat template
+    /// (tokenizer_config.json's chat_template), the paper's Tulu format, or auto (the model's
+    /// own when it has one, else Tulu).
+    #[arg(long, value_enum, default_value_t = ChatFormat::Auto)]
+    chat_format: ChatFormat,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -40,6 +46,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         port: args.port,
         max_batch: args.max_batch as usize,
         model_name: args.model_name,
+        chat_format: args.chat_format,
     })?;
     let addr = server.local_addr()?;
     eprintln!("{}", server.describe());

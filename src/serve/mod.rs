@@ -1,7 +1,8 @@
 //! `implicit serve`: an OpenAI-compatible HTTP server over a model, optionally through the
 //! paper's rule adapter.
 //!
-//! Endpoints: `POST /v1/chat/completions` (messages rendered in the paper's Tulu template),
+//! Endpoints: `POST /v1/chat/completions` (messages rendered in the model's own chat template,
+//! or the paper's Tulu format: `--chat-format`, see `io::chat_template`),
 //! `POST /v1/completions` (raw prompts), `GET /v1/models`, `GET /health`. Both generation
 //! endpoints take `max_tokens`, `temperature` (0 = greedy; OpenAI's default is 1), `top_p`,
 //! `seed`, `stop`, `stream` (server-sent events ending in `data: [DONE]`, with
@@ -22,6 +23,7 @@ use crate::adapter::{AdapterSpec, RuleAdapter, RuleSet};
 use crate::error::{Context, Result};
 use crate::generate::vocab::VocabText;
 use crate::generate::ScoreAdjuster;
+use crate::io::chat_template::{ChatFormat, ChatTemplate};
 use crate::io::tokenizer::Tokenizer;
 use crate::model::Transformer;
 use completion::{Answer, Ctx};
@@ -54,6 +56,8 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// The model's name in responses (default: the model folder's name).
     pub model_name: Option<String>,
+    /// How chat messages become a prompt: the model's own template or the paper's Tulu format.
+    pub chat_format: ChatFormat,
 }
 
 struct State {
@@ -63,7 +67,7 @@ struct State {
     adjuster: Option<Arc<dyn ScoreAdjuster>>,
     scheduler: Scheduler,
     model_id: String,
-    eos_text: String,
+    chat: ChatTemplate,
     started: u64,
     requests: AtomicU64,
 }
@@ -86,6 +90,7 @@ impl Server {
     pub fn bind(cfg: &ServeConfig) -> Result<Server> {
         let model = Arc::new(Transformer::load(&cfg.model)?);
         let tok = Tokenizer::load(&cfg.model, &model.config)?;
+        let chat = ChatTemplate::load(&cfg.model, &tok, cfg.chat_format)?;
         let adapter = match &cfg.adapter {
             Some(name) => Some(RuleAdapter::new(
                 &AdapterSpec::load(name)?,
@@ -100,6 +105,7 @@ impl Server {
             model.config.num_parameters(),
             model.config.max_position_embeddings
         );
+        description.push_str(&format!("\n{}", chat.describe()));
         if let Some(a) = &adapter {
             description.push_str(&format!("\n{}", a.describe()));
             if !a.unresolved().is_empty() {
@@ -120,7 +126,7 @@ impl Server {
         let state = State {
             scheduler: Scheduler::start(model.clone(), cfg.max_batch)?,
             vocab: VocabText::detect(&tok),
-            eos_text: crate::data::encode::eos_text(&tok).unwrap_or_default(),
+            chat,
             adjuster: adapter.map(|a| Arc::new(a) as Arc<dyn ScoreAdjuster>),
             model,
             tok,
@@ -284,7 +290,7 @@ fn generate(state: &State, req: &Request, chat: bool, w: &mut TcpStream) -> (u16
         }
     };
     let parsed = if chat {
-        openai::parse_chat(&body, &state.eos_text)
+        openai::parse_chat(&body, |turns| state.chat.encode(&state.tok, turns))
     } else {
         openai::parse_completion(&body)
     };
