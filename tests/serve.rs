@@ -147,7 +147,13 @@ fn the_openai_python_client_talks_to_the_server() {
     };
     let (model, tok) = load(&dir);
     let work = common::temp_dir("serve-openai-work");
-    let server = start_server(&dir, &["--model-name", "stories"], work.join("server.log"));
+    // The expected chat text below is built in the paper's Tulu format: ask the server for it,
+    // whatever template the model folder carries (SmolLM2's own is the default otherwise).
+    let server = start_server(
+        &dir,
+        &["--model-name", "stories", "--chat-format", "tulu"],
+        work.join("server.log"),
+    );
 
     let chat_msg = "Tell me a story about a dog.";
     let prompt = tok.encode_prompt(&chat_prompt(chat_msg)).unwrap();
