@@ -6,6 +6,7 @@ use crate::data::read_messages_jsonl;
 use crate::data::Example;
 use crate::error::Result;
 use crate::eval::endpoint::EndpointJudge;
+use crate::eval::http::ClientOptions;
 use crate::eval::judge::{run_judge, Annotation, Judge, JudgeOptions, ANNOTATOR};
 use crate::eval::judge_local::LocalJudge;
 use crate::eval::ranking::{run_ranking, RankingOptions, RankingReport};
@@ -16,7 +17,7 @@ use crate::model::Transformer;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -73,15 +74,29 @@ pub struct JudgeArgs {
     /// The reference outputs (same format), paired by instruction; they become output_1.
     #[arg(long)]
     reference: PathBuf,
-    /// Base URL of an OpenAI-compatible server (http:// only): POST {URL}/v1/chat/completions.
+    /// Base URL of an OpenAI-compatible server (http:// or https://, e.g.
+    /// https://api.openai.com): POST {URL}/v1/chat/completions. Its replies are journaled in
+    /// OUT's folder (annotations.journal.jsonl for annotations.json), and a rerun reuses them.
     #[arg(long, requires = "judge_model", conflicts_with = "judge_local")]
     endpoint: Option<String>,
     /// Model name sent to the endpoint.
     #[arg(long)]
     judge_model: Option<String>,
-    /// Environment variable holding an API key for the endpoint (sent as a bearer token).
+    /// Environment variable holding an API key for the endpoint, sent as a bearer token (e.g.
+    /// OPENAI_API_KEY; the key itself is never taken as an argument, nor printed).
     #[arg(long)]
     api_key_env: Option<String>,
+    /// PEM file of the CA certificates to trust for an https endpoint, instead of the built-in
+    /// Mozilla roots (default: the file named by SSL_CERT_FILE, if set).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Retries of 429, 5xx and connection errors (exponential backoff with jitter, honouring
+    /// Retry-After) stop after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    max_retry_seconds: f64,
+    /// Time limit of one request to the endpoint, from connecting to the end of the response.
+    #[arg(long, default_value_t = 300.0)]
+    request_timeout_seconds: f64,
     /// Judge with a model folder run in-process instead of an endpoint.
     #[arg(long)]
     judge_local: Option<PathBuf>,
@@ -305,12 +320,23 @@ fn judge(args: JudgeArgs) -> Result<()> {
         (Some(url), None) => {
             let name = args.judge_model.as_deref().unwrap_or_default();
             let key = match &args.api_key_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| {
-                    crate::Error(format!("--api-key-env {var}: the variable is not set"))
-                })?),
+                Some(var) => match std::env::var(var) {
+                    Ok(key) if !key.is_empty() => Some(key),
+                    _ => bail!("--api-key-env {var}: the variable is not set or empty"),
+                },
                 None => None,
             };
-            let mut judge = EndpointJudge::new(url, name, key)?;
+            let seconds = |option: &str, s: f64| match Duration::try_from_secs_f64(s) {
+                Ok(d) => Ok(d),
+                Err(_) => bail!("--{option} {s}: not a number of seconds"),
+            };
+            let client = ClientOptions {
+                max_retry_time: seconds("max-retry-seconds", args.max_retry_seconds)?,
+                request_timeout: seconds("request-timeout-seconds", args.request_timeout_seconds)?,
+                ca_file: args.ca_cert.clone(),
+                ..ClientOptions::default()
+            };
+            let mut judge = EndpointJudge::with_options(url, name, key, client)?;
             run_judge(&args.outputs, &args.reference, &mut judge, &opts, &args.out)?
         }
         (None, Some(dir)) => with_model(dir, args.device, |model, tok| {
