@@ -13,7 +13,7 @@ use crate::eval::ranking::{run_ranking, RankingOptions, RankingReport};
 use crate::eval::winrate::{length_controlled, raw_winrate, read_annotations, Difficulty};
 use crate::eval::write_json_atomic;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::Transformer;
+use crate::model::{DeviceModel, DeviceRuntime, LanguageModel};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -145,44 +145,34 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     }
 }
 
-/// Runs `f` on the model of `dir` loaded on `device`, with its tokenizer.
+/// Runs `f` on the model of `dir` loaded on `device` (`model::device`), with its tokenizer.
 fn with_model<R>(
     dir: &Path,
     device: Device,
     f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
 ) -> Result<R> {
-    match device {
-        Device::Cpu => {
-            let model = Transformer::load(dir)?;
-            let tok = Tokenizer::load(dir, &model.config)?;
-            f(&mut CpuModel(&model), &tok)
-        }
-        Device::Cuda => with_gpu_model(dir, f),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn with_gpu_model<R>(
-    dir: &Path,
-    f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
-) -> Result<R> {
-    use crate::backend::cuda::{CudaBackend, CudaTransformer};
-    let gpu = CudaBackend::require(0, "--device cuda: no usable GPU")?;
-    let mut model = CudaTransformer::from_dir(&gpu, dir)?;
-    let tok = Tokenizer::load(dir, &model.config)?;
-    eprintln!("{} on {}", dir.display(), gpu.device_name());
-    f(&mut GpuModel(&mut model, dir.display().to_string()), &tok)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn with_gpu_model<R>(
-    _: &Path,
-    _: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
-) -> Result<R> {
-    Err(crate::backend::built_without_cuda(
-        "--device cuda",
-        ", or use --device cpu",
-    ))
+    let runtime = DeviceRuntime::open(device, "--device cuda", ", or use --device cpu")?;
+    let mut model = runtime.load(dir)?;
+    let tok = Tokenizer::load(dir, model.config())?;
+    // The judge's name in annotations: the folder the CPU model records, or as given.
+    let name = match model.as_cpu() {
+        Some(m) => m.path.display().to_string(),
+        None => dir.display().to_string(),
+    };
+    let on = if runtime.is_gpu() {
+        eprintln!("{} on {}", dir.display(), runtime.name());
+        " on the GPU"
+    } else {
+        ""
+    };
+    f(
+        &mut LoadedModel {
+            model: &mut model,
+            name,
+            on,
+        },
+        &tok,
+    )
 }
 
 /// What `eval` does with a model, on either device.
@@ -201,41 +191,21 @@ trait RunModel {
     ) -> Result<Vec<Annotation>>;
 }
 
-struct CpuModel<'a>(&'a Transformer);
-
-impl RunModel for CpuModel<'_> {
-    fn ranking(
-        &mut self,
-        tok: &Tokenizer,
-        examples: &[Example],
-        opts: &RankingOptions,
-    ) -> Result<RankingReport> {
-        run_ranking(self.0, tok, examples, opts)
-    }
-    fn judge(
-        &mut self,
-        tok: &Tokenizer,
-        max_len: usize,
-        run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
-    ) -> Result<Vec<Annotation>> {
-        let mut judge = LocalJudge::new(self.0, tok, max_len)?;
-        eprintln!("judging with {} in-process", judge.name());
-        run(&mut judge)
-    }
+struct LoadedModel<'m, 'g> {
+    model: &'m mut DeviceModel<'g>,
+    name: String,
+    /// " on the GPU" or nothing, for the judge's start-up line.
+    on: &'static str,
 }
 
-#[cfg(feature = "cuda")]
-struct GpuModel<'m, 'g>(&'m mut crate::backend::cuda::CudaTransformer<'g>, String);
-
-#[cfg(feature = "cuda")]
-impl RunModel for GpuModel<'_, '_> {
+impl RunModel for LoadedModel<'_, '_> {
     fn ranking(
         &mut self,
         tok: &Tokenizer,
         examples: &[Example],
         opts: &RankingOptions,
     ) -> Result<RankingReport> {
-        run_ranking(&mut *self.0, tok, examples, opts)
+        run_ranking(&mut *self.model, tok, examples, opts)
     }
     fn judge(
         &mut self,
@@ -243,8 +213,8 @@ impl RunModel for GpuModel<'_, '_> {
         max_len: usize,
         run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
     ) -> Result<Vec<Annotation>> {
-        let mut judge = LocalJudge::with_name(&mut *self.0, self.1.clone(), tok, max_len)?;
-        eprintln!("judging with {} in-process on the GPU", judge.name());
+        let mut judge = LocalJudge::with_name(&mut *self.model, self.name.clone(), tok, max_len)?;
+        eprintln!("judging with {} in-process{}", judge.name(), self.on);
         run(&mut judge)
     }
 }

@@ -1,7 +1,7 @@
 //! `implicit generate`: one prompt streamed to stdout, or a whole instruction set decoded in
 //! batches into AlpacaEval's model_outputs.json; either through the rule adapter if asked. The
-//! same code runs the CPU model and (`--device cuda`, generate_cuda.rs) the GPU model, through
-//! `generate`'s engine.
+//! same code runs the CPU model and (`--device cuda`) the GPU model, opened by
+//! `model::device`, through `generate`'s engine.
 
 use crate::adapter::{AdapterSpec, RuleAdapter, RuleSet};
 use crate::backend::Device;
@@ -16,16 +16,12 @@ use crate::generate::{generate_adjusted, Finish, GenerateOptions, Sampler, Score
 use crate::io::chat_template::{ChatFormat, ChatMessage, ChatTemplate};
 use crate::io::convert::TempConversion;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::{LanguageModel, Transformer};
+use crate::model::{DeviceRuntime, LanguageModel};
 use clap::{ArgGroup, Args};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-
-#[cfg(feature = "cuda")]
-#[path = "generate_cuda.rs"]
-mod gpu;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "instructions"])))]
@@ -130,19 +126,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None
     };
     let dir = conversion.as_ref().map_or(args.model.as_path(), |c| &c.dir);
-    if args.device == Device::Cuda {
-        return run_cuda(&args, dir);
-    }
+    let runtime = DeviceRuntime::open(args.device, "--device cuda", ", or use --device cpu")?;
     let t0 = Instant::now();
-    let model = Transformer::load(dir)?;
-    let tok = Tokenizer::load(dir, &model.config)?;
+    let mut model = runtime.load(dir)?;
+    let tok = Tokenizer::load(dir, model.config())?;
     eprintln!(
-        "loaded {} ({} parameters) in {:.2}s",
+        "loaded {} ({} parameters){} in {:.2}s",
         args.model.display(),
-        model.config.num_parameters(),
+        model.config().num_parameters(),
+        match args.device {
+            Device::Cpu => String::new(),
+            Device::Cuda => format!(" onto {}", runtime.name()),
+        },
         t0.elapsed().as_secs_f64(),
     );
-    run_loaded(&args, dir, &model, &tok, "")
+    let device = if runtime.is_gpu() { " (GPU)" } else { "" };
+    run_loaded(&args, dir, &mut model, &tok, device)
 }
 
 /// A path naming a GGUF file rather than a model folder.
@@ -219,20 +218,6 @@ fn chat_template(
     }
     eprintln!("{}", chat.describe());
     Ok(chat)
-}
-
-/// `--device cuda`: the forward pass on the GPU (generate_cuda.rs).
-#[cfg(feature = "cuda")]
-fn run_cuda(args: &GenerateArgs, dir: &Path) -> Result<()> {
-    gpu::run(args, dir)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn run_cuda(_: &GenerateArgs, _: &Path) -> Result<()> {
-    Err(crate::backend::built_without_cuda(
-        "--device cuda",
-        ", or use --device cpu",
-    ))
 }
 
 /// Streams the answer to `prompt_text` (a user message in `chat`'s format when given).

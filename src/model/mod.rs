@@ -1,6 +1,7 @@
 //! Model definitions: config.json, weights, the forward pass with a KV cache.
 
 pub mod config;
+pub mod device;
 pub mod init;
 pub mod lm;
 pub mod presets;
@@ -10,5 +11,6 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
+pub use device::{DeviceCache, DeviceModel, DeviceRuntime};
 pub use lm::LanguageModel;
 pub use transformer::{KvCache, Logits, Transformer};

@@ -44,6 +44,27 @@ impl ApiError {
             code: None,
         }
     }
+    /// The server is at its limit (queued requests, connections): 429 or 503, to retry later.
+    pub fn busy(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: if status == 429 {
+                "rate_limit_exceeded"
+            } else {
+                "server_error"
+            },
+            param: None,
+            code: Some(
+                if status == 429 {
+                    "rate_limit_exceeded"
+                } else {
+                    "server_overloaded"
+                }
+                .into(),
+            ),
+        }
+    }
     pub fn to_json(&self) -> Value {
         json!({"error": {
             "message": self.message,
@@ -198,6 +219,44 @@ fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams>
         include_usage,
         logprobs: None,
     })
+}
+
+/// What is checked before any tokenizing: the model asked for is the one served (404
+/// `model_not_found` otherwise, as OpenAI answers), and no tools or structured output, which
+/// this server cannot honour (400 rather than silently ignoring them). `response_format`
+/// `{"type": "text"}` is plain text, what every answer is, so it is accepted.
+pub fn check_request(body: &Value, model_id: &str) -> ApiResult<()> {
+    let Some(body) = body.as_object() else {
+        return Ok(()); // parse_chat/parse_completion say why
+    };
+    if let Some(Value::String(m)) = field(body, "model") {
+        if m != model_id {
+            return Err(ApiError::status(
+                404,
+                format!("The model '{m}' does not exist; this server serves '{model_id}'"),
+            )
+            .with_code("model_not_found"));
+        }
+    }
+    for key in ["tools", "functions", "tool_choice", "function_call"] {
+        if field(body, key).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+            return Err(ApiError::invalid(
+                format!("'{key}' is not supported: this server has no tool calling"),
+                Some(key),
+            ));
+        }
+    }
+    match field(body, "response_format") {
+        None => Ok(()),
+        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
+        Some(f) => Err(ApiError::invalid(
+            format!(
+                "'response_format' {f} is not supported: only {{\"type\": \"text\"}} (no JSON \
+                 mode or schemas)"
+            ),
+            Some("response_format"),
+        )),
+    }
 }
 
 fn object(body: &Value) -> ApiResult<&Map<String, Value>> {
