@@ -274,10 +274,20 @@ fn bad_configs_are_errors_naming_the_line() {
         (
             "name = \"x\"\n[judge]\nlocal = \"j\"\n[[model]]\nname = \"m\"\npath = \"p\"\nlr = \"fast\"\n",
             "line 7",
-            "lr must be a number",
+            "`lr` must be a number, not \"fast\"",
         ),
         ("name = \"x\"\n[[model]]\nname = \"m\"\npath = \"p\"\n", "", "[judge]"),
         ("name = \"a/b\"\n", "line 1", "folder"),
+        (
+            "name = \"x\"\nname = \"y\"\n",
+            "line 2",
+            "key `name` is already set on line 1",
+        ),
+        (
+            "[train]\nbatch_size = 8\nbatch_sise = 8\n",
+            "line 3",
+            "unknown key `batch_sise` in [train]",
+        ),
     ];
     for (i, (text, line, what)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
@@ -326,7 +336,7 @@ fn shipped_configs_parse() {
     assert_eq!(paper.epochs, vec![5, 7, 10, 15, 20]);
     assert_eq!(paper.seeds.len(), 5);
     assert_eq!(paper.settings.len(), 12);
-    assert_eq!(paper.train.batch_size, 64);
+    assert_eq!(paper.train.recipe.batch_size, 64);
 }
 
 #[test]
