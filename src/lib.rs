@@ -18,6 +18,7 @@ pub mod optim;
 pub mod plot;
 pub mod serve;
 pub mod tensor;
+pub mod toml_file;
 pub mod train;
 
 #[cfg(test)]

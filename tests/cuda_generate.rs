@@ -401,3 +401,114 @@ fn greedy_picks_on_the_gpu_are_the_hosts_argmax() {
     }
     assert_eq!(model.captured_batch_sizes(), vec![3]);
 }
+
+/// `implicit serve --device cuda` on stories260k: the models list, a greedy completion whose
+/// text is the engine's greedy decoding on the GPU (`generate` over `CudaTransformer`, the same
+/// single-sequence forward as the server's scheduler), the same text streamed, an unknown
+/// model's 404, and concurrent requests all answered (their batches differ, and bf16 sums
+/// with them, so only the single-sequence text is compared).
+#[test]
+fn serve_on_the_gpu_answers_as_the_engine_on_the_gpu() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-serve") else {
+        return;
+    };
+    let tok = Tokenizer::load(&dir, &Transformer::load(&dir).unwrap().config).unwrap();
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    let prompt = tok.encode_prompt("Once upon a time").unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 30,
+        stop_tokens: tok.eos.clone(),
+    };
+    let want = generate(&mut model, &prompt, &opts, &mut Sampler::greedy(), |_| {
+        Ok(())
+    })
+    .unwrap();
+    let want: Vec<u32> = want.into_iter().filter(|&t| !tok.is_eos(t)).collect();
+    let want = implicit::generate::detok::decode_continuation(&tok, &prompt, &want).unwrap();
+
+    let mut child = Command::new(common::implicit_bin())
+        .args([
+            "serve",
+            "--device",
+            "cuda",
+            "--port",
+            "0",
+            "--model-name",
+            "stories",
+        ])
+        .arg("--model")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let exchange = move |method: &str, path: &str, body: &str| -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut all = String::new();
+        s.read_to_string(&mut all).unwrap();
+        let (head, rest) = all.split_once("\r\n\r\n").unwrap();
+        (head[9..12].parse().unwrap(), rest.to_string())
+    };
+
+    let (status, body) = exchange("GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"stories\""), "{body}");
+    let request = serde_json::json!({"model": "stories", "prompt": "Once upon a time",
+                                     "max_tokens": 30, "temperature": 0});
+    let (status, body) = exchange("POST", "/v1/completions", &request.to_string());
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["text"], want.as_str());
+    let mut streamed = request.clone();
+    streamed["stream"] = serde_json::json!(true);
+    let (status, body) = exchange("POST", "/v1/completions", &streamed.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("data: [DONE]"), "{body}");
+    let mut unknown = request.clone();
+    unknown["model"] = serde_json::json!("gpt-4o");
+    let (status, body) = exchange("POST", "/v1/completions", &unknown.to_string());
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("model_not_found"), "{body}");
+    let handles: Vec<_> = ["Tom had a cat.", "The sun", "Lily went", "Once"]
+        .iter()
+        .map(|p| {
+            let body = serde_json::json!({"prompt": p, "max_tokens": 20, "temperature": 0});
+            std::thread::spawn(move || exchange("POST", "/v1/completions", &body.to_string()))
+        })
+        .collect();
+    for h in handles {
+        let (status, body) = h.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"finish_reason\""), "{body}");
+    }
+    println!("serve --device cuda: greedy text as the engine's: {want:?}");
+}

@@ -27,7 +27,7 @@ use implicit::model::{ModelConfig, Transformer};
 use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule};
 use implicit::train::cuda::{CudaTrainer, TrainerSetup};
 use implicit::train::plan::OptimizerPlacement;
-use implicit::train::{train, Precision, TrainOptions};
+use implicit::train::{train, Precision, Recipe, TrainOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -709,16 +709,18 @@ fn train_options(model: &Path, data: &Path, out: PathBuf, device: Device) -> Tra
         mode: Mode::Response,
         epochs: 2,
         lr: 2e-3,
-        batch_size: 8,
-        micro_batch: 4,
-        warmup: 0.03,
-        schedule: Schedule::Linear,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        max_len: 96,
+        recipe: Recipe {
+            batch_size: 8,
+            micro_batch: 4,
+            warmup: 0.03,
+            schedule: Schedule::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            max_len: 96,
+            precision: Precision::Bf16,
+        },
         max_examples: Some(32),
         seed: 7,
-        precision: Precision::Bf16,
         device,
         checkpointing: false,
         optimizer_state: OptimizerPlacement::Device,

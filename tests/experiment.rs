@@ -123,9 +123,43 @@ fn smoke_grid_runs_resumes_and_reports() {
             );
         }
     }
+    // The figures are pictures: the win-rate PNG decodes at figures.rs's 1000 x 560, white
+    // with the series' colours on it; its SVG has the title; Figure 5 has a dot per point of the
+    // single-task settings' similarity.json (selected run, first seed) and one legend dot each.
     let png = std::fs::read(full.join("figures/winrates.png")).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert!(read(full.join("figures/similarity-stories260k.svg")).contains("<svg"));
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png))
+        .read_info()
+        .unwrap();
+    let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgb).unwrap();
+    assert_eq!((info.width, info.height), (1000, 560));
+    let pixels = || rgb[..info.buffer_size()].chunks(3);
+    assert!(pixels().filter(|p| *p == [255, 255, 255]).count() > 1000 * 560 / 2);
+    let first_series = pixels().filter(|p| *p == [0x00, 0x72, 0xB2]).count();
+    assert!(
+        first_series >= 100,
+        "{first_series} pixels of the first series' colour"
+    );
+    let winrates = read(full.join("figures/winrates.svg"));
+    assert!(
+        winrates.contains("Win rate against instruction tuning (2 seeds)"),
+        "{winrates}"
+    );
+    let mut dots = 0;
+    for setting in ["gsm", "poetry"] {
+        let sel: Value = serde_json::from_str(&read(
+            full.join(format!("stories260k/{setting}/selection.json")),
+        ))
+        .unwrap();
+        let e = sel["selected_epochs"].as_u64().unwrap();
+        let sim: Value = serde_json::from_str(&read(
+            full.join(format!("stories260k/{setting}/seed1-e{e}/similarity.json")),
+        ))
+        .unwrap();
+        dots += 1 + sim["points"].as_array().unwrap().len();
+    }
+    let scatter = read(full.join("figures/similarity-stories260k.svg"));
+    assert_eq!(scatter.matches("<circle ").count(), dots, "{scatter}");
     // The selected run of each trained setting keeps its weights; the others give them back.
     let sel: Value =
         serde_json::from_str(&read(full.join("stories260k/gsm/selection.json"))).unwrap();
@@ -240,10 +274,20 @@ fn bad_configs_are_errors_naming_the_line() {
         (
             "name = \"x\"\n[judge]\nlocal = \"j\"\n[[model]]\nname = \"m\"\npath = \"p\"\nlr = \"fast\"\n",
             "line 7",
-            "lr must be a number",
+            "`lr` must be a number, not \"fast\"",
         ),
         ("name = \"x\"\n[[model]]\nname = \"m\"\npath = \"p\"\n", "", "[judge]"),
         ("name = \"a/b\"\n", "line 1", "folder"),
+        (
+            "name = \"x\"\nname = \"y\"\n",
+            "line 2",
+            "key `name` is already set on line 1",
+        ),
+        (
+            "[train]\nbatch_size = 8\nbatch_sise = 8\n",
+            "line 3",
+            "unknown key `batch_sise` in [train]",
+        ),
     ];
     for (i, (text, line, what)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.toml"));
@@ -292,7 +336,7 @@ fn shipped_configs_parse() {
     assert_eq!(paper.epochs, vec![5, 7, 10, 15, 20]);
     assert_eq!(paper.seeds.len(), 5);
     assert_eq!(paper.settings.len(), 12);
-    assert_eq!(paper.train.batch_size, 64);
+    assert_eq!(paper.train.recipe.batch_size, 64);
 }
 
 #[test]

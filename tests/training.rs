@@ -12,7 +12,7 @@ use implicit::io::convert::convert_gguf;
 use implicit::model::Transformer;
 use implicit::optim::Schedule;
 use implicit::train::plan::OptimizerPlacement;
-use implicit::train::{train, Precision, TrainOptions};
+use implicit::train::{train, Precision, Recipe, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,16 +33,18 @@ fn options(model: &Path, data: &Path, out: PathBuf) -> TrainOptions {
         mode: Mode::Response,
         epochs: 3,
         lr: 2e-3,
-        batch_size: 8,
-        micro_batch: 4,
-        warmup: 0.03,
-        schedule: Schedule::Linear,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        max_len: 96,
+        recipe: Recipe {
+            batch_size: 8,
+            micro_batch: 4,
+            warmup: 0.03,
+            schedule: Schedule::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            max_len: 96,
+            precision: Precision::Bf16,
+        },
         max_examples: Some(32),
         seed: 7,
-        precision: Precision::Bf16,
         device: Device::Cpu,
         checkpointing: false,
         optimizer_state: OptimizerPlacement::Device,

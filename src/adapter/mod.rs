@@ -23,7 +23,6 @@
 //! completion), L counts the generated tokens.
 
 pub mod spec;
-pub mod toml;
 
 pub use spec::{AdapterSpec, EosSchedule, Rule, RuleSet, TokenBias, TokenRef, PAPER_RULES_TOML};
 
@@ -114,9 +113,9 @@ impl RuleAdapter {
                     }
                     (None, None) => unresolved.push(bias.token.to_string()),
                     (None, Some(path)) => bail!(
-                        "{}:{}: {} is not a single token of {}",
+                        "{}{}: {} is not a single token of {}",
                         path.display(),
-                        bias.line.unwrap_or(0),
+                        bias.line.map_or(String::new(), |n| format!(":{n}")),
                         bias.token,
                         tok.path.display()
                     ),

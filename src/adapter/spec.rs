@@ -1,7 +1,7 @@
 //! The rule adapter as written down, before it meets a vocabulary: which rules, their weights
 //! and token lists as text. The paper's rules are built in ([`AdapterSpec::paper`]); custom
-//! ones load from a rules file ([`AdapterSpec::from_file`]) in the TOML subset of `super::toml`
-//! (or the same structure as JSON). [`PAPER_RULES_TOML`] is the paper's adapter in that format:
+//! ones load from a rules file ([`AdapterSpec::from_file`]) in TOML (or the same structure as
+//! JSON). [`PAPER_RULES_TOML`] is the paper's adapter in that format:
 //!
 //! * top-level `user_tag`, `assistant_tag`: the chat tags that mark where the instruction and
 //!   the response start (default the paper's Tulu tags `<|user|>`, `<|assistant|>`);
@@ -12,11 +12,14 @@
 //!   `token` (an exact vocabulary entry) or `id`;
 //! * `[diversity]` (Rule 3): `score` added to every distinct token since the user tag.
 //!
-//! A section that is absent turns its rule off.
+//! A table that is absent turns its rule off. Unknown keys, wrong types and a key given twice
+//! are errors naming the line.
 
-use super::toml::{self, Document, Entry, Section, Value};
 use crate::bail;
 use crate::error::{Context, Error, Result};
+use crate::toml_file::{self, line_of, Fault, Spanned};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -295,92 +298,78 @@ impl AdapterSpec {
 
     /// Parses a rules file's text; errors name `path` and the line.
     pub fn parse(text: &str, path: &Path, json: bool) -> Result<AdapterSpec> {
-        let at = |line: usize| match line {
-            0 => path.display().to_string(),
-            n => format!("{}:{n}", path.display()),
+        let at = |line: usize, m: String| match line {
+            0 => Error(format!("{}: {m}", path.display())),
+            n => Error(format!("{}:{n}: {m}", path.display())),
         };
-        let doc = if json {
-            toml::from_json(text)
+        // JSON is read as the TOML it stands for; its lines are then unknown (0).
+        let converted;
+        let (text, lines) = if json {
+            converted = json_as_toml(text).map_err(|(line, m)| at(line, m))?;
+            (converted.as_str(), false)
         } else {
-            toml::parse(text)
+            (text, true)
         };
-        let doc: Document = doc.map_err(|(line, m)| Error(format!("{}: {m}", at(line))))?;
-        let fail = |line: usize, m: String| Error(format!("{}: {m}", at(line)));
-        let mut spec = AdapterSpec {
-            source: Some(path.to_path_buf()),
-            eos: None,
-            uniform: Vec::new(),
-            diversity: None,
-            ..AdapterSpec::paper()
-        };
-        for section in &doc.sections {
-            match section.name.as_deref() {
-                None => {
-                    let keys = Keys::new(section, &["user_tag", "assistant_tag"], &fail)?;
-                    if let Some(e) = keys.get("user_tag") {
-                        spec.user_tag = string(e, &fail)?;
-                    }
-                    if let Some(e) = keys.get("assistant_tag") {
-                        spec.assistant_tag = string(e, &fail)?;
-                    }
+        let line = |span: std::ops::Range<usize>| if lines { line_of(text, span.start) } else { 0 };
+        let file: RulesFile =
+            toml_file::from_str(text).map_err(|(n, m)| at(if lines { n } else { 0 }, m))?;
+        let non_empty = |s: Option<Spanned<String>>, key: &str| -> Result<Option<String>> {
+            match s {
+                Some(s) if s.get_ref().is_empty() => {
+                    Err(at(line(s.span()), format!("`{key}` must not be empty")))
                 }
-                Some("eos") => {
-                    let keys = Keys::new(section, &["weight", "start", "end"], &fail)?;
-                    let paper = EosSchedule::paper();
-                    let eos = EosSchedule {
-                        weight: keys.number("weight", &fail)?.unwrap_or(paper.weight),
-                        start: keys.count("start", &fail)?.unwrap_or(paper.start),
-                        end: keys.count("end", &fail)?.unwrap_or(paper.end),
-                    };
-                    if eos.start >= eos.end {
-                        return Err(fail(section.line, "[eos]: start must be below end".into()));
-                    }
-                    spec.eos = Some(eos);
-                }
-                Some("diversity") => {
-                    let keys = Keys::new(section, &["score"], &fail)?;
-                    spec.diversity = Some(keys.required_number("score", &fail)?);
-                }
-                Some("token") if section.array => {
-                    let keys = Keys::new(section, &["text", "token", "id", "score"], &fail)?;
-                    let refs: Vec<TokenRef> = [
-                        keys.get("text")
-                            .map(|e| string(e, &fail).map(TokenRef::Text)),
-                        keys.get("token")
-                            .map(|e| string(e, &fail).map(TokenRef::Vocab)),
-                        keys.count("id", &fail)?
-                            .map(|id| Ok(TokenRef::Id(id as u32))),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Result<_>>()?;
-                    let [token] = <[TokenRef; 1]>::try_from(refs).map_err(|_| {
-                        fail(
-                            section.line,
-                            "[[token]] needs exactly one of text, token or id".into(),
-                        )
-                    })?;
-                    spec.uniform.push(TokenBias {
-                        token,
-                        score: keys.required_number("score", &fail)?,
-                        line: Some(section.line),
-                    });
-                }
-                Some(other) => {
-                    let header = if section.array {
-                        format!("[[{other}]]")
-                    } else {
-                        format!("[{other}]")
-                    };
-                    return Err(fail(
-                        section.line,
-                        format!(
-                            "unknown section {header} (expected [eos], [diversity], [[token]])"
-                        ),
-                    ));
-                }
+                s => Ok(s.map(Spanned::into_inner)),
             }
+        };
+        let paper = AdapterSpec::paper();
+        let eos = match file.eos {
+            Some(table) => {
+                let (span, t) = (table.span(), table.into_inner());
+                let paper_eos = EosSchedule::paper();
+                let eos = EosSchedule {
+                    weight: t.weight.map_or(paper_eos.weight, |w| w.0),
+                    start: t.start.unwrap_or(paper_eos.start),
+                    end: t.end.unwrap_or(paper_eos.end),
+                };
+                if eos.start >= eos.end {
+                    return Err(at(line(span), "[eos]: start must be below end".into()));
+                }
+                Some(eos)
+            }
+            None => None,
+        };
+        let mut uniform = Vec::new();
+        for table in file.token {
+            let (span, t) = (table.span(), table.into_inner());
+            let refs: Vec<TokenRef> = [
+                non_empty(t.text, "text")?.map(TokenRef::Text),
+                non_empty(t.token, "token")?.map(TokenRef::Vocab),
+                t.id.map(TokenRef::Id),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let [token] = <[TokenRef; 1]>::try_from(refs).map_err(|_| {
+                at(
+                    line(span.clone()),
+                    "[[token]] needs exactly one of text, token or id".into(),
+                )
+            })?;
+            uniform.push(TokenBias {
+                token,
+                score: t.score.0,
+                line: lines.then(|| line(span)),
+            });
         }
+        let spec = AdapterSpec {
+            source: Some(path.to_path_buf()),
+            user_tag: non_empty(file.user_tag, "user_tag")?.unwrap_or(paper.user_tag),
+            assistant_tag: non_empty(file.assistant_tag, "assistant_tag")?
+                .unwrap_or(paper.assistant_tag),
+            eos,
+            uniform,
+            diversity: file.diversity.map(|d| d.score.0),
+        };
         if spec.eos.is_none() && spec.uniform.is_empty() && spec.diversity.is_none() {
             bail!(
                 "{}: no rules ([eos], [[token]] or [diversity])",
@@ -400,83 +389,134 @@ impl AdapterSpec {
     }
 }
 
-/// A section's entries, checked against the keys it may have.
-struct Keys<'a> {
-    section: &'a Section,
+/// A rules file as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    user_tag: Option<Spanned<String>>,
+    assistant_tag: Option<Spanned<String>>,
+    eos: Option<Spanned<EosTable>>,
+    diversity: Option<DiversityTable>,
+    #[serde(default)]
+    token: Vec<Spanned<TokenTable>>,
 }
 
-type Fail<'a> = &'a dyn Fn(usize, String) -> Error;
+/// `[eos]`: what is left out is the paper's.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EosTable {
+    weight: Option<Finite>,
+    start: Option<usize>,
+    end: Option<usize>,
+}
 
-impl<'a> Keys<'a> {
-    fn new(section: &'a Section, allowed: &[&str], fail: Fail) -> Result<Keys<'a>> {
-        for e in &section.entries {
-            if !allowed.contains(&e.key.as_str()) {
-                let name = section.name.as_deref().unwrap_or("the top level");
-                return Err(fail(
-                    e.line,
-                    format!(
-                        "unknown key `{}` in {name} (expected {})",
-                        e.key,
-                        allowed.join(", ")
-                    ),
-                ));
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiversityTable {
+    score: Finite,
+}
+
+/// One `[[token]]`: exactly one of `text`, `token` and `id`, and its score.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenTable {
+    text: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    id: Option<u32>,
+    score: Finite,
+}
+
+/// A finite number, written as an integer or a float (scores and weights).
+struct Finite(f32);
+
+impl<'de> Deserialize<'de> for Finite {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Finite, D::Error> {
+        struct Number;
+        impl Visitor<'_> for Number {
+            type Value = Finite;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a finite number")
+            }
+            fn visit_i64<E: de::Error>(self, i: i64) -> std::result::Result<Finite, E> {
+                Ok(Finite(i as f32))
+            }
+            fn visit_u64<E: de::Error>(self, u: u64) -> std::result::Result<Finite, E> {
+                Ok(Finite(u as f32))
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> std::result::Result<Finite, E> {
+                match (x as f32).is_finite() {
+                    true => Ok(Finite(x as f32)),
+                    false => Err(E::invalid_value(de::Unexpected::Float(x), &self)),
+                }
             }
         }
-        Ok(Keys { section })
-    }
-    fn get(&self, key: &str) -> Option<&'a Entry> {
-        self.section.entries.iter().find(|e| e.key == key)
-    }
-    fn number(&self, key: &str, fail: Fail) -> Result<Option<f32>> {
-        let Some(e) = self.get(key) else {
-            return Ok(None);
-        };
-        match e.value {
-            Value::Int(i) => Ok(Some(i as f32)),
-            Value::Float(f) if f.is_finite() => Ok(Some(f as f32)),
-            ref v => Err(fail(
-                e.line,
-                format!("`{key}` must be a finite number, not {}", v.type_name()),
-            )),
-        }
-    }
-    fn required_number(&self, key: &str, fail: Fail) -> Result<f32> {
-        self.number(key, fail)?.ok_or_else(|| {
-            let name = self.section.name.as_deref().unwrap_or("");
-            fail(self.section.line, format!("[{name}] needs `{key}`"))
-        })
-    }
-    fn count(&self, key: &str, fail: Fail) -> Result<Option<usize>> {
-        let Some(e) = self.get(key) else {
-            return Ok(None);
-        };
-        match e.value {
-            Value::Int(i) if (0..=u32::MAX as i64).contains(&i) => Ok(Some(i as usize)),
-            ref v => Err(fail(
-                e.line,
-                format!(
-                    "`{key}` must be a non-negative integer, not {}",
-                    describe(v)
-                ),
-            )),
-        }
+        d.deserialize_any(Number)
     }
 }
 
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Int(i) => format!("{i}"),
-        other => other.type_name().to_string(),
-    }
+/// A JSON rules file as the TOML document it stands for.
+fn json_as_toml(text: &str) -> std::result::Result<String, Fault> {
+    let value: JsonAsToml =
+        serde_json::from_str(text).map_err(|e| (e.line(), format!("invalid JSON: {e}")))?;
+    let toml::Value::Table(table) = value.0 else {
+        return Err((1, "expected a JSON object".into()));
+    };
+    toml::to_string(&table).map_err(|e| (0, format!("cannot be written as TOML: {e}")))
 }
 
-fn string(e: &Entry, fail: Fail) -> Result<String> {
-    match &e.value {
-        Value::Str(s) if !s.is_empty() => Ok(s.clone()),
-        Value::Str(_) => Err(fail(e.line, format!("`{}` must not be empty", e.key))),
-        v => Err(fail(
-            e.line,
-            format!("`{}` must be a string, not {}", e.key, v.type_name()),
-        )),
+/// A JSON value as a TOML one, refusing what TOML has no word for (null) and an object that
+/// names a key twice (serde_json alone keeps the last, where TOML refuses the file).
+struct JsonAsToml(toml::Value);
+
+impl<'de> Deserialize<'de> for JsonAsToml {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<JsonAsToml, D::Error> {
+        struct Json;
+        impl<'de> Visitor<'de> for Json {
+            type Value = JsonAsToml;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value (not null)")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> std::result::Result<JsonAsToml, E> {
+                Ok(JsonAsToml(toml::Value::Boolean(b)))
+            }
+            fn visit_i64<E: de::Error>(self, i: i64) -> std::result::Result<JsonAsToml, E> {
+                Ok(JsonAsToml(toml::Value::Integer(i)))
+            }
+            fn visit_u64<E: de::Error>(self, u: u64) -> std::result::Result<JsonAsToml, E> {
+                let i = i64::try_from(u).map_err(|_| E::custom(format!("{u} is too large")))?;
+                Ok(JsonAsToml(toml::Value::Integer(i)))
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> std::result::Result<JsonAsToml, E> {
+                Ok(JsonAsToml(toml::Value::Float(x)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<JsonAsToml, E> {
+                Ok(JsonAsToml(toml::Value::String(s.into())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<JsonAsToml, A::Error> {
+                let mut items = Vec::new();
+                while let Some(JsonAsToml(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(JsonAsToml(toml::Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<JsonAsToml, A::Error> {
+                let mut table = toml::Table::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if table.contains_key(&key) {
+                        return Err(de::Error::custom(format!("key `{key}` is given twice")));
+                    }
+                    let JsonAsToml(value) = map.next_value()?;
+                    table.insert(key, value);
+                }
+                Ok(JsonAsToml(toml::Value::Table(table)))
+            }
+        }
+        d.deserialize_any(Json)
     }
 }

@@ -6,17 +6,18 @@ use crate::data::read_messages_jsonl;
 use crate::data::Example;
 use crate::error::Result;
 use crate::eval::endpoint::EndpointJudge;
+use crate::eval::http::ClientOptions;
 use crate::eval::judge::{run_judge, Annotation, Judge, JudgeOptions, ANNOTATOR};
 use crate::eval::judge_local::LocalJudge;
 use crate::eval::ranking::{run_ranking, RankingOptions, RankingReport};
 use crate::eval::winrate::{length_controlled, raw_winrate, read_annotations, Difficulty};
 use crate::eval::write_json_atomic;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::Transformer;
+use crate::model::{DeviceModel, DeviceRuntime, LanguageModel};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -73,15 +74,29 @@ pub struct JudgeArgs {
     /// The reference outputs (same format), paired by instruction; they become output_1.
     #[arg(long)]
     reference: PathBuf,
-    /// Base URL of an OpenAI-compatible server (http:// only): POST {URL}/v1/chat/completions.
+    /// Base URL of an OpenAI-compatible server (http:// or https://, e.g.
+    /// https://api.openai.com): POST {URL}/v1/chat/completions. Its replies are journaled in
+    /// OUT's folder (annotations.journal.jsonl for annotations.json), and a rerun reuses them.
     #[arg(long, requires = "judge_model", conflicts_with = "judge_local")]
     endpoint: Option<String>,
     /// Model name sent to the endpoint.
     #[arg(long)]
     judge_model: Option<String>,
-    /// Environment variable holding an API key for the endpoint (sent as a bearer token).
+    /// Environment variable holding an API key for the endpoint, sent as a bearer token (e.g.
+    /// OPENAI_API_KEY; the key itself is never taken as an argument, nor printed).
     #[arg(long)]
     api_key_env: Option<String>,
+    /// PEM file of the CA certificates to trust for an https endpoint, instead of the built-in
+    /// Mozilla roots (default: the file named by SSL_CERT_FILE, if set).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Retries of 429, 5xx and connection errors (exponential backoff with jitter, honouring
+    /// Retry-After) stop after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    max_retry_seconds: f64,
+    /// Time limit of one request to the endpoint, from connecting to the end of the response.
+    #[arg(long, default_value_t = 300.0)]
+    request_timeout_seconds: f64,
     /// Judge with a model folder run in-process instead of an endpoint.
     #[arg(long)]
     judge_local: Option<PathBuf>,
@@ -130,45 +145,34 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     }
 }
 
-/// Runs `f` on the model of `dir` loaded on `device`, with its tokenizer.
+/// Runs `f` on the model of `dir` loaded on `device` (`model::device`), with its tokenizer.
 fn with_model<R>(
     dir: &Path,
     device: Device,
     f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
 ) -> Result<R> {
-    match device {
-        Device::Cpu => {
-            let model = Transformer::load(dir)?;
-            let tok = Tokenizer::load(dir, &model.config)?;
-            f(&mut CpuModel(&model), &tok)
-        }
-        Device::Cuda => with_gpu_model(dir, f),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn with_gpu_model<R>(
-    dir: &Path,
-    f: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
-) -> Result<R> {
-    use crate::backend::cuda::CudaBackend;
-    use crate::model::cuda::CudaTransformer;
-    let gpu = CudaBackend::require(0, "--device cuda: no usable GPU")?;
-    let mut model = CudaTransformer::from_dir(&gpu, dir)?;
-    let tok = Tokenizer::load(dir, &model.config)?;
-    eprintln!("{} on {}", dir.display(), gpu.device_name());
-    f(&mut GpuModel(&mut model, dir.display().to_string()), &tok)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn with_gpu_model<R>(
-    _: &Path,
-    _: impl FnOnce(&mut dyn RunModel, &Tokenizer) -> Result<R>,
-) -> Result<R> {
-    Err(crate::backend::built_without_cuda(
-        "--device cuda",
-        ", or use --device cpu",
-    ))
+    let runtime = DeviceRuntime::open(device, "--device cuda", ", or use --device cpu")?;
+    let mut model = runtime.load(dir)?;
+    let tok = Tokenizer::load(dir, model.config())?;
+    // The judge's name in annotations: the folder the CPU model records, or as given.
+    let name = match model.as_cpu() {
+        Some(m) => m.path.display().to_string(),
+        None => dir.display().to_string(),
+    };
+    let on = if runtime.is_gpu() {
+        eprintln!("{} on {}", dir.display(), runtime.name());
+        " on the GPU"
+    } else {
+        ""
+    };
+    f(
+        &mut LoadedModel {
+            model: &mut model,
+            name,
+            on,
+        },
+        &tok,
+    )
 }
 
 /// What `eval` does with a model, on either device.
@@ -187,41 +191,21 @@ trait RunModel {
     ) -> Result<Vec<Annotation>>;
 }
 
-struct CpuModel<'a>(&'a Transformer);
-
-impl RunModel for CpuModel<'_> {
-    fn ranking(
-        &mut self,
-        tok: &Tokenizer,
-        examples: &[Example],
-        opts: &RankingOptions,
-    ) -> Result<RankingReport> {
-        run_ranking(self.0, tok, examples, opts)
-    }
-    fn judge(
-        &mut self,
-        tok: &Tokenizer,
-        max_len: usize,
-        run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
-    ) -> Result<Vec<Annotation>> {
-        let mut judge = LocalJudge::new(self.0, tok, max_len)?;
-        eprintln!("judging with {} in-process", judge.name());
-        run(&mut judge)
-    }
+struct LoadedModel<'m, 'g> {
+    model: &'m mut DeviceModel<'g>,
+    name: String,
+    /// " on the GPU" or nothing, for the judge's start-up line.
+    on: &'static str,
 }
 
-#[cfg(feature = "cuda")]
-struct GpuModel<'m, 'g>(&'m mut crate::model::cuda::CudaTransformer<'g>, String);
-
-#[cfg(feature = "cuda")]
-impl RunModel for GpuModel<'_, '_> {
+impl RunModel for LoadedModel<'_, '_> {
     fn ranking(
         &mut self,
         tok: &Tokenizer,
         examples: &[Example],
         opts: &RankingOptions,
     ) -> Result<RankingReport> {
-        run_ranking(&mut *self.0, tok, examples, opts)
+        run_ranking(&mut *self.model, tok, examples, opts)
     }
     fn judge(
         &mut self,
@@ -229,8 +213,8 @@ impl RunModel for GpuModel<'_, '_> {
         max_len: usize,
         run: &mut dyn FnMut(&mut dyn Judge) -> Result<Vec<Annotation>>,
     ) -> Result<Vec<Annotation>> {
-        let mut judge = LocalJudge::with_name(&mut *self.0, self.1.clone(), tok, max_len)?;
-        eprintln!("judging with {} in-process on the GPU", judge.name());
+        let mut judge = LocalJudge::with_name(&mut *self.model, self.name.clone(), tok, max_len)?;
+        eprintln!("judging with {} in-process{}", judge.name(), self.on);
         run(&mut judge)
     }
 }
@@ -306,12 +290,23 @@ fn judge(args: JudgeArgs) -> Result<()> {
         (Some(url), None) => {
             let name = args.judge_model.as_deref().unwrap_or_default();
             let key = match &args.api_key_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| {
-                    crate::Error(format!("--api-key-env {var}: the variable is not set"))
-                })?),
+                Some(var) => match std::env::var(var) {
+                    Ok(key) if !key.is_empty() => Some(key),
+                    _ => bail!("--api-key-env {var}: the variable is not set or empty"),
+                },
                 None => None,
             };
-            let mut judge = EndpointJudge::new(url, name, key)?;
+            let seconds = |option: &str, s: f64| match Duration::try_from_secs_f64(s) {
+                Ok(d) => Ok(d),
+                Err(_) => bail!("--{option} {s}: not a number of seconds"),
+            };
+            let client = ClientOptions {
+                max_retry_time: seconds("max-retry-seconds", args.max_retry_seconds)?,
+                request_timeout: seconds("request-timeout-seconds", args.request_timeout_seconds)?,
+                ca_file: args.ca_cert.clone(),
+                ..ClientOptions::default()
+            };
+            let mut judge = EndpointJudge::with_options(url, name, key, client)?;
             run_judge(&args.outputs, &args.reference, &mut judge, &opts, &args.out)?
         }
         (None, Some(dir)) => with_model(dir, args.device, |model, tok| {

@@ -1,7 +1,7 @@
 //! `implicit generate`: one prompt streamed to stdout, or a whole instruction set decoded in
 //! batches into AlpacaEval's model_outputs.json; either through the rule adapter if asked. The
-//! same code runs the CPU model and (`--device cuda`, generate_cuda.rs) the GPU model, through
-//! `generate`'s engine.
+//! same code runs the CPU model and (`--device cuda`) the GPU model, opened by
+//! `model::device`, through `generate`'s engine.
 
 use crate::adapter::{AdapterSpec, RuleAdapter, RuleSet};
 use crate::backend::Device;
@@ -9,35 +9,44 @@ use crate::bail;
 use crate::error::{Context, Result};
 use crate::generate::detok::IncrementalDecoder;
 use crate::generate::instructions::{
-    answer_instructions, read_instructions, write_model_outputs, AnswerOptions,
+    answer_prompts, describe_stops, read_instructions, write_model_outputs, AnswerOptions,
+    StopReason,
 };
-use crate::generate::{generate_adjusted, GenerateOptions, Sampler, ScoreAdjuster};
-use crate::io::tokenizer::{chat_prompt, Tokenizer};
-use crate::model::{LanguageModel, Transformer};
+use crate::generate::{generate_adjusted, Finish, GenerateOptions, Sampler, ScoreAdjuster};
+use crate::io::chat_template::{ChatFormat, ChatMessage, ChatTemplate};
+use crate::io::convert::TempConversion;
+use crate::io::tokenizer::Tokenizer;
+use crate::model::{DeviceRuntime, LanguageModel};
 use clap::{ArgGroup, Args};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-#[cfg(feature = "cuda")]
-#[path = "generate_cuda.rs"]
-mod gpu;
-
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "instructions"])))]
 pub struct GenerateArgs {
-    /// Model folder: config.json, model.safetensors (or shards with an index), tokenizer.json.
+    /// Model folder: config.json, model.safetensors (or shards with an index), tokenizer.json;
+    /// or a .gguf file, converted into a temporary folder for this run (`implicit convert-gguf
+    /// X.gguf DIR` converts once for all).
     #[arg(long)]
     model: PathBuf,
-    /// The prompt (with --chat: the instruction); the output streams to stdout.
+    /// The prompt (with --chat: the user's message); the output streams to stdout.
     #[arg(long)]
     prompt: Option<String>,
-    /// Wrap --prompt in the paper's chat format: <|user|>\n{prompt}\n<|assistant|>\n
+    /// Send --prompt as a user message in a chat format (see --chat-format) and print the
+    /// assistant's answer.
     #[arg(long, requires = "prompt")]
     chat: bool,
-    /// An instruction set to answer, each in the paper's chat format: a JSON list of objects
-    /// with "instruction" (AlpacaEval's files) or JSONL of {"instruction": ...} (val.jsonl).
+    /// The chat format: "model" (the model's own chat_template from tokenizer_config.json),
+    /// "tulu" (the paper's <|user|>\n{prompt}\n<|assistant|>\n) or "auto" (the model's own when
+    /// it has one, else tulu). Default: auto with --chat; tulu with --instructions, the paper's
+    /// evaluation format.
+    #[arg(long, value_enum)]
+    chat_format: Option<ChatFormat>,
+    /// An instruction set to answer, each in the paper's chat format (or --chat-format's): a
+    /// JSON list of objects with "instruction" (AlpacaEval's files) or JSONL of
+    /// {"instruction": ...} (val.jsonl).
     #[arg(long, requires = "out")]
     instructions: Option<PathBuf>,
     /// Where --instructions' answers go, as AlpacaEval's model_outputs.json (list of
@@ -98,25 +107,56 @@ pub(crate) fn load_adapter(
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    if args.device == Device::Cuda {
-        return run_cuda(&args);
+    if args.chat_format.is_some() && !args.chat && args.instructions.is_none() {
+        bail!("--chat-format applies to --chat and --instructions");
     }
+    // A .gguf is converted first; the folder goes away when `conversion` drops, after the run.
+    let conversion = if is_gguf(&args.model) {
+        let t0 = Instant::now();
+        let c = TempConversion::new(&args.model)?;
+        eprintln!(
+            "converted {} ({}) in {:.2}s (to skip this step: implicit convert-gguf {} DIR)",
+            args.model.display(),
+            c.report,
+            t0.elapsed().as_secs_f64(),
+            args.model.display()
+        );
+        Some(c)
+    } else {
+        None
+    };
+    let dir = conversion.as_ref().map_or(args.model.as_path(), |c| &c.dir);
+    let runtime = DeviceRuntime::open(args.device, "--device cuda", ", or use --device cpu")?;
     let t0 = Instant::now();
-    let model = Transformer::load(&args.model)?;
-    let tok = Tokenizer::load(&args.model, &model.config)?;
+    let mut model = runtime.load(dir)?;
+    let tok = Tokenizer::load(dir, model.config())?;
     eprintln!(
-        "loaded {} ({} parameters) in {:.2}s",
+        "loaded {} ({} parameters){} in {:.2}s",
         args.model.display(),
-        model.config.num_parameters(),
+        model.config().num_parameters(),
+        match args.device {
+            Device::Cpu => String::new(),
+            Device::Cuda => format!(" onto {}", runtime.name()),
+        },
         t0.elapsed().as_secs_f64(),
     );
-    run_loaded(&args, &model, &tok, "")
+    let device = if runtime.is_gpu() { " (GPU)" } else { "" };
+    run_loaded(&args, dir, &mut model, &tok, device)
 }
 
-/// Runs the prompt or the instruction set on a loaded model, whichever the device; `device`
-/// follows the instruction set's summary line (" (GPU)", or nothing on the CPU).
+/// A path naming a GGUF file rather than a model folder.
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        && path.is_file()
+}
+
+/// Runs the prompt or the instruction set on a loaded model (from the folder `dir`), whichever
+/// the device; `device` follows the instruction set's summary line (" (GPU)", or nothing on the
+/// CPU).
 fn run_loaded<M: LanguageModel>(
     args: &GenerateArgs,
+    dir: &Path,
     model: M,
     tok: &Tokenizer,
     device: &str,
@@ -125,45 +165,74 @@ fn run_loaded<M: LanguageModel>(
     let adjuster = adapter
         .clone()
         .map(|a| Arc::new(a) as Arc<dyn ScoreAdjuster>);
+    let gguf = (dir != args.model).then_some(args.model.as_path());
     match (&args.prompt, &args.instructions, &args.out) {
-        (Some(prompt), _, _) => run_prompt(args, prompt, model, tok, adjuster),
+        (Some(prompt), _, _) => {
+            let chat = match args.chat {
+                true => Some(chat_template(
+                    dir,
+                    gguf,
+                    tok,
+                    args.chat_format,
+                    ChatFormat::Auto,
+                )?),
+                false => None,
+            };
+            run_prompt(args, prompt, chat.as_ref(), model, tok, adjuster)
+        }
         (None, Some(set), Some(out)) => {
             let name = args.generator.clone().unwrap_or_else(|| {
                 default_generator(&args.model, adapter.as_ref(), args.adapter.as_deref())
             });
-            run_instructions(args, (set, out), &name, model, tok, adjuster, device)
+            let chat = chat_template(dir, gguf, tok, args.chat_format, ChatFormat::Tulu)?;
+            let answer = Answer {
+                set,
+                out,
+                generator: &name,
+                chat: &chat,
+                device,
+            };
+            run_instructions(args, &answer, model, tok, adjuster)
         }
         _ => bail!("give --prompt, or --instructions with --out"),
     }
 }
 
-/// `--device cuda`: the forward pass on the GPU (generate_cuda.rs).
-#[cfg(feature = "cuda")]
-fn run_cuda(args: &GenerateArgs) -> Result<()> {
-    gpu::run(args)
+/// The chat format `--chat-format` (or `default`) selects for the model folder `dir` (converted
+/// from the GGUF `from_gguf`, if given), told on stderr.
+fn chat_template(
+    dir: &Path,
+    from_gguf: Option<&Path>,
+    tok: &Tokenizer,
+    format: Option<ChatFormat>,
+    default: ChatFormat,
+) -> Result<ChatTemplate> {
+    let mut chat = ChatTemplate::load(dir, tok, format.unwrap_or(default))?;
+    if let (ChatTemplate::Tulu { reason, .. }, None, ChatFormat::Tulu) =
+        (&mut chat, format, default)
+    {
+        *reason = "the default with --instructions, as in the paper's evaluation";
+    }
+    if let (ChatTemplate::Model(t), Some(gguf)) = (&mut chat, from_gguf) {
+        t.set_origin(&format!("{} tokenizer.chat_template", gguf.display()));
+    }
+    eprintln!("{}", chat.describe());
+    Ok(chat)
 }
 
-#[cfg(not(feature = "cuda"))]
-fn run_cuda(_: &GenerateArgs) -> Result<()> {
-    Err(crate::backend::built_without_cuda(
-        "--device cuda",
-        ", or use --device cpu",
-    ))
-}
-
+/// Streams the answer to `prompt_text` (a user message in `chat`'s format when given).
 fn run_prompt<M: LanguageModel>(
     args: &GenerateArgs,
     prompt_text: &str,
+    chat: Option<&ChatTemplate>,
     model: M,
     tok: &Tokenizer,
     adjuster: Option<Arc<dyn ScoreAdjuster>>,
 ) -> Result<()> {
-    let text = if args.chat {
-        chat_prompt(prompt_text)
-    } else {
-        prompt_text.to_string()
+    let prompt = match chat {
+        Some(chat) => chat.encode(tok, &[ChatMessage::new("user", prompt_text)])?,
+        None => tok.encode_prompt(prompt_text)?,
     };
-    let prompt = tok.encode_prompt(&text)?;
     eprintln!("prompt of {} tokens", prompt.len());
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
@@ -173,7 +242,7 @@ fn run_prompt<M: LanguageModel>(
     // Decoded in the prompt's context, so that a continuation keeps its leading space.
     let mut stream = IncrementalDecoder::new(&prompt);
     let mut stdout = std::io::stdout().lock();
-    if !args.chat {
+    if chat.is_none() {
         write!(stdout, "{prompt_text}").context("stdout")?;
     }
     let t1 = Instant::now();
@@ -190,6 +259,21 @@ fn run_prompt<M: LanguageModel>(
     let total = t1.elapsed().as_secs_f64();
     let prefill = first_token_s.unwrap_or(total);
     let decode_tokens = out.len().saturating_sub(1);
+    let finish = match out.last() {
+        Some(&t) if opts.stop_tokens.contains(&t) => Finish::Stop,
+        _ => Finish::Length,
+    };
+    let stop = match StopReason::of(finish, out.len(), args.max_new_tokens) {
+        StopReason::Eos => format!(
+            "EOS ({})",
+            out.last()
+                .and_then(|&t| tok.id_to_token(t))
+                .unwrap_or_default()
+        ),
+        StopReason::MaxTokens => format!("the --max-new-tokens limit ({})", args.max_new_tokens),
+        StopReason::Context => "the model's context length".to_string(),
+    };
+    eprintln!("stopped at {stop}");
     eprintln!(
         "{} tokens; prefill {:.1} tokens/s, decode {:.1} tokens/s",
         out.len(),
@@ -199,11 +283,18 @@ fn run_prompt<M: LanguageModel>(
     Ok(())
 }
 
-/// The model folder's name, plus what adapter was used.
+/// The model folder's (or .gguf file's) name, plus what adapter was used.
 fn default_generator(model: &Path, adapter: Option<&RuleAdapter>, name: Option<&str>) -> String {
     let base = std::fs::canonicalize(model)
         .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|p| {
+            let name = if is_gguf(&p) {
+                p.file_stem()
+            } else {
+                p.file_name()
+            };
+            name.map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "model".into());
     let (Some(adapter), Some(name)) = (adapter, name) else {
         return base;
@@ -221,16 +312,32 @@ fn default_generator(model: &Path, adapter: Option<&RuleAdapter>, name: Option<&
     }
 }
 
-/// Answers `--instructions` into `--out` (`(set, out)`); `device` ends the summary line.
+/// Where `--instructions` come from and go, and how they are put to the model.
+struct Answer<'a> {
+    set: &'a Path,
+    out: &'a Path,
+    /// model_outputs.json's "generator".
+    generator: &'a str,
+    chat: &'a ChatTemplate,
+    /// Ends the summary line (" (GPU)" or nothing).
+    device: &'a str,
+}
+
+/// Answers `--instructions` into `--out`, with how the answers ended on stderr.
 fn run_instructions<M: LanguageModel>(
     args: &GenerateArgs,
-    (set, out): (&Path, &Path),
-    generator: &str,
+    answer: &Answer<'_>,
     model: M,
     tok: &Tokenizer,
     adjuster: Option<Arc<dyn ScoreAdjuster>>,
-    device: &str,
 ) -> Result<()> {
+    let Answer {
+        set,
+        out,
+        generator,
+        chat,
+        device,
+    } = *answer;
     let mut rows = read_instructions(set)?;
     if let Some(n) = args.limit {
         rows.truncate(n);
@@ -253,8 +360,17 @@ fn run_instructions<M: LanguageModel>(
         generator: generator.to_string(),
         dataset: dataset_default,
     };
-    let outputs = answer_instructions(model, tok, &rows, &opts, adjuster)?;
-    write_model_outputs(out, &outputs)?;
-    eprintln!("wrote {} outputs to {}", outputs.len(), out.display());
+    let prompts = rows
+        .iter()
+        .map(|r| chat.encode(tok, &[ChatMessage::new("user", &r.instruction)]))
+        .collect::<Result<Vec<_>>>()?;
+    let answers = answer_prompts(model, tok, &rows, &prompts, &opts, adjuster)?;
+    write_model_outputs(out, &answers.outputs)?;
+    eprintln!("{}", describe_stops(&answers.stops, args.max_new_tokens));
+    eprintln!(
+        "wrote {} outputs to {}",
+        answers.outputs.len(),
+        out.display()
+    );
     Ok(())
 }

@@ -1,17 +1,25 @@
 //! `implicit serve`: the OpenAI-compatible server (see `crate::serve`).
 
 use crate::adapter::RuleSet;
+use crate::backend::Device;
+use crate::bail;
 use crate::error::{Context, Result};
-use crate::serve::{ServeConfig, Server};
+use crate::io::chat_template::ChatFormat;
+use crate::serve::{Limits, ServeConfig, Server};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Args)]
 pub struct ServeArgs {
     /// Model folder: config.json, model.safetensors (or shards with an index), tokenizer.json.
     #[arg(long)]
     model: PathBuf,
+    /// Where the forward pass runs: cpu, or cuda (a build with `--features cuda` and a GPU of
+    /// compute capability 8.0 or newer; otherwise serve stops at once saying why).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
     /// Serve through the paper's rule-based adapter ("rules") or a rules file (.toml/.json).
     #[arg(long, value_name = "rules|FILE")]
     adapter: Option<String>,
@@ -29,17 +37,49 @@ pub struct ServeArgs {
     /// The model's name in responses (default: the model folder's name).
     #[arg(long)]
     model_name: Option<String>,
+    /// How /v1/chat/completions renders messages: the model's own chat template
+    /// (tokenizer_config.json's chat_template), the paper's Tulu format, or auto (the model's
+    /// own when it has one, else Tulu).
+    #[arg(long, value_enum, default_value_t = ChatFormat::Auto)]
+    chat_format: ChatFormat,
+    /// Request bodies over this many bytes get 413 before anything is parsed or tokenized.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_body_bytes: u64,
+    /// Seconds a client has to send its request headers, and again its body (then 408 or the
+    /// connection is closed).
+    #[arg(long, default_value_t = 30.0)]
+    read_timeout: f64,
+    /// Open connections at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Generation requests running or queued at most; more are answered 429 (Retry-After).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if !(args.read_timeout.is_finite() && args.read_timeout > 0.0) {
+        bail!(
+            "--read-timeout must be a positive number of seconds, not {}",
+            args.read_timeout
+        );
+    }
     let server = Server::bind(&ServeConfig {
         model: args.model,
+        device: args.device,
         adapter: args.adapter,
         rules: args.rules,
         host: args.host,
         port: args.port,
         max_batch: args.max_batch as usize,
         model_name: args.model_name,
+        chat_format: args.chat_format,
+        limits: Limits {
+            max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(usize::MAX),
+            read_timeout: Duration::from_secs_f64(args.read_timeout),
+            max_connections: args.max_connections as usize,
+            max_requests: args.max_requests as usize,
+        },
     })?;
     let addr = server.local_addr()?;
     eprintln!("{}", server.describe());

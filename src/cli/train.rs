@@ -1,12 +1,11 @@
 //! `implicit train` and `implicit data build`.
 
 use crate::backend::Device;
-use crate::data::{build_task, Mode, Task, DEFAULT_MAX_LEN};
+use crate::data::{build_task, Mode, Task};
 use crate::error::Result;
-use crate::optim::Schedule;
 use crate::train::launch::{spawn_ranks, DataParallel};
 use crate::train::plan::OptimizerPlacement;
-use crate::train::{train, Precision, TrainOptions};
+use crate::train::{train, Recipe, TrainOptions};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -48,36 +47,16 @@ pub struct TrainArgs {
     epochs: usize,
     #[arg(long)]
     lr: f32,
-    /// Effective batch: examples per optimizer step.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Examples per forward/backward pass; gradients accumulate to --batch-size.
-    #[arg(long, default_value_t = 1)]
-    micro_batch: usize,
-    /// Fraction of the steps spent warming the learning rate up from 0.
-    #[arg(long, default_value_t = 0.03)]
-    warmup: f32,
-    #[arg(long, value_enum, default_value_t = Schedule::Linear)]
-    schedule: Schedule,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// Global gradient-norm clipping threshold.
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f32,
-    /// Examples are cut at this many tokens.
-    #[arg(long, default_value_t = DEFAULT_MAX_LEN)]
-    max_len: usize,
+    #[command(flatten)]
+    recipe: Recipe,
     /// Use only the first N examples of --data.
     #[arg(long)]
     max_examples: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Parameter storage: bf16 with fp32 master weights, or fp32.
-    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
-    precision: Precision,
     /// Where the forward, backward and optimizer run: cpu, or cuda (a build with `--features
     /// cuda` and a GPU of compute capability 8.0 or newer; bf16 precision).
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    #[arg(long, value_enum, default_value_t = Device::default())]
     device: Device,
     /// (cuda) Activation checkpointing: keep each layer's input only and recompute the layer in
     /// the backward (one more forward, far less memory).
@@ -87,7 +66,7 @@ pub struct TrainArgs {
     /// parameter there), or in page-locked host memory (6 on the GPU; Llama-2-7B on 80 GB); or
     /// bf16: no master, bf16 moments on the GPU, stochastic rounding (10 bytes per parameter;
     /// Llama-2-7B on 80 GB without streaming; other numerics than fp32 master weights).
-    #[arg(long, value_enum, default_value_t = OptimizerPlacement::Device)]
+    #[arg(long, value_enum, default_value_t = OptimizerPlacement::default())]
     optimizer_state: OptimizerPlacement,
     /// (cuda) Print the memory plan before loading and the measured peak after the first step.
     #[arg(long)]
@@ -119,16 +98,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         mode: a.mode,
         epochs: a.epochs,
         lr: a.lr,
-        batch_size: a.batch_size,
-        micro_batch: a.micro_batch,
-        warmup: a.warmup,
-        schedule: a.schedule,
-        weight_decay: a.weight_decay,
-        max_grad_norm: a.max_grad_norm,
-        max_len: a.max_len,
+        recipe: a.recipe,
         max_examples: a.max_examples,
         seed: a.seed,
-        precision: a.precision,
         device: a.device,
         checkpointing: a.checkpointing,
         optimizer_state: a.optimizer_state,
@@ -151,4 +123,79 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::ExperimentConfig;
+    use crate::optim::Schedule;
+    use crate::train::Precision;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// `implicit train` with the required flags and `flags`.
+    fn parse(flags: &[&str]) -> TrainArgs {
+        let required = [
+            "train", "--model", "m", "--data", "d.jsonl", "--epochs", "3", "--lr", "1e-5", "--out",
+            "o",
+        ];
+        Cli::try_parse_from(required.iter().chain(flags))
+            .unwrap()
+            .train
+    }
+
+    #[test]
+    fn no_flags_and_an_empty_train_table_give_the_same_recipe() {
+        let cli = parse(&[]);
+        let config = ExperimentConfig::parse(
+            "[train]\n[judge]\nlocal = \"j\"\n[[model]]\nname = \"m\"\npath = \"p\"\n",
+        )
+        .unwrap()
+        .train;
+        assert_eq!(cli.recipe, Recipe::default());
+        assert_eq!(config.recipe, Recipe::default());
+        assert_eq!(
+            (cli.device, cli.checkpointing, cli.optimizer_state),
+            (config.device, config.checkpointing, config.optimizer_state)
+        );
+    }
+
+    #[test]
+    fn every_recipe_flag_is_read() {
+        let a = parse(&[
+            "--batch-size",
+            "8",
+            "--micro-batch",
+            "2",
+            "--warmup",
+            "0",
+            "--schedule",
+            "cosine",
+            "--weight-decay",
+            "0.1",
+            "--max-grad-norm",
+            "2.5",
+            "--max-len",
+            "96",
+            "--precision",
+            "f32",
+        ]);
+        let want = Recipe {
+            batch_size: 8,
+            micro_batch: 2,
+            warmup: 0.0,
+            schedule: Schedule::Cosine,
+            weight_decay: 0.1,
+            max_grad_norm: 2.5,
+            max_len: 96,
+            precision: Precision::F32,
+        };
+        assert_eq!(a.recipe, want);
+    }
 }

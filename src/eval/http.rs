@@ -1,175 +1,352 @@
-//! A minimal HTTP/1.1 client over `std::net::TcpStream`, enough to POST JSON to an
-//! OpenAI-compatible server: `http://` only (no TLS), `Connection: close`, responses framed by
-//! Content-Length, chunked transfer encoding or the end of the stream.
+//! The judge's HTTP(S) client: `ureq` with rustls (ring; Mozilla's roots built in, or only the
+//! PEM certificates of a CA file), responses capped in size, connect and whole-request timeouts,
+//! and retries with exponential backoff and jitter on 429, 5xx and connection errors that honour
+//! `Retry-After` within a total deadline.
 
 use crate::bail;
 use crate::error::{Context, Result};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
+use ureq::Agent;
 
-/// An `http://host[:port][/path]` URL, split.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Url {
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash ("" for the root).
-    pub path: String,
+/// The environment variable naming a PEM file of trusted CA certificates when no CA file is
+/// given, as OpenSSL, curl and Python's ssl module read it.
+pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+
+/// Settings of the client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Resolving and connecting (TLS handshake included).
+    pub connect_timeout: Duration,
+    /// One whole request: connect, send, the response and its body.
+    pub request_timeout: Duration,
+    /// The largest response body read; a longer one is an error.
+    pub max_response_bytes: u64,
+    /// Retries stop when the next attempt would start later than this after the first.
+    pub max_retry_time: Duration,
+    /// The backoff before the second attempt; it doubles per attempt up to `max_backoff`, and
+    /// each wait is drawn uniformly from [backoff / 2, backoff] (jitter).
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A PEM file of CA certificates to trust instead of the built-in roots; None reads
+    /// [`CA_FILE_ENV`] and falls back to the built-in (webpki-roots) ones.
+    pub ca_file: Option<PathBuf>,
 }
 
-impl Url {
-    pub fn parse(url: &str) -> Result<Url> {
-        let Some(rest) = url.strip_prefix("http://") else {
-            if url.starts_with("https://") {
-                bail!("{url}: https is not supported (plain http:// only; put a local proxy in front)");
-            }
-            bail!("{url}: not an http:// URL");
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
-            bail!("{url}: no host");
+impl Default for ClientOptions {
+    fn default() -> ClientOptions {
+        ClientOptions {
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+            max_response_bytes: 16 << 20,
+            max_retry_time: Duration::from_secs(300),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            ca_file: None,
         }
-        // [v6addr]:port, host:port or host.
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let Some((h, after)) = v6.split_once(']') else {
-                bail!("{url}: unclosed [ in the host");
-            };
-            (h.to_string(), after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
-            }
-        };
-        let port = match port {
-            Some(p) => p
-                .parse::<u16>()
-                .with_context(|| format!("{url}: bad port {p:?}"))?,
-            None => 80,
-        };
-        Ok(Url {
-            host,
-            port,
-            path: path.trim_end_matches('/').to_string(),
-        })
     }
 }
 
-/// A response: status code and body.
+/// A response whose status is not retried (anything but 429 and 5xx).
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Attempts it took (1 when the first one answered).
+    pub attempts: usize,
 }
 
-/// POSTs `body` (JSON) to `url` + `path` and returns the response, whatever its status.
-pub fn post_json(
-    url: &Url,
-    path: &str,
-    body: &[u8],
-    headers: &[(String, String)],
-    timeout: Duration,
-) -> Result<Response> {
-    let target = format!("{}:{}", url.host, url.port);
-    let addr = target
-        .to_socket_addrs()
-        .with_context(|| format!("{target}: cannot resolve"))?
-        .next()
-        .with_context(|| format!("{target}: no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("{target}: cannot connect"))?;
-    stream.set_read_timeout(Some(timeout)).context("socket")?;
-    stream.set_write_timeout(Some(timeout)).context("socket")?;
-    let host = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    let mut head = format!(
-        "POST {}{} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        url.path,
-        path,
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body))
-        .and_then(|_| stream.flush())
-        .with_context(|| format!("{target}: cannot send the request"))?;
-    read_response(BufReader::new(stream)).with_context(|| format!("{target}: bad response"))
+pub struct Client {
+    agent: Agent,
+    opts: ClientOptions,
 }
 
-/// Parses a status line, headers and body from `r`.
-pub fn read_response(mut r: impl BufRead) -> Result<Response> {
-    let mut line = String::new();
-    r.read_line(&mut line).context("reading the status line")?;
-    let mut parts = line.split_whitespace();
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/") {
-        bail!("not an HTTP response: {:?}", line.trim_end());
+/// Why one attempt failed.
+enum Failure {
+    /// Worth another attempt: a connection error, 429 or 5xx (with the server's Retry-After).
+    Transient {
+        what: String,
+        retry_after: Option<Duration>,
+    },
+    /// Not: a malformed or oversized response, a TLS failure, a bad URL.
+    Permanent(String),
+}
+
+impl Client {
+    pub fn new(opts: ClientOptions) -> Result<Client> {
+        let ca_file = opts.ca_file.clone().or_else(|| {
+            std::env::var_os(CA_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let roots = match &ca_file {
+            Some(path) => RootCerts::new_with_certs(&read_pem_certificates(path)?),
+            None => RootCerts::WebPki,
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(roots)
+            .build();
+        let agent = Agent::config_builder()
+            // Statuses come back as responses: 429 and 5xx are retried here, others reported.
+            .http_status_as_error(false)
+            // A redirect is reported, not followed with the API key to another place.
+            .max_redirects(0)
+            .timeout_connect(Some(opts.connect_timeout))
+            .timeout_global(Some(opts.request_timeout))
+            .tls_config(tls)
+            .build()
+            .new_agent();
+        Ok(Client { agent, opts })
     }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {:?}", line.trim_end()))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).context("reading headers")? == 0 {
-            bail!("connection closed inside the headers");
-        }
-        let h = line.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = h.split_once(':') {
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
-            if name == "content-length" {
-                content_length = Some(
-                    value
-                        .parse::<usize>()
-                        .with_context(|| format!("bad Content-Length {value:?}"))?,
+
+    /// POSTs `body` (JSON) to `url`, retrying 429, 5xx and connection errors, and returns the
+    /// first response with another status. `headers` are never shown in messages.
+    pub fn post_json(
+        &self,
+        url: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<Response> {
+        let start = Instant::now();
+        let mut backoff = self.opts.first_backoff;
+        for attempt in 1.. {
+            let (what, retry_after) = match self.attempt(url, body, headers) {
+                Ok((status, body)) => {
+                    return Ok(Response {
+                        status,
+                        body,
+                        attempts: attempt,
+                    })
+                }
+                Err(Failure::Permanent(what)) => bail!("{url}: {what}"),
+                Err(Failure::Transient { what, retry_after }) => (what, retry_after),
+            };
+            let jittered = backoff.mul_f64(0.5 + 0.5 * unit_random());
+            // At least what the server asked for, and never shorter than the backoff.
+            let wait = retry_after.map_or(jittered, |r| r.max(jittered));
+            backoff = (backoff * 2).min(self.opts.max_backoff);
+            let elapsed = start.elapsed();
+            if elapsed + wait > self.opts.max_retry_time {
+                let asked = match retry_after {
+                    Some(r) if elapsed + r > self.opts.max_retry_time => {
+                        format!(" (the server asked to wait {:.0}s more)", r.as_secs_f64())
+                    }
+                    _ => String::new(),
+                };
+                bail!(
+                    "{url}: gave up after {attempt} attempt{} in {:.1}s, the retry deadline being \
+                     {}s{asked}; last: {what}",
+                    if attempt == 1 { "" } else { "s" },
+                    elapsed.as_secs_f64(),
+                    self.opts.max_retry_time.as_secs_f64()
                 );
-            } else if name == "transfer-encoding" && value.to_ascii_lowercase().contains("chunked")
-            {
-                chunked = true;
             }
+            eprintln!(
+                "{url}: attempt {attempt} failed ({}); retrying in {:.2}s",
+                excerpt(&what, 200),
+                wait.as_secs_f64()
+            );
+            std::thread::sleep(wait);
+        }
+        unreachable!("the retry loop returns or bails")
+    }
+
+    fn attempt(
+        &self,
+        url: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> std::result::Result<(u16, Vec<u8>), Failure> {
+        let mut request = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let mut response = request.send(body).map_err(|e| self.classify(url, e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(self.opts.max_response_bytes)
+            .read_to_vec()
+            .map_err(|e| self.classify(url, e))?;
+        if status == 429 || status >= 500 {
+            let text = String::from_utf8_lossy(&body);
+            return Err(Failure::Transient {
+                what: format!("HTTP {status}: {}", excerpt(&text, 300)),
+                retry_after,
+            });
+        }
+        Ok((status, body))
+    }
+
+    fn classify(&self, url: &str, e: ureq::Error) -> Failure {
+        use ureq::Error as E;
+        match e {
+            E::BodyExceedsLimit(cap) => Failure::Permanent(format!(
+                "the response is larger than the {} cap",
+                format_bytes(cap)
+            )),
+            // Rustls reports a refused certificate or handshake as invalid data.
+            E::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
+                let hint = if url.starts_with("https:") {
+                    " (for a private CA or a self-signed certificate, give --ca-cert FILE or set \
+                     SSL_CERT_FILE)"
+                } else {
+                    ""
+                };
+                Failure::Permanent(format!("{io}{hint}"))
+            }
+            E::Io(_) | E::Timeout(_) | E::ConnectionFailed | E::HostNotFound => {
+                Failure::Transient {
+                    what: e.to_string(),
+                    retry_after: None,
+                }
+            }
+            E::Protocol(p) => Failure::Permanent(format!("malformed response: {p}")),
+            other => Failure::Permanent(other.to_string()),
         }
     }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            line.clear();
-            r.read_line(&mut line).context("reading a chunk size")?;
-            let size_text = line.trim().split(';').next().unwrap_or("");
-            let size = usize::from_str_radix(size_text, 16)
-                .with_context(|| format!("bad chunk size {size_text:?}"))?;
-            if size == 0 {
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            r.read_exact(&mut body[start..])
-                .context("reading a chunk")?;
-            line.clear();
-            r.read_line(&mut line).context("reading a chunk end")?;
+}
+
+/// The certificates in a PEM file (private keys and other sections are skipped).
+pub fn read_pem_certificates(path: &Path) -> Result<Vec<Certificate<'static>>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read the CA certificate file", path.display()))?;
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.with_context(|| format!("{}: bad PEM", path.display()))? {
+            PemItem::Certificate(c) => certificates.push(c),
+            _ => continue,
         }
-    } else if let Some(n) = content_length {
-        body.resize(n, 0);
-        r.read_exact(&mut body).context("reading the body")?;
+    }
+    if certificates.is_empty() {
+        bail!(
+            "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        );
+    }
+    Ok(certificates)
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime); a date in
+/// the past is no wait. None when unparsable.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long values saturate; the retry deadline turns them into an error.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = parse_http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An HTTP date in any of RFC 9110's three formats: "Sun, 06 Nov 1994 08:49:37 GMT",
+/// "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994".
+pub fn parse_http_date(text: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
+    let mut month = None;
+    let mut time = None;
+    let mut numbers = Vec::new();
+    for token in text
+        .split([' ', ',', '-'])
+        .filter(|t| !t.is_empty())
+        .skip(1)
+    {
+        if token.contains(':') {
+            let hms: Vec<u64> = token
+                .split(':')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            let [h, m, s] = hms[..] else { return None };
+            if h > 23 || m > 59 || s > 60 {
+                return None;
+            }
+            time = Some(h * 3600 + m * 60 + s);
+        } else if let Some(i) = MONTHS.iter().position(|m| token.eq_ignore_ascii_case(m)) {
+            month = Some(i as u32 + 1);
+        } else if token.bytes().all(|b| b.is_ascii_digit()) {
+            numbers.push((token.len(), token.parse::<i64>().ok()?));
+        } else if !token.eq_ignore_ascii_case("GMT") {
+            return None;
+        }
+    }
+    // The day comes before the year in all three formats.
+    let [(_, day), (year_digits, year)] = numbers[..] else {
+        return None;
+    };
+    let year = match year_digits {
+        // RFC 850's two-digit years: RFC 9110 reads those more than 50 years ahead as past.
+        2 if year < 70 => 2000 + year,
+        2 => 1900 + year,
+        4 => year,
+        _ => return None,
+    };
+    let (month, time) = (month?, time?);
+    if !(1..=31).contains(&day) || year < 1970 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day as u32);
+    let seconds = u64::try_from(days).ok()? * 86_400 + time;
+    Some(UNIX_EPOCH + Duration::from_secs(seconds))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = month as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A number in [0, 1) from the standard library's per-process random hash keys and the clock:
+/// enough to spread retries of concurrent clients apart.
+fn unit_random() -> f64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn format_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
     } else {
-        r.read_to_end(&mut body).context("reading the body")?;
+        format!("{n}-byte")
     }
-    Ok(Response { status, body })
+}
+
+/// The first `max` characters of `text`, with "..." when cut.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut chars = text.chars();
+    let t: String = chars.by_ref().take(max).collect();
+    if chars.next().is_some() {
+        format!("{t}...")
+    } else {
+        t
+    }
 }
 
 #[cfg(test)]
@@ -177,36 +354,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        let u = Url::parse("http://127.0.0.1:8080/").unwrap();
+    fn retry_after_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("127.0.0.1", 8080, "")
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
         );
-        let u = Url::parse("http://example.org/api/v1").unwrap();
         assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("example.org", 80, "/api/v1")
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
         );
-        let u = Url::parse("http://[::1]:9000").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
-        assert!(Url::parse("https://api.openai.com")
-            .unwrap_err()
-            .to_string()
-            .contains("https is not supported"));
-        assert!(Url::parse("http://h:port").is_err());
+        for date in [
+            "Sun, 06 Nov 1994 08:49:47 GMT",
+            "Sunday, 06-Nov-94 08:49:47 GMT",
+            "Sun Nov  6 08:49:47 1994",
+        ] {
+            assert_eq!(
+                parse_retry_after(date, now),
+                Some(Duration::from_secs(10)),
+                "{date}"
+            );
+        }
+        // A date in the past: no wait.
+        assert_eq!(
+            parse_retry_after("Sat, 05 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::ZERO)
+        );
+        // Leap years and the end of a year: 2024-02-29 and 2025-01-01.
+        let at = |s: &str| {
+            parse_http_date(s)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+        };
+        assert_eq!(at("Thu, 29 Feb 2024 00:00:00 GMT").as_secs(), 1_709_164_800);
+        assert_eq!(at("Wed, 01 Jan 2025 00:00:00 GMT").as_secs(), 1_735_689_600);
+        for bad in [
+            "",
+            "-5",
+            "1.5",
+            "soon",
+            "Sun, 06 Nov 1994 25:00:00 GMT",
+            "06 Nov",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
     }
 
     #[test]
-    fn responses() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello trailing";
-        let r = read_response(&raw[..]).unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
-        let raw = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let r = read_response(&raw[..]).unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
-        let raw = b"HTTP/1.0 500 Oops\r\n\r\nuntil close";
-        assert_eq!(read_response(&raw[..]).unwrap().body, b"until close");
-        assert!(read_response(&b"garbage\r\n"[..]).is_err());
+    fn jitter_is_in_range() {
+        for _ in 0..1000 {
+            let x = unit_random();
+            assert!((0.0..1.0).contains(&x), "{x}");
+        }
+    }
+
+    #[test]
+    fn excerpts() {
+        assert_eq!(excerpt("héllo", 10), "héllo");
+        assert_eq!(excerpt("héllo", 2), "hé...");
+        assert_eq!(format_bytes(16 << 20), "16 MiB");
+        assert_eq!(format_bytes(1000), "1000-byte");
     }
 }

@@ -23,6 +23,7 @@
 //! * records as `annotations.json`: output_1 / generator_1 are the reference, output_2 /
 //!   generator_2 the model, so preference 2 means the model wins.
 
+use super::journal::{entry_key, journal_path, Journal, JournalEntry};
 use super::pyrandom::PyRandom;
 use super::{read_json, write_json_atomic, Progress};
 use crate::bail;
@@ -163,6 +164,16 @@ pub trait Judge {
     fn name(&self) -> String;
     /// Answers each prompt (a batch, so a local model can run them together).
     fn judge(&mut self, prompts: &[Vec<ChatMessage>]) -> Result<Vec<JudgeReply>>;
+    /// The most prompts it takes at once (the smaller of this and `JudgeOptions::batch`).
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+    /// What decides its replies besides the prompt, for a judge whose replies are worth
+    /// journaling (see [`super::journal`]); None: not journaled. A local judge is not: its name
+    /// is a folder whose weights may change, and its replies cost only time.
+    fn journal_fingerprint(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One entry of AlpacaEval's model_outputs.json.
@@ -242,13 +253,24 @@ pub struct JudgeOptions {
     pub annotator: String,
 }
 
-/// Annotates every model output against the reference with the same instruction.
+/// What [`annotate`] did.
+pub struct Annotated {
+    pub annotations: Vec<Annotation>,
+    /// Replies taken from the journal instead of asking the judge.
+    pub reused: usize,
+    /// Prompts the judge answered in this run.
+    pub asked: usize,
+}
+
+/// Annotates every model output against the reference with the same instruction. With a
+/// journal, replies found in it are reused and each new reply is appended as it arrives.
 pub fn annotate(
     outputs: &[ModelOutput],
     references: &[ModelOutput],
     judge: &mut dyn Judge,
     opts: &JudgeOptions,
-) -> Result<Vec<Annotation>> {
+    mut journal: Option<&mut Journal>,
+) -> Result<Annotated> {
     let mut by_instruction: HashMap<&str, &ModelOutput> = HashMap::new();
     for r in references.iter().rev() {
         by_instruction.insert(r.instruction.as_str(), r); // the first occurrence wins
@@ -266,22 +288,43 @@ pub fn annotate(
         pending.push((out, *reference));
     }
     let judge_name = judge.name();
+    let fingerprint = judge.journal_fingerprint();
     let mut annotations = Vec::with_capacity(n);
+    let (mut reused, mut asked_total) = (0, 0);
     let mut progress = Progress::new("judge", n);
-    let batch = opts.batch.max(1);
+    let batch = opts.batch.max(1).min(judge.max_batch().max(1));
     for chunk in pending.chunks(batch) {
+        // Per pair: None for identical outputs (a draw), else the reply and whether switched.
+        let mut answers: Vec<Option<(JudgeReply, bool, Option<f64>)>> =
+            (0..chunk.len()).map(|_| None).collect();
         let mut prompts = Vec::new();
         let mut asked = Vec::new();
         for (k, (out, reference)) in chunk.iter().enumerate() {
-            if out.output != reference.output {
-                let switched = is_switched(&out.instruction, opts.seed);
-                let (first, second) = if switched {
-                    (&out.output, &reference.output)
-                } else {
-                    (&reference.output, &out.output)
-                };
-                prompts.push(judge_messages(&out.instruction, first, second));
-                asked.push((k, switched));
+            if out.output == reference.output {
+                continue;
+            }
+            let switched = is_switched(&out.instruction, opts.seed);
+            let (first, second) = if switched {
+                (&out.output, &reference.output)
+            } else {
+                (&reference.output, &out.output)
+            };
+            let messages = judge_messages(&out.instruction, first, second);
+            let key = fingerprint.as_deref().map(|f| entry_key(f, &messages));
+            let journaled = match (&journal, &key) {
+                (Some(j), Some(key)) => j.get(key),
+                _ => None,
+            };
+            if let Some(entry) = journaled {
+                let reply = entry.reply().map_err(|e| {
+                    let path = journal.as_ref().map(|j| j.path().display().to_string());
+                    crate::Error(format!("{}: {e}", path.unwrap_or_default()))
+                })?;
+                answers[k] = Some((reply, switched, entry.seconds));
+                reused += 1;
+            } else {
+                prompts.push(messages);
+                asked.push((k, switched, key));
             }
         }
         let t0 = Instant::now();
@@ -297,15 +340,22 @@ pub fn annotate(
                 prompts.len()
             );
         }
+        asked_total += prompts.len();
         let seconds = t0.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
-        let mut answers: Vec<Option<(JudgeReply, bool)>> = (0..chunk.len()).map(|_| None).collect();
-        for ((k, switched), reply) in asked.into_iter().zip(replies) {
-            answers[k] = Some((reply, switched));
+        let mut entries = Vec::new();
+        for ((k, switched, key), reply) in asked.into_iter().zip(replies) {
+            if let Some(key) = key {
+                entries.push(JournalEntry::new(key, &judge_name, &reply, Some(seconds)));
+            }
+            answers[k] = Some((reply, switched, Some(seconds)));
+        }
+        if let Some(j) = journal.as_deref_mut() {
+            j.append(entries)?;
         }
         for ((out, reference), answer) in chunk.iter().zip(answers) {
             let (preference, time, raw) = match answer {
                 None => (Some(1.5), None, Value::Null), // identical outputs: a draw
-                Some((reply, switched)) => {
+                Some((reply, switched, time)) => {
                     let p = preference_from_logprobs(&reply.top_logprobs).map(|p| {
                         if switched {
                             3.0 - p
@@ -313,7 +363,7 @@ pub fn annotate(
                             p
                         }
                     });
-                    (p, Some(seconds), reply.raw_completion)
+                    (p, time, reply.raw_completion)
                 }
             };
             annotations.push(Annotation {
@@ -340,10 +390,16 @@ pub fn annotate(
             / done as f64;
         progress.update(done, &format!("running win rate {:.1}%", mean * 100.0));
     }
-    Ok(annotations)
+    Ok(Annotated {
+        annotations,
+        reused,
+        asked: asked_total,
+    })
 }
 
-/// Reads both files, annotates and writes `out` atomically; returns the annotations.
+/// Reads both files, annotates and writes `out` atomically; returns the annotations. A judge
+/// with a journal fingerprint (an endpoint) journals its replies beside `out`
+/// ([`journal_path`]), and a rerun reuses them.
 pub fn run_judge(
     outputs_path: &Path,
     reference_path: &Path,
@@ -353,15 +409,36 @@ pub fn run_judge(
 ) -> Result<Vec<Annotation>> {
     let outputs = read_model_outputs(outputs_path)?;
     let references = read_model_outputs(reference_path)?;
-    let annotations = annotate(&outputs, &references, judge, opts).map_err(|e| {
+    let mut journal = match judge.journal_fingerprint() {
+        Some(_) => Some(Journal::open(&journal_path(out))?),
+        None => None,
+    };
+    let result = annotate(&outputs, &references, judge, opts, journal.as_mut());
+    let annotated = result.map_err(|e| {
+        let kept = match &journal {
+            Some(j) if !j.is_empty() => format!(
+                " ({} replies are kept in {}; a rerun reuses them)",
+                j.len(),
+                j.path().display()
+            ),
+            _ => String::new(),
+        };
         crate::Error(format!(
-            "{} vs {}: {e}",
+            "{} vs {}: {e}{kept}",
             outputs_path.display(),
             reference_path.display()
         ))
     })?;
-    write_json_atomic(out, &annotations)?;
-    Ok(annotations)
+    if let Some(j) = &journal {
+        eprintln!(
+            "judge: reused {} replies from {}, asked the judge for {}",
+            annotated.reused,
+            j.path().display(),
+            annotated.asked
+        );
+    }
+    write_json_atomic(out, &annotated.annotations)?;
+    Ok(annotated.annotations)
 }
 
 #[cfg(test)]

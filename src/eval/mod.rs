@@ -3,8 +3,9 @@
 //! * [`ranking`]: response ranking (Section 4.2 of the paper): does the model score an
 //!   instruction's own response above responses to other instructions?
 //! * [`judge`]: AlpacaEval 2's pairwise judge (`weighted_alpaca_eval_gpt4_turbo`) against an
-//!   OpenAI-compatible endpoint ([`endpoint`], over [`http`]) or a model run in-process
-//!   ([`judge_local`]).
+//!   OpenAI-compatible endpoint ([`endpoint`], over [`http`]: ureq, http or https, retries) or a
+//!   model run in-process ([`judge_local`]); an endpoint's replies are kept in a [`journal`] so
+//!   that a rerun resumes.
 //! * [`winrate`]: AlpacaEval's raw win rate with its standard error, and the length-controlled
 //!   win rate through a logistic GLM ([`glm`]).
 //! * [`pyrandom`]: CPython's `random` module, which both protocols use to draw and to swap.
@@ -12,6 +13,7 @@
 pub mod endpoint;
 pub mod glm;
 pub mod http;
+pub mod journal;
 pub mod judge;
 pub mod judge_local;
 pub mod pyrandom;

@@ -5,7 +5,6 @@
 
 pub mod config;
 pub mod figures;
-mod keys;
 pub mod layout;
 pub mod plan;
 pub mod report;

@@ -206,7 +206,7 @@ pub fn plan(
         })?;
         let mut epoch_tokens = Vec::new();
         for (setting, rows) in &built {
-            let data = encode_dataset(&tok, rows, Mode::Instruction, cfg.train.max_len)?;
+            let data = encode_dataset(&tok, rows, Mode::Instruction, cfg.train.recipe.max_len)?;
             let tokens: u64 = data.examples.iter().map(|e| e.ids.len() as u64).sum();
             epoch_tokens.push((setting.name(), tokens));
         }
@@ -239,8 +239,8 @@ pub fn plan(
         let memory = (cfg.train.device == crate::backend::Device::Cuda).then(|| {
             MemoryPlan::new(
                 &config,
-                cfg.train.max_len,
-                cfg.train.micro_batch,
+                cfg.train.recipe.max_len,
+                cfg.train.recipe.micro_batch,
                 cfg.train.checkpointing,
                 cfg.train.optimizer_state,
             )

@@ -327,17 +327,22 @@ impl Ctx<'_> {
         let data = self.store.path(&format!("data/{task}.jsonl"));
         let dir = layout::run_dir(&spec.name, setting, seed, epochs);
         let t = &cfg.train;
+        let r = &t.recipe;
         let fp = json!({
             "model": base_id, "data": self.store.hash_input(&data)?, "train_limit": cfg.data.train_limit,
-            "lr": spec.lr, "epochs": epochs, "seed": seed, "batch_size": t.batch_size,
-            "micro_batch": t.micro_batch, "max_len": t.max_len, "warmup": t.warmup,
-            "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
-            "precision": format!("{:?}", t.precision),
+            "lr": spec.lr, "epochs": epochs, "seed": seed, "batch_size": r.batch_size,
+            "micro_batch": r.micro_batch, "max_len": r.max_len, "warmup": r.warmup,
+            "weight_decay": r.weight_decay, "max_grad_norm": r.max_grad_norm,
+            "precision": format!("{:?}", r.precision),
         });
-        // Added only off the CPU, so that CPU runs made before the key existed stay valid.
+        // Added only off the CPU and off the linear schedule, so that runs made before these
+        // keys existed stay valid.
         let mut fp = fp;
         if t.device != Device::Cpu {
             fp["device"] = json!(format!("{:?}", t.device));
+        }
+        if r.schedule != Schedule::Linear {
+            fp["schedule"] = json!(format!("{:?}", r.schedule));
         }
         let ckpt = layout::checkpoint(&spec.name, setting, seed, epochs);
         self.store
@@ -349,16 +354,9 @@ impl Ctx<'_> {
                     mode: Mode::Instruction,
                     epochs,
                     lr: spec.lr,
-                    batch_size: t.batch_size,
-                    micro_batch: t.micro_batch,
-                    warmup: t.warmup,
-                    schedule: Schedule::Linear,
-                    weight_decay: t.weight_decay,
-                    max_grad_norm: t.max_grad_norm,
-                    max_len: t.max_len,
+                    recipe: t.recipe,
                     max_examples: cfg.data.train_limit,
                     seed,
-                    precision: t.precision,
                     device: t.device,
                     checkpointing: t.checkpointing,
                     optimizer_state: t.optimizer_state,

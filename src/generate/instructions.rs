@@ -6,7 +6,7 @@
 //! `{instruction, output, generator, dataset}`, the format `alpaca_eval --model_outputs` reads.
 
 use super::detok::decode_continuation;
-use super::{run_batched, Sampler, ScoreAdjuster, SequenceRequest};
+use super::{run_batched, Finish, Sampler, ScoreAdjuster, SequenceRequest};
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
@@ -117,7 +117,8 @@ pub struct AnswerOptions {
 
 /// Answers every instruction in the paper's chat format (EOS ends an answer and is not kept),
 /// optionally through a score adjuster (the rule adapter); progress on stderr. Any model: the
-/// CPU's (`&Transformer`) or the GPU's (`&mut CudaTransformer`).
+/// CPU's (`&Transformer`) or the GPU's (`&mut CudaTransformer`). The experiments answer through
+/// this, so their prompts stay the paper's whatever the model's own chat template.
 pub fn answer_instructions<M: LanguageModel>(
     model: M,
     tok: &Tokenizer,
@@ -129,6 +130,86 @@ pub fn answer_instructions<M: LanguageModel>(
         .iter()
         .map(|r| tok.encode_prompt(&chat_prompt(&r.instruction)))
         .collect::<Result<Vec<_>>>()?;
+    Ok(answer_prompts(model, tok, rows, &prompts, opts, adjuster)?.outputs)
+}
+
+/// What [`answer_prompts`] gives: a row per instruction and why each answer ended.
+pub struct Answers {
+    pub outputs: Vec<ModelOutput>,
+    /// The stop of each answer, in the rows' order.
+    pub stops: Vec<StopReason>,
+}
+
+/// Why an answer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model wrote an EOS (stop) token.
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The model's context was full.
+    Context,
+}
+
+impl StopReason {
+    /// From the engine's finish and the number of tokens generated.
+    pub fn of(finish: Finish, generated: usize, max_new_tokens: usize) -> StopReason {
+        match finish {
+            Finish::Stop => StopReason::Eos,
+            Finish::Length if generated >= max_new_tokens => StopReason::MaxTokens,
+            Finish::Length => StopReason::Context,
+        }
+    }
+}
+
+/// One line counting how answers ended, e.g. "stopped: 50 at EOS, 6 at the 256-token limit
+/// (instructions 3, 17, ...)", naming (up to 10 of) the cut-off ones by their 0-based index.
+pub fn describe_stops(stops: &[StopReason], max_new_tokens: usize) -> String {
+    let count = |r: StopReason| stops.iter().filter(|&&s| s == r).count();
+    let mut parts = vec![format!("{} at EOS", count(StopReason::Eos))];
+    let cut: Vec<usize> = (0..stops.len())
+        .filter(|&i| stops[i] != StopReason::Eos)
+        .collect();
+    for (reason, what) in [
+        (
+            StopReason::MaxTokens,
+            format!("the {max_new_tokens}-token limit"),
+        ),
+        (
+            StopReason::Context,
+            "the model's context length".to_string(),
+        ),
+    ] {
+        let n = count(reason);
+        if n > 0 {
+            parts.push(format!("{n} at {what}"));
+        }
+    }
+    let mut line = format!("stopped: {}", parts.join(", "));
+    if !cut.is_empty() {
+        let shown: Vec<String> = cut.iter().take(10).map(|i| i.to_string()).collect();
+        let more = if cut.len() > 10 { ", ..." } else { "" };
+        line.push_str(&format!(
+            " (cut off: instructions {}{more})",
+            shown.join(", ")
+        ));
+    }
+    line
+}
+
+/// Answers `rows` from their already encoded `prompts` (one each, e.g. in the model's own chat
+/// template): EOS ends an answer and is not kept; progress on stderr.
+pub fn answer_prompts<M: LanguageModel>(
+    model: M,
+    tok: &Tokenizer,
+    rows: &[Instruction],
+    prompts: &[Vec<u32>],
+    opts: &AnswerOptions,
+    adjuster: Option<Arc<dyn ScoreAdjuster>>,
+) -> Result<Answers> {
+    if prompts.len() != rows.len() {
+        bail!("{} prompts for {} instructions", prompts.len(), rows.len());
+    }
     let sampler = Sampler::new(opts.temperature, opts.seed);
     let requests: Vec<SequenceRequest> = prompts
         .iter()
@@ -144,6 +225,7 @@ pub fn answer_instructions<M: LanguageModel>(
         .collect();
     let total = rows.len();
     let mut texts: Vec<Option<String>> = vec![None; total];
+    let mut stops = vec![StopReason::Eos; total];
     let mut progress = Progress::new(total);
     let tokens = std::cell::Cell::new(0usize);
     run_batched(
@@ -155,6 +237,7 @@ pub fn answer_instructions<M: LanguageModel>(
             Ok(())
         },
         |i, finished| {
+            stops[i] = StopReason::of(finished.finish, finished.tokens.len(), opts.max_new_tokens);
             let body: Vec<u32> = finished
                 .tokens
                 .iter()
@@ -170,7 +253,7 @@ pub fn answer_instructions<M: LanguageModel>(
     )?;
     progress.tokens = tokens.get();
     progress.report(true);
-    Ok(rows
+    let outputs = rows
         .iter()
         .zip(texts)
         .map(|(r, text)| ModelOutput {
@@ -179,7 +262,8 @@ pub fn answer_instructions<M: LanguageModel>(
             generator: opts.generator.clone(),
             dataset: r.dataset.clone().unwrap_or_else(|| opts.dataset.clone()),
         })
-        .collect())
+        .collect();
+    Ok(Answers { outputs, stops })
 }
 
 /// done/total, tokens/s and ETA on stderr, at most twice a second (on one line on a terminal).
@@ -255,5 +339,29 @@ fn clock(secs: f64) -> String {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_are_told_apart_and_counted() {
+        assert_eq!(StopReason::of(Finish::Stop, 3, 3), StopReason::Eos);
+        assert_eq!(StopReason::of(Finish::Length, 3, 3), StopReason::MaxTokens);
+        assert_eq!(StopReason::of(Finish::Length, 2, 3), StopReason::Context);
+        let stops = [
+            StopReason::Eos,
+            StopReason::MaxTokens,
+            StopReason::Eos,
+            StopReason::Context,
+        ];
+        assert_eq!(
+            describe_stops(&stops, 256),
+            "stopped: 2 at EOS, 1 at the 256-token limit, 1 at the model's context length \
+             (cut off: instructions 1, 3)"
+        );
+        assert_eq!(describe_stops(&stops[..1], 8), "stopped: 1 at EOS");
     }
 }

@@ -454,6 +454,40 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
     })
 }
 
+/// A GGUF converted into a temporary model folder, removed when dropped: lets a command take
+/// `--model X.gguf` directly (the folder is only needed while the model loads).
+pub struct TempConversion {
+    pub dir: PathBuf,
+    pub report: ConvertReport,
+}
+
+impl TempConversion {
+    /// Converts `input` into a fresh folder under the system's temporary directory.
+    pub fn new(input: &Path) -> Result<TempConversion> {
+        let stem = input
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("implicit-{stem}-{}-{nanos:x}", std::process::id()));
+        match convert_gguf(input, &dir) {
+            Ok(report) => Ok(TempConversion { dir, report }),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for TempConversion {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// tokenizer_config.json: the special tokens by name, whether BOS is added, the chat template.
 fn tokenizer_config(
     gguf: &GgufFile,

@@ -6,7 +6,8 @@ use crate::error::{Context, Result};
 use crate::model::{Architecture, ModelConfig};
 use std::path::{Path, PathBuf};
 
-/// The paper's chat template (Tulu): `<|user|>\n{instruction}\n<|assistant|>\n`.
+/// The paper's chat template (Tulu): `<|user|>\n{instruction}\n<|assistant|>\n`, which the
+/// experiments use for every model (`io::chat_template` renders a model's own template).
 pub fn chat_prompt(instruction: &str) -> String {
     format!("<|user|>\n{instruction}\n<|assistant|>\n")
 }

@@ -1,7 +1,8 @@
 //! [`LanguageModel`]: what generation, ranking, the local judge and the embedder need of a
 //! model: a causal LM that runs ragged batches of new tokens, each sequence appending to its own
-//! KV cache. The CPU [`Transformer`] and (feature `cuda`) `model::cuda::CudaTransformer`
-//! implement it, so every entry point runs on either device.
+//! KV cache. The CPU [`Transformer`], the GPU model and [`super::device::DeviceModel`] (either,
+//! opened by `model::device`, which holds the GPU model's impl) implement it, so every entry
+//! point runs on either device.
 //!
 //! The methods take `&mut self`, since the GPU model's forward pass needs it (it drives one
 //! stream; a `&self` contract would push a `RefCell`/`Mutex` into it). The CPU model does not
@@ -131,38 +132,6 @@ impl LanguageModel for Transformer {
         want: Logits,
     ) -> Result<Vec<Vec<f32>>> {
         Transformer::forward(self, batch, want)
-    }
-}
-
-/// The GPU model. Its caches live on the GPU; a fork copies them there (None if that fails:
-/// the caller then runs the prefix again).
-#[cfg(feature = "cuda")]
-impl LanguageModel for crate::model::cuda::CudaTransformer<'_> {
-    type Cache = crate::backend::cuda::CudaKvCache;
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-    fn new_cache(&self) -> Self::Cache {
-        crate::model::cuda::CudaTransformer::new_cache(self)
-    }
-    fn cache_len(cache: &Self::Cache) -> usize {
-        cache.len()
-    }
-    fn fork_cache(&self, cache: &Self::Cache) -> Option<Self::Cache> {
-        cache.fork(self.gpu()).ok()
-    }
-    fn forward(
-        &mut self,
-        batch: &mut [(&[u32], &mut Self::Cache)],
-        want: Logits,
-    ) -> Result<Vec<Vec<f32>>> {
-        crate::model::cuda::CudaTransformer::forward(self, batch, want)
-    }
-    fn forward_greedy(
-        &mut self,
-        batch: &mut [(&[u32], &mut Self::Cache)],
-    ) -> Result<Option<Vec<(u32, f32)>>> {
-        crate::model::cuda::CudaTransformer::forward_greedy(self, batch).map(Some)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 pub mod init;
 pub mod lm;
 pub mod presets;
@@ -12,5 +13,6 @@ pub mod transformer;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
+pub use device::{DeviceCache, DeviceModel, DeviceRuntime};
 pub use lm::LanguageModel;
 pub use transformer::{KvCache, Logits, Transformer};

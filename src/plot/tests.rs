@@ -1,7 +1,8 @@
-//! Whole-chart tests: SVG content, PNG pixels at known bars, edge cases, file writing, and an
-//! ignored demo that writes charts to /tmp for eyeballing.
+//! Whole-chart tests: what the SVG holds (texts, one rectangle per bar at heights in proportion
+//! to the values, one circle per point where the data puts it), what the PNG holds (decoded by
+//! the `png` crate: size, background, bars of the series' colours and heights), edge cases at
+//! every size, file writing, and an ignored demo that writes charts to /tmp for eyeballing.
 
-use super::png::decode_png;
 use super::*;
 
 fn winrate_chart() -> BarChart {
@@ -60,172 +61,276 @@ fn similarity_chart() -> ScatterChart {
     }
 }
 
-fn bars(scene: &Scene) -> Vec<(f64, f64, f64, f64, Rgb)> {
-    (scene.shapes.iter())
-        .filter_map(|s| match s {
-            Shape::Rect {
-                x,
-                y,
-                w,
-                h,
-                fill,
-                class: Some("bar"),
-                ..
-            } => Some((*x, *y, *w, *h, *fill)),
-            _ => None,
+/// The `name="..."` attribute of an SVG element's text, as a number.
+fn attr(element: &str, name: &str) -> f64 {
+    let key = format!(" {name}=\"");
+    let start = element
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {element}"))
+        + key.len();
+    let end = start + element[start..].find('"').unwrap();
+    element[start..end].parse().unwrap()
+}
+
+/// Every `<tag ...>` element's opening text, in document order.
+fn elements<'a>(svg: &'a str, tag: &str) -> Vec<&'a str> {
+    let open = format!("<{tag} ");
+    svg.match_indices(&open)
+        .map(|(i, _)| &svg[i..i + svg[i..].find('>').unwrap()])
+        .collect()
+}
+
+/// The trimmed contents of every `<text>` element.
+fn texts(svg: &str) -> Vec<String> {
+    svg.split("<text ")
+        .skip(1)
+        .map(|t| {
+            t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()]
+                .trim()
+                .to_string()
         })
         .collect()
 }
 
+fn hex(c: RGBColor) -> String {
+    format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
+}
+
+/// Rectangles filled with `c`: (x, y, width, height).
+fn rects_of(svg: &str, c: RGBColor) -> Vec<(f64, f64, f64, f64)> {
+    let fill = format!("fill=\"{}\"", hex(c));
+    (elements(svg, "rect").into_iter())
+        .filter(|r| r.contains(&fill))
+        .map(|r| {
+            (
+                attr(r, "x"),
+                attr(r, "y"),
+                attr(r, "width"),
+                attr(r, "height"),
+            )
+        })
+        .collect()
+}
+
+struct Image {
+    width: u32,
+    height: u32,
+    rgb: Vec<u8>,
+}
+
+impl Image {
+    fn decode(bytes: &[u8]) -> Image {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut rgb).unwrap();
+        assert_eq!(
+            (info.color_type, info.bit_depth),
+            (png::ColorType::Rgb, png::BitDepth::Eight)
+        );
+        rgb.truncate(info.buffer_size());
+        Image {
+            width: info.width,
+            height: info.height,
+            rgb,
+        }
+    }
+
+    fn pixel(&self, x: u32, y: u32) -> RGBColor {
+        let i = 3 * (y as usize * self.width as usize + x as usize);
+        RGBColor(self.rgb[i], self.rgb[i + 1], self.rgb[i + 2])
+    }
+
+    /// Runs of adjacent columns holding pixels of exactly `c` in rows `top..`: (first x,
+    /// last x, top y, bottom y) of each, left to right.
+    fn blobs(&self, c: RGBColor, top: u32) -> Vec<(u32, u32, u32, u32)> {
+        let mut out: Vec<(u32, u32, u32, u32)> = Vec::new();
+        for x in 0..self.width {
+            let ys: Vec<u32> = (top..self.height)
+                .filter(|&y| self.pixel(x, y) == c)
+                .collect();
+            let (Some(&top), Some(&bottom)) = (ys.first(), ys.last()) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some(b) if b.1 + 1 == x => *b = (b.0, x, b.2.min(top), b.3.max(bottom)),
+                _ => out.push((x, x, top, bottom)),
+            }
+        }
+        out
+    }
+}
+
 #[test]
-fn svg_has_escaped_labels_and_one_rect_per_bar() {
+fn svg_has_the_texts_and_one_rect_per_bar_in_proportion() {
     let chart = winrate_chart();
-    let svg = render_svg(&chart);
-    assert!(svg.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns="));
-    assert!(svg.trim_end().ends_with("</svg>"));
+    let svg = render_svg(&chart).unwrap();
     assert!(
-        svg.contains("Llama-2-13B &lt;base&gt; &amp; co"),
-        "label not escaped"
+        svg.starts_with("<svg width=\"800\" height=\"500\""),
+        "{}",
+        &svg[..80]
     );
-    assert!(!svg.contains("<base>"));
-    assert!(svg.contains(">parity</text>"));
-    assert!(svg.contains(">win rate (%)</text>"));
-    assert!(svg.contains("rotate(-90"));
-    assert!(svg.contains("stroke-dasharray"));
-    for name in [
+    assert!(svg.trim_end().ends_with("</svg>"));
+    let texts = texts(&svg);
+    for t in [
+        "AlpacaEval win rate against instruction tuning",
+        "win rate (%)",
+        "parity",
+        "Llama-2-7B",
+        "OLMo-7B-0724",
+        "Llama-2-13B &lt;base&gt; &amp; co",
         "instruction tuning",
         "response tuning",
+        "single-task: poetry",
         "rule-based adapter",
+        "0",
+        "60",
     ] {
-        assert!(svg.contains(&format!(">{name}</text>")), "legend {name}");
-    }
-    // 3 models x 4 settings, less the one NaN.
-    assert_eq!(svg.matches("<rect class=\"bar\"").count(), 11);
-    assert_eq!(bars(&chart.scene(800, 500)).len(), 11);
-    // Every element is closed: as many opening tags as closing ones or self-closings.
-    let opens = svg.matches('<').count() - svg.matches("</").count() - 1; // minus <?xml
-    let closes = svg.matches("/>").count() + svg.matches("</").count();
-    assert_eq!(opens, closes);
-    // The same series has the same colour in every group.
-    let scene = chart.scene(800, 500);
-    let resp: Vec<Rgb> = bars(&scene).iter().map(|b| b.4).collect();
-    assert_eq!(resp[1], PALETTE[1]);
-    assert_eq!(resp[5], PALETTE[1]);
-    assert_eq!(resp[0], PALETTE[0]);
-}
-
-#[test]
-fn png_pixels_show_the_bars() {
-    let chart = winrate_chart();
-    let (w, h) = (800, 500);
-    let png = render_png(&chart, w, h);
-    let img = decode_png(&png).unwrap();
-    assert_eq!((img.width, img.height), (w, h));
-    assert_eq!(img.chunks, ["IHDR", "IDAT", "IEND"]);
-    assert!(png.len() < 60_000, "chart PNG is {} bytes", png.len());
-    for (x, y, bw, bh, fill) in bars(&chart.scene(w, h)) {
-        // A quarter of the way across (clear of the error bar), half way down.
-        let (px, py) = ((x + bw / 4.0) as u32, (y + bh / 2.0) as u32);
         assert_eq!(
-            img.pixel(px, py),
-            [fill.0, fill.1, fill.2],
-            "bar at {x},{y}"
+            texts.iter().filter(|x| *x == t).count(),
+            1,
+            "{t}: {texts:?}"
         );
     }
-    // Corners are background.
-    assert_eq!(img.pixel(0, 0), [255, 255, 255]);
-    assert_eq!(img.pixel(w - 1, h - 1), [255, 255, 255]);
-
-    // A known layout: one bar filling the whole y range sits in the middle of the plot.
-    let one = BarChart {
-        y_range: Some((0.0, 10.0)),
-        groups: vec![BarGroup {
-            label: String::new(),
-            bars: vec![Bar::new("", 10.0, None)],
-        }],
-        ..Default::default()
-    };
-    let img = decode_png(&render_png(&one, 200, 100)).unwrap();
-    let blue = [PALETTE[0].0, PALETTE[0].1, PALETTE[0].2];
-    let (x, _, bw, bh, _) = bars(&one.scene(200, 100))[0];
-    assert!(bw > 40.0 && bh > 40.0, "{bw} x {bh}");
-    assert!(
-        (x + bw / 2.0 - 110.0).abs() < 15.0,
-        "bar centre {}",
-        x + bw / 2.0
-    );
-    assert_eq!(img.pixel(110, 50), blue);
-}
-
-#[test]
-fn python_zlib_reads_the_chart_idat() {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import zlib"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIPPED: python3 with zlib not available");
-        return;
+    assert!(!svg.contains("<base>"));
+    // One legend swatch per series, then one rectangle per finite bar; every bar stands on the
+    // same baseline with a height in proportion to its value (the axis runs 0..60).
+    let values = [
+        [50.0, 50.0, 50.0],
+        [43.2, 39.6, 45.1],
+        [21.0, 17.5, 24.2],
+        [24.4, 19.1, f64::NAN],
+    ];
+    let mut baseline = None;
+    let mut px_per_unit = None;
+    for (k, vs) in values.iter().enumerate() {
+        let rects = rects_of(&svg, PALETTE[k]);
+        let finite: Vec<f64> = vs.iter().copied().filter(|v| v.is_finite()).collect();
+        assert_eq!(rects.len(), 1 + finite.len(), "series {k}: {rects:?}");
+        let (swatch, bars) = (rects[0], &rects[1..]);
+        assert!(swatch.1 < bars[0].1 && swatch.3 < 20.0, "{swatch:?}");
+        for (bar, v) in bars.iter().zip(&finite) {
+            let bottom = bar.1 + bar.3;
+            assert!(
+                (bottom - *baseline.get_or_insert(bottom)).abs() <= 1.0,
+                "{bar:?}"
+            );
+            let scale = *px_per_unit.get_or_insert(bar.3 / v);
+            assert!(
+                (bar.3 - v * scale).abs() <= 1.0,
+                "series {k} value {v}: {bar:?}"
+            );
+        }
     }
-    let img = decode_png(&render_png(&similarity_chart(), 640, 400)).unwrap();
-    let path = std::env::temp_dir().join(format!("implicit-plot-idat-{}", std::process::id()));
-    std::fs::write(&path, &img.idat).unwrap();
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys, zlib; print(len(zlib.decompress(open(sys.argv[1], 'rb').read())))",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        (400 * (640 * 3 + 1)).to_string()
-    );
-}
-
-#[test]
-fn scatter_draws_every_finite_point() {
-    let mut chart = similarity_chart();
-    chart.series[0].points.push((f64::NAN, 0.1));
-    chart.series[1].points.push((0.2, f64::INFINITY));
-    let scene = chart.scene(800, 500);
-    let circles = scene
-        .shapes
-        .iter()
-        .filter(|s| matches!(s, Shape::Circle { .. }))
+    // Bars of one group sit left to right in series order, groups left to right.
+    let x_of = |k: usize, i: usize| rects_of(&svg, PALETTE[k])[1 + i].0;
+    assert!(x_of(0, 0) < x_of(1, 0) && x_of(3, 0) < x_of(0, 1) && x_of(2, 1) < x_of(0, 2));
+    // Error bars: a vertical line and two caps for each of the 8 bars with an error.
+    let dark = elements(&svg, "polyline")
+        .into_iter()
+        .filter(|l| l.contains("stroke=\"#222222\""))
         .count();
-    assert_eq!(circles, 5 * 40 + 5, "points plus round legend swatches");
-    let svg = scene.to_svg();
-    assert!(svg.contains(">instruction similarity to finetuning set</text>"));
-    assert!(svg.contains(">recipes</text>"));
-    let img = decode_png(&scene.to_png()).unwrap();
-    // A point's centre carries its series colour (blended at 0.75 over white or other points).
-    let (cx, cy, fill) = scene
-        .shapes
-        .iter()
-        .rev()
-        .find_map(|s| match s {
-            Shape::Circle { cx, cy, fill, .. } => Some((*cx, *cy, *fill)),
-            _ => None,
-        })
-        .unwrap();
-    let p = img.pixel(cx as u32, cy as u32);
-    let expect = |c: u8| (255.0 + (c as f64 - 255.0) * 0.75).round() as i32;
-    assert!(
-        (p[0] as i32 - expect(fill.0)).abs() <= 40,
-        "{p:?} vs {fill:?}"
-    );
+    assert!(dark >= 8 * 3, "{dark} dark lines");
 }
 
 #[test]
-fn edge_cases_render_without_panics() {
+fn png_decodes_with_bars_of_the_series_colours_and_heights() {
+    let chart = winrate_chart();
+    let (w, h) = (900, 520);
+    let img = Image::decode(&render_png(&chart, w, h).unwrap());
+    assert_eq!((img.width, img.height), (w, h));
+    let white = RGBColor(255, 255, 255);
+    for (x, y) in [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
+        assert_eq!(img.pixel(x, y), white, "corner {x},{y}");
+    }
+    // "response tuning" (orange) is a legend swatch, then three bars on one baseline whose
+    // heights are the values on the axis that the dashed parity line (at 50, the row darkest
+    // with ink above the x axis) sets out. The caps of the error bars are dark and the bars
+    // anti-aliased at most at their edges: two pixels of slack.
+    let blobs = img.blobs(PALETTE[1], 0);
+    assert_eq!(blobs.len(), 4, "{blobs:?}");
+    let baseline = blobs.iter().map(|b| b.3).max().unwrap();
+    type Blob = (u32, u32, u32, u32);
+    let (bars, swatch): (Vec<Blob>, Vec<Blob>) = blobs.iter().partition(|b| b.3 == baseline);
+    assert_eq!(bars.len(), 3, "{blobs:?}");
+    assert!(swatch[0].3 < bars[0].2, "swatch above the bars: {blobs:?}");
+    let ink = |y: u32| (0..w).filter(|&x| img.pixel(x, y) == frame::INK).count();
+    let parity = (0..baseline - 4).max_by_key(|&y| ink(y)).unwrap();
+    assert!(
+        ink(parity) > w as usize / 3,
+        "dashed line at {parity}: {}",
+        ink(parity)
+    );
+    let px_per_unit = (baseline + 1 - parity) as f64 / 50.0;
+    for (b, v) in bars.iter().zip([43.2, 39.6, 45.1]) {
+        let height = (b.3 + 1 - b.2) as f64;
+        assert!(
+            (height - v * px_per_unit).abs() <= 2.0,
+            "{v}: {b:?}, parity at {parity}"
+        );
+    }
+    // The bars at parity (below the legend) reach the line.
+    let bars = img.blobs(PALETTE[0], swatch[0].3 + 1);
+    assert_eq!(bars.len(), 3, "{bars:?}");
+    for b in &bars {
+        assert!(b.2.abs_diff(parity) <= 1, "{b:?}, parity at {parity}");
+    }
+    // The rule-based adapter (vermillion) has two bars, the third model's value being NaN.
+    assert_eq!(img.blobs(PALETTE[3], 0).len(), 3);
+}
+
+#[test]
+fn scatter_draws_every_finite_point_where_the_data_puts_it() {
+    let mut chart = similarity_chart();
+    chart.series[0].points[0] = (f64::NAN, 0.1);
+    chart.series[1].points[0] = (0.2, f64::INFINITY);
+    let svg = render_svg(&chart).unwrap();
+    let circles = elements(&svg, "circle");
+    assert_eq!(circles.len(), 5 * 40 - 2 + 5, "points plus legend dots");
+    let texts = texts(&svg);
+    for t in [
+        "Instruction similarity vs. response similarity (Figure 5)",
+        "instruction similarity to finetuning set",
+        "response similarity (task - LIMA)",
+        "GSM",
+        "recipes",
+    ] {
+        assert!(texts.iter().any(|x| x == t), "{t}: {texts:?}");
+    }
+    // The legend dots come first; the points follow series by series, in order. Their centres
+    // are an increasing affine map of x and a decreasing one of y: check it on every pair of
+    // points far enough apart for the pixel rounding.
+    let points: Vec<(f64, f64)> = (chart.series.iter())
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    let centres: Vec<(f64, f64)> = (circles[5..].iter())
+        .map(|c| (attr(c, "cx"), attr(c, "cy")))
+        .collect();
+    assert_eq!(points.len(), centres.len());
+    let (first, last) = (0, points.len() - 1);
+    let sx = (centres[last].0 - centres[first].0) / (points[last].0 - points[first].0);
+    let sy = (centres[last].1 - centres[first].1) / (points[last].1 - points[first].1);
+    assert!(sx > 500.0 && sy < -500.0, "{sx} {sy}");
+    for (p, c) in points.iter().zip(&centres) {
+        let cx = centres[first].0 + (p.0 - points[first].0) * sx;
+        let cy = centres[first].1 + (p.1 - points[first].1) * sy;
+        assert!(
+            (c.0 - cx).abs() <= 2.0 && (c.1 - cy).abs() <= 2.0,
+            "{p:?} at {c:?}"
+        );
+    }
+    // In the PNG the points are blended (75% opaque): many pixels are neither white nor grey.
+    let img = Image::decode(&render_png(&chart, 800, 500).unwrap());
+    let coloured = (img.rgb.chunks(3))
+        .filter(|p| p[0].max(p[1]).max(p[2]) - p[0].min(p[1]).min(p[2]) > 60)
+        .count();
+    assert!(coloured > 198 * 20, "{coloured} coloured pixels");
+}
+
+#[test]
+fn edge_cases_render_at_every_size() {
     let bar = |v: f64, e: Option<f64>| Bar::new("s", v, e);
     let group = |bars: Vec<Bar>| BarGroup {
         label: "g".into(),
@@ -254,10 +359,6 @@ fn edge_cases_render_without_panics() {
             ..Default::default()
         },
         BarChart {
-            groups: vec![group(vec![bar(7.0, None), bar(7.0, None)]); 3],
-            ..Default::default()
-        },
-        BarChart {
             groups: vec![group(vec![bar(0.0, None); 4])],
             y_range: Some((f64::NAN, 3.0)),
             ..Default::default()
@@ -274,33 +375,47 @@ fn edge_cases_render_without_panics() {
     ];
     for chart in &cases {
         for (w, h) in [(800, 500), (300, 200), (40, 30), (1, 1), (0, 0)] {
-            let img = decode_png(&render_png(chart, w, h)).unwrap();
-            assert_eq!((img.width, img.height), (w.max(1), h.max(1)));
-            let svg = render_svg_sized(chart, w, h);
-            assert!(!svg.contains('\u{1}') && svg.ends_with("</svg>\n"));
+            let img = Image::decode(&render_png(chart, w, h).unwrap());
+            let side = |s: u32| s.clamp(MIN_SIDE, MAX_SIDE);
+            assert_eq!((img.width, img.height), (side(w), side(h)));
+            let svg = render_svg_sized(chart, w, h).unwrap();
+            assert!(svg.trim_end().ends_with("</svg>"));
         }
     }
     // Empty data says so.
-    assert!(render_svg(&BarChart::default()).contains(">no data</text>"));
-    assert!(render_svg(&ScatterChart::default()).contains(">no data</text>"));
-    // A negative bar hangs from the zero line, which sits between the ticks.
-    let neg = &cases[4];
-    let scene = neg.scene(800, 500);
-    let b = bars(&scene);
-    assert_eq!(b.len(), 2);
+    for svg in [
+        render_svg(&BarChart::default()).unwrap(),
+        render_svg(&ScatterChart::default()).unwrap(),
+        render_svg(&cases[2]).unwrap(),
+    ] {
+        assert!(texts(&svg).contains(&"no data".to_string()));
+    }
+    assert!(!texts(&render_svg(&cases[3]).unwrap()).contains(&"no data".to_string()));
+    // A negative bar hangs from the zero line, on which the positive one stands.
+    let svg = render_svg(&cases[4]).unwrap();
+    let b = rects_of(&svg, PALETTE[0]);
+    assert_eq!(b.len(), 3, "{b:?}");
+    let (neg, pos) = (b[1], b[2]);
+    assert!((neg.1 - (pos.1 + pos.3)).abs() <= 1.0, "{neg:?} {pos:?}");
+    assert!((neg.3 / pos.3 - 5.0 / 12.0).abs() < 0.02, "{neg:?} {pos:?}");
+    assert!(texts(&svg).contains(&"-5".to_string()), "{:?}", texts(&svg));
+    // Zero values with an invalid range: zero-height bars.
+    let svg = render_svg(&cases[5]).unwrap();
+    assert!(rects_of(&svg, PALETTE[0])[1..].iter().all(|b| b.3 <= 1.0));
+    // A reversed y range is put in order and clips the bars to it: none reaches above the
+    // tallest (value 50 and up, clipped) nor below the baseline.
+    let svg = render_svg(&cases[6]).unwrap();
+    let bars = &rects_of(&svg, PALETTE[0])[1..];
+    assert_eq!(bars.len(), 300);
+    let (top, bottom) = (bars[299].1, bars[299].1 + bars[299].3);
+    assert!(bars.iter().all(|b| b.1 >= top && b.1 + b.3 <= bottom + 1.0));
     assert!(
-        (b[0].1 - b[1].1 - b[1].3).abs() < 1.0,
-        "negative bar starts at zero: {b:?}"
+        bars[0].3 <= 1.0 && bars[100].3 > 100.0,
+        "{:?} {:?}",
+        bars[0],
+        bars[100]
     );
-    assert!(render_svg(neg).contains(">-10</text>"));
-    // All-equal values: equal bars with a real height.
-    let eq = bars(&cases[5].scene(800, 500));
-    assert!(eq.iter().all(|b| b.3 == eq[0].3 && b.3 > 100.0), "{eq:?}");
-    // Zero values with an invalid range: zero-height bars, no panic.
-    assert!(bars(&cases[6].scene(800, 500)).iter().all(|b| b.3 == 0.0));
-    // A reversed y range is put in order and clips the bars to it.
-    let scene = cases[7].scene(800, 500);
-    assert!(bars(&scene).iter().all(|b| b.1 >= 0.0 && b.3 >= 0.0));
+
     let scatter_cases = [
         ScatterChart {
             series: vec![ScatterSeries {
@@ -317,7 +432,7 @@ fn edge_cases_render_without_panics() {
             ..Default::default()
         },
         ScatterChart {
-            series: (0..12)
+            series: (0..40)
                 .map(|i| ScatterSeries {
                     name: format!("series number {i}"),
                     points: vec![(-1e6 * i as f64, 3.0), (0.0, -2.0)],
@@ -328,10 +443,23 @@ fn edge_cases_render_without_panics() {
     ];
     for chart in &scatter_cases {
         for (w, h) in [(800, 500), (200, 150), (3, 3)] {
-            decode_png(&render_png(chart, w, h)).unwrap();
-            render_svg_sized(chart, w, h);
+            Image::decode(&render_png(chart, w, h).unwrap());
+            render_svg_sized(chart, w, h).unwrap();
         }
     }
+    // A legend too long for the canvas summarises its hidden entries.
+    let svg = render_svg_sized(&scatter_cases[2], 200, 150).unwrap();
+    assert!(texts(&svg)
+        .iter()
+        .any(|t| t.starts_with('+') && t.ends_with(" more")));
+}
+
+#[test]
+fn tick_labels_are_short() {
+    assert_eq!(frame::tick_label(20.0), "20");
+    assert_eq!(frame::tick_label(0.1 + 0.2), "0.3");
+    assert_eq!(frame::tick_label(-0.0), "0");
+    assert_eq!(frame::tick_label(-0.05), "-0.05");
 }
 
 #[test]
@@ -342,8 +470,8 @@ fn writes_files_atomically_and_names_the_path() {
     write_svg(&chart, &dir.join("fig/winrate.svg")).unwrap();
     write_png(&chart, &dir.join("fig/winrate.png"), 400, 250).unwrap();
     let svg = std::fs::read_to_string(dir.join("fig/winrate.svg")).unwrap();
-    assert_eq!(svg, render_svg(&chart));
-    let img = decode_png(&std::fs::read(dir.join("fig/winrate.png")).unwrap()).unwrap();
+    assert_eq!(svg, render_svg(&chart).unwrap());
+    let img = Image::decode(&std::fs::read(dir.join("fig/winrate.png")).unwrap());
     assert_eq!((img.width, img.height), (400, 250));
     let mut names: Vec<_> = std::fs::read_dir(dir.join("fig"))
         .unwrap()

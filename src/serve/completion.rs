@@ -2,7 +2,7 @@
 //! are turned into text (stop strings applied, logprobs kept in step with the text), then into
 //! an OpenAI response, whole or as server-sent events.
 
-use super::http::EventStream;
+use super::events::{EventStream, Reply};
 use super::openai::{ApiError, Endpoint, GenParams, PromptInput};
 use super::scheduler::{Event, Job, Scheduler};
 use crate::generate::detok::IncrementalDecoder;
@@ -10,9 +10,12 @@ use crate::generate::vocab::VocabText;
 use crate::generate::{Finish, Sampler, ScoreAdjuster, SequenceRequest, TokenChoice};
 use crate::io::tokenizer::Tokenizer;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+/// How often a worker waiting for tokens checks whether its client is still there.
+const CLIENT_CHECK: Duration = Duration::from_millis(200);
 
 /// What a request needs from the server.
 pub struct Ctx<'a> {
@@ -170,7 +173,7 @@ pub enum Answer {
 }
 
 /// Errors once a stream has begun can only be reported inside it.
-fn stream_error(events: &mut EventStream<'_, impl Write>, message: &str) -> std::io::Result<()> {
+fn stream_error(events: &mut EventStream, message: &str) -> std::io::Result<()> {
     events.send(&ApiError::status(500, message).to_json().to_string())?;
     events.send("[DONE]")
 }
@@ -278,8 +281,8 @@ fn prompt_ids(ctx: &Ctx, params: &GenParams) -> Result<Vec<(Vec<u32>, usize)>, A
     Ok(out)
 }
 
-/// Runs a request and answers it (JSON to return, or events already written to `w`).
-pub fn run(ctx: &Ctx, params: &GenParams, w: &mut impl Write) -> Result<Answer, ApiError> {
+/// Runs a request and answers it (JSON to return, or events already sent through `reply`).
+pub fn run(ctx: &Ctx, params: &GenParams, reply: &mut Reply) -> Result<Answer, ApiError> {
     let prompts = prompt_ids(ctx, params)?;
     let sampler = Sampler::new(params.temperature, params.seed.unwrap_or(ctx.default_seed))
         .with_top_p(params.top_p);
@@ -357,7 +360,9 @@ pub fn run(ctx: &Ctx, params: &GenParams, w: &mut impl Write) -> Result<Answer, 
         })
     };
     let mut events = if params.stream {
-        let mut s = EventStream::start(w).map_err(|e| ApiError::status(500, e.to_string()))?;
+        let Ok(mut s) = EventStream::start(reply) else {
+            return Ok(Answer::Streamed); // the client left
+        };
         if params.endpoint == Endpoint::Chat {
             let first = chunk(0, &Delta::default(), None, true);
             if s.send(&first.to_string()).is_err() {
@@ -370,15 +375,28 @@ pub fn run(ctx: &Ctx, params: &GenParams, w: &mut impl Write) -> Result<Answer, 
     };
     let mut done = 0;
     while done < n {
-        let Ok((i, event)) = rx.recv() else {
-            let msg = "the decoding thread stopped";
-            return match events.as_mut() {
-                Some(s) => {
-                    let _ = stream_error(s, msg);
-                    Ok(Answer::Streamed)
+        let (i, event) = match rx.recv_timeout(CLIENT_CHECK) {
+            Ok(e) => e,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let gone = match &events {
+                    Some(s) => s.gone(),
+                    None => reply.gone(),
+                };
+                if gone {
+                    return Ok(Answer::Streamed); // nobody to answer; CancelAll stops the rest
                 }
-                None => Err(ApiError::status(500, msg)),
-            };
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let msg = "the decoding thread stopped";
+                return match events.as_mut() {
+                    Some(s) => {
+                        let _ = stream_error(s, msg);
+                        Ok(Answer::Streamed)
+                    }
+                    None => Err(ApiError::status(500, msg)),
+                };
+            }
         };
         if finish[i].is_some() {
             continue; // tokens still in flight after a stop string
@@ -444,7 +462,7 @@ pub fn run(ctx: &Ctx, params: &GenParams, w: &mut impl Write) -> Result<Answer, 
             });
             let _ = s.send(&last.to_string());
         }
-        let _ = s.send("[DONE]").and_then(|_| s.end());
+        let _ = s.send("[DONE]");
         return Ok(Answer::Streamed);
     }
     let choices: Vec<Value> = (0..n)

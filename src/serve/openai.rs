@@ -1,7 +1,10 @@
 //! The OpenAI API's request side: validating `/v1/chat/completions` and `/v1/completions`
-//! bodies, rendering chat messages in the paper's Tulu template, and OpenAI-style errors.
+//! bodies, rendering chat messages (the model's own template or the paper's Tulu format, see
+//! `io::chat_template`), and OpenAI-style errors.
 
-use crate::data::encode::py_strip;
+use crate::io::chat_template::ChatMessage;
+#[cfg(doc)]
+use crate::io::chat_template::ChatTemplate;
 use serde_json::{json, Map, Value};
 
 /// An error answered as `{"error": {"message", "type", "param", "code"}}`.
@@ -39,6 +42,27 @@ impl ApiError {
             },
             param: None,
             code: None,
+        }
+    }
+    /// The server is at its limit (queued requests, connections): 429 or 503, to retry later.
+    pub fn busy(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: if status == 429 {
+                "rate_limit_exceeded"
+            } else {
+                "server_error"
+            },
+            param: None,
+            code: Some(
+                if status == 429 {
+                    "rate_limit_exceeded"
+                } else {
+                    "server_overloaded"
+                }
+                .into(),
+            ),
         }
     }
     pub fn to_json(&self) -> Value {
@@ -197,6 +221,44 @@ fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams>
     })
 }
 
+/// What is checked before any tokenizing: the model asked for is the one served (404
+/// `model_not_found` otherwise, as OpenAI answers), and no tools or structured output, which
+/// this server cannot honour (400 rather than silently ignoring them). `response_format`
+/// `{"type": "text"}` is plain text, what every answer is, so it is accepted.
+pub fn check_request(body: &Value, model_id: &str) -> ApiResult<()> {
+    let Some(body) = body.as_object() else {
+        return Ok(()); // parse_chat/parse_completion say why
+    };
+    if let Some(Value::String(m)) = field(body, "model") {
+        if m != model_id {
+            return Err(ApiError::status(
+                404,
+                format!("The model '{m}' does not exist; this server serves '{model_id}'"),
+            )
+            .with_code("model_not_found"));
+        }
+    }
+    for key in ["tools", "functions", "tool_choice", "function_call"] {
+        if field(body, key).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
+            return Err(ApiError::invalid(
+                format!("'{key}' is not supported: this server has no tool calling"),
+                Some(key),
+            ));
+        }
+    }
+    match field(body, "response_format") {
+        None => Ok(()),
+        Some(f) if f.get("type").and_then(Value::as_str) == Some("text") => Ok(()),
+        Some(f) => Err(ApiError::invalid(
+            format!(
+                "'response_format' {f} is not supported: only {{\"type\": \"text\"}} (no JSON \
+                 mode or schemas)"
+            ),
+            Some("response_format"),
+        )),
+    }
+}
+
 fn object(body: &Value) -> ApiResult<&Map<String, Value>> {
     body.as_object()
         .ok_or_else(|| ApiError::invalid("the request body must be a JSON object", None))
@@ -231,25 +293,13 @@ fn content_text(content: Option<&Value>, i: usize) -> ApiResult<String> {
     }
 }
 
-/// The paper's Tulu chat template, as its evaluation renders messages
-/// (`create_prompt_with_tulu_chat_format` in eval/templates.py): `<|system|>\n{c}\n`,
-/// `<|user|>\n{c}\n`, `<|assistant|>\n{c.strip()}{eos}\n`, then `<|assistant|>\n` to answer.
-/// BOS is added by the tokenizer. One user message gives `chat_prompt(instruction)`.
-pub fn render_chat(messages: &[(String, String)], eos_text: &str) -> String {
-    let mut text = String::new();
-    for (role, content) in messages {
-        match role.as_str() {
-            "system" => text.push_str(&format!("<|system|>\n{content}\n")),
-            "user" => text.push_str(&format!("<|user|>\n{content}\n")),
-            _ => text.push_str(&format!("<|assistant|>\n{}{eos_text}\n", py_strip(content))),
-        }
-    }
-    text.push_str("<|assistant|>\n");
-    text
-}
-
-/// Validates a `/v1/chat/completions` body; the prompt is the rendered conversation.
-pub fn parse_chat(body: &Value, eos_text: &str) -> ApiResult<GenParams> {
+/// Validates a `/v1/chat/completions` body; the prompt is `prompt_of(conversation)`, the
+/// server's [`ChatTemplate::encode`] (the model's own template or the paper's Tulu format). A
+/// conversation that the template refuses (its `raise_exception`) is a 400.
+pub fn parse_chat(
+    body: &Value,
+    prompt_of: impl FnOnce(&[ChatMessage]) -> crate::error::Result<Vec<u32>>,
+) -> ApiResult<GenParams> {
     let body = object(body)?;
     let mut params = common(body, Endpoint::Chat)?;
     let messages = match field(body, "messages") {
@@ -288,7 +338,7 @@ pub fn parse_chat(body: &Value, eos_text: &str) -> ApiResult<GenParams> {
                 ))
             }
         };
-        turns.push((role.to_string(), content_text(m.get("content"), i)?));
+        turns.push(ChatMessage::new(role, &content_text(m.get("content"), i)?));
     }
     let logprobs = boolean(body, "logprobs")?;
     let top = count(body, "top_logprobs", 0, MAX_TOP_LOGPROBS as u64)?;
@@ -299,7 +349,9 @@ pub fn parse_chat(body: &Value, eos_text: &str) -> ApiResult<GenParams> {
         ));
     }
     params.logprobs = logprobs.then_some(top.unwrap_or(0));
-    params.prompts = vec![PromptInput::Text(render_chat(&turns, eos_text))];
+    let prompt =
+        prompt_of(&turns).map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+    params.prompts = vec![PromptInput::Ids(prompt)];
     Ok(params)
 }
 
@@ -373,33 +425,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chat_renders_the_tulu_template() {
-        let turns = vec![
-            ("system".to_string(), "Be brief.".to_string()),
-            ("user".to_string(), "Hi".to_string()),
-            ("assistant".to_string(), " Hello! \n".to_string()),
-            ("user".to_string(), "Bye".to_string()),
-        ];
-        assert_eq!(
-            render_chat(&turns, "</s>"),
-            "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!</s>\n<|user|>\nBye\n<|assistant|>\n"
-        );
-        let one = vec![("user".to_string(), "Hi".to_string())];
-        assert_eq!(
-            render_chat(&one, "</s>"),
-            crate::io::tokenizer::chat_prompt("Hi")
-        );
-    }
-
-    #[test]
     fn bad_requests_name_the_parameter() {
-        let err = parse_chat(&json!({"model": "m"}), "").unwrap_err();
+        let ids = |turns: &[ChatMessage]| Ok(vec![turns.len() as u32]);
+        let err = parse_chat(&json!({"model": "m"}), ids).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages"));
-        let err = parse_chat(&json!({"messages": [{"role": "tool", "content": "x"}]}), "");
+        let err = parse_chat(
+            &json!({"messages": [{"role": "tool", "content": "x"}]}),
+            ids,
+        );
         assert_eq!(err.unwrap_err().param.as_deref(), Some("messages[0].role"));
         let ok = json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3});
         assert_eq!(
-            parse_chat(&ok, "").unwrap_err().param.as_deref(),
+            parse_chat(&ok, ids).unwrap_err().param.as_deref(),
             Some("temperature")
         );
         let err = parse_completion(&json!({"prompt": "x", "logprobs": 99})).unwrap_err();
@@ -408,5 +445,37 @@ mod tests {
         assert_eq!(p.prompts.len(), 2);
         assert_eq!(p.stop, vec!["\n".to_string()]);
         assert_eq!(p.temperature, 1.0);
+    }
+
+    #[test]
+    fn chat_messages_reach_the_template_in_order_and_its_refusal_is_a_400() {
+        let body = json!({"messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "H"}, {"type": "text", "text": "i"}]},
+        ]});
+        let mut seen = Vec::new();
+        let p = parse_chat(&body, |turns| {
+            seen = turns.to_vec();
+            Ok(vec![7, 8])
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                ChatMessage::new("system", "Be brief."),
+                ChatMessage::new("user", "Hi")
+            ]
+        );
+        assert_eq!(p.prompts, vec![PromptInput::Ids(vec![7, 8])]);
+        let err = parse_chat(&body, |_| {
+            Err(crate::Error::msg("roles must alternate user/assistant"))
+        })
+        .unwrap_err();
+        assert_eq!((err.status, err.param.as_deref()), (400, Some("messages")));
+        assert!(
+            err.message.contains("roles must alternate"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -1,13 +1,17 @@
 //! One decoding thread for the whole server: every request's sequences are decoded together,
 //! one forward per step over all of them (continuous batching), each with its own KV cache,
 //! sampler and adapter state, so concurrent requests share the weight reads without touching
-//! each other's state.
+//! each other's state. The thread opens the device and owns the model (`model::device`): the
+//! forward pass is CPU/GPU-bound, so it stays off the async runtime, which talks to it over
+//! channels.
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::generate::{step, Finish, Sequence, SequenceRequest, TokenChoice};
-use crate::model::Transformer;
+use crate::model::{DeviceCache, DeviceModel, DeviceRuntime, LanguageModel, ModelConfig};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
@@ -37,19 +41,48 @@ pub struct Scheduler {
 
 struct Live {
     job: Job,
-    seq: Sequence,
+    seq: Sequence<DeviceCache>,
+}
+
+/// What the decoding thread loaded.
+pub struct Loaded {
+    pub config: ModelConfig,
+    /// "CPU" or the GPU's name.
+    pub device: String,
 }
 
 impl Scheduler {
-    /// Starts the decoding thread; at most `max_batch` sequences are decoded together (the
-    /// others wait their turn).
-    pub fn start(model: Arc<Transformer>, max_batch: usize) -> Result<Scheduler> {
+    /// Starts the decoding thread, which opens `device` and loads the model folder `dir` onto
+    /// it (an error here when either fails); at most `max_batch` sequences are decoded together
+    /// (the others wait their turn).
+    pub fn start(dir: PathBuf, device: Device, max_batch: usize) -> Result<(Scheduler, Loaded)> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Loaded>>();
         std::thread::Builder::new()
             .name("implicit-scheduler".into())
-            .spawn(move || run(&model, rx, max_batch.max(1)))
+            .spawn(move || {
+                let runtime =
+                    match DeviceRuntime::open(device, "--device cuda", ", or use --device cpu") {
+                        Ok(r) => r,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                let mut model = match runtime.load(&dir) {
+                    Ok(m) => m,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                let loaded = Loaded {
+                    config: model.config().clone(),
+                    device: runtime.name(),
+                };
+                if ready_tx.send(Ok(loaded)).is_ok() {
+                    run(&mut model, rx, max_batch.max(1));
+                }
+            })
             .map_err(|e| Error(format!("cannot start the decoding thread: {e}")))?;
-        Ok(Scheduler { jobs: tx })
+        let loaded = ready_rx
+            .recv()
+            .map_err(|_| Error("the decoding thread stopped while loading the model".into()))??;
+        Ok((Scheduler { jobs: tx }, loaded))
     }
 
     pub fn submit(&self, job: Job) -> Result<()> {
@@ -59,7 +92,7 @@ impl Scheduler {
     }
 }
 
-fn run(model: &Transformer, jobs: mpsc::Receiver<Job>, max_batch: usize) {
+fn run(model: &mut DeviceModel<'_>, jobs: mpsc::Receiver<Job>, max_batch: usize) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut live: Vec<Live> = Vec::new();
     loop {
@@ -75,7 +108,7 @@ fn run(model: &Transformer, jobs: mpsc::Receiver<Job>, max_batch: usize) {
             let Some(job) = waiting.pop_front() else {
                 break;
             };
-            match Sequence::new(model, job.request.clone()) {
+            match Sequence::new(&*model, job.request.clone()) {
                 Ok(seq) if seq.finish().is_some() => {
                     let _ = job.events.send((job.index, Event::Done(Finish::Length)));
                 }
@@ -90,8 +123,9 @@ fn run(model: &Transformer, jobs: mpsc::Receiver<Job>, max_batch: usize) {
             continue;
         }
         let result = {
-            let mut seqs: Vec<&mut Sequence> = live.iter_mut().map(|l| &mut l.seq).collect();
-            catch_unwind(AssertUnwindSafe(|| step(model, &mut seqs)))
+            let mut seqs: Vec<&mut Sequence<DeviceCache>> =
+                live.iter_mut().map(|l| &mut l.seq).collect();
+            catch_unwind(AssertUnwindSafe(|| step(&mut *model, &mut seqs)))
         };
         let choices = match result {
             Ok(Ok(choices)) => choices,

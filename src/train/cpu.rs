@@ -42,7 +42,7 @@ pub(super) struct CpuEngine {
 impl CpuEngine {
     pub(super) fn new(plan: &Plan, opts: &TrainOptions) -> Result<CpuEngine> {
         let values = load_parameter_values(&plan.source, &plan.config)?;
-        let params = match opts.precision {
+        let params = match opts.recipe.precision {
             Precision::F32 => Store::F32(values.into_iter().map(Arc::new).collect()),
             Precision::Bf16 => Store::BF16(
                 values

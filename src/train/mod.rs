@@ -10,6 +10,9 @@ mod cpu;
 pub mod cuda;
 pub mod launch;
 pub mod plan;
+mod recipe;
+
+pub use recipe::Recipe;
 
 use crate::backend::Device;
 use crate::bail;
@@ -19,7 +22,7 @@ use crate::io::atomic::write_atomic;
 use crate::io::tokenizer::Tokenizer;
 use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::ModelConfig;
-use crate::optim::{learning_rate, AdamWConfig, Schedule};
+use crate::optim::{learning_rate, AdamWConfig};
 use crate::train::plan::OptimizerPlacement;
 use checkpoint::TrainerState;
 use std::collections::HashMap;
@@ -36,24 +39,20 @@ pub enum Precision {
     F32,
 }
 
+/// One run: the model, the data and the output, the recipe, and where it runs.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub model: PathBuf,
     pub data: PathBuf,
     pub mode: Mode,
     pub epochs: usize,
+    /// Peak learning rate (the paper's differs per model).
     pub lr: f32,
-    pub batch_size: usize,
-    pub micro_batch: usize,
-    pub warmup: f32,
-    pub schedule: Schedule,
-    pub weight_decay: f32,
-    pub max_grad_norm: f32,
-    pub max_len: usize,
+    /// Batch, schedule, clipping, length and precision ([`Recipe::PAPER`] unless changed).
+    pub recipe: Recipe,
     /// Train on the first N examples only (small CPU runs).
     pub max_examples: Option<usize>,
     pub seed: u64,
-    pub precision: Precision,
     /// Where the forward, backward and optimizer run (cuda: bf16 precision only).
     pub device: Device,
     /// (cuda) Keep only each layer's input from the forward; recompute the rest.
@@ -196,7 +195,7 @@ fn train_cuda(_: &TrainOptions) -> Result<TrainSummary> {
 
 /// Reads and encodes the data, and finds the checkpoint to resume from.
 fn prepare(opts: &TrainOptions) -> Result<Plan> {
-    if opts.epochs == 0 || opts.batch_size == 0 || opts.micro_batch == 0 {
+    if opts.epochs == 0 || opts.recipe.batch_size == 0 || opts.recipe.micro_batch == 0 {
         bail!("--epochs, --batch-size and --micro-batch must be positive");
     }
     let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
@@ -205,7 +204,7 @@ fn prepare(opts: &TrainOptions) -> Result<Plan> {
     if let Some(n) = opts.max_examples {
         examples.truncate(n);
     }
-    let data = encode_dataset(&tok, &examples, opts.mode, opts.max_len)
+    let data = encode_dataset(&tok, &examples, opts.mode, opts.recipe.max_len)
         .with_context(|| opts.data.display().to_string())?;
     eprintln!("{}: {data}", opts.data.display());
     if data.examples.is_empty() {
@@ -215,7 +214,7 @@ fn prepare(opts: &TrainOptions) -> Result<Plan> {
         );
     }
     let n = data.examples.len();
-    let total_steps = n.div_ceil(opts.batch_size) * opts.epochs;
+    let total_steps = n.div_ceil(opts.recipe.batch_size) * opts.epochs;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("{}: cannot create", opts.out.display()))?;
 
@@ -303,9 +302,9 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
     let mut checkpoints = Vec::new();
     for epoch in start_epoch..opts.epochs {
         let order = epoch_order(n, opts.seed, epoch);
-        for batch in order.chunks(opts.batch_size) {
+        for batch in order.chunks(opts.recipe.batch_size) {
             let micro_batches: Vec<Vec<TrainSequence>> = batch
-                .chunks(opts.micro_batch)
+                .chunks(opts.recipe.micro_batch)
                 .map(|micro| {
                     micro
                         .iter()
@@ -317,10 +316,16 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
                 })
                 .collect();
             let tokens: usize = batch.iter().map(|&i| examples[i].ids.len()).sum();
-            let lr = learning_rate(opts.schedule, opts.lr, step, total_steps, opts.warmup);
+            let lr = learning_rate(
+                opts.recipe.schedule,
+                opts.lr,
+                step,
+                total_steps,
+                opts.recipe.warmup,
+            );
             let scale = 1.0 / batch.len() as f64;
             let (loss, grad_norm) = engine
-                .step(&micro_batches, scale, lr, opts.max_grad_norm)
+                .step(&micro_batches, scale, lr, opts.recipe.max_grad_norm)
                 .with_context(|| format!("step {}", step + 1))?;
             step += 1;
             steps_this_run += 1;
@@ -384,7 +389,7 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
 fn adamw_config(opts: &TrainOptions) -> AdamWConfig {
     AdamWConfig {
         lr: opts.lr,
-        weight_decay: opts.weight_decay,
+        weight_decay: opts.recipe.weight_decay,
         ..AdamWConfig::default()
     }
 }

@@ -25,7 +25,7 @@ use super::checkpoint::{self, ParamValues};
 /// Opens the GPU (or fails with the reason none can be used, before anything is read or
 /// written), loads the model (or the checkpoint being resumed) onto it, and runs.
 pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
-    if opts.precision != Precision::Bf16 {
+    if opts.recipe.precision != Precision::Bf16 {
         bail!(
             "--device cuda trains with bf16 parameters (and fp32 master weights and moments, or \
              bf16 moments with --optimizer-state bf16); use --precision bf16 (or --device cpu \
@@ -43,7 +43,7 @@ pub(super) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     let memory_plan = MemoryPlan::new(
         &plan.config,
         plan.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
-        opts.micro_batch,
+        opts.recipe.micro_batch,
         opts.checkpointing,
         opts.optimizer_state,
     );
