@@ -21,88 +21,44 @@ use crate::experiment::similarity::{similarity_report, Embedder};
 use crate::generate::instructions::{answer_instructions, write_model_outputs, AnswerOptions};
 use crate::generate::ScoreAdjuster;
 use crate::io::tokenizer::Tokenizer;
-use crate::model::Transformer;
+use crate::model::{DeviceModel, DeviceRuntime, LanguageModel};
 use serde_json::{json, Value};
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The device of a run, opened once.
-pub(super) enum Runtime {
-    Cpu,
-    #[cfg(feature = "cuda")]
-    Cuda(Box<crate::backend::cuda::CudaBackend>),
-}
+/// The device of a run, opened once (`model::device`).
+pub(super) struct Runtime(DeviceRuntime);
 
 /// A model loaded onto a [`Runtime`]'s device (the GPU one borrows the runtime).
-pub(super) enum Loaded<'g> {
-    Cpu(Transformer, PhantomData<&'g Runtime>),
-    #[cfg(feature = "cuda")]
-    Cuda(crate::model::cuda::CudaTransformer<'g>),
-}
+pub(super) type Loaded<'g> = DeviceModel<'g>;
 
 impl Runtime {
     /// The CPU, or the GPU: a build without the `cuda` feature, or a machine without a usable
     /// GPU, is an error saying so.
     pub(super) fn open(device: Device) -> Result<Runtime> {
-        match device {
-            Device::Cpu => Ok(Runtime::Cpu),
-            Device::Cuda => open_cuda(),
+        let what = "[generate] device = \"cuda\"";
+        let runtime = DeviceRuntime::open(device, what, ", or set device = \"cpu\"")?;
+        if runtime.is_gpu() {
+            eprintln!("{what}: {}", runtime.name());
         }
+        Ok(Runtime(runtime))
     }
 
     /// Loads the model folder `dir` and its tokenizer.
     pub(super) fn load(&self, dir: &Path) -> Result<(Loaded<'_>, Tokenizer)> {
-        let model = match self {
-            Runtime::Cpu => Loaded::Cpu(Transformer::load(dir)?, PhantomData),
-            #[cfg(feature = "cuda")]
-            Runtime::Cuda(gpu) => {
-                Loaded::Cuda(crate::model::cuda::CudaTransformer::from_dir(gpu, dir)?)
-            }
-        };
-        let tok = match &model {
-            Loaded::Cpu(m, _) => Tokenizer::load(dir, &m.config)?,
-            #[cfg(feature = "cuda")]
-            Loaded::Cuda(m) => Tokenizer::load(dir, &m.config)?,
-        };
+        let model = self.0.load(dir)?;
+        let tok = Tokenizer::load(dir, model.config())?;
         Ok((model, tok))
     }
 }
 
-#[cfg(feature = "cuda")]
-fn open_cuda() -> Result<Runtime> {
-    let gpu = crate::backend::cuda::CudaBackend::require(
-        0,
-        "[generate] device = \"cuda\": no usable GPU",
-    )?;
-    eprintln!("[generate] device = \"cuda\": {}", gpu.device_name());
-    Ok(Runtime::Cuda(Box::new(gpu)))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda() -> Result<Runtime> {
-    Err(crate::backend::built_without_cuda(
-        "[generate] device = \"cuda\"",
-        ", or set device = \"cpu\"",
-    ))
-}
-
 /// `with_model!(loaded, |m| body)`: `body` with `m` the loaded model as a
-/// `model::LanguageModel` handle (`&Transformer` or `&mut CudaTransformer`), checked for each.
+/// `model::LanguageModel` handle (`&mut DeviceModel`, on either device).
 macro_rules! with_model {
-    ($loaded:expr, |$m:ident| $body:expr) => {
-        match $loaded {
-            Loaded::Cpu(model, _) => {
-                let $m = &*model;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            Loaded::Cuda(model) => {
-                let $m = &mut *model;
-                $body
-            }
-        }
-    };
+    ($loaded:expr, |$m:ident| $body:expr) => {{
+        let $m = &mut *$loaded;
+        $body
+    }};
 }
 
 /// A loaded judge, reused across steps.
