@@ -6,15 +6,23 @@
 //! micro-batching; the checkpointed state; the bf16 optimizer state (no master, stochastic
 //! rounding) against the fp32-master one; and whole runs through `train`.
 //!
-//! Bounds (‖gpu − ref‖/‖ref‖): the loss 1e-2; all gradients together 3e-2 and each tensor 6e-2
-//! (bf16 matrix-product inputs and activations against f64: the forward's logits measured
-//! 0.6–1.4e-2 in tests/cuda_model.rs, a backward compounds two passes of such roundings). The
-//! optimizer on identical gradients 1e-6 (master weights; the kernels are bit-exact against the
-//! CPU AdamW in tests/cuda_kernels/adamw.rs). Without a GPU each test prints "SKIPPED (no GPU):
+//! Bounds (‖gpu − ref‖/‖ref‖): the loss 1e-2; the gradients, per tensor and all together, as
+//! tests/bf16_gradients/bounds.rs sets them: for the two fixtures from the distribution of the
+//! error that bf16 rounding alone gives, measured on the CPU by tests/bf16_gradients.rs (which
+//! emulates this pass's roundings, reproduces the H100 run's per-tensor errors to within 4%, and
+//! checks in CI that the bounds hold), with OLMo's clamp compared on the GPU's side (see
+//! `gradients_match`); for stories260k and the flash models 6e-2 and 3e-2. The optimizer on
+//! identical gradients 1e-6 (master weights; the kernels are bit-exact against the CPU AdamW in
+//! tests/cuda_kernels/adamw.rs). Without a GPU each test prints "SKIPPED (no GPU):
 //! reason" and passes; `train --device cuda` is checked to fail with that reason.
 #![cfg(feature = "cuda")]
 
 mod common;
+
+#[path = "bf16_gradients/emulate.rs"]
+mod emulate;
+#[path = "bf16_gradients/bounds.rs"]
+mod gradient_bounds;
 
 use common::gpu::{check, gpu, rel_err, Rng};
 use half::bf16;
@@ -33,8 +41,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const LOSS_BOUND: f64 = 1e-2;
-const ALL_GRADS_BOUND: f64 = 3e-2;
-const TENSOR_GRAD_BOUND: f64 = 6e-2;
 const OPTIMIZER_BOUND: f64 = 1e-6;
 
 fn adamw() -> AdamWConfig {
@@ -124,8 +130,17 @@ fn cpu_reference(
     (value, grads)
 }
 
-/// The GPU's loss and gradients of `batch` (split into micro-batches of `micro`) against the
-/// CPU's in f64.
+/// The GPU's loss and gradients of a random batch (micro-batches of 2) against the CPU's in
+/// f64, within `gradient_bounds::of_model(what)`.
+///
+/// OLMo clamps q, k, v to ±clip_qkv, a kink: where bf16 rounding puts a value on the other side
+/// of ±clip than f64 does, the clamp's backward passes or drops that element's whole gradient.
+/// With clip_qkv 1.0 the OLMo fixture has ~58 of its 22656 q, k, v elements per batch on the
+/// other side, and its q_proj gradients erred by up to 0.79 against the plain f64 reference
+/// (10⁵ batches, tests/bf16_gradients.rs). So where the CPU emulation of the GPU's roundings
+/// applies (plain attention, tests/bf16_gradients/emulate.rs) the reference takes the clamp's
+/// side from the emulated bf16 q, k, v, as the GPU takes it from its own, and what is compared
+/// is the rounding error alone. That emulation is also compared with the GPU, and printed.
 fn gradients_match(
     what: &str,
     gpu: &CudaBackend,
@@ -137,7 +152,23 @@ fn gradients_match(
     let batch = batch_of(rng, &lens, config.vocab_size);
     let seqs = sequences(&batch);
     let scale = 1.0 / seqs.len() as f64;
-    let (ref_loss, ref_grads) = cpu_reference(config, values, &seqs, scale);
+    let values64: Vec<Vec<f64>> = values
+        .iter()
+        .map(|v| v.iter().map(|&x| x as f64).collect())
+        .collect();
+    let emulated = (!matches!(config.head_dim, 64 | 128)).then(|| {
+        let numerics = emulate::Numerics::gpu(emulate::MaskFrom::Stored);
+        emulate::run(config, &values64, &seqs, scale, &numerics)
+    });
+    let (ref_loss, ref_grads) = match (&emulated, config.clip_qkv) {
+        (Some(e), Some(_)) => {
+            let masks = e.clip.iter().map(|c| c.mask.clone()).collect();
+            let numerics = emulate::Numerics::reference_with(masks);
+            let r = emulate::run(config, &values64, &seqs, scale, &numerics);
+            (r.loss, r.grads)
+        }
+        _ => cpu_reference(config, values, &seqs, scale),
+    };
     let mut t = CudaTrainer::from_values(gpu, config.clone(), values, adamw()).unwrap();
     // Force several loss chunks, so that the chunked head and scatter are exercised.
     t.logits_chunk_rows = 29;
@@ -153,8 +184,12 @@ fn gradients_match(
     );
     let grads = t.gradients().unwrap();
     let names = t.names().to_vec();
+    if let Some(e) = &emulated {
+        against_the_emulation(what, &names, &grads, &e.grads, &ref_grads);
+    }
+    let bounds = gradient_bounds::of_model(what);
     for ((name, g), r) in names.iter().zip(&grads).zip(&ref_grads) {
-        check(&format!("{what}: {name}"), g, r, TENSOR_GRAD_BOUND);
+        check(&format!("{what}: {name}"), g, r, bounds.of(name));
     }
     let all: Vec<f32> = grads.concat();
     let all_ref: Vec<f64> = ref_grads.concat();
@@ -162,7 +197,33 @@ fn gradients_match(
         &format!("{what}: all gradients"),
         &all,
         &all_ref,
-        ALL_GRADS_BOUND,
+        bounds.all,
+    );
+}
+
+/// Prints the largest ‖gpu − emulated‖/‖ref‖ over the tensors: how closely the CPU emulation
+/// of the GPU's roundings follows the GPU (no bound yet: the first GPU run to print it measures
+/// one).
+fn against_the_emulation(
+    what: &str,
+    names: &[String],
+    grads: &[Vec<f32>],
+    emulated: &[Vec<f64>],
+    ref_grads: &[Vec<f64>],
+) {
+    let (mut worst, mut at) = (0.0f64, 0);
+    for (i, ((g, e), r)) in grads.iter().zip(emulated).zip(ref_grads).enumerate() {
+        let diff: f64 = g.iter().zip(e).map(|(&a, b)| (a as f64 - b).powi(2)).sum();
+        let norm: f64 = r.iter().map(|x| x * x).sum();
+        let err = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
+        if err > worst {
+            (worst, at) = (err, i);
+        }
+    }
+    eprintln!(
+        "{what}: against the CPU emulation of its roundings: largest ‖gpu − emulated‖/‖ref‖ \
+         {worst:.2e} ({})",
+        names[at]
     );
 }
 
