@@ -16,6 +16,7 @@ pub mod io;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod progress;
 pub mod serve;
 pub mod tensor;
 pub mod toml_file;

@@ -17,13 +17,20 @@ fn build(data: &Path, dir: &Path, task: Task) -> (Vec<Example>, PathBuf) {
     let line = report.to_string();
     println!("{line}");
     assert!(!line.contains('\n'), "report is one line: {line}");
-    assert!(
-        !Path::new(&format!("{}.tmp", out.display())).exists(),
-        "temporary file left behind"
-    );
+    assert_eq!(temp_files_beside(&out), Vec::<String>::new());
     let rows = read_messages_jsonl(&out).unwrap();
     assert_eq!(rows.len(), report.rows_written, "{task}");
     (rows, out)
+}
+
+/// Temporary files of write_atomic (`.{name}.….tmp`) left in `out`'s folder.
+fn temp_files_beside(out: &Path) -> Vec<String> {
+    let prefix = format!(".{}.", out.file_name().unwrap().to_string_lossy());
+    std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+        .collect()
 }
 
 fn pair(ex: &Example) -> (&str, &str) {
@@ -198,7 +205,11 @@ fn malformed_sources_name_file_and_line() {
         err,
         format!("{} line 2: missing field question", gsm.display())
     );
-    assert!(!dir.join("gsm.jsonl").exists() && !dir.join("gsm.jsonl.tmp").exists());
+    assert!(!dir.join("gsm.jsonl").exists());
+    assert_eq!(
+        temp_files_beside(&dir.join("gsm.jsonl")),
+        Vec::<String>::new()
+    );
 
     let csv = dir.join("poems.csv");
     std::fs::write(

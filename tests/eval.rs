@@ -276,7 +276,7 @@ fn ranking_cli_writes_json() {
         stdout.contains("skipped: 9 pairs (2 instructions"),
         "{stdout}"
     );
-    assert!(stderr.contains("ranking: 4/4"), "progress: {stderr}");
+    assert!(stderr.contains("ranking: [4/4] 100%"), "progress: {stderr}");
     let v = read_json(&out);
     // random.seed(0) over a pool of 4: [[3,3,0,2,3], [3,2,3,2,1], [1,2,1,0,2], [1,2,0,0,2]]
     // leaves 4 + 4 + 3 + 5 pairs; instructions 1 and 3 (405 and 634 prompt tokens) leave no
@@ -285,7 +285,12 @@ fn ranking_cli_writes_json() {
     assert_eq!(v["result"]["skipped_pairs"], json!(9));
     assert_eq!(v["result"]["skipped_instructions"], json!(2));
     assert_eq!(v["result"]["instructions"].as_array().unwrap().len(), 4);
-    assert!(!out.with_extension("json.tmp").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     // Errors name the file at fault.
     let o = implicit(&format!(
@@ -578,7 +583,7 @@ fn judge_local_stories260k_end_to_end() {
     ));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains("judge: 3/3"), "progress: {stderr}");
+    assert!(stderr.contains("judge: [3/3] 100%"), "progress: {stderr}");
     let v = read_json(&out);
     let list = v.as_array().unwrap();
     assert_eq!(list.len(), 3);

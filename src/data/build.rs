@@ -127,20 +127,24 @@ impl fmt::Display for BuildReport {
             self.out.display(),
             self.skipped.len()
         )?;
-        // One line: reasons counted, in the order first seen.
-        let mut reasons: Vec<(&str, usize)> = Vec::new();
-        for s in &self.skipped {
-            match reasons.iter_mut().find(|(r, _)| *r == s.reason) {
-                Some((_, n)) => *n += 1,
-                None => reasons.push((&s.reason, 1)),
-            }
-        }
-        if !reasons.is_empty() {
-            let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-            write!(f, " ({})", parts.join("; "))?;
+        if !self.skipped.is_empty() {
+            write!(f, " ({})", skip_reasons(&self.skipped))?;
         }
         Ok(())
     }
+}
+
+/// The reasons rows were skipped, counted, in the order first seen: "3 empty poem_title; ...".
+fn skip_reasons(skipped: &[Skip]) -> String {
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for s in skipped {
+        match reasons.iter_mut().find(|(r, _)| *r == s.reason) {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((&s.reason, 1)),
+        }
+    }
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.join("; ")
 }
 
 /// What a builder produced, before it is written.
@@ -151,7 +155,8 @@ struct Built {
 }
 
 /// Builds `task` from `source` (a file, or a folder holding it) into `out` as `messages` JSONL,
-/// written atomically. Malformed source input is an error naming the file and line.
+/// written atomically. Malformed source input is an error naming the file and line; a source
+/// that yields no rows is an error naming it, and nothing is written.
 pub fn build_task(task: Task, source: &Path, out: &Path) -> Result<BuildReport> {
     let source = task.resolve_source(source);
     if !source.is_file() {
@@ -166,6 +171,20 @@ pub fn build_task(task: Task, source: &Path, out: &Path) -> Result<BuildReport> 
         Task::Recipes => build_recipes(&source)?,
         Task::Chess => build_chess(&source)?,
     };
+    // An empty file, or the wrong one (another task's source), would otherwise leave an empty
+    // training set behind and exit 0.
+    if built.records.is_empty() {
+        let why = match built.skipped.len() {
+            0 => String::new(),
+            n => format!(", skipped {n}: {}", skip_reasons(&built.skipped)),
+        };
+        bail!(
+            "{}: no {task} rows (read {}{why}); nothing written to {}",
+            source.display(),
+            built.rows_read,
+            out.display()
+        );
+    }
     write_jsonl_atomic(out, &built.records)?;
     Ok(BuildReport {
         task,

@@ -4,7 +4,8 @@
 //!   chess) as Tulu `messages` JSONL, each as the paper's own script makes it.
 //! * [`jsonl`]: reading `messages` JSONL into [`Example`]s (and writing rows as Python does).
 //! * [`encode`]: open-instruct's `encode_with_messages_format`: token ids and a loss mask.
-//! * [`csv`], [`pgn`]: small readers for the poetry and chess sources.
+//! * [`csv`]: CSV tables on the `csv` crate (the poetry source; also eval's difficulty tables).
+//! * [`pgn`]: a small reader for the chess source.
 
 pub mod build;
 pub mod csv;

@@ -24,7 +24,9 @@ pub mod winrate;
 use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
 use std::path::Path;
-use std::time::Instant;
+
+/// Progress on stderr for ranking and judging (see [`crate::progress`]).
+pub use crate::progress::Progress;
 
 /// Writes `value` as pretty JSON to `out` atomically (see [`write_atomic`]), so an interrupted
 /// run never leaves half a file behind.
@@ -40,60 +42,4 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
-}
-
-/// Progress lines on stderr: `label: done/total (rate, ETA)`, at most about once a second
-/// (and always for the last item).
-pub struct Progress {
-    label: String,
-    total: usize,
-    start: Instant,
-    last: Option<Instant>,
-}
-
-impl Progress {
-    pub fn new(label: &str, total: usize) -> Progress {
-        Progress {
-            label: label.to_string(),
-            total,
-            start: Instant::now(),
-            last: None,
-        }
-    }
-
-    /// Reports `done` items finished; `extra` is appended to the line (e.g. tokens/s).
-    pub fn update(&mut self, done: usize, extra: &str) {
-        let now = Instant::now();
-        let due = self
-            .last
-            .is_none_or(|t| now.duration_since(t).as_secs_f64() >= 1.0);
-        if !due && done < self.total {
-            return;
-        }
-        self.last = Some(now);
-        let elapsed = self.start.elapsed().as_secs_f64();
-        let eta = if done > 0 {
-            elapsed / done as f64 * (self.total - done.min(self.total)) as f64
-        } else {
-            f64::NAN
-        };
-        eprintln!(
-            "{}: {done}/{} ({:.1}s elapsed, ETA {}){}{extra}",
-            self.label,
-            self.total,
-            elapsed,
-            format_secs(eta),
-            if extra.is_empty() { "" } else { ", " },
-        );
-    }
-}
-
-fn format_secs(s: f64) -> String {
-    if !s.is_finite() {
-        "?".into()
-    } else if s < 120.0 {
-        format!("{s:.0}s")
-    } else {
-        format!("{:.0}m{:02.0}s", (s / 60.0).floor(), s % 60.0)
-    }
 }

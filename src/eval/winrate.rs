@@ -2,7 +2,8 @@
 //! `metrics/helpers.py` and `metrics/glm_winrate.py`).
 //!
 //! Raw win rate (`AbsoluteScoringRule.describe_head2head`): preferences of 0 (the legacy draw)
-//! become 1.5, values outside [1, 2] and None are dropped, and with x = preference - 1:
+//! become 1.5, values outside [1, 2] and None are dropped ([`read_annotations`] refuses a file
+//! with such values instead of letting them go unnoticed), and with x = preference - 1:
 //! win_rate = mean(x) * 100, standard_error = sem(x) * 100 (sample standard deviation over
 //! sqrt(n)), n_wins = #(x > 0.5), n_wins_base = #(x < 0.5), n_draws = #(preference in {0, 1.5}).
 //! The discrete win rate rounds each preference first (1.5 stays a draw worth 0.5).
@@ -32,9 +33,10 @@
 use super::glm::{default_cs, fit_cv, sigmoid, Data};
 use super::read_json;
 use crate::bail;
-use crate::data::csv::CsvTable;
-use crate::error::Result;
+use crate::data::csv::{CsvRecord, CsvTable};
+use crate::error::{Context, Result};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,46 +53,63 @@ pub struct Row {
     pub preference: Option<f64>,
 }
 
-/// Reads an annotations.json list; errors name the file and the entry.
+/// Reads an annotations.json list; errors name the file, and the line where the entry at
+/// fault starts. A preference must be null (no usable answer), 0 (the legacy draw) or in
+/// [1, 2]: AlpacaEval drops any other value without a word, which would quietly shrink
+/// `n_total`; here it is an error.
 pub fn read_annotations(path: &Path) -> Result<Vec<Row>> {
-    let value = read_json(path)?;
-    let Some(items) = value.as_array() else {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let invalid =
+        |e: serde_json::Error| crate::Error(format!("{}: invalid JSON: {e}", path.display()));
+    let document: &RawValue = serde_json::from_str(&text).map_err(invalid)?;
+    if !document.get().starts_with('[') {
         bail!("{}: expected a JSON list of annotations", path.display());
-    };
-    items
+    }
+    let entries: Vec<&RawValue> = serde_json::from_str(document.get()).map_err(invalid)?;
+    // Lines counted as the entries go, each from where the previous one started.
+    let (mut offset, mut line) = (0, 1);
+    entries
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            let text = |name: &str| -> Result<Option<String>> {
+        .map(|(i, raw)| {
+            // `raw` borrows from `text`: its address gives its place in the file.
+            let start = (raw.get().as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+            line += text
+                .get(offset..start)
+                .map_or(0, |t| t.matches('\n').count());
+            offset = start;
+            let at = format!("{} line {line} (entry {i})", path.display());
+            let a: Value =
+                serde_json::from_str(raw.get()).with_context(|| format!("{at}: invalid JSON"))?;
+            let string = |name: &str| -> Result<Option<String>> {
                 match a.get(name) {
                     None | Some(Value::Null) => Ok(None),
                     Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(v) => bail!("{} entry {i}: {name} is not a string ({v})", path.display()),
+                    Some(v) => bail!("{at}: {name} is not a string ({v})"),
                 }
             };
             let need = |name: &str| -> Result<String> {
-                text(name)?.ok_or_else(|| {
-                    crate::Error(format!(
-                        "{} entry {i}: missing field {name}",
-                        path.display()
-                    ))
-                })
+                string(name)?.ok_or_else(|| crate::Error(format!("{at}: missing field {name}")))
             };
             let preference = match a.get("preference") {
-                None => bail!("{} entry {i}: missing field preference", path.display()),
+                None => bail!("{at}: missing field preference"),
                 Some(Value::Null) => None,
-                Some(Value::Number(n)) => n.as_f64(),
-                Some(v) => bail!(
-                    "{} entry {i}: preference is not a number ({v})",
-                    path.display()
-                ),
+                Some(Value::Number(n)) => match n.as_f64() {
+                    Some(p) if valid_preference(Some(p)).is_some() => Some(p),
+                    _ => bail!(
+                        "{at}: preference {n} is outside [1, 2] (0, the legacy draw, and null \
+                         are the only other values)"
+                    ),
+                },
+                Some(v) => bail!("{at}: preference is not a number ({v})"),
             };
             Ok(Row {
                 instruction: need("instruction")?,
                 output_1: need("output_1")?,
                 output_2: need("output_2")?,
-                generator_1: text("generator_1")?,
-                generator_2: text("generator_2")?,
+                generator_1: string("generator_1")?,
+                generator_2: string("generator_2")?,
                 preference,
             })
         })
@@ -111,7 +130,7 @@ pub struct WinRate {
 
 /// Preference as AlpacaEval reads it: 0 is the legacy draw (1.5); only [1, 2] counts.
 fn valid_preference(p: Option<f64>) -> Option<f64> {
-    let p = p?;
+    let p = p.filter(|p| p.is_finite())?;
     let p = if p == 0.0 { 1.5 } else { p };
     (1.0..=2.0).contains(&p).then_some(p)
 }
@@ -230,7 +249,7 @@ impl Difficulty {
             );
         };
         let key_col = table.header.iter().position(|h| h == "instruction");
-        let number = |r: &crate::data::csv::CsvRecord| -> Result<f64> {
+        let number = |r: &CsvRecord| -> Result<f64> {
             let f = &r.fields[value_col];
             f.trim().parse::<f64>().map_err(|_| {
                 crate::Error(format!(

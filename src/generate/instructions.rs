@@ -12,11 +12,11 @@ use crate::error::{Context, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
 use crate::model::LanguageModel;
+use crate::progress::Progress;
 use serde::{Deserialize, Serialize};
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One instruction to answer, with the dataset it comes from when the file says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,8 +226,14 @@ pub fn answer_prompts<M: LanguageModel>(
     let total = rows.len();
     let mut texts: Vec<Option<String>> = vec![None; total];
     let mut stops = vec![StopReason::Eos; total];
-    let mut progress = Progress::new(total);
+    let mut done = 0;
+    let mut progress = Progress::new("generate", total);
     let tokens = std::cell::Cell::new(0usize);
+    let start = Instant::now();
+    let tokens_message = |tokens: usize| {
+        let rate = tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        format!("{tokens} tokens, {rate:.1} tokens/s")
+    };
     run_batched(
         model,
         requests,
@@ -245,14 +251,13 @@ pub fn answer_prompts<M: LanguageModel>(
                 .filter(|&t| !tok.is_eos(t))
                 .collect();
             texts[i] = Some(decode_continuation(tok, &prompts[i], &body)?);
-            progress.done += 1;
-            progress.tokens = tokens.get();
-            progress.report(false);
+            done += 1;
+            progress.update(done, &tokens_message(tokens.get()));
             Ok(())
         },
     )?;
-    progress.tokens = tokens.get();
-    progress.report(true);
+    progress.update(done, &tokens_message(tokens.get()));
+    progress.finish();
     let outputs = rows
         .iter()
         .zip(texts)
@@ -264,82 +269,6 @@ pub fn answer_prompts<M: LanguageModel>(
         })
         .collect();
     Ok(Answers { outputs, stops })
-}
-
-/// done/total, tokens/s and ETA on stderr, at most twice a second (on one line on a terminal).
-struct Progress {
-    total: usize,
-    done: usize,
-    tokens: usize,
-    start: Instant,
-    last: Option<Instant>,
-    /// `done` when the last line was printed.
-    shown: Option<usize>,
-    terminal: bool,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        Progress {
-            total,
-            done: 0,
-            tokens: 0,
-            start: Instant::now(),
-            last: None,
-            shown: None,
-            terminal: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn report(&mut self, last: bool) {
-        let now = Instant::now();
-        let recent = self
-            .last
-            .is_some_and(|t| now - t < Duration::from_millis(500));
-        if (!last && recent) || (last && self.shown == Some(self.done)) {
-            if last && self.terminal {
-                eprintln!();
-            }
-            return;
-        }
-        self.last = Some(now);
-        self.shown = Some(self.done);
-        let secs = self.start.elapsed().as_secs_f64();
-        let eta = if self.done > 0 {
-            secs / self.done as f64 * (self.total - self.done) as f64
-        } else {
-            f64::NAN
-        };
-        let line = format!(
-            "[{:>w$}/{}] {} tokens, {:.1} tokens/s, elapsed {}, ETA {}",
-            self.done,
-            self.total,
-            self.tokens,
-            self.tokens as f64 / secs.max(1e-9),
-            clock(secs),
-            clock(eta),
-            w = self.total.to_string().len()
-        );
-        if self.terminal && !last {
-            eprint!("\r{line}");
-        } else if self.terminal {
-            eprintln!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
-}
-
-fn clock(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "?".into();
-    }
-    let s = secs.round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
 
 #[cfg(test)]

@@ -17,13 +17,13 @@ use crate::model::config::ModelConfig;
 use crate::model::presets::WeightDtype;
 use crate::model::random::{normals, Xoshiro256pp};
 use crate::model::train::parameter_layout;
+use crate::progress::Progress;
 use half::bf16;
 use serde_json::{json, Map, Value};
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Instant;
 
 /// Elements per random stream: a tensor's chunk `c` covers elements `[c * CHUNK, (c+1) * CHUNK)`.
 const CHUNK: usize = 1 << 16;
@@ -141,10 +141,11 @@ pub(super) fn write_weights(
     for _ in 0..2 {
         free_tx.send(Vec::new()).expect("channel open");
     }
-    let mut progress = Progress::new(
-        opts.progress && plan.weight_bytes >= PROGRESS_MIN_BYTES,
-        plan.weight_bytes,
-    );
+    let mut progress = if opts.progress && plan.weight_bytes >= PROGRESS_MIN_BYTES {
+        Progress::bytes("init", plan.weight_bytes)
+    } else {
+        Progress::hidden()
+    };
     let headers = plan
         .shards
         .iter()
@@ -168,7 +169,7 @@ pub(super) fn write_weights(
                         parallel_chunks_mut(&mut buf, CHUNK * elem, |i, bytes| {
                             fill_chunk(opts.seed, t, first + i, init_std, plan.dtype, bytes)
                         });
-                        progress.add((len * elem) as u64);
+                        progress.inc((len * elem) as u64);
                         to_writer.send(ToWriter::Data(buf)).map_err(|_| ())?;
                     }
                 }
@@ -251,60 +252,4 @@ fn fill_encoded<const W: usize>(
     }
     let mut rng = Xoshiro256pp::for_chunk(seed, t.index as u64, chunk as u64);
     normals(&mut rng, out.len(), std, |i, x| out[i] = encode(x));
-}
-
-/// GB written, GB/s and ETA on stderr: a line rewritten in place on a terminal, else a line
-/// every 10 seconds.
-struct Progress {
-    on: bool,
-    tty: bool,
-    total: u64,
-    done: u64,
-    start: Instant,
-    last: Instant,
-}
-
-impl Progress {
-    fn new(on: bool, total: u64) -> Progress {
-        let now = Instant::now();
-        Progress {
-            on,
-            tty: std::io::stderr().is_terminal(),
-            total,
-            done: 0,
-            start: now,
-            last: now,
-        }
-    }
-
-    fn add(&mut self, bytes: u64) {
-        self.done += bytes;
-        let every = if self.tty { 0.5 } else { 10.0 };
-        if self.on && self.last.elapsed().as_secs_f64() >= every {
-            self.last = Instant::now();
-            self.print(
-                if self.tty { "\r" } else { "" },
-                if self.tty { "" } else { "\n" },
-            );
-        }
-    }
-
-    fn print(&self, pre: &str, post: &str) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-        let rate = self.done as f64 / secs;
-        let eta = (self.total - self.done) as f64 / rate.max(1.0);
-        eprint!(
-            "{pre}init: {:.2} / {:.2} GB, {:.2} GB/s, ETA {:.0} s   {post}",
-            self.done as f64 / 1e9,
-            self.total as f64 / 1e9,
-            rate / 1e9,
-            eta
-        );
-    }
-
-    fn finish(&self) {
-        if self.on && self.tty {
-            self.print("\r", "\n");
-        }
-    }
 }
