@@ -128,6 +128,10 @@ impl Progress {
         };
         let done = self.bar.position();
         let total = self.bar.length().unwrap_or(0);
+        // Nothing done yet (work that failed at once): nothing worth a line.
+        if done == 0 {
+            return;
+        }
         let due = plain.last_line.elapsed() >= plain.every || (done >= total && total > 0);
         if plain.shown == Some(done) || !(due || last) {
             return;
@@ -300,6 +304,11 @@ mod tests {
             "{lines:?}"
         );
         assert!(lines[0].contains(" GB/s, elapsed "), "{lines:?}");
+
+        // Failed before anything was done: no line at all.
+        let sink = Shared::default();
+        drop(plain("generate", 56, Unit::Items, sink.clone()));
+        assert_eq!(sink.lines(), Vec::<String>::new());
     }
 
     #[test]
