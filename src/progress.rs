@@ -7,7 +7,7 @@
 //! pipe) are ignored, here and by indicatif.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// The least time between two plain lines when stderr is not a terminal.
@@ -57,9 +57,9 @@ impl Progress {
     fn on_stderr(label: &str, total: u64, unit: Unit) -> Progress {
         let target = ProgressDrawTarget::stderr();
         // indicatif hides itself off a terminal (and on TERM=dumb): plain lines stand in.
-        let plain = (!std::io::stderr().is_terminal() || target.is_hidden())
-            .then(|| Box::new(std::io::stderr()) as Box<dyn Write + Send>);
-        let plain = plain.map(|sink| PlainLines::new(sink, PLAIN_EVERY));
+        let plain = target
+            .is_hidden()
+            .then(|| PlainLines::new(Box::new(std::io::stderr()), PLAIN_EVERY));
         Progress::build(label, total, unit, target, plain)
     }
 

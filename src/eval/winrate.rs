@@ -452,6 +452,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn annotation_errors_name_the_line_the_entry_starts_on() {
+        let dir = std::env::temp_dir().join(format!("implicit-annotations-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.json");
+        let entry = |p: &str| {
+            format!(
+                r#"{{"instruction": "i", "output_1": "a", "output_2": "b", "preference": {p}}}"#
+            )
+        };
+        let read = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            read_annotations(&path).map_err(|e| e.to_string())
+        };
+        let name = path.display().to_string();
+        // All on one line, after leading blank lines.
+        let one_line = format!("\n\n [{}, {}]", entry("1.5"), entry("2.5"));
+        assert_eq!(
+            read(one_line).unwrap_err(),
+            format!(
+                "{name} line 3 (entry 1): preference 2.5 is outside [1, 2] (0, the legacy draw, \
+                 and null are the only other values)"
+            )
+        );
+        let spread = format!(
+            "[\n{},\n\n{},\n{}\n]",
+            entry("0"),
+            entry("null"),
+            entry("1e-3")
+        );
+        assert!(read(spread)
+            .unwrap_err()
+            .starts_with(&format!("{name} line 5 (entry 2): preference 0.001")),);
+        let good = format!("[{},\n{},\n{}]", entry("0"), entry("null"), entry("2"));
+        let prefs: Vec<_> = read(good).unwrap().iter().map(|r| r.preference).collect();
+        assert_eq!(prefs, [Some(0.0), None, Some(2.0)]);
+        assert_eq!(
+            read("{}".into()).unwrap_err(),
+            format!("{name}: expected a JSON list of annotations")
+        );
+        assert!(read("[1,".into())
+            .unwrap_err()
+            .starts_with(&format!("{name}: invalid JSON")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn raw_winrate_counts() {
         let prefs = [
             Some(2.0),

@@ -80,9 +80,18 @@ fn create_temp(path: &Path) -> Result<(PathBuf, std::fs::File)> {
 /// file system).
 fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("{}: cannot sync folder", dir.display()))?;
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => {}
+        // Some file systems cannot sync a folder (EINVAL): the rename stands, and how durable
+        // it is stays theirs to decide.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+        Err(e) => {
+            return Err(crate::Error(format!(
+                "{}: cannot sync folder: {e}",
+                dir.display()
+            )))
+        }
+    }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
