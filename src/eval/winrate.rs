@@ -483,7 +483,7 @@ mod tests {
         );
         assert!(read(spread)
             .unwrap_err()
-            .starts_with(&format!("{name} line 5 (entry 2): preference 0.001")),);
+            .starts_with(&format!("{name} line 5 (entry 2): preference 0.001")));
         let good = format!("[{},\n{},\n{}]", entry("0"), entry("null"), entry("2"));
         let prefs: Vec<_> = read(good).unwrap().iter().map(|r| r.preference).collect();
         assert_eq!(prefs, [Some(0.0), None, Some(2.0)]);
