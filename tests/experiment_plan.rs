@@ -97,3 +97,64 @@ fn a_missing_model_asks_for_its_shape() {
         "{stderr}"
     );
 }
+
+/// The paper's Llama-2-7B grid generates at batch 32; the H100 run measured decode at batches 1
+/// (115.9 tokens/s) and 64 (2886.0). The plan must price its answers between the two, from the
+/// step time interpolated at 32, not at the nearest measured batch (batch 1, which made test
+/// generation 40.6 of the grid's 51.5-57.2 GPU hours).
+#[test]
+fn the_paper_grid_prices_generation_at_the_batch_it_generates_with() {
+    let Some(data) = common::data_dir("the_paper_grid_prices_generation_at_its_batch") else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = common::temp_dir("experiment-plan-rates");
+    let json = out.join("plan.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_implicit"))
+        .current_dir(root)
+        .env("IMPLICIT_DATA", &data)
+        .args([
+            "experiment",
+            "plan",
+            "configs/paper-llama2-7b.toml",
+            "--tokenizer",
+        ])
+        .arg(data.join("tokenizers/llama2-tokenizer.json"))
+        .args([
+            "--shape",
+            "configs/models/llama2-7b.json",
+            "--bench-generate",
+        ])
+        .arg(root.join("benches/results/h100-2026-12-06/generate/bench_generate.json"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{stdout}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let decode = plan["throughputs"]["decode"].as_f64().unwrap();
+    // 32 / (8.626 ms + 31/63 · (22.176 − 8.626) ms) = 2092 tokens/s.
+    assert!((2085.0..2100.0).contains(&decode), "decode {decode}");
+    let basis = plan["throughputs"]["generation_basis"].as_str().unwrap();
+    assert!(
+        basis.contains("batch 32") && basis.contains("between batches 1 and 64"),
+        "{basis}"
+    );
+    // Test generation: its estimated tokens at that rate, under 3 GPU hours.
+    let test = &plan["models"][0]["phases_min"][3];
+    assert_eq!(test["name"], "generate: test");
+    let hours = (test["decode_tokens"].as_f64().unwrap() / decode
+        + test["prefill_tokens"].as_f64().unwrap()
+            / plan["throughputs"]["prefill"].as_f64().unwrap())
+        / 3600.0;
+    assert!(hours < 3.0, "{hours}");
+    assert!(stdout.contains("step time interpolated"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -21,13 +21,29 @@ same length, so no padding. Untimed warm-ups first (one prefill, one short gener
            token); tokens/s = B * steps / seconds, as implicit counts.
 An error (out of memory included) is recorded in that batch's entry, and the exit code is 1.
 
+Recipes (--recipes, default "plain,static-compile"), each timed as above at every batch size:
+  plain           model.generate as it comes (dynamic KV cache, eager forward): the peer
+                  `implicit bench generate` has always been shown against;
+  static-compile  the fast transformers recipe (its "LLM optimizations" guide): a static KV
+                  cache (cache_implementation="static"), with which generate compiles the
+                  decoding forward by torch.compile (its default CompileConfig: fullgraph,
+                  mode "reduce-overhead", i.e. CUDA graphs). Two untimed generates of the full
+                  length come first, so compilation and graph capture are not timed; their
+                  wall time is recorded (warmup_s). If transformers has no CompileConfig, the
+                  forward is compiled by hand (torch.compile(model.forward, mode="reduce-overhead",
+                  fullgraph=True)) and the entry says so (compile).
+The JSON is rewritten after every batch, so a run cut short keeps what it measured.
+
 The JSON (--json; schema "implicit-bench-generate-torch/1") is what
 `implicit bench generate --torch FILE` reads: device, versions, date, command, config, load,
-results[] of {batch, prefill {tokens, seconds, tokens_per_s}, decode {steps, tokens, seconds,
-tokens_per_s, step_ms {median, min, max}}, generate_s, peak_memory_bytes, first_tokens, error}.
+results[] (the plain recipe) and results_static_compile[] (the same sizes, the fast recipe) of
+{batch, prefill {tokens, seconds, tokens_per_s}, decode {steps, tokens, seconds, tokens_per_s,
+step_ms {median, min, max}}, generate_s, peak_memory_bytes, first_tokens, error}, the second
+with warmup_s and compile added.
 
 Usage: python3 tools/bench_generate_torch.py --model DIR [--batch-sizes 1,64] [--prompt-len 128]
                                              [--new-tokens 128] [--seed 0] [--json OUT]
+                                             [--recipes plain,static-compile]
 Needs PyTorch with a CUDA GPU and transformers.
 """
 
@@ -113,6 +129,9 @@ def drop_page_cache(files):
     return ok
 
 
+RECIPES = ("plain", "static-compile")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a Hugging Face model folder")
@@ -120,6 +139,10 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help=f"which of {', '.join(RECIPES)} to run (comma-separated)")
+    parser.add_argument("--device", default="cuda",
+                        help="cuda; cpu only as a dry run of the plumbing on a tiny model")
     parser.add_argument("--json", help="write the results here (for implicit bench generate --torch)")
     args = parser.parse_args()
 
@@ -134,6 +157,11 @@ def main():
         parser.error("--new-tokens must be at least 2 (the first new token comes from the prefill)")
     if args.seed < 0:
         parser.error("--seed must be non-negative")
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not recipes or any(r not in RECIPES for r in recipes) or len(set(recipes)) != len(recipes):
+        parser.error(f"--recipes: a comma-separated choice of {', '.join(RECIPES)}, each once")
+    if args.device not in ("cuda", "cpu"):
+        parser.error("--device: cuda or cpu")
 
     config_path = os.path.join(args.model, "config.json")
     try:
@@ -160,29 +188,37 @@ def main():
     except ImportError as e:
         print(f"bench_generate_torch: PyTorch or transformers is not importable: {e}", file=sys.stderr)
         return 1
-    if not torch.cuda.is_available():
+    on_cuda = args.device == "cuda"
+    if on_cuda and not torch.cuda.is_available():
         print("bench_generate_torch: no CUDA device visible to PyTorch", file=sys.stderr)
         return 1
-    props = torch.cuda.get_device_properties(0)
+    device_name = torch.cuda.get_device_properties(0).name if on_cuda else "cpu (dry run)"
+    sm_count = torch.cuda.get_device_properties(0).multi_processor_count if on_cuda else None
+
+    def sync():
+        if on_cuda:
+            torch.cuda.synchronize()
+
     try:
         import accelerate  # noqa: F401  (device_map needs it)
 
-        load_path = "device_map=cuda"
+        load_path = f"device_map={args.device}"
     except ImportError:
-        load_path = "cpu, then .to(cuda)"
+        load_path = f"cpu, then .to({args.device})"
     print(f"bench_generate_torch: torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"transformers {transformers.__version__}, {props.name}; {args.model}: "
-          f"{bytes_on_disk / 1e9:.2f} GB in {len(files)} file(s); loading via {load_path}")
+          f"transformers {transformers.__version__}, {device_name}; {args.model}: "
+          f"{bytes_on_disk / 1e9:.2f} GB in {len(files)} file(s); loading via {load_path}; "
+          f"recipes {', '.join(recipes)}")
 
     def load():
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
-        kwargs = {"torch_dtype": torch.bfloat16, "attn_implementation": "sdpa"}
-        if load_path == "device_map=cuda":
-            model = AutoModelForCausalLM.from_pretrained(args.model, device_map="cuda", **kwargs)
+        kwargs = {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
+        if load_path.startswith("device_map"):
+            model = AutoModelForCausalLM.from_pretrained(args.model, device_map=args.device, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs).to("cuda")
-        torch.cuda.synchronize()
+            model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs).to(args.device)
+        sync()
         return model, time.perf_counter() - t
 
     loads = []
@@ -196,7 +232,8 @@ def main():
                       else "unknown (posix_fadvise failed)"})
         del model
         gc.collect()
-        torch.cuda.empty_cache()
+        if on_cuda:
+            torch.cuda.empty_cache()
         model, seconds = load()
         loads.append({"label": "second", "seconds": seconds, "gb_s": bytes_on_disk / seconds / 1e9,
                       "page_cache": "warm (loaded just before)"})
@@ -217,97 +254,118 @@ def main():
             self.times = []
 
         def __call__(self, input_ids, scores, **kwargs):
-            torch.cuda.synchronize()
+            sync()
             self.times.append(time.perf_counter())
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     steps = args.new_tokens - 1
-    results = []
+    results = {r: [] for r in recipes}
     failed = load_error is not None
+    keep, pad = {}, 0
     if model is not None:
         forward_params = inspect.signature(model.forward).parameters
         if "logits_to_keep" in forward_params:
             keep = {"logits_to_keep": 1}
         elif "num_logits_to_keep" in forward_params:
             keep = {"num_logits_to_keep": 1}
-        else:
-            keep = {}
         gen = model.generation_config
         pad = gen.pad_token_id if gen.pad_token_id is not None else (min(avoid) if avoid else 0)
-        print(f"{'batch':>5} {'prefill tok/s':>13} {'decode tok/s':>12} {'step ms median (min-max)':>24} "
-              f"{'generate s':>10} {'peak GiB':>9}")
 
-    for batch in batch_sizes if model is not None else []:
+    def compile_config():
+        """generate's own compilation of the decoding forward (its defaults: inductor,
+        "reduce-overhead"), forced on the CPU for the dry run."""
+        from transformers import CompileConfig
+
+        config = CompileConfig()
+        if not on_cuda:
+            config._compile_all_devices = True
+        return config
+
+    def measure(batch, recipe):
+        """One batch size under one recipe: the entry of results[]."""
         entry = {"batch": batch}
-        ids = input_ids = mask = None
-        try:
-            ids = prompt_ids(args.seed, batch, args.prompt_len, vocab, avoid)
-            input_ids = torch.tensor(ids, dtype=torch.long, device="cuda")
-            mask = torch.ones_like(input_ids)
-            gen_kwargs = dict(attention_mask=mask, do_sample=False, use_cache=True, pad_token_id=pad)
+        ids = prompt_ids(args.seed, batch, args.prompt_len, vocab, avoid)
+        input_ids = torch.tensor(ids, dtype=torch.long, device=args.device)
+        mask = torch.ones_like(input_ids)
+        gen_kwargs = dict(attention_mask=mask, do_sample=False, use_cache=True, pad_token_id=pad)
+        if recipe == "static-compile":
+            gen_kwargs.update(cache_implementation="static", compile_config=compile_config())
 
-            def prefill():
-                torch.cuda.synchronize()
-                t = time.perf_counter()
+        def generate(new, clock=None):
+            criteria = {"stopping_criteria": StoppingCriteriaList([clock])} if clock else {}
+            return model.generate(input_ids, max_new_tokens=new, min_new_tokens=new, **gen_kwargs,
+                                  **criteria)
+
+        def prefill():
+            sync()
+            t = time.perf_counter()
+            if recipe == "plain":
                 out = model(input_ids, attention_mask=mask, use_cache=True, **keep)
                 out.logits[:, -1, :].argmax(dim=-1)
-                torch.cuda.synchronize()
-                seconds = time.perf_counter() - t
-                del out
-                return seconds
-
-            with torch.inference_mode():
-                prefill()  # warm-up
-                model.generate(input_ids, max_new_tokens=2, min_new_tokens=2, **gen_kwargs)
-                prefill_s = prefill()
-                torch.cuda.reset_peak_memory_stats()
-                clock = StepClock()
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                out = model.generate(input_ids, max_new_tokens=args.new_tokens,
-                                     min_new_tokens=args.new_tokens,
-                                     stopping_criteria=StoppingCriteriaList([clock]), **gen_kwargs)
-                torch.cuda.synchronize()
-                generate_s = time.perf_counter() - t
-            new = out.shape[1] - args.prompt_len
-            if new != args.new_tokens:
-                raise RuntimeError(f"generate made {new} new tokens, not {args.new_tokens}")
-            decode_s = generate_s - prefill_s
-            if decode_s <= 0:
-                raise RuntimeError(f"generate took {generate_s:.4f} s, less than its prefill alone "
-                                   f"({prefill_s:.4f} s)")
-            step_ms = [1e3 * (b - a) for a, b in zip(clock.times, clock.times[1:])]
-            entry.update({
-                "prefill": {"tokens": batch * args.prompt_len, "seconds": prefill_s,
-                            "tokens_per_s": batch * args.prompt_len / prefill_s},
-                "decode": {"steps": steps, "tokens": batch * steps, "seconds": decode_s,
-                           "tokens_per_s": batch * steps / decode_s,
-                           "step_ms": spread(step_ms)},
-                "generate_s": generate_s,
-                "peak_memory_bytes": torch.cuda.max_memory_allocated(),
-                "first_tokens": out[0, args.prompt_len:args.prompt_len + KEPT_TOKENS].tolist(),
-                "error": None,
-            })
-            s = entry["decode"]["step_ms"]
-            step = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if s else "-"
-            print(f"{batch:>5} {entry['prefill']['tokens_per_s']:>13.1f} "
-                  f"{entry['decode']['tokens_per_s']:>12.1f} {step:>24} {generate_s:>10.2f} "
-                  f"{entry['peak_memory_bytes'] / 2**30:>9.1f}")
+            else:
+                # The static recipe's prefill is generate's own first step (eager, into the
+                # static cache it allocates): generate of one token.
+                out = generate(1)
+            sync()
+            seconds = time.perf_counter() - t
             del out
-        except Exception as e:  # out of memory included: recorded, the next size still runs
-            failed = True
-            entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            print(f"{batch:>5} error: {entry['error']}")
-        del ids, input_ids, mask
-        gc.collect()
-        torch.cuda.empty_cache()
-        results.append(entry)
+            return seconds
 
-    if args.json:
+        with torch.inference_mode():
+            t = time.perf_counter()
+            prefill()  # warm-up
+            if recipe == "plain":
+                generate(2)
+            else:
+                import torch._dynamo.utils as dynamo_utils
+
+                # Compilation and graph capture: two full-length generates, untimed.
+                graphs_before = dynamo_utils.counters["stats"]["unique_graphs"]
+                generate(args.new_tokens)
+                generate(args.new_tokens)
+                entry["warmup_s"] = time.perf_counter() - t
+                entry["compile"] = {"config": "transformers CompileConfig() defaults (inductor, "
+                                              "mode reduce-overhead)",
+                                    "new_graphs": dynamo_utils.counters["stats"]["unique_graphs"]
+                                    - graphs_before}
+                if entry["compile"]["new_graphs"] == 0:
+                    raise RuntimeError("generate compiled nothing: the static recipe ran eagerly")
+            prefill_s = prefill()
+            if on_cuda:
+                torch.cuda.reset_peak_memory_stats()
+            clock = StepClock()
+            sync()
+            t = time.perf_counter()
+            out = generate(args.new_tokens, clock)
+            sync()
+            generate_s = time.perf_counter() - t
+        new = out.shape[1] - args.prompt_len
+        if new != args.new_tokens:
+            raise RuntimeError(f"generate made {new} new tokens, not {args.new_tokens}")
+        decode_s = generate_s - prefill_s
+        if decode_s <= 0:
+            raise RuntimeError(f"generate took {generate_s:.4f} s, less than its prefill alone "
+                               f"({prefill_s:.4f} s)")
+        step_ms = [1e3 * (b - a) for a, b in zip(clock.times, clock.times[1:])]
+        entry.update({
+            "prefill": {"tokens": batch * args.prompt_len, "seconds": prefill_s,
+                        "tokens_per_s": batch * args.prompt_len / prefill_s},
+            "decode": {"steps": steps, "tokens": batch * steps, "seconds": decode_s,
+                       "tokens_per_s": batch * steps / decode_s, "step_ms": spread(step_ms)},
+            "generate_s": generate_s,
+            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on_cuda else None,
+            "first_tokens": out[0, args.prompt_len:args.prompt_len + KEPT_TOKENS].tolist(),
+            "error": None,
+        })
+        return entry
+
+    def write():
+        if not args.json:
+            return
         doc = {
             "schema": "implicit-bench-generate-torch/1",
-            "device": props.name,
-            "sm_count": props.multi_processor_count,
+            "device": device_name,
+            "sm_count": sm_count,
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "transformers": transformers.__version__,
@@ -323,16 +381,48 @@ def main():
                 "dtype": "bfloat16",
                 "attn_implementation": "sdpa",
                 "load_path": load_path,
+                "recipes": recipes,
             },
             "load": {"files": len(files), "bytes_on_disk": bytes_on_disk, "loads": loads,
                      "error": load_error},
-            "results": results,
+            "results": results.get("plain", []),
+            "results_static_compile": results.get("static-compile", []),
         }
-        tmp = args.json + ".tmp"
+        tmp = f"{args.json}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, args.json)
+
+    for recipe in recipes if model is not None else []:
+        print(f"-- recipe {recipe}")
+        print(f"{'batch':>5} {'prefill tok/s':>13} {'decode tok/s':>12} {'step ms median (min-max)':>24} "
+              f"{'generate s':>10} {'peak GiB':>9}")
+        for batch in batch_sizes:
+            try:
+                entry = measure(batch, recipe)
+                s = entry["decode"]["step_ms"]
+                step = f"{s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if s else "-"
+                peak = entry["peak_memory_bytes"]
+                peak = f"{peak / 2**30:>9.1f}" if peak is not None else f"{'-':>9}"
+                warm = f"  (warm-up and compile {entry['warmup_s']:.1f} s)" if "warmup_s" in entry else ""
+                print(f"{batch:>5} {entry['prefill']['tokens_per_s']:>13.1f} "
+                      f"{entry['decode']['tokens_per_s']:>12.1f} {step:>24} {entry['generate_s']:>10.2f} "
+                      f"{peak}{warm}", flush=True)
+            except Exception as e:  # out of memory included: recorded, the next size still runs
+                failed = True
+                entry = {"batch": batch,
+                         "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                print(f"{batch:>5} error: {entry['error']}", flush=True)
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
+            results[recipe].append(entry)
+            write()
+    write()
+    if args.json:
         print(f"bench_generate_torch: wrote {args.json}")
     return 1 if failed else 0
 

@@ -17,13 +17,22 @@ Timing: --warmup untimed steps, then --steps steps each timed with CUDA events (
 the end of every step); median and min. Peak memory counts from after the warm-up. FLOPs/token
 = 6*N + 12*n_layers*(num_heads*head_dim)*seq, N = weights of every nn.Linear (lm_head included,
 not the embedding); MFU against the dense bf16 peak known by device name (else null).
+--compile: torch.compile(model) (inductor, default mode) after checkpointing is set up; the
+compilation happens in the warm-up steps, whose wall time is recorded (warmup_seconds).
 CUDA out-of-memory: JSON "error": "out of memory", exit code 3.
+--best-of 'FLAGS;FLAGS;...': PyTorch's best configuration that runs: each variant (extra flags
+added to the others given, e.g. '--checkpointing;;--checkpointing --compile', an empty one
+meaning none) runs in its own process (so an OOM or a crash cannot poison the next) with a
+wall-clock limit of --variant-timeout seconds; the JSON is the fastest variant's, with every
+variant tried under "variants" (flags, tokens/s, MFU, peak memory, error, wall seconds). Exit
+code 0 when one ran, else 3 when every failure was out of memory, else 1.
 --device cpu: a dry run for tiny configs (perf_counter timing, bf16 autocast on the CPU, null
 memory fields); --self-test runs a tiny 2-layer Llama that way (skips without torch).
 
 Usage: python3 tools/bench_train_torch.py --config CONFIG_JSON [--layers L] [--seq 2048]
            [--micro-batch 1] [--accumulation 1] [--steps 6] [--warmup 2] [--mode amp|bf16]
-           [--checkpointing] [--attention sdpa|eager] [--device cuda] [--json OUT.json]
+           [--checkpointing] [--compile] [--attention sdpa|eager] [--device cuda]
+           [--best-of 'FLAGS;FLAGS' --variant-timeout 300] [--json OUT.json]
 """
 
 import argparse
@@ -47,7 +56,7 @@ FIELDS = ("schema", "device", "torch", "transformers", "cuda", "date", "command"
           "matmul_parameters", "parameter_dtype", "optimizer", "tokens_per_step", "step_seconds",
           "median_step_s", "min_step_s", "tokens_per_s", "flops_per_token", "flops_formula",
           "achieved_tflops", "peak_tflops", "peak_note", "mfu", "peak_memory_allocated_bytes",
-          "peak_memory_reserved_bytes", "error")
+          "peak_memory_reserved_bytes", "warmup_seconds", "error")
 
 
 def peak_bf16_tflops(name):
@@ -111,6 +120,8 @@ def build_model(torch, transformers, config, args, device, dtype):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    if args.compile:
+        model = torch.compile(model)
     return model
 
 
@@ -154,7 +165,7 @@ def run(args, doc):
         "num_heads": num_heads, "num_kv_heads": getattr(config, "num_key_value_heads", None) or num_heads,
         "head_dim": head_dim, "vocab_size": config.vocab_size, "seq": args.seq,
         "micro_batch": args.micro_batch, "accumulation": args.accumulation, "mode": args.mode,
-        "checkpointing": args.checkpointing, "attention": args.attention,
+        "checkpointing": args.checkpointing, "attention": args.attention, "compile": args.compile,
     }
     tokens_per_step = args.seq * args.micro_batch * args.accumulation
     doc["tokens_per_step"] = tokens_per_step
@@ -196,10 +207,13 @@ def run(args, doc):
             optimizer.zero_grad(set_to_none=True)
 
         phase = "warmup"
+        t0 = time.perf_counter()
         for _ in range(args.warmup):
             train_step()
         if on_cuda:
             torch.cuda.synchronize()
+        doc["warmup_seconds"] = time.perf_counter() - t0
+        if on_cuda:
             torch.cuda.reset_peak_memory_stats()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         phase = "timed"
@@ -244,6 +258,68 @@ def run(args, doc):
     return 0
 
 
+def best_of(args, variants):
+    """Runs each variant in its own process; writes the fastest one's JSON with every variant
+    listed. Returns the exit code (see the module doc)."""
+    common = ["--config", args.config, "--seq", str(args.seq), "--micro-batch", str(args.micro_batch),
+              "--accumulation", str(args.accumulation), "--steps", str(args.steps),
+              "--warmup", str(args.warmup), "--mode", args.mode, "--attention", args.attention,
+              "--device", args.device]
+    if args.layers is not None:
+        common += ["--layers", str(args.layers)]
+    common += ["--checkpointing"] if args.checkpointing else []
+    common += ["--compile"] if args.compile else []
+    tried, docs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, flags in enumerate(variants):
+            out = os.path.join(tmp, f"variant-{i}.json")
+            cmd = [sys.executable, os.path.abspath(__file__)] + common + shlex.split(flags) + ["--json", out]
+            print(f"bench_train_torch: variant {i + 1}/{len(variants)}: {flags or '(no extra flags)'}",
+                  flush=True)
+            t0 = time.perf_counter()
+            try:
+                rc = subprocess.run(cmd, timeout=args.variant_timeout).returncode
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                rc, timed_out = None, True
+            wall = time.perf_counter() - t0
+            doc = None
+            if os.path.isfile(out):
+                with open(out) as f:
+                    doc = json.load(f)
+            error = (f"timed out after {args.variant_timeout:g} s" if timed_out
+                     else (doc or {}).get("error") or (None if rc == 0 else f"exit code {rc}, no JSON"))
+            tried.append({"flags": flags, "tokens_per_s": (doc or {}).get("tokens_per_s"),
+                          "mfu": (doc or {}).get("mfu"),
+                          "peak_memory_allocated_bytes": (doc or {}).get("peak_memory_allocated_bytes"),
+                          "warmup_seconds": (doc or {}).get("warmup_seconds"),
+                          "error": error, "wall_seconds": wall})
+            docs.append(doc if error is None else None)
+    ran = [(d["tokens_per_s"], i) for i, d in enumerate(docs) if d and d.get("tokens_per_s")]
+    print("bench_train_torch: variants (best first)")
+    for t in sorted(tried, key=lambda t: -(t["tokens_per_s"] or 0)):
+        speed = f"{t['tokens_per_s']:.0f} tokens/s" if t["tokens_per_s"] else "-"
+        print(f"  {t['flags'] or '(no extra flags)':<32} {speed:>16}  {t['error'] or 'ok'}")
+    if ran:
+        best = docs[max(ran)[1]]
+        rc = 0
+    else:
+        best = dict.fromkeys(FIELDS)
+        best.update(schema=SCHEMA, flops_formula=FLOPS_FORMULA,
+                    error="; ".join(f"{t['flags'] or '(none)'}: {t['error']}" for t in tried))
+        all_oom = all(t["error"] == "out of memory" for t in tried)
+        if all_oom:
+            best["error"] = "out of memory"
+        rc = EXIT_OOM if all_oom else 1
+    best["command"] = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
+    best["best_of"] = variants
+    best["variants"] = tried
+    if args.json:
+        write_json(args.json, best)
+        print(f"bench_train_torch: wrote {args.json}")
+    return rc
+
+
 def summary(doc):
     c = doc["config"] or {}
     print(f"bench_train_torch: {doc['device']}, torch {doc['torch']} (CUDA {doc['cuda']}), "
@@ -251,7 +327,8 @@ def summary(doc):
     print(f"  {c.get('model_type')} {c.get('num_layers')} layers, hidden {c.get('hidden_size')}, "
           f"{doc['parameters']} params ({doc['matmul_parameters']} in matmuls); seq {c.get('seq')} x "
           f"micro-batch {c.get('micro_batch')} x accumulation {c.get('accumulation')}, mode {c.get('mode')}, "
-          f"checkpointing {c.get('checkpointing')}, attention {c.get('attention')}")
+          f"checkpointing {c.get('checkpointing')}, attention {c.get('attention')}, "
+          f"compile {c.get('compile')}")
     if doc["median_step_s"] is not None:
         mfu = f"{doc['mfu'] * 100:.1f}%" if doc["mfu"] is not None else f"n/a ({doc['peak_note']})"
         print(f"  step median {doc['median_step_s'] * 1e3:.1f} ms (min {doc['min_step_s'] * 1e3:.1f}), "
@@ -301,7 +378,25 @@ def self_test():
             assert doc["flops_per_token"] == 6 * n + 12 * 2 * 64 * 32
             assert doc["peak_memory_allocated_bytes"] is None and doc["mfu"] is None
             assert doc["parameter_dtype"] == ("float32" if extra[1] == "amp" else "bfloat16")
-    print("bench_train_torch self-test: 2 passed, 0 failed")
+        # --best-of: three variants (one compiled), each in its own process; the fastest is
+        # written, every variant listed.
+        out = os.path.join(tmp, "best.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--config", config_path, "--layers", "2",
+               "--seq", "32", "--steps", "2", "--warmup", "1", "--device", "cpu", "--mode", "bf16",
+               "--best-of", ";--checkpointing;--compile", "--json", out]
+        rc = subprocess.run(cmd).returncode
+        assert rc == 0, f"{cmd}: exit code {rc}"
+        with open(out) as f:
+            doc = json.load(f)
+        tried = doc["variants"]
+        assert [t["flags"] for t in tried] == ["", "--checkpointing", "--compile"], tried
+        assert all(t["error"] is None and t["tokens_per_s"] > 0 for t in tried), tried
+        assert doc["tokens_per_s"] == max(t["tokens_per_s"] for t in tried)
+        assert tried[2]["warmup_seconds"] is not None
+        best = tried[[t["tokens_per_s"] for t in tried].index(doc["tokens_per_s"])]["flags"]
+        assert doc["config"]["checkpointing"] == ("--checkpointing" in best)
+        assert doc["config"]["compile"] == ("--compile" in best)
+    print("bench_train_torch self-test: 3 passed, 0 failed")
     return 0
 
 
@@ -319,7 +414,11 @@ def main():
     parser.add_argument("--mode", choices=("amp", "bf16"), default="amp",
                         help="amp: fp32 params/grads/AdamW state, bf16 autocast; bf16: all bf16")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (non-reentrant)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa")
+    parser.add_argument("--best-of", help="';'-separated variants of extra flags; the fastest is written")
+    parser.add_argument("--variant-timeout", type=float, default=300,
+                        help="seconds each --best-of variant may take (default 300)")
     parser.add_argument("--device", default="cuda", help="cuda (or cuda:N); cpu only for a dry run")
     parser.add_argument("--json", help="write the results here (atomically)")
     parser.add_argument("--self-test", action="store_true", help="tiny 2-layer Llama dry run on the CPU")
@@ -334,6 +433,19 @@ def main():
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
+    if not args.variant_timeout > 0:
+        parser.error("--variant-timeout must be positive")
+    if args.best_of is not None:
+        variants = [v.strip() for v in args.best_of.split(";")]
+        if len(variants) < 2 or len(set(variants)) != len(variants):
+            parser.error("--best-of: give at least two different variants, separated by ';'")
+        for v in variants:
+            unknown = [f for f in shlex.split(v) if f not in ("--checkpointing", "--compile")]
+            if unknown:
+                parser.error(f"--best-of: {unknown[0]} is not --checkpointing or --compile")
+            if (args.checkpointing and "--checkpointing" in v) or (args.compile and "--compile" in v):
+                parser.error(f"--best-of: variant '{v}' repeats a flag given to every variant")
+        return best_of(args, variants)
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401

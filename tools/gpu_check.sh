@@ -19,14 +19,16 @@
 #   5. target/gpu/implicit bench kernels --sdpa $OUT/sdpa.json --json $OUT/bench.json
 #                                                                     -> bench.log
 #   6. (only when STEPS names "generate"; MODEL_DIR or a random Llama-2-7B) python3
-#      tools/bench_generate_torch.py --json $OUT/bench_generate_torch.json, then target/gpu/implicit
+#      tools/bench_generate_torch.py --json $OUT/bench_generate_torch.json (plain generate and the
+#      static-cache + torch.compile recipe, rows of both), then target/gpu/implicit
 #      bench generate --torch $OUT/bench_generate_torch.json --json $OUT/bench_generate.json
 #                                             -> bench_generate_torch.log, bench_generate.log
 #   7. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
 #      Llama-2-7B's shape (configs/models/llama2-7b.json): TRAIN_LAYERS layers (default 8) with
 #      everything on the GPU against PyTorch AMP; then all 32 layers with checkpointing and bf16
-#      optimizer state (stochastic rounding) against PyTorch bf16 + checkpointing (what fits
-#      80 GB on both sides); with TRAIN_HOST=1 also the fp32 state in host memory
+#      optimizer state (stochastic rounding) against PyTorch bf16 at its best of checkpointing,
+#      none, and checkpointing + torch.compile (--best-of; the JSON lists each); with
+#      TRAIN_HOST=1 also the fp32 state in host memory
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
@@ -376,7 +378,10 @@ if wants generate; then
     else
         rm -f "$OUT/bench_generate_torch.json"
         # shellcheck disable=SC2086
-        step bench_generate_torch 240 python3 "$REPO"/tools/bench_generate_torch.py --model "$MODEL_DIR" \
+        # Both transformers recipes: plain generate, and a static cache with generate's
+        # torch.compile (its compilation is untimed but takes minutes: hence the longer limit;
+        # the JSON is rewritten after every batch, so a run cut short keeps what it measured).
+        step bench_generate_torch 420 python3 "$REPO"/tools/bench_generate_torch.py --model "$MODEL_DIR" \
             --json "$OUT/bench_generate_torch.json" ${GENERATE_ARGS:-}
         torch_flag=()
         if [ -f "$OUT/bench_generate_torch.json" ]; then torch_flag=(--torch "$OUT/bench_generate_torch.json"); fi
@@ -404,7 +409,7 @@ if wants trainbench; then
         implicit_args=("$@")
         rm -f "$OUT/train_torch_$name.json"
         # shellcheck disable=SC2086
-        step "train_torch_$name" 200 python3 "$REPO"/tools/bench_train_torch.py --config "$llama" \
+        step "train_torch_$name" "${TORCH_LIMIT:-200}" python3 "$REPO"/tools/bench_train_torch.py --config "$llama" \
             "${torch_args[@]}" --json "$OUT/train_torch_$name.json" ${TRAIN_ARGS:-}
         local torch_flag=()
         if [ -f "$OUT/train_torch_$name.json" ]; then torch_flag=(--torch "$OUT/train_torch_$name.json"); fi
@@ -417,8 +422,12 @@ if wants trainbench; then
     # state with stochastic rounding, both with checkpointing, 8 micro-batches per step as
     # gradient accumulation does in the paper's recipe (64).
     full=(--accumulation 8 --steps 3 --warmup 1)
-    train_pair full --mode bf16 --checkpointing "${full[@]}" -- \
-        --checkpointing --optimizer-state bf16 "${full[@]}"
+    # PyTorch's side is its best configuration that runs: with checkpointing, without (if the
+    # activations fit beside the 54 GB of bf16 state), and compiled with checkpointing, each in
+    # its own process (tools/bench_train_torch.py --best-of); its JSON is the fastest one's and
+    # lists every variant.
+    TORCH_LIMIT=480 train_pair full --mode bf16 --best-of "--checkpointing;;--checkpointing --compile" \
+        --variant-timeout 200 "${full[@]}" -- --checkpointing --optimizer-state bf16 "${full[@]}"
     if [ "${TRAIN_HOST:-0}" = 1 ]; then
         # The fp32 master and moments in page-locked host memory (75 GiB), streamed over PCIe
         # at each step (24 bytes per parameter).

@@ -75,6 +75,7 @@ fn throughputs(a: &PlanArgs, cfg: &ExperimentConfig) -> Result<Throughputs> {
         train: a.train_tokens_per_s,
         prefill: a.prefill_tokens_per_s,
         decode: a.decode_tokens_per_s,
+        generation_basis: None,
     };
     if let Some(p) = &a.bench_train {
         let v = read_json(p)?;
@@ -87,22 +88,13 @@ fn throughputs(a: &PlanArgs, cfg: &ExperimentConfig) -> Result<Throughputs> {
         }
     }
     if let Some(p) = &a.bench_generate {
-        let v = read_json(p)?;
-        // The measured batch size nearest the config's generation batch.
-        let want = cfg.generate.batch_size as i64;
-        let best = v["results"].as_array().and_then(|rows| {
-            rows.iter()
-                .filter(|r| r["decode"]["tokens_per_s"].is_f64())
-                .min_by_key(|r| (r["batch"].as_i64().unwrap_or(i64::MAX) - want).abs())
-        });
-        let Some(best) = best else {
-            crate::bail!(
-                "{}: no decode results (a `bench generate --json` file?)",
-                p.display()
-            );
-        };
-        t.prefill = t.prefill.or(best["prefill"]["tokens_per_s"].as_f64());
-        t.decode = t.decode.or(best["decode"]["tokens_per_s"].as_f64());
+        let (prefill, decode, basis) =
+            crate::experiment::rates::generation_rates(&read_json(p)?, cfg.generate.batch_size, p)?;
+        if t.prefill.is_none() || t.decode.is_none() {
+            t.generation_basis = Some(basis);
+        }
+        t.prefill = t.prefill.or(prefill);
+        t.decode = t.decode.or(Some(decode));
     }
     Ok(t)
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod figures;
 pub mod layout;
 pub mod plan;
+pub mod rates;
 pub mod report;
 pub mod run;
 mod setting;

@@ -24,11 +24,13 @@ use crate::train::plan::MemoryPlan;
 use std::path::Path;
 
 /// Throughputs to turn counts into hours (tokens per second on one GPU).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Throughputs {
     pub train: Option<f64>,
     pub prefill: Option<f64>,
     pub decode: Option<f64>,
+    /// How prefill and decode were read from `bench generate` (see `experiment::rates`).
+    pub generation_basis: Option<String>,
 }
 
 /// The work of one phase.
@@ -396,6 +398,9 @@ pub fn describe(plans: &[ModelPlan], t: &Throughputs) -> String {
             None => {
                 s += "\nGPU hours: give measured throughputs (--bench-train, --bench-generate or --train/--prefill/--decode-tokens-per-s).\n"
             }
+        }
+        if let Some(basis) = &t.generation_basis {
+            s += &format!("Generation rates from bench generate, {basis}.\n");
         }
         if let Some(m) = &mp.memory {
             s += &format!("\nTraining memory: {}\n", m.describe(None, None));
