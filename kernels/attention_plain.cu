@@ -1,8 +1,9 @@
 // Plain causal attention for training, any head_dim d from 1 to 256: simple and deterministic,
-// not fast. Same contract as flash_attention.cu (layouts: src/backend/cuda/attention.rs's docs):
-// q, out, dO, dq [batch, queries, heads, d]; k, v, dk, dv [batch, keys, kv_heads, d]; lse and D
-// [batch, heads, queries] f32. Query i sits at position keys − queries + i and sees the keys j at
-// or before it; query head h reads KV head h / (heads / kv_heads); τ = 1/√d.
+// not fast. Same contract as flash_attention.cu (layouts: the docs of
+// src/backend/cuda/flash_attention.rs): q, out, dO, dq [batch, queries, heads, d]; k, v, dk, dv
+// [batch, keys, kv_heads, d]; lse and D [batch, heads, queries] f32. Query i sits at position
+// keys − queries + i and sees the keys j at or before it; query head h reads KV head
+// h / (heads / kv_heads); τ = 1/√d.
 //   forward   s_ij = τ·q_i·k_j,  lse_i = ln Σ_j exp(s_ij),  o_i = Σ_j exp(s_ij − lse_i)·v_j
 //   backward  p_ij = exp(s_ij − lse_i),  D_i = Σ_c dO_ic·o_ic,  ds_ij = p_ij·(dO_i·v_j − D_i)
 //             dq_i = τ·Σ_j ds_ij·k_j

@@ -1,7 +1,8 @@
 // Flash attention (FlashAttention-2, Dao 2023): causal, grouped-query heads, head_dim 64 or 128,
 // bf16 inputs and outputs, f32 accumulation on the tensor cores (mma.sync.m16n8k16, sm_80+).
 // Reference: backend::cpu::attention::{causal_attention, causal_attention_backward}; tests in
-// tests/cuda_kernels/attention.rs (f64 on the CPU). Host side: src/backend/cuda/attention.rs.
+// tests/cuda_kernels/attention.rs (f64 on the CPU). Host side:
+// src/backend/cuda/flash_attention.rs.
 //
 // Layout (as the CPU reference, `batch` sequences of equal length one after the other):
 //   q, out, d_out, dq  [batch, queries, heads, head_dim]
@@ -614,11 +615,11 @@ __device__ __forceinline__ void bwd_block(const bf16* __restrict__ q, const bf16
 
 }  // namespace flash
 
-// Shared-memory bytes the host passes at launch (src/backend/cuda/attention.rs).
-static_assert(flash::fwd_smem_bytes<64>() == 46080, "forward d=64 shared bytes (attention.rs)");
-static_assert(flash::fwd_smem_bytes<128>() == 87040, "forward d=128 shared bytes (attention.rs)");
-static_assert(flash::bwd_smem_bytes<64>() == 65536, "backward d=64 shared bytes (attention.rs)");
-static_assert(flash::bwd_smem_bytes<128>() == 75264, "backward d=128 shared bytes (attention.rs)");
+// Shared-memory bytes the host passes at launch (src/backend/cuda/flash_attention.rs).
+static_assert(flash::fwd_smem_bytes<64>() == 46080, "forward d=64 shared bytes (flash_attention.rs)");
+static_assert(flash::fwd_smem_bytes<128>() == 87040, "forward d=128 shared bytes (flash_attention.rs)");
+static_assert(flash::bwd_smem_bytes<64>() == 65536, "backward d=64 shared bytes (flash_attention.rs)");
+static_assert(flash::bwd_smem_bytes<128>() == 75264, "backward d=128 shared bytes (flash_attention.rs)");
 
 // Grid (ceil(queries / 64), heads, batch), 128 threads, fwd_smem_bytes<HD>() dynamic shared.
 // scale_log2 = log₂e / √d.

@@ -4,7 +4,6 @@
 pub mod adapter;
 pub mod autograd;
 pub mod backend;
-#[cfg(feature = "cuda")]
 pub mod bench;
 pub mod cli;
 pub mod data;

@@ -1,9 +1,15 @@
-//! The floors of the crate: `backend` (the ops, CPU and CUDA) is the lowest and imports nothing
-//! from the floors above it. This test reads every `src/backend/**/*.rs` and fails, naming
-//! file:line, on a path into `model`, `train`, `optim`, `experiment`, `eval`, `serve`, `cli`,
-//! `generate`, `data` or `adapter`, in any form: `crate::model::…` anywhere (a `use`, an
-//! expression, a type, `$crate::…` in a macro, a doc link), `crate::{…, model::…}`, or a
-//! `super::super::…` chain that climbs out of `backend` into one of them.
+//! The shape of the crate (README.md's Architecture), checked so that it cannot rot:
+//!
+//! - the floors: `backend` (the ops, CPU and CUDA) is the lowest and imports nothing from the
+//!   floors above it. Every `src/backend/**/*.rs` is read, and a path into `model`, `train`,
+//!   `optim`, `experiment`, `eval`, `serve`, `cli`, `generate`, `data` or `adapter` fails,
+//!   naming file:line, in any form: `crate::model::…` anywhere (a `use`, an expression, a type,
+//!   `$crate::…` in a macro, a doc link), `crate::{…, model::…}`, or a `super::super::…` chain
+//!   that climbs out of `backend` into one of them;
+//! - the feature: `feature = "cuda"` is named only in the places `CUDA_PLACES` lists (and the
+//!   module door of `CUDA_DOORS`), in src/ and benches/;
+//! - the benchmarks: src/cli/bench holds the commands' arguments only, the logic is src/bench;
+//! - the pairs: every kernels/X.cu has its launchers in src/backend/cuda/X.rs.
 
 use std::path::{Path, PathBuf};
 
@@ -259,5 +265,265 @@ fn scanner_catches_every_form() {
     assert_eq!(
         module_path(Path::new("backend/cuda/mod.rs")),
         ["backend", "cuda"]
+    );
+}
+
+/// Where `feature = "cuda"` may be named (a prefix of the path from the checkout), and why.
+const CUDA_PLACES: &[(&str, &str)] = &[
+    (
+        "src/backend/",
+        "the ops: backend::cuda (kernels, buffers) is the GPU twin of backend::cpu",
+    ),
+    ("src/model/cuda/", "the GPU model, beside its CPU twin"),
+    (
+        "src/train/cuda/",
+        "the GPU trainer, beside its CPU twin; its mod.rs is also the door that says why a \
+         build without the feature cannot train on the GPU, so that train/mod.rs names none",
+    ),
+    (
+        "src/model/device.rs",
+        "the device seam: the one place a model folder is opened on the CPU or the GPU",
+    ),
+    (
+        "src/bench/",
+        "the benchmarks time CUDA kernels; without the feature each command checks its \
+         arguments and says why nothing runs",
+    ),
+];
+
+/// Single items elsewhere that may be gated, each a module's door: (file, the item the
+/// `#[cfg(feature = "cuda")]` line stands over). `model::cuda` exists only with the feature,
+/// and model/device.rs, the seam, is what uses it.
+const CUDA_DOORS: &[(&str, &str)] = &[("src/model/mod.rs", "pub mod cuda;")];
+
+/// The lines (1-based) of `text` that name the feature: `feature = "cuda"` with any spacing,
+/// in `#[cfg(…)]`, `#[cfg_attr(…)]`, `#![cfg(…)]` or `cfg!(…)` alike.
+fn cuda_feature_lines(text: &str) -> Vec<usize> {
+    let mut lines = Vec::new();
+    for (at, _) in text.match_indices("feature") {
+        let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+        if text[..at].chars().next_back().is_some_and(is_ident)
+            || text[at + 7..].chars().next().is_some_and(is_ident)
+        {
+            continue; // `features`, `CARGO_FEATURE`, …
+        }
+        let rest = text[at + 7..].trim_start();
+        let Some(rest) = rest.strip_prefix('=') else {
+            continue;
+        };
+        if rest.trim_start().starts_with("\"cuda\"") {
+            lines.push(text[..at].matches('\n').count() + 1);
+        }
+    }
+    lines
+}
+
+/// Whether line `line` (1-based) of `text` is the gate of `item`: the next line that is not an
+/// attribute is `item`.
+fn gates(text: &str, line: usize, item: &str) -> bool {
+    text.lines()
+        .skip(line)
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("#["))
+        .is_some_and(|l| l == item)
+}
+
+#[test]
+fn the_cuda_feature_is_named_only_where_the_gpu_code_lives() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = rust_files(&root.join("src"));
+    files.extend(rust_files(&root.join("benches")));
+    assert!(files.len() > 50, "only {} .rs files found", files.len());
+    let (mut failures, mut allowed) = (Vec::new(), 0);
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let rel = file.strip_prefix(root).expect("under the checkout");
+        let rel_str = rel.to_string_lossy().replace('\\', "/");
+        for line in cuda_feature_lines(&text) {
+            let placed = CUDA_PLACES.iter().any(|(p, _)| rel_str.starts_with(p));
+            let door = CUDA_DOORS
+                .iter()
+                .any(|(f, item)| rel_str == *f && gates(&text, line, item));
+            if placed || door {
+                allowed += 1;
+            } else {
+                failures.push(format!("{rel_str}:{line}"));
+            }
+        }
+    }
+    // The scan saw the gates that must be there (the backend's, the seam's, the door).
+    assert!(allowed > 20, "only {allowed} uses of the feature found");
+    let places: Vec<String> = CUDA_PLACES
+        .iter()
+        .map(|(p, why)| format!("{p} ({why})"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "`feature = \"cuda\"` named outside the places for GPU code:\n  {}\nmove the GPU code \
+         into one of:\n  {}\nor gate a module door (as src/model/mod.rs's `pub mod cuda;`)",
+        failures.join("\n  "),
+        places.join("\n  ")
+    );
+}
+
+#[test]
+fn feature_scanner_catches_every_form() {
+    for (text, want) in [
+        ("#[cfg(feature = \"cuda\")]\nmod x;", vec![1]),
+        (
+            "\n#![cfg_attr(not(feature=\"cuda\"), allow(dead_code))]",
+            vec![2],
+        ),
+        ("if cfg!(feature =\n    \"cuda\") {}", vec![1]),
+        ("#[cfg(all(test, feature = \"cuda\"))]", vec![1]),
+        (
+            "device = \"cuda\"; features = [\"cuda\"]; CARGO_FEATURE_CUDA",
+            vec![],
+        ),
+        ("/// (feature `cuda`)", vec![]),
+    ] {
+        assert_eq!(cuda_feature_lines(text), want, "{text}");
+    }
+    let door = "#[cfg(feature = \"cuda\")]\n#[doc(hidden)]\npub mod cuda;\n";
+    assert!(gates(door, 1, "pub mod cuda;"));
+    assert!(!gates(
+        "#[cfg(feature = \"cuda\")]\nfn f() {}",
+        1,
+        "pub mod cuda;"
+    ));
+}
+
+/// `text` without its `#[cfg(test)]` items (a test module's braces, or one item).
+fn without_tests(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        // The item ends at its closing brace (or at `;` for `mod tests;`).
+        let (mut depth, mut end) = (0usize, after.len());
+        for (i, c) in after.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                ';' if depth == 0 => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The functions a src/cli/bench file may define outside its tests: the dispatch into
+/// src/bench (`run`) and each command's arguments turned into src/bench's options (`from`).
+const CLI_BENCH_FNS: &[&str] = &["run", "from"];
+/// The lines of src/cli/bench outside tests: its argument structs with their help text, and
+/// the glue; about 200 today, so a benchmark's logic moved back here shows.
+const CLI_BENCH_LINES: usize = 300;
+
+/// (line, name) of every `fn` in `text` not in [`CLI_BENCH_FNS`].
+fn logic_fns(text: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+        while let Some(w) = words.next() {
+            if w == "fn" {
+                let name = words.find(|w| !w.is_empty()).unwrap_or("").to_string();
+                if !CLI_BENCH_FNS.contains(&name.as_str()) {
+                    found.push((n + 1, name));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn cli_bench_holds_arguments_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = rust_files(&root.join("src/cli/bench"));
+    assert!(files.len() >= 4, "src/cli/bench: {} files", files.len());
+    let (mut failures, mut lines, mut runs) = (Vec::new(), 0, 0);
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let code = without_tests(&text);
+        lines += code.lines().count();
+        runs += code.matches("fn run(").count();
+        let rel = file.strip_prefix(root).expect("under the checkout");
+        for (line, name) in logic_fns(&code) {
+            failures.push(format!("{}:{line}: fn {name}", rel.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "src/cli/bench holds logic (only {CLI_BENCH_FNS:?} belong there; move the rest to \
+         src/bench):\n  {}",
+        failures.join("\n  ")
+    );
+    assert_eq!(
+        runs, 1,
+        "src/cli/bench: one `fn run`, the call into src/bench"
+    );
+    assert!(
+        lines <= CLI_BENCH_LINES,
+        "src/cli/bench has {lines} lines outside tests, more than {CLI_BENCH_LINES}: has \
+         benchmark logic come back?"
+    );
+}
+
+#[test]
+fn cli_bench_scanner_finds_logic() {
+    let text = "pub fn run(c: C) -> R { bench::run(c.into()) }\n\
+                fn summarize(x: f64) -> f64 { x }\n\
+                #[cfg(test)]\nmod tests {\n    fn helper() {}\n}\n\
+                impl X { pub(crate) fn render(&self) {} }";
+    let code = without_tests(text);
+    assert!(!code.contains("helper"), "{code}");
+    let names: Vec<String> = logic_fns(&code).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(names, ["summarize", "render"]);
+}
+
+#[test]
+fn every_kernel_file_has_its_launchers_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut kernels: Vec<String> = std::fs::read_dir(root.join("kernels"))
+        .expect("kernels/")
+        .map(|e| e.expect("kernels/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    kernels.sort();
+    assert!(kernels.len() >= 10, "only {} kernels/*.cu", kernels.len());
+    let mut failures = Vec::new();
+    for stem in &kernels {
+        let launchers = root.join(format!("src/backend/cuda/{stem}.rs"));
+        match std::fs::read_to_string(&launchers) {
+            Ok(text) if text.contains(&format!("{stem}.cu")) => {}
+            Ok(_) => failures.push(format!(
+                "src/backend/cuda/{stem}.rs does not mention {stem}.cu"
+            )),
+            Err(_) => failures.push(format!(
+                "kernels/{stem}.cu has no src/backend/cuda/{stem}.rs"
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "each kernels/X.cu is launched from src/backend/cuda/X.rs (and listed in \
+         src/backend/cuda/mod.rs's table of contents):\n  {}",
+        failures.join("\n  ")
     );
 }

@@ -1,7 +1,7 @@
 //! `implicit bench generate` without a GPU: bad arguments, a missing model or torch file, a
 //! build without CUDA and a machine without a GPU each fail with one line naming the reason;
 //! tools/bench_generate_torch.py compiles and draws the same prompt ids (its pinned check).
-//! The figures, the table and the JSON are unit tests in src/cli/bench/generate.rs.
+//! The figures, the table and the JSON are unit tests in src/bench/generate/tests.rs.
 
 mod common;
 

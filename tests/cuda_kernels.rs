@@ -5,6 +5,8 @@
 //! Without a GPU each test prints "SKIPPED (no GPU): reason" and passes.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 #[path = "cuda_kernels/adamw.rs"]
 mod adamw;
 #[path = "cuda_kernels/attention.rs"]
@@ -15,13 +17,11 @@ mod attention_plain;
 mod elementwise;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
-#[path = "cuda_kernels/support.rs"]
-mod support;
 
+use common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
 use half::bf16;
 use implicit::backend::cpu::{backward, ops};
 use implicit::backend::cuda::{CudaAvailability, CudaBackend, RuleAdapterOutput};
-use support::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
 
 fn norms<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, rows: usize, d: usize) {
     let tag = format!("{} rows {rows} d {d}", std::any::type_name::<T>());

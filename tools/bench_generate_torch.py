@@ -64,7 +64,7 @@ MAX_BATCH = 1024
 
 
 def prompt_ids(seed, batch, length, vocab, avoid):
-    """src/cli/bench/generate.rs's prompt_ids: xorshift64* started from splitmix64(seed) (1 if
+    """src/bench/generate/mod.rs's prompt_ids: xorshift64* started from splitmix64(seed) (1 if
     that is 0), one id per draw (next % vocab, drawn again while in `avoid`), prompt after
     prompt, so a smaller batch's prompts are the larger one's first."""
     z = (seed + 0x9E3779B97F4A7C15) & MASK64

@@ -1,10 +1,13 @@
 //! Random inputs (a seeded xorshift generator, uploaded in chunks), the relative difference
 //! of two results, and the unit conversions of the rates.
 
-use super::FILL_CHUNK;
 use crate::backend::cuda::{driver_error, CudaBackend, DeviceBuffer, DeviceElem};
 use crate::error::Result;
 use half::bf16;
+
+/// Host pool and upload chunk for random fills: buffers larger than a chunk are filled chunk by
+/// chunk from random offsets into a pool of twice the chunk.
+const FILL_CHUNK: usize = 1 << 22;
 
 /// xorshift64*.
 pub(super) struct Rng(pub(super) u64);

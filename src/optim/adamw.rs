@@ -437,26 +437,6 @@ impl AdamW {
     }
 }
 
-/// Made here, beside [`StepScalars`], so that the backend needs nothing from `optim`.
-#[cfg(feature = "cuda")]
-impl crate::backend::cuda::AdamWStep {
-    /// The scalars of step `t` (1 for the first step) at learning rate `lr`.
-    pub fn new(config: &AdamWConfig, lr: f32, t: u64) -> Self {
-        let s = StepScalars::new(config, lr, t);
-        Self {
-            decay: s.decay,
-            lerp_weight: s.lerp_weight,
-            one_minus_lerp_weight: 1.0 - s.lerp_weight,
-            beta2: s.beta2,
-            one_minus_beta2: s.one_minus_beta2,
-            bias_correction2_sqrt: s.bias_correction2_sqrt,
-            eps: s.eps,
-            neg_step_size: s.neg_step_size,
-            lerp_small: s.lerp_small as i32,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,6 @@
 
 pub mod checkpoint;
 mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod launch;
 pub mod plan;
@@ -176,21 +175,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             let mut engine = cpu::CpuEngine::new(&plan, opts)?;
             run(opts, plan, &mut engine)
         }
-        Device::Cuda => train_cuda(opts),
+        Device::Cuda => cuda::train(opts),
     }
-}
-
-#[cfg(feature = "cuda")]
-fn train_cuda(opts: &TrainOptions) -> Result<TrainSummary> {
-    cuda::train(opts)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn train_cuda(_: &TrainOptions) -> Result<TrainSummary> {
-    Err(crate::backend::built_without_cuda(
-        "--device cuda",
-        ", or use --device cpu",
-    ))
 }
 
 /// Reads and encodes the data, and finds the checkpoint to resume from.

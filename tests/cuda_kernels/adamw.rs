@@ -3,7 +3,7 @@
 //! rounding (adamw_bf16_sr) against optim::adamw_bf16_stochastic_step: bit-identical, the
 //! CPU applying the GPU's own clip coefficient.
 
-use super::support::{check, f64s, gpu, Rng};
+use crate::common::gpu::{check, f64s, gpu, Rng};
 use half::bf16;
 use implicit::backend::cuda::{AdamWStep, CudaBackend, DeviceBuffer};
 use implicit::optim::{

@@ -5,7 +5,7 @@
 //! Bounds: ‖out − ref‖/‖ref‖ ≤ 8e-3 for every bf16 output and gradient; lse elementwise
 //! |lse − ref| ≤ 1e-4·max(1, |ref|).
 
-use super::support::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use crate::common::gpu::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{
     causal_attention, causal_attention_backward, AttentionShape,

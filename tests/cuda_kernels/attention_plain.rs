@@ -7,7 +7,7 @@
 //! |lse − ref| ≤ 1e-4·max(1, |ref|). Also: agreement with the flash kernels at head_dim 64, and
 //! the error paths.
 
-use super::support::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use crate::common::gpu::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{
     causal_attention, causal_attention_backward, AttentionShape,

@@ -6,7 +6,7 @@
 //! not multiples of 4 or 8, and over a grid's stride. Outputs are poisoned first with a
 //! sentinel no input produces.
 
-use super::support::{gpu, Rng};
+use crate::common::gpu::{gpu, Rng};
 use half::bf16;
 use implicit::backend::cpu::backward::clamp_backward;
 use implicit::backend::cuda::CudaBackend;

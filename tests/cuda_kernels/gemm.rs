@@ -14,7 +14,7 @@
 //! (`IMPLICIT_GEMM=mma` forces kernels/gemm.cu): `wgmma_is_the_default_gemm_on_hopper` checks
 //! which kernel the dispatch ran, bit for bit.
 
-use super::support::{gpu, poisoned, rel_err, Dtype, Rng};
+use crate::common::gpu::{gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
     gemm_choice, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout, GEMM_ENV,

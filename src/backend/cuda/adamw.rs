@@ -20,9 +20,9 @@ const NORM_BLOCKS: usize = 1024;
 const NORM_ELEMS_PER_BLOCK: usize = 256 * 4 * 8;
 
 /// The f32 scalars of AdamW step t, as `optim::adamw`'s `StepScalars` computes them (Python
-/// floats in f64, rounded to f32 where they meet the tensors); `AdamWStep::new` (in
-/// `optim::adamw`, which owns the arithmetic) makes them. Mirrors kernels/adamw.cu's
-/// `AdamWScalars` field for field.
+/// floats in f64, rounded to f32 where they meet the tensors); `AdamWStep::new` (in the GPU
+/// trainer's optimizer, from `StepScalars`, which owns the arithmetic) makes them. Mirrors
+/// kernels/adamw.cu's `AdamWScalars` field for field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {

@@ -6,7 +6,7 @@
 //! Every output is deterministic. References: `backend::cpu::attention::{causal_attention,
 //! causal_attention_backward}`; tests in tests/cuda_kernels/attention_plain.rs.
 
-use super::attention::{check_dims, describe, raise_smem_limit, Checked};
+use super::flash_attention::{check_dims, describe, raise_smem_limit, Checked};
 use super::{kernel_error, CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
@@ -103,7 +103,7 @@ impl CudaBackend {
 
     /// Causal attention out = softmax(q·kᵀ/√d + mask)·v for `batch` sequences, and the
     /// log-sum-exp `lse[b, h, i]` = ln Σ_j exp(q_i·k_j/√d) over the keys query i sees, as
-    /// [`CudaBackend::flash_attention_forward`] (layouts: see `attention.rs`'s module docs) for
+    /// [`CudaBackend::flash_attention_forward`] (layouts: see `flash_attention.rs`'s module docs) for
     /// any head_dim from 1 to 256. `out` is rounded to bf16; everything else is f32.
     /// Deterministic. A row of scores (4·keys bytes) must fit in a block's shared memory
     /// (about 56 000 keys on an H100).

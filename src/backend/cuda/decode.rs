@@ -8,7 +8,7 @@ mod kv_cache;
 
 pub use kv_cache::{CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, MAX_HEAD_DIM};
 
-use super::attention::FlashOffsets;
+use super::flash_attention::FlashOffsets;
 use super::{as_int, check_len, per_row, rows_of, CudaBackend, DeviceBuffer, Float, THREADS};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;

@@ -1,10 +1,12 @@
 //! bf16 matrix products with fp32 accumulation on the GPU (kernels/gemm.cu: mma.sync tensor
 //! cores, ldmatrix, a 4-stage cp.async pipeline), strided-batched, in the three layouts a
-//! transformer's forward and backward need; and the same products through cuBLAS, the
+//! transformer's forward and backward need, with the choice among it, kernels/gemv.cu (gemv.rs)
+//! and kernels/gemm_wgmma.cu (gemm_wgmma.rs); and the same products through cuBLAS, the
 //! reference the benchmark measures against. References: tests/cuda_kernels/gemm.rs (f64 on
 //! the CPU).
 
 use super::gemm_wgmma::{gemm_choice, GemmChoice};
+use super::gemv::GEMV_MAX_ROWS;
 use super::{driver_error, kernel_error, CudaBackend, DeviceBuffer, Float};
 use crate::bail;
 use crate::error::{Error, Result};
@@ -67,11 +69,6 @@ fn smem_bytes(layout: GemmLayout) -> u32 {
         GemmLayout::TN => 69632,
     }
 }
-
-/// Products of at most this many rows in the NT layout (a decode step's) take kernels/gemv.cu.
-pub const GEMV_MAX_ROWS: usize = 8;
-/// Warps per block of kernels/gemv.cu, each owning output columns.
-const GEMV_WARPS: usize = 8;
 
 /// The block tile of kernels/gemm.cu (BM = BN).
 const TILE: usize = 128;
@@ -261,45 +258,6 @@ impl CudaBackend {
             kernel,
             cfg,
             shapes(),
-            [
-                &a.slice,
-                &b.slice,
-                &mut c.slice,
-                &checked.m,
-                &checked.n,
-                &checked.k,
-                &acc
-            ]
-        )
-    }
-
-    /// C (+)= A·Bᵀ for at most [`GEMV_MAX_ROWS`] rows (kernels/gemv.cu): one warp per output
-    /// column streams B's row once for all of A's rows. Shapes already checked.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv_nt<O: Float>(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        batch: usize,
-        checked: &Checked,
-        a: &DeviceBuffer<bf16>,
-        b: &DeviceBuffer<bf16>,
-        c: &mut DeviceBuffer<O>,
-        accumulate: bool,
-    ) -> Result<()> {
-        let kernel = O::pick("gemv_nt_f32", "gemv_nt_bf16");
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(GEMV_WARPS) as u32, 1, batch as u32),
-            block_dim: (32 * GEMV_WARPS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let acc = accumulate as i32;
-        launch!(
-            self,
-            kernel,
-            cfg,
-            format!("NT m {m} n {n} k {k} batch {batch} accumulate {accumulate} (gemv)"),
             [
                 &a.slice,
                 &b.slice,

@@ -19,20 +19,26 @@
 //! - `buffer`: [`DeviceBuffer`], [`HostBuffer`], [`Float`], uploads and downloads;
 //! - `staging`: page-locked staging buffers for large uploads;
 //! - `memory`: [`MemoryUse`], the memory pool's peak and the device's total;
-//! - `gemm` (gemm.cu, gemv.cu): [`GemmLayout`], the mma.sync GEMM, GEMV, the cuBLAS reference;
+//! - `nccl`: [`Communicator`], the collectives of data parallelism;
+//!
+//! and one module per kernel file, named after it: kernels/X.cu is launched from X.rs (and its
+//! children) only, and tests/architecture.rs fails when a kernel file has no such module:
+//!
+//! - `gemm` (gemm.cu): [`GemmLayout`], the mma.sync GEMM, the choice of kernel, the cuBLAS
+//!   reference;
+//! - `gemv` (gemv.cu): products of at most [`GEMV_MAX_ROWS`] rows (a decode step's);
 //! - `gemm_wgmma` (gemm_wgmma.cu): the Hopper wgmma GEMM and [`gemm_choice`];
-//! - `attention` (flash_attention.cu): flash attention, forward and backward;
+//! - `flash_attention` (flash_attention.cu): flash attention, forward and backward;
 //! - `attention_plain` (attention_plain.cu): plain attention for any head_dim up to 256;
 //! - `norm` (norm.cu): RMSNorm and LayerNorm, forward and backward;
-//! - `ops` (rope.cu, swiglu.cu, embedding.cu): RoPE, SwiGLU, the embedding, forward and backward;
-//! - `vocab` (cross_entropy.cu, rule_adapter.cu): fused cross-entropy, the rule adapter
-//!   ([`RuleAdapterOutput`]);
+//! - `rope` (rope.cu), `swiglu` (swiglu.cu), `embedding` (embedding.cu): forward and backward;
+//! - `cross_entropy` (cross_entropy.cu): the fused softmax cross-entropy;
+//! - `rule_adapter` (rule_adapter.cu): the rule adapter ([`RuleAdapterOutput`]);
 //! - `elementwise` (elementwise.cu): conversions, an in-place add, clamp's backward;
 //! - `adamw` (adamw.cu): grad-norm clipping and the fused AdamW ([`AdamWStep`]);
 //! - `decode` (decode.cu): the decode-time kernels: embedding to f32, row norms ([`RowNorm`]),
 //!   clamp, KV append and the attention over the cache ([`KeySplit`]); its child `kv_cache`:
-//!   [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`];
-//! - `nccl`: [`Communicator`], the collectives of data parallelism.
+//!   [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`].
 
 use crate::bail;
 use crate::error::{Error, Result};
@@ -61,30 +67,35 @@ macro_rules! launch {
 }
 
 mod adamw;
-mod attention;
 mod attention_plain;
 mod buffer;
+mod cross_entropy;
 mod decode;
 mod elementwise;
+mod embedding;
+mod flash_attention;
 mod gemm;
 mod gemm_wgmma;
+mod gemv;
 mod memory;
 mod nccl;
 mod norm;
-mod ops;
+mod rope;
+mod rule_adapter;
 mod staging;
-mod vocab;
+mod swiglu;
 
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
     CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, RowNorm, MAX_HEAD_DIM,
 };
-pub use gemm::{GemmLayout, GEMV_MAX_ROWS};
+pub use gemm::GemmLayout;
 pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
+pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
-pub use vocab::RuleAdapterOutput;
+pub use rule_adapter::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise
 /// kernels' `__launch_bounds__(256)`).

@@ -1,11 +1,12 @@
-//! `implicit bench`: measurements on the GPU against references measured in the same run.
-//! `bench kernels` (kernels.rs) times every CUDA kernel at the paper's shapes; `bench train`
-//! (train.rs) times full finetuning steps.
+//! `implicit bench`'s commands and their arguments (clap), each handed to the `bench` module,
+//! which measures, summarises and reports: `bench kernels` times every CUDA kernel at the
+//! paper's shapes, `bench train` full finetuning steps, `bench generate` greedy decoding.
 
 mod generate;
 mod kernels;
 mod train;
 
+use crate::bench;
 use crate::error::Result;
 use clap::Subcommand;
 
@@ -29,87 +30,140 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Kernels(args) => kernels::run(args),
-        BenchCommand::Train(args) => train::run(args),
-        BenchCommand::Generate(args) => generate::run(args),
+        BenchCommand::Kernels(args) => bench::kernels::run(args.into()),
+        BenchCommand::Train(args) => bench::train::run(args.into()),
+        BenchCommand::Generate(args) => bench::generate::run(args.into()),
     }
-}
-
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn commit() -> String {
-    if let Ok(c) = std::env::var("IMPLICIT_COMMIT") {
-        if !c.trim().is_empty() {
-            return c.trim().to_string();
-        }
-    }
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-/// This process's command line, arguments quoted for a POSIX shell where needed.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-./=,:+@%".contains(&b));
-            if plain {
-                a
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `t` as UTC ISO 8601 to the second, e.g. "2026-11-24T10:23:17Z".
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn utc_iso8601(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's days_from_civil, inverted).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::utc_iso8601;
-    use std::time::{Duration, UNIX_EPOCH};
+    use super::BenchCommand;
+    use crate::bench::generate::GenerateBenchOptions;
+    use crate::bench::kernels::KernelsBenchOptions;
+    use crate::bench::train::TrainBenchOptions;
+    use crate::train::plan::OptimizerPlacement;
+    use clap::Parser;
 
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: BenchCommand,
+    }
+
+    fn parse(argv: &[&str]) -> BenchCommand {
+        Cli::try_parse_from([&["bench"], argv].concat())
+            .unwrap()
+            .command
+    }
+
+    /// No flags give the defaults the benchmarks document (bench::generate's tests start from
+    /// these), and every flag reaches its option.
     #[test]
-    fn iso_dates() {
-        let at = |s: u64| utc_iso8601(UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(at(1_709_164_799), "2024-02-28T23:59:59Z");
-        assert_eq!(at(4_102_444_800), "2100-01-01T00:00:00Z");
-        assert_eq!(at(1_798_761_599), "2026-12-31T23:59:59Z");
+    fn arguments_become_the_benchmarks_options() {
+        let BenchCommand::Generate(g) = parse(&["generate", "--model", "M"]) else {
+            panic!("not generate")
+        };
+        assert_eq!(
+            GenerateBenchOptions::from(g),
+            GenerateBenchOptions {
+                model: "M".into(),
+                batch_sizes: vec![1, 64],
+                prompt_len: 128,
+                new_tokens: 128,
+                seed: 0,
+                torch: None,
+                no_cuda_graphs: false,
+                json: None,
+            }
+        );
+        let BenchCommand::Generate(g) = parse(&[
+            "generate",
+            "--model",
+            "M",
+            "--batch-sizes",
+            "2,3",
+            "--prompt-len",
+            "5",
+            "--new-tokens",
+            "6",
+            "--seed",
+            "7",
+            "--torch",
+            "T",
+            "--no-cuda-graphs",
+            "--json",
+            "J",
+        ]) else {
+            panic!("not generate")
+        };
+        assert_eq!(
+            GenerateBenchOptions::from(g),
+            GenerateBenchOptions {
+                model: "M".into(),
+                batch_sizes: vec![2, 3],
+                prompt_len: 5,
+                new_tokens: 6,
+                seed: 7,
+                torch: Some("T".into()),
+                no_cuda_graphs: true,
+                json: Some("J".into()),
+            }
+        );
+
+        let BenchCommand::Kernels(k) = parse(&[
+            "kernels",
+            "--quick",
+            "--micro-batches",
+            "1,2",
+            "--samples",
+            "5",
+            "--filter",
+            "gemm,rope",
+            "--no-wgmma",
+            "--sdpa",
+            "S",
+            "--json",
+            "J",
+        ]) else {
+            panic!("not kernels")
+        };
+        assert_eq!(
+            KernelsBenchOptions::from(k),
+            KernelsBenchOptions {
+                json: Some("J".into()),
+                quick: true,
+                sdpa: Some("S".into()),
+                micro_batches: vec![1, 2],
+                samples: Some(5),
+                filter: vec!["gemm".into(), "rope".into()],
+                no_wgmma: true,
+            }
+        );
+        let BenchCommand::Kernels(k) = parse(&["kernels"]) else {
+            panic!("not kernels")
+        };
+        assert_eq!(KernelsBenchOptions::from(k), KernelsBenchOptions::default());
+
+        let BenchCommand::Train(t) = parse(&["train", "--config", "C"]) else {
+            panic!("not train")
+        };
+        assert_eq!(
+            TrainBenchOptions::from(t),
+            TrainBenchOptions {
+                config: "C".into(),
+                layers: None,
+                seq: 2048,
+                micro_batch: 1,
+                accumulation: 1,
+                steps: 5,
+                warmup: 2,
+                checkpointing: false,
+                optimizer_state: OptimizerPlacement::Device,
+                torch: None,
+                json: None,
+                seed: 0,
+            }
+        );
     }
 }

@@ -1,22 +1,11 @@
-//! `implicit bench train`: full finetuning steps of a model of a given shape on the GPU
-//! (`train::cuda::CudaTrainer`, random weights: speed does not depend on them; the measuring is
-//! in `bench::train`), reporting
-//! tokens/s, model FLOPs utilisation and the memory the step needed, beside PyTorch's figures
-//! for the same shapes from tools/bench_train_torch.py (`--torch`).
-//!
-//! Model FLOPs per token (PaLM's convention, the same formula as the PyTorch script):
-//! 6·N + 12·layers·(heads·head_dim)·seq, N = parameters of every matrix that multiplies
-//! activations (the LM head included, the embedding lookup not). Recomputation under
-//! `--checkpointing` does not count.
+//! `implicit bench train`'s arguments; the benchmark is `bench::train`.
 
-use crate::error::Result;
-use crate::model::ModelConfig;
-use crate::train::plan::{MemoryPlan, OptimizerPlacement};
+use crate::bench::train::TrainBenchOptions;
+use crate::train::plan::OptimizerPlacement;
 use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub struct TrainArgs {
     /// The model's shape: a Hugging Face config.json (configs/models/ has Llama-2-7B's and
     /// OLMo-7B's).
@@ -59,234 +48,21 @@ pub struct TrainArgs {
     seed: u64,
 }
 
-/// Dense bf16 tensor-core peak (FLOP/s) of a device, from its name; None when unknown.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn bf16_peak(device: &str) -> Option<f64> {
-    let name = device.to_ascii_uppercase();
-    if name.contains("H200") || (name.contains("H100") && !name.contains("PCIE")) {
-        Some(989.4e12)
-    } else if name.contains("H100") {
-        Some(756.0e12)
-    } else if name.contains("A100") {
-        Some(312.0e12)
-    } else {
-        None
-    }
-}
-
-fn checked(a: &TrainArgs, mut config: ModelConfig) -> Result<ModelConfig> {
-    use crate::bail;
-    if let Some(l) = a.layers {
-        if l == 0 {
-            bail!("bench train: --layers must be positive");
+impl From<TrainArgs> for TrainBenchOptions {
+    fn from(a: TrainArgs) -> Self {
+        Self {
+            config: a.config,
+            layers: a.layers,
+            seq: a.seq,
+            micro_batch: a.micro_batch,
+            accumulation: a.accumulation,
+            steps: a.steps,
+            warmup: a.warmup,
+            checkpointing: a.checkpointing,
+            optimizer_state: a.optimizer_state,
+            torch: a.torch,
+            json: a.json,
+            seed: a.seed,
         }
-        config.num_layers = l;
-    }
-    if a.seq < 2 || a.micro_batch == 0 || a.accumulation == 0 || a.steps == 0 {
-        bail!("bench train: --seq must be at least 2, --micro-batch, --accumulation and --steps positive");
-    }
-    Ok(config)
-}
-
-/// The memory plan of these arguments.
-fn plan(a: &TrainArgs, config: &ModelConfig) -> MemoryPlan {
-    MemoryPlan::new(
-        config,
-        a.seq,
-        a.micro_batch,
-        a.checkpointing,
-        a.optimizer_state,
-    )
-}
-
-/// Without CUDA: the plan only (what the run would need), then the reason nothing runs.
-#[cfg(not(feature = "cuda"))]
-pub fn run(a: TrainArgs) -> Result<()> {
-    let config = checked(&a, ModelConfig::from_file(&a.config)?)?;
-    eprintln!("{}", plan(&a, &config).describe(None, None));
-    Err(crate::backend::built_without_cuda("bench train", ""))
-}
-
-#[cfg(feature = "cuda")]
-pub fn run(a: TrainArgs) -> Result<()> {
-    gpu::run(a)
-}
-
-#[cfg(feature = "cuda")]
-mod gpu {
-    use super::super::{command_line, commit, utc_iso8601};
-    use super::*;
-    use crate::backend::cuda::CudaBackend;
-    use crate::bench;
-    use crate::error::Context;
-    use crate::io::atomic::write_atomic;
-    use crate::train::plan::{flops_per_token, matmul_parameters};
-    use serde_json::{json, Value};
-
-    pub fn run(a: TrainArgs) -> Result<()> {
-        let config = checked(&a, ModelConfig::from_file(&a.config)?)?;
-        let torch = match &a.torch {
-            Some(p) => Some(read_json(p)?),
-            None => None,
-        };
-        let gpu = CudaBackend::require(0, "bench train: no usable GPU")?;
-        let params = config.num_parameters();
-        eprintln!(
-            "bench train: {} ({} layers, {:.2}B parameters), seq {}, micro-batch {}, accumulation {}, checkpointing {}, on {}",
-            a.config.display(),
-            config.num_layers,
-            params as f64 / 1e9,
-            a.seq,
-            a.micro_batch,
-            a.accumulation,
-            a.checkpointing,
-            gpu.device_name()
-        );
-        eprintln!("GEMM: {}", gpu.large_gemm_kernel());
-        eprintln!(
-            "{}",
-            plan(&a, &config).describe(None, Some(gpu.memory_use()?.total_bytes))
-        );
-        let measured = bench::train::measure(
-            &gpu,
-            &bench::train::TrainShape {
-                config: config.clone(),
-                seq: a.seq,
-                micro_batch: a.micro_batch,
-                accumulation: a.accumulation,
-                warmup: a.warmup,
-                steps: a.steps,
-                checkpointing: a.checkpointing,
-                optimizer_state: a.optimizer_state,
-                seed: a.seed,
-            },
-        )?;
-        let tokens_per_step = a.seq * a.micro_batch * a.accumulation;
-        let (times, memory) = (measured.step_seconds, measured.memory);
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        let median = sorted[sorted.len() / 2];
-        let tokens_per_s = tokens_per_step as f64 / median;
-        let flops = flops_per_token(&config, a.seq);
-        let achieved = flops * tokens_per_s;
-        let peak = bf16_peak(gpu.device_name());
-        let mfu = peak.map(|p| achieved / p);
-        let memory_plan = plan(&a, &config);
-
-        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        println!(
-            "implicit: {tokens_per_s:.0} tokens/s ({median:.3}s per step of {tokens_per_step} tokens), {:.1} TFLOP/s, MFU {}",
-            achieved / 1e12,
-            mfu.map_or("unknown (device peak not known)".into(), |m| format!("{:.1}%", 100.0 * m))
-        );
-        println!(
-            "{}",
-            memory_plan.describe(Some(memory.peak_used_bytes), Some(memory.total_bytes))
-        );
-        println!(
-            "pool: {:.2} GiB reserved at most, of {:.2} GiB",
-            gib(memory.peak_reserved_bytes),
-            gib(memory.total_bytes)
-        );
-        let torch_summary = torch.as_ref().map(|t| torch_line(t, tokens_per_s));
-        if let Some(line) = &torch_summary {
-            println!("{line}");
-        }
-
-        if let Some(path) = &a.json {
-            let value = json!({
-                "schema": "implicit-bench-train/1",
-                "device": gpu.device_name(),
-                "gemm": gpu.large_gemm_kernel(),
-                "commit": commit(),
-                "date": utc_iso8601(std::time::SystemTime::now()),
-                "command": command_line(),
-                "config": {
-                    "file": a.config.display().to_string(),
-                    "model_type": format!("{:?}", config.arch).to_lowercase(),
-                    "hidden_size": config.hidden_size,
-                    "intermediate_size": config.intermediate_size,
-                    "num_layers": config.num_layers,
-                    "num_heads": config.num_heads,
-                    "num_kv_heads": config.num_kv_heads,
-                    "head_dim": config.head_dim,
-                    "vocab_size": config.vocab_size,
-                    "seq": a.seq,
-                    "micro_batch": a.micro_batch,
-                    "accumulation": a.accumulation,
-                    "checkpointing": a.checkpointing,
-                    "optimizer_state": a.optimizer_state,
-                    "precision": match a.optimizer_state {
-                        OptimizerPlacement::Bf16 => {
-                            "bf16 parameters and moments (stochastic rounding, no master), fp32 gradients"
-                        }
-                        _ => "bf16 parameters, fp32 master weights, moments and gradients",
-                    },
-                    "warmup": a.warmup,
-                    "seed": a.seed,
-                },
-                "parameters": params,
-                "matmul_parameters": matmul_parameters(&config),
-                "tokens_per_step": tokens_per_step,
-                "step_seconds": times,
-                "median_step_s": median,
-                "min_step_s": sorted[0],
-                "tokens_per_s": tokens_per_s,
-                "flops_per_token": flops,
-                "flops_formula": "6*N + 12*layers*heads*head_dim*seq",
-                "achieved_tflops": achieved / 1e12,
-                "peak_tflops": peak.map(|p| p / 1e12),
-                "mfu": mfu,
-                "memory": memory,
-                "plan": memory_plan,
-                "torch": torch,
-                "torch_summary": torch_summary,
-            });
-            let text = serde_json::to_string_pretty(&value).context("bench train JSON")?;
-            write_atomic(path, text.as_bytes())?;
-            eprintln!("wrote {}", path.display());
-        }
-        Ok(())
-    }
-
-    fn read_json(path: &std::path::Path) -> Result<Value> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
-    }
-
-    /// PyTorch's line of the table, and implicit's speed relative to it.
-    fn torch_line(t: &Value, tokens_per_s: f64) -> String {
-        if let Some(err) = t["error"].as_str() {
-            return format!(
-                "PyTorch: {err} (peak {} bytes)",
-                t["peak_memory_allocated_bytes"]
-            );
-        }
-        match t["tokens_per_s"].as_f64() {
-            Some(theirs) => format!(
-                "PyTorch ({} mode, checkpointing {}): {theirs:.0} tokens/s, MFU {}, peak {:.2} GiB; implicit/PyTorch = {:.2}x",
-                t["config"]["mode"].as_str().unwrap_or("?"),
-                t["config"]["checkpointing"],
-                t["mfu"].as_f64().map_or("?".into(), |m| format!("{:.1}%", 100.0 * m)),
-                t["peak_memory_allocated_bytes"].as_f64().unwrap_or(f64::NAN) / (1u64 << 30) as f64,
-                tokens_per_s / theirs
-            ),
-            None => "PyTorch: no tokens_per_s in its JSON".into(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peaks_by_device_name() {
-        assert_eq!(bf16_peak("NVIDIA H100 80GB HBM3"), Some(989.4e12));
-        assert_eq!(bf16_peak("NVIDIA H100 PCIe"), Some(756.0e12));
-        assert_eq!(bf16_peak("NVIDIA H200"), Some(989.4e12));
-        assert_eq!(bf16_peak("NVIDIA A100-SXM4-80GB"), Some(312.0e12));
-        assert_eq!(bf16_peak("NVIDIA GeForce RTX 4090"), None);
     }
 }

@@ -10,8 +10,31 @@
 
 use crate::backend::cuda::{AdamWStep, CudaBackend, DeviceBuffer, HostBuffer};
 use crate::error::Result;
+use crate::optim::adamw::StepScalars;
+use crate::optim::AdamWConfig;
 use crate::train::plan::OptimizerPlacement;
 use half::bf16;
+
+/// Made here, on the GPU optimizer's side, from `optim::adamw`'s [`StepScalars`] (which owns
+/// the arithmetic), so that the backend needs nothing from `optim` and `optim` nothing from the
+/// CUDA feature.
+impl AdamWStep {
+    /// The scalars of step `t` (1 for the first step) at learning rate `lr`.
+    pub fn new(config: &AdamWConfig, lr: f32, t: u64) -> Self {
+        let s = StepScalars::new(config, lr, t);
+        Self {
+            decay: s.decay,
+            lerp_weight: s.lerp_weight,
+            one_minus_lerp_weight: 1.0 - s.lerp_weight,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            bias_correction2_sqrt: s.bias_correction2_sqrt,
+            eps: s.eps,
+            neg_step_size: s.neg_step_size,
+            lerp_small: s.lerp_small as i32,
+        }
+    }
+}
 
 /// master, exp_avg, exp_avg_sq.
 pub(super) enum OptimizerState {

@@ -2,14 +2,14 @@
 //! capability 9.0, the Hopper wgmma kernel as its own row), and causal flash attention against
 //! PyTorch SDPA.
 
-use super::inputs::{gb_s, rel_diff, tflops, Sample};
-use super::timing::Timing;
 use super::{
     Bench, BenchResult, GemmTimes, Reference, ATTENTION_BWD_TARGET, ATTENTION_FWD_TARGET,
     GEMM_TARGET, HEADS, SEQ,
 };
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cuda::{DeviceBuffer, Float, GemmLayout, GEMV_MAX_ROWS};
+use crate::bench::inputs::{gb_s, rel_diff, tflops, Sample};
+use crate::bench::timing::Timing;
 use crate::error::Result;
 use half::bf16;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,9 +1,10 @@
 //! `implicit bench generate`: greedy decoding speed of a model folder on the GPU, as
 //! `generate --device cuda` decodes (`CudaTransformer::forward_greedy` over every sequence with
-//! its own KV cache, each decode step one CUDA graph, the tokens picked on the GPU), beside the device-to-device copy
-//! bandwidth measured in the same run and, with `--torch`, transformers' `generate` from
-//! tools/bench_generate_torch.py. The GPU work is in `bench::generate`; this file
-//! checks the arguments, draws the prompts, does the arithmetic and prints the table and JSON.
+//! its own KV cache, each decode step one CUDA graph, the tokens picked on the GPU), beside the
+//! device-to-device copy bandwidth measured in the same run and, with `--torch`, transformers'
+//! `generate` from tools/bench_generate_torch.py. The GPU work is on_gpu.rs; this file checks
+//! the arguments, draws the prompts and runs the measurements; summary.rs does the arithmetic,
+//! report.rs the table and JSON.
 //!
 //! Per batch size B: B prompts of --prompt-len random ids (xorshift64*, seeded; never an EOS
 //! id; the PyTorch script draws the same ids), one prefill forward over all of them (its logits
@@ -18,15 +19,17 @@
 //! step's forward time (its kernels, launches and the picks' download; the host's feeding them
 //! back not included).
 
+// Without the `cuda` feature only the argument checks run; the rest is the tests'.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::model::{Architecture, ModelConfig};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "cuda")]
+mod on_gpu;
 mod report;
 mod summary;
 #[cfg(test)]
@@ -40,35 +43,25 @@ pub const SCHEMA: &str = "implicit-bench-generate/1";
 /// The largest batch size accepted.
 pub const MAX_BATCH: usize = 1024;
 
-#[derive(Args, Debug)]
-pub struct GenerateBenchArgs {
-    /// A Hugging Face model folder: config.json and the safetensors weights (no tokenizer
-    /// needed; prompts are random ids).
-    #[arg(long)]
-    model: PathBuf,
+/// What `bench generate` runs (its command-line arguments, `cli::bench::GenerateBenchArgs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateBenchOptions {
+    /// A Hugging Face model folder: config.json and the safetensors weights.
+    pub model: PathBuf,
     /// Sequences decoded together, one measurement per size.
-    #[arg(long, value_delimiter = ',', default_value = "1,64")]
-    batch_sizes: Vec<usize>,
+    pub batch_sizes: Vec<usize>,
     /// Tokens per prompt.
-    #[arg(long, default_value_t = 128)]
-    prompt_len: usize,
+    pub prompt_len: usize,
     /// Tokens generated per sequence (the first by the prefill, the rest by decode steps).
-    #[arg(long, default_value_t = 128)]
-    new_tokens: usize,
-    /// Seed of the prompts' ids (the PyTorch script's --seed draws the same ones).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub new_tokens: usize,
+    /// Seed of the prompts' ids.
+    pub seed: u64,
     /// tools/bench_generate_torch.py's JSON for the same model and sizes, shown beside.
-    #[arg(long)]
-    torch: Option<PathBuf>,
-    /// Launch each decode step kernel by kernel instead of replaying it as a CUDA graph (to
-    /// measure what the graphs gain; also `IMPLICIT_CUDA_GRAPHS=0`).
-    #[arg(long)]
-    no_cuda_graphs: bool,
-    /// Write the results (device, commit, date, command, config, load, per batch, torch) here,
-    /// atomically.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    pub torch: Option<PathBuf>,
+    /// Launch each decode step kernel by kernel instead of replaying it as a CUDA graph.
+    pub no_cuda_graphs: bool,
+    /// Write the report here, atomically.
+    pub json: Option<PathBuf>,
 }
 
 /// The checked arguments.
@@ -84,7 +77,7 @@ pub struct Plan {
     pub cuda_graphs: bool,
 }
 
-pub fn plan(a: &GenerateBenchArgs) -> Result<Plan> {
+pub fn plan(a: &GenerateBenchOptions) -> Result<Plan> {
     let b = &a.batch_sizes;
     if b.is_empty() {
         bail!("bench generate: --batch-sizes: give at least one");
@@ -176,8 +169,9 @@ pub fn prompt_ids(
         .collect()
 }
 
+/// Without the `cuda` feature: the arguments and the torch file are checked, then nothing runs.
 #[cfg(not(feature = "cuda"))]
-pub fn run(args: GenerateBenchArgs) -> Result<()> {
+pub fn run(args: GenerateBenchOptions) -> Result<()> {
     let plan = plan(&args)?;
     if let Some(path) = &args.torch {
         read_torch(path, &plan)?;
@@ -186,10 +180,10 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-pub fn run(args: GenerateBenchArgs) -> Result<()> {
-    use super::{command_line, commit, utc_iso8601};
+pub fn run(args: GenerateBenchOptions) -> Result<()> {
     use crate::backend::cuda::CudaBackend;
-    use crate::bench::{device_info, generate as gpu_bench};
+    use crate::bench::kernels::device_info;
+    use crate::bench::record::{command_line, commit, utc_iso8601};
 
     let plan = plan(&args)?;
     let torch = match &args.torch {
@@ -199,7 +193,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
     let dir = &args.model;
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     check_fits(&plan, &config, dir)?;
-    let files = gpu_bench::weight_files(dir)?;
+    let files = on_gpu::weight_files(dir)?;
     let gpu = CudaBackend::require(0, "bench generate: no GPU found")?;
     let (torch_parsed, torch_raw) = torch.unzip();
     let mut report = Report {
@@ -252,9 +246,7 @@ fn measure(
     files: &[(PathBuf, u64)],
     report: &mut Report,
 ) -> Result<()> {
-    use crate::bench::generate as gpu_bench;
-
-    let copy = gpu_bench::copy_ceiling(gpu, plan.seed, 20)?;
+    let copy = on_gpu::copy_ceiling(gpu, plan.seed, 20)?;
     eprintln!(
         "bench generate: copy ceiling {:.0} GB/s on {}",
         copy.gb_s,
@@ -270,9 +262,9 @@ fn measure(
         device_bytes: device_weight_bytes(config),
         loads: Vec::new(),
     };
-    let dropped = gpu_bench::drop_page_cache(files);
-    let resident = gpu_bench::resident_fraction(files);
-    let (first, seconds) = gpu_bench::timed_load(gpu, dir)?;
+    let dropped = on_gpu::drop_page_cache(files);
+    let resident = on_gpu::resident_fraction(files);
+    let (first, seconds) = on_gpu::timed_load(gpu, dir)?;
     drop(first);
     load.loads.push(load_timing(
         "first",
@@ -281,8 +273,8 @@ fn measure(
         seconds,
         bytes_on_disk,
     ));
-    let resident = gpu_bench::resident_fraction(files);
-    let (mut model, seconds) = gpu_bench::timed_load(gpu, dir)?;
+    let resident = on_gpu::resident_fraction(files);
+    let (mut model, seconds) = on_gpu::timed_load(gpu, dir)?;
     model.decode_graphs &= plan.cuda_graphs;
     load.loads.push(load_timing(
         "second",
@@ -309,7 +301,7 @@ fn measure(
             config.vocab_size,
             &config.eos_token_ids,
         );
-        match gpu_bench::greedy_decode(&mut model, &prompts, plan.new_tokens) {
+        match on_gpu::greedy_decode(&mut model, &prompts, plan.new_tokens) {
             Ok(t) => {
                 let m = Measured {
                     prefill_s: t.prefill_s,

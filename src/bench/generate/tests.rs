@@ -2,16 +2,26 @@
 
 use super::*;
 
-fn args(extra: &[&str]) -> GenerateBenchArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: GenerateBenchArgs,
+/// `bench generate --model M`'s options: the command line's defaults (cli::bench's tests check
+/// that no flags give these).
+fn defaults() -> GenerateBenchOptions {
+    GenerateBenchOptions {
+        model: "M".into(),
+        batch_sizes: vec![1, 64],
+        prompt_len: 128,
+        new_tokens: 128,
+        seed: 0,
+        torch: None,
+        no_cuda_graphs: false,
+        json: None,
     }
-    let mut argv = vec!["x", "--model", "M"];
-    argv.extend_from_slice(extra);
-    Cli::try_parse_from(argv).unwrap().args
+}
+
+/// The defaults, edited.
+fn with(edit: impl FnOnce(&mut GenerateBenchOptions)) -> GenerateBenchOptions {
+    let mut o = defaults();
+    edit(&mut o);
+    o
 }
 
 fn llama7b() -> ModelConfig {
@@ -25,7 +35,7 @@ fn llama7b() -> ModelConfig {
 
 #[test]
 fn defaults_and_bad_arguments() {
-    let p = plan(&args(&[])).unwrap();
+    let p = plan(&defaults()).unwrap();
     assert_eq!(p.batch_sizes, vec![1, 64]);
     assert_eq!(
         (
@@ -37,14 +47,18 @@ fn defaults_and_bad_arguments() {
         ),
         (128, 128, 127, 0, true)
     );
-    assert!(!plan(&args(&["--no-cuda-graphs"])).unwrap().cuda_graphs);
-    let err = |extra: &[&str]| plan(&args(extra)).unwrap_err().to_string();
-    assert!(err(&["--batch-sizes", "1,0"]).contains("--batch-sizes 0"));
-    assert!(err(&["--batch-sizes", "2000"]).contains("1 to 1024"));
-    assert!(err(&["--batch-sizes", "4,4"]).contains("4 is given twice"));
-    assert!(err(&["--prompt-len", "0"]).contains("--prompt-len"));
-    assert!(err(&["--new-tokens", "1"]).contains("at least 2"));
-    let p = plan(&args(&["--prompt-len", "4000", "--new-tokens", "97"])).unwrap();
+    assert!(
+        !plan(&with(|o| o.no_cuda_graphs = true))
+            .unwrap()
+            .cuda_graphs
+    );
+    let err = |edit: fn(&mut GenerateBenchOptions)| plan(&with(edit)).unwrap_err().to_string();
+    assert!(err(|o| o.batch_sizes = vec![1, 0]).contains("--batch-sizes 0"));
+    assert!(err(|o| o.batch_sizes = vec![2000]).contains("1 to 1024"));
+    assert!(err(|o| o.batch_sizes = vec![4, 4]).contains("4 is given twice"));
+    assert!(err(|o| o.prompt_len = 0).contains("--prompt-len"));
+    assert!(err(|o| o.new_tokens = 1).contains("at least 2"));
+    let p = plan(&with(|o| (o.prompt_len, o.new_tokens) = (4000, 97))).unwrap();
     let e = check_fits(&p, &llama7b(), Path::new("M"))
         .unwrap_err()
         .to_string();
@@ -104,7 +118,7 @@ fn report(results: Vec<BatchResult>, torch: Option<(TorchFile, serde_json::Value
         command: "implicit bench generate --model M".into(),
         config: ReportConfig {
             model: "M".into(),
-            plan: plan(&args(&["--new-tokens", "4"])).unwrap(),
+            plan: plan(&with(|o| o.new_tokens = 4)).unwrap(),
             shape: model_shape(&llama7b()),
             torch_file: None,
         },
@@ -128,7 +142,7 @@ fn report(results: Vec<BatchResult>, torch: Option<(TorchFile, serde_json::Value
 
 #[test]
 fn summary_figures() {
-    let p = plan(&args(&["--new-tokens", "4"])).unwrap();
+    let p = plan(&with(|o| o.new_tokens = 4)).unwrap();
     let bytes = step_bytes(&llama7b(), 2, 128, 4);
     let r = summarize(2, &p, bytes, &measured(), Some(3000.0));
     let pre = r.prefill.as_ref().unwrap();
@@ -174,9 +188,9 @@ fn torch_file_is_checked_and_attached() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("torch.json");
     std::fs::write(&path, torch_json()).unwrap();
-    let p4 = plan(&args(&["--new-tokens", "4"])).unwrap();
+    let p4 = plan(&with(|o| o.new_tokens = 4)).unwrap();
     let torch = read_torch(&path, &p4).unwrap();
-    let e = read_torch(&path, &plan(&args(&[])).unwrap()).unwrap_err();
+    let e = read_torch(&path, &plan(&defaults()).unwrap()).unwrap_err();
     assert!(e.to_string().contains("4 new tokens"), "{e}");
     std::fs::write(&path, "{\"results\": 3}").unwrap();
     let e = read_torch(&path, &p4).unwrap_err().to_string();
@@ -240,7 +254,7 @@ fn torch_file_is_checked_and_attached() {
 
 #[test]
 fn table_without_torch_or_load() {
-    let p = plan(&args(&["--new-tokens", "4"])).unwrap();
+    let p = plan(&with(|o| o.new_tokens = 4)).unwrap();
     let bytes = step_bytes(&llama7b(), 1, 128, 4);
     let mut r = report(
         vec![summarize(1, &p, bytes, &measured(), Some(3000.0))],

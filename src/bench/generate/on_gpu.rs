@@ -1,5 +1,5 @@
-//! The GPU side of `implicit bench generate` (the arithmetic, the table and the JSON are in
-//! `cli::bench::generate`): the device-to-device copy ceiling (the [`Timer`] of
+//! The GPU side of `implicit bench generate` (the arithmetic, the table and the JSON are its
+//! siblings summary.rs and report.rs): the device-to-device copy ceiling (the [`Timer`] of
 //! `bench kernels`), timed loads of a model folder, the page-cache state of its weight files,
 //! and greedy decoding of a batch of prompts through [`CudaTransformer::forward_greedy`] as
 //! `generate --device cuda` decodes (one forward per step over every sequence's pending
@@ -11,10 +11,10 @@
 //! its picks, so a step's interval holds all its GPU work; the stream is synchronised before
 //! each timed region starts.
 
-use super::inputs::{gb_s, random, Rng};
-use super::timing::{Timer, SPACER_BYTES};
-use super::CopyCeiling;
 use crate::backend::cuda::{CudaBackend, CudaKvCache};
+use crate::bench::inputs::{gb_s, random, Rng};
+use crate::bench::kernels::CopyCeiling;
+use crate::bench::timing::{Timer, SPACER_BYTES};
 use crate::error::Result;
 use crate::model::cuda::CudaTransformer;
 use std::path::{Path, PathBuf};

@@ -1,14 +1,14 @@
 //! The ceilings and the memory-bound kernels: norms, RoPE, SwiGLU, embedding, cross-entropy,
 //! the rule adapter, the gradient norm and AdamW, each against the copy bandwidth.
 
-use super::inputs::{elem, gb_s, tflops, Sample};
-use super::timing::Timing;
 use super::{
     Bench, BenchResult, CopyCeiling, GemmCeiling, DECODE_BATCH, D_MODEL, EOS_ID, FFN, GRAD_TENSORS,
     HEADS, HEAD_DIM, MEMORY_TARGET, OPTIMIZER_PARAMS, RMS_EPS, SEQ, VOCAB,
 };
 use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
 use crate::backend::cuda::{AdamWStep, DeviceBuffer, Float, GemmLayout, RuleAdapterOutput};
+use crate::bench::inputs::{elem, gb_s, tflops, Sample};
+use crate::bench::timing::Timing;
 use crate::error::Result;
 use crate::optim::AdamWConfig;
 use half::bf16;

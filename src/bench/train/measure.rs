@@ -1,7 +1,7 @@
 //! `implicit bench train`'s measuring: a model of the given shape with random weights (speed does
 //! not depend on them) trained on the GPU by `train::cuda::CudaTrainer`, warm-up steps, then
 //! timed steps (each ends when the gradient norm is read back, so the step has finished).
-//! `cli::bench::train` turns the figures into tokens/s, MFU and the report.
+//! Its parent, `bench::train`, turns the figures into tokens/s, MFU and the report.
 
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::backend::cuda::{CudaBackend, MemoryUse};
