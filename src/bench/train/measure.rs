@@ -4,7 +4,7 @@
 //! Its parent, `bench::train`, turns the figures into tokens/s, MFU and the report.
 
 use crate::backend::cpu::parallel::parallel_chunks_mut;
-use crate::backend::cuda::{CudaBackend, MemoryUse};
+use crate::backend::cuda::{CudaBackend, MemoryUse, RecordedProfile};
 use crate::error::{Context, Result};
 use crate::model::train::TrainSequence;
 use crate::model::ModelConfig;
@@ -32,6 +32,8 @@ pub struct TrainShape {
     pub optimizer_state: OptimizerPlacement,
     /// Seed of the random weights and tokens.
     pub seed: u64,
+    /// After the timed steps, profile one more (backend/cuda/profile.rs).
+    pub profile: bool,
 }
 
 /// The figures of one `bench train` run.
@@ -41,6 +43,16 @@ pub struct TrainMeasurement {
     pub step_seconds: Vec<f64>,
     /// The device's memory after the timed steps (peak since the warm-up).
     pub memory: MemoryUse,
+    /// The profiled step, when asked for.
+    pub profile: Option<ProfiledStep>,
+}
+
+/// One step run with the backend's recorder on.
+#[derive(Clone, Debug)]
+pub struct ProfiledStep {
+    pub recorded: RecordedProfile,
+    /// The step's time on the host's clock (as the timed steps' are measured).
+    pub host_seconds: f64,
 }
 
 /// splitmix64: the random stream of the weights and tokens.
@@ -135,8 +147,33 @@ pub fn measure(gpu: &CudaBackend, shape: &TrainShape) -> Result<TrainMeasurement
         times.push(s);
     }
     let memory = gpu.memory_use()?;
+    let profile = if shape.profile {
+        // Twice: the first fills the recorder's event pool (creating events costs host time
+        // a profiled step should not carry), the second is the one reported.
+        let mut last = None;
+        for round in 1..=2 {
+            gpu.profile_start()?;
+            let stepped = step(&mut trainer);
+            // Finished either way, so that a failed step leaves the recorder off.
+            let finished = gpu.profile_finish();
+            let (s, loss) = stepped.context("bench train: the profiled step")?;
+            let recorded = finished?;
+            eprintln!(
+                "profiled step {round}: {s:.3}s, {} spans, loss {loss:.3}",
+                recorded.spans.len()
+            );
+            last = Some(ProfiledStep {
+                recorded,
+                host_seconds: s,
+            });
+        }
+        last
+    } else {
+        None
+    };
     Ok(TrainMeasurement {
         step_seconds: times,
         memory,
+        profile,
     })
 }
