@@ -1,7 +1,9 @@
 //! `implicit bench train`'s measuring: a model of the given shape with random weights (speed does
 //! not depend on them) trained on the GPU by `train::cuda::CudaTrainer`, warm-up steps, then
-//! timed steps (each ends when the gradient norm is read back, so the step has finished).
-//! Its parent, `bench::train`, turns the figures into tokens/s, MFU and the report.
+//! timed steps (each ends when the gradient norm is read back; the AdamW kernels queued after
+//! that run into the next step, so in steady state each timed step holds one update), then with
+//! `profile` two steps under the backend's recorder (the second is reported). Its parent,
+//! `bench::train`, turns the figures into tokens/s, MFU, the profile's table and the report.
 
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::backend::cuda::{CudaBackend, MemoryUse, RecordedProfile};
@@ -51,7 +53,8 @@ pub struct TrainMeasurement {
 #[derive(Clone, Debug)]
 pub struct ProfiledStep {
     pub recorded: RecordedProfile,
-    /// The step's time on the host's clock (as the timed steps' are measured).
+    /// The step's time on the host's clock, to the end of its GPU work (the window the
+    /// profile's events span).
     pub host_seconds: f64,
 }
 
@@ -153,10 +156,14 @@ pub fn measure(gpu: &CudaBackend, shape: &TrainShape) -> Result<TrainMeasurement
         let mut last = None;
         for round in 1..=2 {
             gpu.profile_start()?;
-            let stepped = step(&mut trainer);
+            // Timed to the end of its GPU work: `step` returns once the norm is read, before
+            // the AdamW kernels finish, whose time the profile (to its end event) includes.
+            let start = Instant::now();
+            let stepped = step(&mut trainer).and_then(|out| gpu.synchronize().map(|()| out));
+            let s = start.elapsed().as_secs_f64();
             // Finished either way, so that a failed step leaves the recorder off.
             let finished = gpu.profile_finish();
-            let (s, loss) = stepped.context("bench train: the profiled step")?;
+            let (_, loss) = stepped.context("bench train: the profiled step")?;
             let recorded = finished?;
             eprintln!(
                 "profiled step {round}: {s:.3}s, {} spans, loss {loss:.3}",
