@@ -23,6 +23,8 @@ mod common;
 mod emulate;
 #[path = "bf16_gradients/bounds.rs"]
 mod gradient_bounds;
+#[path = "cuda_train/profile.rs"]
+mod profile;
 
 use common::gpu::{check, gpu, rel_err, Rng};
 use half::bf16;

@@ -28,7 +28,8 @@
 #      everything on the GPU against PyTorch AMP; then all 32 layers with checkpointing and bf16
 #      optimizer state (stochastic rounding) against PyTorch bf16 at its best of checkpointing,
 #      none, and checkpointing + torch.compile (--best-of; the JSON lists each); with
-#      TRAIN_HOST=1 also the fp32 state in host memory
+#      TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile (one
+#      more step timed by kernel family and phase, whose "profile:" lines the summary shows)
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
@@ -414,7 +415,7 @@ if wants trainbench; then
         local torch_flag=()
         if [ -f "$OUT/train_torch_$name.json" ]; then torch_flag=(--torch "$OUT/train_torch_$name.json"); fi
         # shellcheck disable=SC2086
-        step "bench_train_$name" 200 "$IMPLICIT_BIN" bench train --config "$llama" \
+        step "bench_train_$name" 200 "$IMPLICIT_BIN" bench train --config "$llama" --profile \
             "${implicit_args[@]}" "${torch_flag[@]}" --json "$OUT/bench_train_$name.json" ${TRAIN_ARGS:-}
     }
     train_pair "l$layers" --layers "$layers" --mode amp -- --layers "$layers"
@@ -433,7 +434,7 @@ if wants trainbench; then
         # at each step (24 bytes per parameter).
         # shellcheck disable=SC2086
         step bench_train_host 200 "$IMPLICIT_BIN" bench train --config "$llama" --checkpointing \
-            --optimizer-state host "${full[@]}" --json "$OUT/bench_train_host.json" ${TRAIN_ARGS:-}
+            --profile --optimizer-state host "${full[@]}" --json "$OUT/bench_train_host.json" ${TRAIN_ARGS:-}
     fi
 fi
 
@@ -474,6 +475,10 @@ if wants trainbench; then
         [ -f "$log" ] || continue
         echo "-- $(basename "$log" .log)"
         grep -E '^(implicit:|PyTorch|memory plan|measured peak|does not fit|pool:|error)' "$log" | head -12
+        # The step profile: the headline, one line per kernel family, the host gaps and the
+        # phases (the kernels by name stay in the log).
+        grep -E '^profile:' "$log" | head -20
+        grep -E '^profile kernel:' "$log" | head -5
     done
 fi
 echo "-- steps"

@@ -123,7 +123,9 @@ impl CudaBackend {
     /// A copy of `host` on the GPU (large copies through page-locked staging, staging.rs).
     pub fn upload<T: DeviceElem>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         if std::mem::size_of_val(host) < STAGED_MIN_BYTES {
-            return DeviceBuffer::from_slice(&self.stream, host);
+            return self.profiled("memcpy_htod", || {
+                DeviceBuffer::from_slice(&self.stream, host)
+            });
         }
         let mut dst = self.alloc::<T>(host.len())?;
         self.upload_into(host, &mut dst)?;
@@ -148,15 +150,21 @@ impl CudaBackend {
             let (ptr, _record) = dst.slice.device_ptr_mut(&self.stream);
             return self.upload_staged(bytes, ptr);
         }
-        self.stream
-            .memcpy_htod(T::as_raw(host), &mut dst.slice)
-            .map_err(|e| driver_error(&format!("copying {} elements to the GPU", host.len()), e))
+        self.profiled("memcpy_htod", || {
+            self.stream
+                .memcpy_htod(T::as_raw(host), &mut dst.slice)
+                .map_err(|e| {
+                    driver_error(&format!("copying {} elements to the GPU", host.len()), e)
+                })
+        })
     }
 
     /// The buffer's contents, after all queued work (so a kernel's fault shows up here).
     pub fn download<T: DeviceElem>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>> {
-        let raw = self.stream.clone_dtoh(&src.slice).map_err(|e| {
-            driver_error(&format!("copying {} elements from the GPU", src.len()), e)
+        let raw = self.profiled("memcpy_dtoh", || {
+            self.stream.clone_dtoh(&src.slice).map_err(|e| {
+                driver_error(&format!("copying {} elements from the GPU", src.len()), e)
+            })
         })?;
         self.synchronize()?;
         Ok(T::from_raw(raw))
@@ -185,9 +193,11 @@ impl CudaBackend {
         if src.is_empty() {
             return Ok(());
         }
-        self.stream
-            .memcpy_dtod(&src.slice, &mut dst.slice)
-            .map_err(|e| driver_error(&format!("copying {} elements on the GPU", src.len()), e))
+        self.profiled("memcpy_dtod", || {
+            self.stream
+                .memcpy_dtod(&src.slice, &mut dst.slice)
+                .map_err(|e| driver_error(&format!("copying {} elements on the GPU", src.len()), e))
+        })
     }
 
     /// Sets every element of `dst` to zero.
@@ -195,17 +205,20 @@ impl CudaBackend {
         if dst.is_empty() {
             return Ok(());
         }
-        self.stream
-            .memset_zeros(&mut dst.slice)
-            .map_err(|e| driver_error(&format!("zeroing {} elements", dst.len()), e))
+        self.profiled("memset_zeros", || {
+            self.stream
+                .memset_zeros(&mut dst.slice)
+                .map_err(|e| driver_error(&format!("zeroing {} elements", dst.len()), e))
+        })
     }
 
     /// `len` zeros.
     pub fn zeros<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
-        let slice = self
-            .stream
-            .alloc_zeros::<T::Raw>(len)
-            .map_err(|e| driver_error(&format!("allocating {len} elements"), e))?;
+        let slice = self.profiled("alloc_zeros", || {
+            self.stream
+                .alloc_zeros::<T::Raw>(len)
+                .map_err(|e| driver_error(&format!("allocating {len} elements"), e))
+        })?;
         Ok(DeviceBuffer { slice })
     }
 
@@ -280,9 +293,11 @@ impl CudaBackend {
                 dst.len()
             );
         }
-        self.stream
-            .memcpy_htod(&src.slice, &mut dst.slice)
-            .map_err(|e| driver_error(&format!("copying {} elements to the GPU", src.len()), e))
+        self.profiled("memcpy_htod", || {
+            self.stream
+                .memcpy_htod(&src.slice, &mut dst.slice)
+                .map_err(|e| driver_error(&format!("copying {} elements to the GPU", src.len()), e))
+        })
     }
 
     /// Queues the copy of `src` into `dst` (same length); `dst`'s accessors wait for it.
@@ -294,8 +309,12 @@ impl CudaBackend {
                 dst.len()
             );
         }
-        self.stream
-            .memcpy_dtoh(&src.slice, &mut dst.slice)
-            .map_err(|e| driver_error(&format!("copying {} elements from the GPU", src.len()), e))
+        self.profiled("memcpy_dtoh", || {
+            self.stream
+                .memcpy_dtoh(&src.slice, &mut dst.slice)
+                .map_err(|e| {
+                    driver_error(&format!("copying {} elements from the GPU", src.len()), e)
+                })
+        })
     }
 }

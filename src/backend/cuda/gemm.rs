@@ -362,6 +362,7 @@ impl CudaBackend {
         let (pa, _ra) = a.slice.device_ptr(stream);
         let (pb, _rb) = b.slice.device_ptr(stream);
         let (pc, _rc) = c.slice.device_ptr_mut(stream);
+        let mark = self.profile_before("cublasGemmStridedBatchedEx")?;
         // SAFETY: the lengths were checked against the shapes: each of the `batch` products
         // reads m·k and k·n elements and writes m·n, at those strides, inside the buffers.
         // Leading dimensions are at least 1 and at least the rows of each column-major view.
@@ -393,6 +394,7 @@ impl CudaBackend {
             )
         }
         .map_err(|e| Error(format!("cublasGemmStridedBatchedEx ({}): {e}", shapes())))?;
+        self.profile_after(mark)?;
         self.after_launch("cublasGemmStridedBatchedEx", shapes)
     }
 }

@@ -15,11 +15,13 @@
 //! trainer `train::cuda`, the benchmarks `bench`. What each module defines:
 //!
 //! - this file: [`CudaBackend`] (context, stream, the loaded kernels of every kernels/*.cu),
-//!   `launch!`, the shape checks every launcher uses;
+//!   `launch!` (timed spans when profiling), the shape checks every launcher uses;
 //! - `buffer`: [`DeviceBuffer`], [`HostBuffer`], [`Float`], uploads and downloads;
 //! - `staging`: page-locked staging buffers for large uploads;
 //! - `memory`: [`MemoryUse`], the memory pool's peak and the device's total;
 //! - `nccl`: [`Communicator`], the collectives of data parallelism;
+//! - `profile`: the step profile's recorder (timing events around every launch and copy when
+//!   on, [`RecordedProfile`]);
 //!
 //! and one module per kernel file, named after it: kernels/X.cu is launched from X.rs (and its
 //! children) only, and tests/architecture.rs fails when a kernel file has no such module:
@@ -44,12 +46,14 @@ use crate::bail;
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaStream, DriverError, LaunchConfig};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// Launches kernel `$kernel` with the arguments in order (each a reference), mapping a failure
 /// to an error that names the kernel and `$shapes` (a `String` expression, built only then).
+/// While a profile is recorded (profile.rs) the launch is bracketed by timing events.
 macro_rules! launch {
     ($backend:expr, $kernel:expr, $cfg:expr, $shapes:expr, [$($arg:expr),* $(,)?]) => {{
         use cudarc::driver::PushKernelArg as _;
@@ -58,10 +62,12 @@ macro_rules! launch {
         let func = backend.function(kernel)?;
         let mut builder = backend.stream().launch_builder(func);
         $( builder.arg($arg); )*
+        let mark = backend.profile_before(kernel)?;
         // SAFETY: the wrapper checked every buffer's length against the shapes it passes, and
         // the arguments follow the kernel's C signature in kernels/*.cu, type for type.
         unsafe { builder.launch($cfg) }
             .map_err(|e| $crate::backend::cuda::kernel_error(kernel, &$shapes, "launch", e))?;
+        backend.profile_after(mark)?;
         backend.after_launch(kernel, || $shapes)
     }};
 }
@@ -80,6 +86,7 @@ mod gemv;
 mod memory;
 mod nccl;
 mod norm;
+mod profile;
 mod rope;
 mod rule_adapter;
 mod staging;
@@ -95,6 +102,7 @@ pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
 pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
+pub use profile::{ProfileSpan, RecordedProfile};
 pub use rule_adapter::RuleAdapterOutput;
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise
@@ -131,6 +139,9 @@ pub struct CudaBackend {
     rope_tables: Mutex<RopeTables>,
     /// Page-locked buffers for large uploads (staging.rs), made on first use.
     stages: Mutex<Option<Box<staging::Stages>>>,
+    /// Whether a step profile is being recorded (profile.rs): the one branch a launch pays.
+    profiling: AtomicBool,
+    profiler: Mutex<profile::Recorder>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -257,6 +268,8 @@ impl CudaBackend {
             unit_clip,
             rope_tables: Mutex::new(HashMap::new()),
             stages: Mutex::new(None),
+            profiling: AtomicBool::new(false),
+            profiler: Mutex::new(profile::Recorder::default()),
         };
         // Speed only: without it the pool still works, returning memory at each synchronisation.
         if let Err(e) = backend.keep_pool_memory() {
@@ -286,6 +299,14 @@ impl CudaBackend {
         self.ctx
             .check_err()
             .map_err(|e| driver_error("an earlier asynchronous free", e))
+    }
+
+    /// Every kernel embedded in the binary, as build.rs listed them from ptxas's report.
+    pub fn embedded_kernel_names() -> Vec<&'static str> {
+        MODULES
+            .iter()
+            .flat_map(|&(_, _, kernels)| kernels.iter().copied())
+            .collect()
     }
 
     pub(crate) fn function(&self, kernel: &str) -> Result<&CudaFunction> {

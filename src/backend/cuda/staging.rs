@@ -80,11 +80,14 @@ impl CudaBackend {
                 piece.copy_from_slice(&chunk[start..start + piece.len()]);
             });
             let at = dst + (i * STAGE_BYTES) as u64;
-            // SAFETY: `buffer` is page-locked and stays untouched until `done[k]` has passed
-            // (waited for above before any refill); the destination holds src.len() bytes.
-            unsafe { result::memcpy_htod_async(at, &*buffer, self.stream.cu_stream()) }.map_err(
-                |e| driver_error(&format!("copying {} bytes to the GPU", chunk.len()), e),
-            )?;
+            self.profiled("memcpy_htod", || {
+                // SAFETY: `buffer` is page-locked and stays untouched until `done[k]` has
+                // passed (waited for above before any refill); the destination holds
+                // src.len() bytes.
+                unsafe { result::memcpy_htod_async(at, &*buffer, self.stream.cu_stream()) }.map_err(
+                    |e| driver_error(&format!("copying {} bytes to the GPU", chunk.len()), e),
+                )
+            })?;
             stages.done[k]
                 .record(&self.stream)
                 .map_err(|e| driver_error("recording a staged copy", e))?;

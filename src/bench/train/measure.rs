@@ -1,10 +1,12 @@
 //! `implicit bench train`'s measuring: a model of the given shape with random weights (speed does
 //! not depend on them) trained on the GPU by `train::cuda::CudaTrainer`, warm-up steps, then
-//! timed steps (each ends when the gradient norm is read back, so the step has finished).
-//! Its parent, `bench::train`, turns the figures into tokens/s, MFU and the report.
+//! timed steps (each ends when the gradient norm is read back; the AdamW kernels queued after
+//! that run into the next step, so in steady state each timed step holds one update), then with
+//! `profile` two steps under the backend's recorder (the second is reported). Its parent,
+//! `bench::train`, turns the figures into tokens/s, MFU, the profile's table and the report.
 
 use crate::backend::cpu::parallel::parallel_chunks_mut;
-use crate::backend::cuda::{CudaBackend, MemoryUse};
+use crate::backend::cuda::{CudaBackend, MemoryUse, RecordedProfile};
 use crate::error::{Context, Result};
 use crate::model::train::TrainSequence;
 use crate::model::ModelConfig;
@@ -32,6 +34,8 @@ pub struct TrainShape {
     pub optimizer_state: OptimizerPlacement,
     /// Seed of the random weights and tokens.
     pub seed: u64,
+    /// After the timed steps, profile one more (backend/cuda/profile.rs).
+    pub profile: bool,
 }
 
 /// The figures of one `bench train` run.
@@ -41,6 +45,17 @@ pub struct TrainMeasurement {
     pub step_seconds: Vec<f64>,
     /// The device's memory after the timed steps (peak since the warm-up).
     pub memory: MemoryUse,
+    /// The profiled step, when asked for.
+    pub profile: Option<ProfiledStep>,
+}
+
+/// One step run with the backend's recorder on.
+#[derive(Clone, Debug)]
+pub struct ProfiledStep {
+    pub recorded: RecordedProfile,
+    /// The step's time on the host's clock, to the end of its GPU work (the window the
+    /// profile's events span).
+    pub host_seconds: f64,
 }
 
 /// splitmix64: the random stream of the weights and tokens.
@@ -135,8 +150,37 @@ pub fn measure(gpu: &CudaBackend, shape: &TrainShape) -> Result<TrainMeasurement
         times.push(s);
     }
     let memory = gpu.memory_use()?;
+    let profile = if shape.profile {
+        // Twice: the first fills the recorder's event pool (creating events costs host time
+        // a profiled step should not carry), the second is the one reported.
+        let mut last = None;
+        for round in 1..=2 {
+            gpu.profile_start()?;
+            // Timed to the end of its GPU work: `step` returns once the norm is read, before
+            // the AdamW kernels finish, whose time the profile (to its end event) includes.
+            let start = Instant::now();
+            let stepped = step(&mut trainer).and_then(|out| gpu.synchronize().map(|()| out));
+            let s = start.elapsed().as_secs_f64();
+            // Finished either way, so that a failed step leaves the recorder off.
+            let finished = gpu.profile_finish();
+            let (_, loss) = stepped.context("bench train: the profiled step")?;
+            let recorded = finished?;
+            eprintln!(
+                "profiled step {round}: {s:.3}s, {} spans, loss {loss:.3}",
+                recorded.spans.len()
+            );
+            last = Some(ProfiledStep {
+                recorded,
+                host_seconds: s,
+            });
+        }
+        last
+    } else {
+        None
+    };
     Ok(TrainMeasurement {
         step_seconds: times,
         memory,
+        profile,
     })
 }

@@ -7,12 +7,17 @@
 //! 6·N + 12·layers·(heads·head_dim)·seq, N = parameters of every matrix that multiplies
 //! activations (the LM head included, the embedding lookup not). Recomputation under
 //! `--checkpointing` does not count.
+//!
+//! `--profile` (profile.rs): after the timed steps, one more step with the backend's recorder
+//! on, reported as GPU time by kernel family × phase plus the host gaps, beside the unprofiled
+//! median (the recorder's overhead).
 
 #[cfg(feature = "cuda")]
 mod measure;
+pub mod profile;
 
 #[cfg(feature = "cuda")]
-pub use measure::{measure, TrainMeasurement, TrainShape};
+pub use measure::{measure, ProfiledStep, TrainMeasurement, TrainShape};
 
 use crate::error::Result;
 use crate::model::ModelConfig;
@@ -46,6 +51,8 @@ pub struct TrainBenchOptions {
     pub json: Option<PathBuf>,
     /// Seed of the random weights and tokens.
     pub seed: u64,
+    /// Profile one more step after the timed ones (profile.rs).
+    pub profile: bool,
 }
 
 /// Dense bf16 tensor-core peak (FLOP/s) of a device, from its name; None when unknown.
@@ -103,6 +110,7 @@ pub fn run(a: TrainBenchOptions) -> Result<()> {
 
 #[cfg(feature = "cuda")]
 mod gpu {
+    use super::profile::{Span, StepProfile};
     use super::*;
     use crate::backend::cuda::CudaBackend;
     use crate::bench::record::{command_line, commit, utc_iso8601};
@@ -110,6 +118,9 @@ mod gpu {
     use crate::io::atomic::write_atomic;
     use crate::train::plan::{flops_per_token, matmul_parameters};
     use serde_json::{json, Value};
+
+    /// Kernels listed by name under the profile's table.
+    const PROFILE_TOP_KERNELS: usize = 12;
 
     pub fn run(a: TrainBenchOptions) -> Result<()> {
         let config = checked(&a, ModelConfig::from_file(&a.config)?)?;
@@ -147,6 +158,7 @@ mod gpu {
                 checkpointing: a.checkpointing,
                 optimizer_state: a.optimizer_state,
                 seed: a.seed,
+                profile: a.profile,
             },
         )?;
         let tokens_per_step = a.seq * a.micro_batch * a.accumulation;
@@ -180,6 +192,29 @@ mod gpu {
         if let Some(line) = &torch_summary {
             println!("{line}");
         }
+        let profile = measured.profile.as_ref().map(|p| {
+            let spans: Vec<Span> = p
+                .recorded
+                .spans
+                .iter()
+                .map(|s| Span {
+                    name: s.name,
+                    phase: s.phase,
+                    start_ms: s.start_ms,
+                    end_ms: s.end_ms,
+                })
+                .collect();
+            let table = StepProfile::new(&spans, p.recorded.total_ms);
+            for line in table.lines(1e3 * p.host_seconds, 1e3 * median, PROFILE_TOP_KERNELS) {
+                println!("{line}");
+            }
+            json!({
+                "host_step_ms": 1e3 * p.host_seconds,
+                "unprofiled_median_step_ms": 1e3 * median,
+                "overhead": p.host_seconds / median - 1.0,
+                "table": table,
+            })
+        });
 
         if let Some(path) = &a.json {
             let value = json!({
@@ -229,6 +264,7 @@ mod gpu {
                 "plan": memory_plan,
                 "torch": torch,
                 "torch_summary": torch_summary,
+                "profile": profile,
             });
             let text = serde_json::to_string_pretty(&value).context("bench train JSON")?;
             write_atomic(path, text.as_bytes())?;

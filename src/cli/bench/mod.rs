@@ -163,7 +163,12 @@ mod tests {
                 torch: None,
                 json: None,
                 seed: 0,
+                profile: false,
             }
         );
+        let BenchCommand::Train(t) = parse(&["train", "--config", "C", "--profile"]) else {
+            panic!("not train")
+        };
+        assert!(TrainBenchOptions::from(t).profile);
     }
 }

@@ -46,6 +46,10 @@ pub struct TrainArgs {
     /// Seed of the random weights and tokens.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// After the timed steps, profile one more: its GPU time by kernel family and phase
+    /// (CUDA events around every launch and copy), host gaps, and the profiling overhead.
+    #[arg(long)]
+    profile: bool,
 }
 
 impl From<TrainArgs> for TrainBenchOptions {
@@ -63,6 +67,7 @@ impl From<TrainArgs> for TrainBenchOptions {
             torch: a.torch,
             json: a.json,
             seed: a.seed,
+            profile: a.profile,
         }
     }
 }

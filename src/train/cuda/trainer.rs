@@ -351,6 +351,7 @@ impl<'g> CudaTrainer<'g> {
 
     /// Sets every gradient to zero (the start of an optimizer step).
     pub fn zero_grads(&mut self) -> Result<()> {
+        self.gpu.profile_phase("zero_grads");
         for g in &mut self.grads {
             self.gpu.fill_zeros(g)?;
         }
@@ -374,6 +375,7 @@ impl<'g> CudaTrainer<'g> {
     /// changes nothing (the caller stops): the same contract as `optim::clip_grad_norm`.
     pub fn step(&mut self, lr: f32, max_grad_norm: f32) -> Result<f32> {
         let gpu = self.gpu;
+        gpu.profile_phase("optimizer");
         if let Some(p) = &self.parallel {
             // Each rank ran its share of the micro-batches: the step's gradient is the sum.
             p.comm.group(|| {

@@ -278,6 +278,7 @@ impl CudaTrainer<'_> {
         } = self;
         let gpu: &CudaBackend = gpu;
         let p = pack(batch, c.vocab_size, scale)?;
+        gpu.profile_phase("forward");
         if p.loss_rows.is_empty() {
             return Ok(0.0); // no loss token: a zero loss and no gradient, as on the CPU
         }
@@ -311,6 +312,7 @@ impl CudaTrainer<'_> {
         }
 
         // The loss, and its gradient into the residual stream.
+        gpu.profile_phase("loss");
         let mut dx = gpu.zeros::<f32>(rows * d)?;
         let mut loss = 0.0f64;
         let chunk = (*logits_chunk_rows).max(1);
@@ -349,10 +351,12 @@ impl CudaTrainer<'_> {
 
         // Backward through the layers, last first.
         for lp in index.layers.iter().rev() {
+            gpu.profile_phase("recompute");
             let s = match saved.pop().expect("one saved entry per layer") {
                 Kept::All(s) => *s,
                 Kept::Input(x) => layer_forward(&pass, lp, x, values, false)?.0,
             };
+            gpu.profile_phase("backward");
             dx = layer_backward(&pass, lp, s, dx, values, grads)?;
         }
         gpu.embedding_backward(&ids, &dx, d, &mut grads[index.embed])?;
