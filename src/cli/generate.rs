@@ -110,6 +110,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.chat_format.is_some() && !args.chat && args.instructions.is_none() {
         bail!("--chat-format applies to --chat and --instructions");
     }
+    // Before the model loads and every answer is generated, not after.
+    if let Some(out) = &args.out {
+        check_writable(out)?;
+    }
     // A .gguf is converted first; the folder goes away when `conversion` drops, after the run.
     let conversion = if is_gguf(&args.model) {
         let t0 = Instant::now();
@@ -142,6 +146,31 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     );
     let device = if runtime.is_gpu() { " (GPU)" } else { "" };
     run_loaded(&args, dir, &mut model, &tok, device)
+}
+
+/// Fails unless a file can be created beside `out` (its folder is created if missing): a
+/// uniquely named probe file is created there and removed again.
+fn check_writable(out: &Path) -> Result<()> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if out.is_dir() {
+        bail!("--out {}: is a folder, not a file", out.display());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot create its folder", out.display()))?;
+    let name = out
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy());
+    let probe = dir.join(format!(".{name}.{}.writable", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("--out {}: cannot write there", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// A path naming a GGUF file rather than a model folder.
