@@ -1,7 +1,7 @@
 //! `implicit serve` under abuse, on 127.0.0.1: bodies over the limit, prompts too long for the
-//! context in bytes, duplicate Content-Length,
-//! unknown models and unsupported options, slow clients, full queues and connection tables,
-//! graceful shutdown, and `--device cuda` without a GPU.
+//! context in bytes, duplicate Content-Length, unknown models and unsupported options, slow
+//! clients, full queues and connection tables, graceful shutdown, and `--device cuda` without
+//! a GPU.
 
 mod common;
 
