@@ -284,7 +284,10 @@ fn run_prompt<M: LanguageModel>(
         }
     };
     if chat.is_none() {
-        emit(prompt_text, &mut closed)?;
+        match emit(prompt_text, &mut closed) {
+            Err(_) if closed => return Ok(()),
+            r => r?,
+        }
     }
     let t1 = Instant::now();
     let mut first_token_s = None;
