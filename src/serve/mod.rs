@@ -7,9 +7,10 @@
 //! endpoints take `max_tokens`, `temperature` (0 = greedy; OpenAI's default is 1), `top_p`,
 //! `seed`, `stop`, `stream` (server-sent events ending in `data: [DONE]`, with
 //! `stream_options.include_usage`) and logprobs (chat: `logprobs: true, top_logprobs: k`;
-//! completions: `logprobs: k`), and report token usage. Bad requests get OpenAI-style JSON
-//! errors (400, 404 also for another `model`, 405, 408, 413, 429/503 when full; 500 when
-//! decoding fails).
+//! completions: `logprobs: k`), and report token usage; `presence_penalty`,
+//! `frequency_penalty` and `logit_bias` only at their neutral values. Bad requests get
+//! OpenAI-style JSON errors naming the field (400, 404 also for another `model`, 405, 408,
+//! 413, 429/503 when full; 500 when decoding fails).
 //!
 //! HTTP/1.1 is hyper's (keep-alive, a header read timeout, duplicate Content-Length refused)
 //! with axum routing, on tokio. Limits ([`Limits`]): the body size (checked before anything is

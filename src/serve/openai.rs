@@ -184,6 +184,26 @@ fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams>
         }
     };
     let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    // Sampling adjustments this server does not apply: their neutral values are accepted, any
+    // other is a 400 rather than an answer silently sampled without it.
+    for key in ["presence_penalty", "frequency_penalty"] {
+        if number(body, key, -2.0, 2.0)?.is_some_and(|x| x != 0.0) {
+            return Err(ApiError::invalid(
+                format!("'{key}' is not supported (only 0)"),
+                Some(key),
+            ));
+        }
+    }
+    match field(body, "logit_bias") {
+        None => {}
+        Some(Value::Object(m)) if m.is_empty() => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'logit_bias' is not supported (only {})",
+                Some("logit_bias"),
+            ))
+        }
+    }
     let max_tokens = match count(body, "max_completion_tokens", 1, u32::MAX as u64)? {
         Some(m) => Some(m),
         None => count(body, "max_tokens", 1, u32::MAX as u64)?,
@@ -506,6 +526,28 @@ mod tests {
         );
         let err = parse_completion(&json!({"prompt": "x", "logprobs": 99})).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("logprobs"));
+        for (key, bad) in [
+            ("presence_penalty", json!(0.5)),
+            ("presence_penalty", json!(7)),
+            ("frequency_penalty", json!("x")),
+            ("logit_bias", json!({"50256": -100})),
+            ("max_tokens", json!(0)),
+            ("max_tokens", json!(-3)),
+            ("top_p", json!(1.5)),
+            ("n", json!(2)),
+            ("seed", json!(1.5)),
+        ] {
+            let mut body = json!({"prompt": "x"});
+            body[key] = bad;
+            let err = parse_completion(&body).unwrap_err();
+            assert_eq!(
+                (err.status, err.param.as_deref()),
+                (400, Some(key)),
+                "{body}"
+            );
+        }
+        let neutral = json!({"prompt": "x", "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}});
+        assert!(parse_completion(&neutral).is_ok());
         let p = parse_completion(&json!({"prompt": [[1, 2], [3]], "stop": "\n"})).unwrap();
         assert_eq!(p.prompts.len(), 2);
         assert_eq!(p.stop, vec!["\n".to_string()]);
