@@ -271,6 +271,16 @@ fn non_finite_weights_are_reported_with_their_count() {
         e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("2 non-finite values"),
         "{e}"
     );
+    // Training's loader (the parameters as f32) refuses them too, and layers the config does
+    // not use.
+    let config = implicit::model::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let e = implicit::model::train::load_parameter_values(&dir, &config).unwrap_err();
+    assert!(e.to_string().contains("2 non-finite values"), "{e}");
+    let one_layer = fixture_copy("unused-layer-train");
+    edit_config(&one_layer, "num_hidden_layers", json!(1));
+    let config = implicit::model::ModelConfig::from_file(&one_layer.join("config.json")).unwrap();
+    let e = implicit::model::train::load_parameter_values(&one_layer, &config).unwrap_err();
+    assert!(e.to_string().contains("model.layers.1."), "{e}");
     // Allowed by the environment: a warning, and loading goes on (to the missing tokenizer).
     let out = Command::new(common::implicit_bin())
         .args([

@@ -43,7 +43,7 @@ pub fn count_non_finite(elems: Elems<'_>) -> usize {
 
 /// An error (or with [`ALLOW_NONFINITE_ENV`] set, a warning) when `tensor` holds non-finite
 /// values.
-fn check_finite(tensor: &Tensor, name: &str, dir: &Path) -> Result<()> {
+pub(crate) fn check_finite(tensor: &Tensor, name: &str, dir: &Path) -> Result<()> {
     let bad = count_non_finite(tensor.elems()?);
     if bad == 0 {
         return Ok(());
@@ -61,7 +61,7 @@ fn check_finite(tensor: &Tensor, name: &str, dir: &Path) -> Result<()> {
 }
 
 /// An error naming the first checkpoint tensor (in name order) that the model did not read.
-fn check_all_used(
+pub(crate) fn check_all_used(
     store: &WeightStore,
     used: &[String],
     config: &ModelConfig,
