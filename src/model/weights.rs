@@ -75,14 +75,14 @@ pub(crate) fn check_all_used(
     unused.sort_unstable();
     if let Some(first) = unused.first() {
         bail!(
-            "{}: tensor {first} is not used by config.json ({} layers, {:?}){}; does config.json \
-             belong to these weights?",
+            "{}: tensor {first} is not used by config.json (num_hidden_layers {}, {:?}){}; does \
+             config.json belong to these weights?",
             dir.display(),
             config.num_layers,
             config.arch,
             match unused.len() {
                 1 => String::new(),
-                n => format!(" nor are {} more", n - 1),
+                n => format!(", nor are {} more tensors", n - 1),
             }
         );
     }
