@@ -1,6 +1,7 @@
-//! `implicit serve` under abuse, on 127.0.0.1: bodies over the limit, duplicate Content-Length,
-//! unknown models and unsupported options, slow clients, full queues and connection tables,
-//! graceful shutdown, and `--device cuda` without a GPU.
+//! `implicit serve` under abuse, on 127.0.0.1: bodies over the limit, prompts too long for the
+//! context in bytes, duplicate Content-Length, unknown models and unsupported options, slow
+//! clients, full queues and connection tables, graceful shutdown, and `--device cuda` without
+//! a GPU.
 
 mod common;
 
@@ -194,6 +195,65 @@ fn bodies_over_the_limit_are_refused_at_once_and_bad_options_get_openai_errors()
         404,
         None,
     );
+}
+
+/// The server's peak resident memory (VmHWM), in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn prompts_longer_in_bytes_than_the_context_can_hold_are_refused_before_tokenizing() {
+    let Some(dir) = common::stories260k("serve-limits-prompt-bytes") else {
+        return;
+    };
+    // Bodies up to 16 MB let the 7 MB prompt past the body limit, to the prompt check.
+    let server = start_server(&dir, &["--max-body-bytes", "16000000"]);
+    let port = server.port;
+    let before = peak_rss_kb(server.child.id());
+    let prompt = "Once upon a time there was a dog. ".repeat(7_000_000 / 34);
+    let bodies = [
+        (
+            "/v1/completions",
+            json!({"model": "stories", "prompt": prompt, "max_tokens": 1}),
+            "prompt",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 1}),
+            "messages",
+        ),
+    ];
+    for (path, body, param) in bodies {
+        let body = body.to_string();
+        assert!(body.len() > 7_000_000);
+        let t0 = Instant::now();
+        let got = request(port, &post(path, &body));
+        let took = t0.elapsed();
+        assert_error(&got, 400, Some(param));
+        assert_eq!(
+            got.2["error"]["code"], "context_length_exceeded",
+            "{}",
+            got.2
+        );
+        println!("7 MB {param} to {path}: 400 in {took:?}");
+        // Measured: 20-25 ms; 3.0 s when the prompt was tokenized.
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    let after = peak_rss_kb(server.child.id());
+    println!("server peak RSS {before} kB before, {after} kB after the two 7 MB prompts");
+    // Measured: 13 MB -> 34 MB (the body, its parsed JSON, the string); 13 MB -> 648 MB when
+    // the prompts were tokenized.
+    assert!(after - before < 150_000, "{before} -> {after} kB");
+    // A prompt that fits is still served.
+    let ok = json!({"prompt": "Once upon a time", "max_tokens": 2}).to_string();
+    let got = request(port, &post("/v1/completions", &ok));
+    assert_eq!(got.0, 200, "{}", got.2);
 }
 
 #[test]

@@ -40,22 +40,22 @@ pub struct RankingArgs {
     #[arg(long)]
     data: PathBuf,
     /// Negatives drawn per instruction (the paper: 5).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::numbers::positive_usize)]
     negatives: usize,
     /// Seed of Python's random.seed for the draws (the paper: 0).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Use only the first N examples (the pool of negatives too), as --max_examples does.
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::positive_usize)]
     max_examples: Option<usize>,
     /// Sequences are cut to this many tokens (the paper's run: 1024).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = super::numbers::positive_usize)]
     max_len: usize,
     /// At most this many new tokens per forward pass (bounds memory: logits are tokens x vocab).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = super::numbers::positive_usize)]
     batch_tokens: usize,
     /// Bootstrap resamples for the 95% interval.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::numbers::positive_usize)]
     bootstrap: usize,
     /// Write the full result (fraction, intervals, per-instruction scores) here, atomically.
     #[arg(long)]
@@ -92,28 +92,28 @@ pub struct JudgeArgs {
     ca_cert: Option<PathBuf>,
     /// Retries of 429, 5xx and connection errors (exponential backoff with jitter, honouring
     /// Retry-After) stop after this many seconds.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_parser = super::numbers::non_negative_f64)]
     max_retry_seconds: f64,
     /// Time limit of one request to the endpoint, from connecting to the end of the response.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, default_value_t = 300.0, value_parser = super::numbers::positive_f64)]
     request_timeout_seconds: f64,
     /// Judge with a model folder run in-process instead of an endpoint.
     #[arg(long)]
     judge_local: Option<PathBuf>,
     /// Longest judge prompt (tokens) the local judge accepts.
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, default_value_t = 16_384, value_parser = super::numbers::positive_usize)]
     judge_max_len: usize,
     /// Where --judge-local runs (cuda: a `--features cuda` build and a GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Prompts handed to the judge at once (a local judge runs them in one forward pass).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::numbers::positive_usize)]
     batch: usize,
     /// Where to write annotations.json (atomically).
     #[arg(long)]
     out: PathBuf,
     /// Annotate only the first N model outputs.
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::positive_usize)]
     max_examples: Option<usize>,
     /// The seed in AlpacaEval's output-order switch ("is_switched_outputs" + instruction + seed).
     #[arg(long, default_value_t = 0)]
@@ -227,7 +227,7 @@ fn ranking(args: RankingArgs) -> Result<()> {
         seed: args.seed,
         max_examples: args.max_examples,
         max_len: args.max_len,
-        batch_tokens: args.batch_tokens.max(1),
+        batch_tokens: args.batch_tokens,
         bootstrap: args.bootstrap,
     };
     let report = with_model(&args.model, args.device, |model, tok| {

@@ -49,13 +49,13 @@ pub struct PlanArgs {
     #[arg(long)]
     bench_generate: Option<PathBuf>,
     /// Training tokens/s to plan with (overrides --bench-train's), e.g. from another run.
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::positive_f64)]
     train_tokens_per_s: Option<f64>,
     /// Prompt (prefill) tokens/s of generation and ranking (overrides --bench-generate's).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::positive_f64)]
     prefill_tokens_per_s: Option<f64>,
     /// Generated (decode) tokens/s at the config's batch size (overrides --bench-generate's).
-    #[arg(long)]
+    #[arg(long, value_parser = super::numbers::positive_f64)]
     decode_tokens_per_s: Option<f64>,
     /// Write the plan as JSON here too.
     #[arg(long)]
@@ -95,6 +95,16 @@ fn throughputs(a: &PlanArgs, cfg: &ExperimentConfig) -> Result<Throughputs> {
         }
         t.prefill = t.prefill.or(prefill);
         t.decode = t.decode.or(Some(decode));
+    }
+    // The flags are checked by clap; a benchmark file's figures are checked here.
+    for (what, x) in [
+        ("training", t.train),
+        ("prefill", t.prefill),
+        ("decode", t.decode),
+    ] {
+        if let Some(x) = x.filter(|x| !(x.is_finite() && *x > 0.0)) {
+            crate::bail!("{what} throughput {x} tokens/s (from a benchmark file) is not positive");
+        }
     }
     Ok(t)
 }

@@ -54,7 +54,7 @@ pub struct GenerateArgs {
     #[arg(long, requires = "instructions")]
     out: Option<PathBuf>,
     /// Only the first N instructions.
-    #[arg(long, requires = "instructions")]
+    #[arg(long, requires = "instructions", value_parser = super::numbers::positive_usize)]
     limit: Option<usize>,
     /// The name in model_outputs.json's "generator" (default: the model folder's name, plus
     /// "+rules" with the adapter).
@@ -71,10 +71,10 @@ pub struct GenerateArgs {
     /// (the paper's ablations).
     #[arg(long, requires = "adapter", default_value = "eos,uniform,diversity")]
     rules: RuleSet,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::numbers::positive_usize)]
     max_new_tokens: usize,
     /// 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::numbers::non_negative_f32)]
     temperature: f32,
     /// Seed for sampling at temperature > 0.
     #[arg(long, default_value_t = 0)]
@@ -110,6 +110,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.chat_format.is_some() && !args.chat && args.instructions.is_none() {
         bail!("--chat-format applies to --chat and --instructions");
     }
+    // Before the model loads and every answer is generated, not after.
+    if let Some(out) = &args.out {
+        check_writable(out)?;
+    }
     // A .gguf is converted first; the folder goes away when `conversion` drops, after the run.
     let conversion = if is_gguf(&args.model) {
         let t0 = Instant::now();
@@ -142,6 +146,31 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     );
     let device = if runtime.is_gpu() { " (GPU)" } else { "" };
     run_loaded(&args, dir, &mut model, &tok, device)
+}
+
+/// Fails unless a file can be created beside `out` (its folder is created if missing): a
+/// uniquely named probe file is created there and removed again.
+fn check_writable(out: &Path) -> Result<()> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if out.is_dir() {
+        bail!("--out {}: is a folder, not a file", out.display());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot create its folder", out.display()))?;
+    let name = out
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy());
+    let probe = dir.join(format!(".{name}.{}.writable", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("--out {}: cannot write there", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// A path naming a GGUF file rather than a model folder.
@@ -238,24 +267,45 @@ fn run_prompt<M: LanguageModel>(
         max_new_tokens: args.max_new_tokens,
         stop_tokens: tok.eos.clone(),
     };
-    let mut sampler = Sampler::new(args.temperature, args.seed);
+    let mut sampler = Sampler::new(args.temperature, args.seed)?;
     // Decoded in the prompt's context, so that a continuation keeps its leading space.
     let mut stream = IncrementalDecoder::new(&prompt);
+    // The answer is the command's output: when stdout closes (`generate ... | head -c 100`),
+    // decoding stops and the command ends quietly, as a reader of `head` expects.
     let mut stdout = std::io::stdout().lock();
+    let mut closed = false;
+    let mut emit = |text: &str, closed: &mut bool| -> Result<()> {
+        match write!(stdout, "{text}").and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                *closed = true;
+                bail!("stdout closed")
+            }
+            r => r.context("stdout"),
+        }
+    };
     if chat.is_none() {
-        write!(stdout, "{prompt_text}").context("stdout")?;
+        match emit(prompt_text, &mut closed) {
+            Err(_) if closed => return Ok(()),
+            r => r?,
+        }
     }
     let t1 = Instant::now();
     let mut first_token_s = None;
-    let out = generate_adjusted(model, &prompt, &opts, &mut sampler, adjuster, |c| {
+    let decoded = generate_adjusted(model, &prompt, &opts, &mut sampler, adjuster, |c| {
         first_token_s.get_or_insert(t1.elapsed().as_secs_f64());
         if !tok.is_eos(c.token) {
-            write!(stdout, "{}", stream.push(tok, c.token)?).context("stdout")?;
-            stdout.flush().context("stdout")?;
+            emit(&stream.push(tok, c.token)?, &mut closed)?;
         }
         Ok(())
-    })?;
-    writeln!(stdout, "{}", stream.flush(tok)?).context("stdout")?;
+    });
+    let out = match decoded {
+        Err(_) if closed => return Ok(()),
+        r => r?,
+    };
+    match emit(&format!("{}\n", stream.flush(tok)?), &mut closed) {
+        Err(_) if closed => return Ok(()),
+        r => r?,
+    }
     let total = t1.elapsed().as_secs_f64();
     let prefill = first_token_s.unwrap_or(total);
     let decode_tokens = out.len().saturating_sub(1);

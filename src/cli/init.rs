@@ -4,7 +4,6 @@ use crate::error::{Context, Result};
 use crate::model::init::{init_model, InitOptions, DEFAULT_SHARD_BYTES};
 use crate::model::presets::{resolve_config, WeightDtype};
 use clap::Args;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -38,7 +37,6 @@ pub fn run(args: InitArgs) -> Result<()> {
         progress: true,
     };
     let report = init_model(&config, &args.out, &opts).with_context(|| label.clone())?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{label}, seed {}: {report}", args.seed).context("stdout")?;
+    println!("{label}, seed {}: {report}", args.seed);
     Ok(())
 }

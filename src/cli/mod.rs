@@ -5,6 +5,7 @@ mod eval;
 mod experiment;
 mod generate;
 mod init;
+mod numbers;
 mod serve;
 mod train;
 

@@ -2,8 +2,7 @@
 
 use crate::adapter::RuleSet;
 use crate::backend::Device;
-use crate::bail;
-use crate::error::{Context, Result};
+use crate::error::Result;
 use crate::io::chat_template::ChatFormat;
 use crate::serve::{Limits, ServeConfig, Server};
 use clap::Args;
@@ -47,7 +46,7 @@ pub struct ServeArgs {
     max_body_bytes: u64,
     /// Seconds a client has to send its request headers, and again its body (then 408 or the
     /// connection is closed).
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = super::numbers::positive_f64)]
     read_timeout: f64,
     /// Open connections at most; more are answered 503 and closed.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
@@ -58,12 +57,6 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    if !(args.read_timeout.is_finite() && args.read_timeout > 0.0) {
-        bail!(
-            "--read-timeout must be a positive number of seconds, not {}",
-            args.read_timeout
-        );
-    }
     let server = Server::bind(&ServeConfig {
         model: args.model,
         device: args.device,
@@ -83,11 +76,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })?;
     let addr = server.local_addr()?;
     eprintln!("{}", server.describe());
-    // One line on stdout that scripts and tests read to find the port.
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on http://{addr}").context("stdout")?;
-    out.flush().context("stdout")?;
-    drop(out);
+    // One line on stdout that scripts and tests read to find the port; a closed stdout does not
+    // stop the server.
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
     eprintln!("OpenAI base URL: http://{addr}/v1");
     server.run()
 }

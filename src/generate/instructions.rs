@@ -210,7 +210,7 @@ pub fn answer_prompts<M: LanguageModel>(
     if prompts.len() != rows.len() {
         bail!("{} prompts for {} instructions", prompts.len(), rows.len());
     }
-    let sampler = Sampler::new(opts.temperature, opts.seed);
+    let sampler = Sampler::new(opts.temperature, opts.seed)?;
     let requests: Vec<SequenceRequest> = prompts
         .iter()
         .enumerate()

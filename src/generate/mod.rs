@@ -13,6 +13,7 @@ pub use engine::{run_batched, step, Finish, Finished, Sequence, SequenceRequest,
 pub use scoring::{adapted_log_probs, greedy_pick, top_k, Pick, ScoreAdjuster, SequenceScores};
 
 use crate::backend::cpu::ops::{argmax, softmax_in_place};
+use crate::bail;
 use crate::error::Result;
 use crate::model::LanguageModel;
 use std::sync::Arc;
@@ -29,19 +30,32 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(temperature: f32, seed: u64) -> Sampler {
-        Sampler {
+    /// A sampler at `temperature` (0: greedy); a NaN, infinite or negative temperature is an
+    /// error, whatever front end passed it (a NaN would make every draw the last token).
+    pub fn new(temperature: f32, seed: u64) -> Result<Sampler> {
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            bail!("temperature {temperature} must be a finite number of 0 or more");
+        }
+        Ok(Sampler {
             temperature,
             top_p: 1.0,
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        }
+        })
     }
     pub fn greedy() -> Sampler {
-        Sampler::new(0.0, 0)
+        Sampler {
+            temperature: 0.0,
+            top_p: 1.0,
+            state: 1,
+        }
     }
-    pub fn with_top_p(mut self, top_p: f32) -> Sampler {
+    /// Nucleus sampling over a mass of `top_p`, in [0, 1] (0 keeps only the likeliest token).
+    pub fn with_top_p(mut self, top_p: f32) -> Result<Sampler> {
+        if !(0.0..=1.0).contains(&top_p) {
+            bail!("top_p {top_p} must be a number between 0 and 1");
+        }
         self.top_p = top_p;
-        self
+        Ok(self)
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
@@ -218,7 +232,7 @@ mod tests {
         let logits = [0.1, 2.0, 1.9, -1.0];
         assert_eq!(Sampler::greedy().sample(&logits), 1);
         let draw = |seed| {
-            let mut s = Sampler::new(1.0, seed);
+            let mut s = Sampler::new(1.0, seed).unwrap();
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
@@ -232,11 +246,24 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         let logits = [0.0, 5.0, 4.9, -5.0];
-        let mut s = Sampler::new(1.0, 3).with_top_p(0.5);
+        let mut s = Sampler::new(1.0, 3).unwrap().with_top_p(0.5).unwrap();
         let d: Vec<u32> = (0..100).map(|_| s.sample(&logits)).collect();
         assert!(d.iter().all(|&t| t == 1), "only the top token: {d:?}");
-        let mut s = Sampler::new(1.0, 3).with_top_p(0.9);
+        let mut s = Sampler::new(1.0, 3).unwrap().with_top_p(0.9).unwrap();
         let d: Vec<u32> = (0..200).map(|_| s.sample(&logits)).collect();
         assert!(d.contains(&1) && d.contains(&2) && !d.contains(&3));
+    }
+
+    #[test]
+    fn non_finite_or_negative_settings_are_refused() {
+        for t in [f32::NAN, f32::INFINITY, -f32::INFINITY, -0.5] {
+            let e = Sampler::new(t, 0).unwrap_err().to_string();
+            assert!(e.contains("temperature"), "{e}");
+        }
+        for p in [f32::NAN, -0.1, 1.5] {
+            let e = Sampler::new(1.0, 0).unwrap().with_top_p(p).unwrap_err();
+            assert!(e.to_string().contains("top_p"), "{e}");
+        }
+        assert!(Sampler::new(0.0, 0).unwrap().is_greedy());
     }
 }

@@ -101,15 +101,53 @@ impl ModelConfig {
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
             bail!("hidden_act {act:?} is not supported (only \"silu\")");
         }
+        for (field, n) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("num_attention_heads", raw.num_attention_heads),
+            ("num_key_value_heads", raw.num_key_value_heads.unwrap_or(1)),
+            ("head_dim", raw.head_dim.unwrap_or(2)),
+            (
+                "max_position_embeddings",
+                raw.max_position_embeddings.unwrap_or(1),
+            ),
+        ] {
+            if n == 0 {
+                bail!("{field} is 0; it must be at least 1");
+            }
+        }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-            bail!("num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}");
+        if !heads.is_multiple_of(kv_heads) {
+            bail!(
+                "num_attention_heads {heads} must be a multiple of num_key_value_heads {kv_heads}"
+            );
         }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            bail!("head dimension {head_dim} must be even and positive");
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None if raw.hidden_size.is_multiple_of(heads) => raw.hidden_size / heads,
+            None => bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {heads} (and \
+                 no head_dim is given)",
+                raw.hidden_size
+            ),
+        };
+        if !head_dim.is_multiple_of(2) {
+            bail!("head dimension {head_dim} must be even (RoPE rotates pairs)");
         }
+        let positive = |field: &str, x: Option<f32>| -> Result<()> {
+            match x {
+                Some(x) if !(x.is_finite() && x > 0.0) => {
+                    bail!("{field} {x} must be a finite number more than 0")
+                }
+                _ => Ok(()),
+            }
+        };
+        positive("rms_norm_eps", raw.rms_norm_eps)?;
+        positive("rope_theta", raw.rope_theta)?;
+        positive("clip_qkv", raw.clip_qkv)?;
         let eos_token_ids = match raw.eos_token_id {
             None | Some(serde_json::Value::Null) => vec![],
             Some(serde_json::Value::Number(n)) => vec![n
@@ -122,6 +160,15 @@ impl ModelConfig {
                 .collect::<Result<_>>()?,
             Some(v) => bail!("eos_token_id {v} is neither a number nor a list"),
         };
+        let ids = raw.bos_token_id.iter().map(|&b| ("bos_token_id", b));
+        for (field, id) in ids.chain(eos_token_ids.iter().map(|&e| ("eos_token_id", e))) {
+            if id as usize >= raw.vocab_size {
+                bail!(
+                    "{field} {id} is outside the vocabulary (vocab_size {})",
+                    raw.vocab_size
+                );
+            }
+        }
         Ok(ModelConfig {
             arch,
             vocab_size: raw.vocab_size,
@@ -188,5 +235,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown model type \"gpt2\""));
+    }
+
+    #[test]
+    fn every_field_is_checked_and_named() {
+        let base = r#""model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,"num_hidden_layers":2,"num_attention_heads":4"#;
+        let cases = [
+            (r#","rope_theta":-1"#, "rope_theta -1"),
+            (r#","rope_theta":0"#, "rope_theta 0"),
+            (r#","rope_theta":1e40"#, "rope_theta inf"),
+            (r#","rms_norm_eps":-1e-5"#, "rms_norm_eps"),
+            (r#","clip_qkv":0"#, "clip_qkv 0"),
+            (
+                r#","num_key_value_heads":3"#,
+                "multiple of num_key_value_heads 3",
+            ),
+            (r#","num_key_value_heads":0"#, "num_key_value_heads is 0"),
+            (r#","head_dim":3"#, "head dimension 3"),
+            (
+                r#","max_position_embeddings":0"#,
+                "max_position_embeddings is 0",
+            ),
+            (r#","bos_token_id":10"#, "bos_token_id 10 is outside"),
+            (r#","eos_token_id":[2,12]"#, "eos_token_id 12 is outside"),
+        ];
+        for (extra, want) in cases {
+            let e = ModelConfig::from_json(&format!("{{{base}{extra}}}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
+        let zero = base.replace(r#""num_hidden_layers":2"#, r#""num_hidden_layers":0"#);
+        let e = ModelConfig::from_json(&format!("{{{zero}}}")).unwrap_err();
+        assert!(e.to_string().contains("num_hidden_layers is 0"), "{e}");
+        let odd = base.replace(r#""hidden_size":8"#, r#""hidden_size":9"#);
+        let e = ModelConfig::from_json(&format!("{{{odd}}}")).unwrap_err();
+        assert!(
+            e.to_string().contains("hidden_size 9 is not a multiple"),
+            "{e}"
+        );
+        assert!(ModelConfig::from_json(&format!("{{{base}}}")).is_ok());
     }
 }

@@ -66,10 +66,20 @@ pub fn parameter_layout(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 /// Every parameter of the checkpoint in `dir`, in `parameter_layout` order, as f32.
 pub fn load_parameter_values(dir: &Path, config: &ModelConfig) -> Result<Vec<Vec<f32>>> {
     let store = WeightStore::open(dir)?;
-    parameter_layout(config)
+    let layout = parameter_layout(config);
+    let values = layout
         .iter()
-        .map(|(name, shape)| Ok(store.get(name, shape, dir)?.to_f32_vec()))
-        .collect()
+        .map(|(name, shape)| {
+            let t = store.get(name, shape, dir)?;
+            super::weights::check_finite(&t, name, dir)?;
+            Ok(t.to_f32_vec())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // A tied checkpoint may still carry its own lm_head.weight, which training ties anyway.
+    let mut used: Vec<String> = layout.into_iter().map(|(name, _)| name).collect();
+    used.push("lm_head.weight".into());
+    super::weights::check_all_used(&store, &used, config, dir)?;
+    Ok(values)
 }
 
 impl<T: Real> TrainModel<T> {

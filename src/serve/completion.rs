@@ -284,8 +284,10 @@ fn prompt_ids(ctx: &Ctx, params: &GenParams) -> Result<Vec<(Vec<u32>, usize)>, A
 /// Runs a request and answers it (JSON to return, or events already sent through `reply`).
 pub fn run(ctx: &Ctx, params: &GenParams, reply: &mut Reply) -> Result<Answer, ApiError> {
     let prompts = prompt_ids(ctx, params)?;
+    // The request's numbers were checked by `openai::common`; this is the sampler's own guard.
     let sampler = Sampler::new(params.temperature, params.seed.unwrap_or(ctx.default_seed))
-        .with_top_p(params.top_p);
+        .and_then(|s| s.with_top_p(params.top_p))
+        .map_err(|e| ApiError::invalid(e.to_string(), None))?;
     let (tx, rx) = mpsc::channel();
     let mut cancels = Vec::new();
     for (i, (ids, max)) in prompts.iter().enumerate() {

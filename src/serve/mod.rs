@@ -7,14 +7,17 @@
 //! endpoints take `max_tokens`, `temperature` (0 = greedy; OpenAI's default is 1), `top_p`,
 //! `seed`, `stop`, `stream` (server-sent events ending in `data: [DONE]`, with
 //! `stream_options.include_usage`) and logprobs (chat: `logprobs: true, top_logprobs: k`;
-//! completions: `logprobs: k`), and report token usage. Bad requests get OpenAI-style JSON
-//! errors (400, 404 also for another `model`, 405, 408, 413, 429/503 when full; 500 when
-//! decoding fails).
+//! completions: `logprobs: k`), and report token usage; `presence_penalty`,
+//! `frequency_penalty` and `logit_bias` only at their neutral values. Bad requests get
+//! OpenAI-style JSON errors naming the field (400, 404 also for another `model`, 405, 408,
+//! 413, 429/503 when full; 500 when decoding fails).
 //!
 //! HTTP/1.1 is hyper's (keep-alive, a header read timeout, duplicate Content-Length refused)
 //! with axum routing, on tokio. Limits ([`Limits`]): the body size (checked before anything is
 //! parsed or tokenized), the time to send headers and body, open connections (more get 503)
-//! and generation requests admitted at once (more get 429 with Retry-After). SIGINT/SIGTERM
+//! and generation requests admitted at once, running or queued (more get 429 with
+//! Retry-After). A prompt with more bytes of text than the model's context can hold (see
+//! `openai::max_prompt_bytes`) is refused (400 `context_length_exceeded`) before tokenizing. SIGINT/SIGTERM
 //! stop accepting, let in-flight requests finish (up to [`SHUTDOWN_GRACE`]) and return.
 //!
 //! Each request's tokenizing and waiting runs on a blocking worker thread; every request's
@@ -111,6 +114,8 @@ struct State {
     model_id: String,
     vocab_size: usize,
     context_len: usize,
+    /// Prompt text over this many bytes cannot fit the context: refused before tokenizing.
+    max_prompt_bytes: usize,
     chat: ChatTemplate,
     started: u64,
     requests: AtomicU64,
@@ -165,14 +170,24 @@ impl Server {
                 ));
             }
         }
+        // The longest vocabulary string bounds the text one token stands for.
+        let longest_token = (0..tok.vocab_size().max(config.vocab_size) as u32)
+            .filter_map(|id| tok.id_to_token(id))
+            .map(|t| t.len())
+            .max()
+            .unwrap_or(1);
+        let max_prompt_bytes =
+            openai::max_prompt_bytes(config.max_position_embeddings, longest_token);
         let l = cfg.limits;
         description.push_str(&format!(
             "\nlimits: bodies up to {} bytes, {}s to send headers and body, {} connections, {} \
-             generation requests at once",
+             generation requests at once; prompts up to {max_prompt_bytes} bytes of text (the \
+             context's {} tokens of at most {longest_token} bytes, x4)",
             l.max_body_bytes,
             l.read_timeout.as_secs_f64(),
             l.max_connections,
-            l.max_requests
+            l.max_requests,
+            config.max_position_embeddings
         ));
         let model_id = cfg.model_name.clone().unwrap_or_else(|| {
             std::fs::canonicalize(&cfg.model)
@@ -188,6 +203,7 @@ impl Server {
             vocab: VocabText::detect(&tok),
             vocab_size: config.vocab_size,
             context_len: config.max_position_embeddings,
+            max_prompt_bytes,
             chat,
             adjuster: adapter.map(|a| Arc::new(a) as Arc<dyn ScoreAdjuster>),
             tok,
@@ -485,7 +501,9 @@ async fn generate(state: Arc<State>, req: Request, chat: bool) -> Response {
         }
     };
     drop(bytes);
-    if let Err(e) = openai::check_request(&body, &state.model_id) {
+    if let Err(e) = openai::check_request(&body, &state.model_id)
+        .and_then(|()| openai::check_prompt_bytes(&body, state.max_prompt_bytes, state.context_len))
+    {
         return error_response(&e);
     }
     // Tokenizing and waiting on the scheduler block: a worker thread does them.

@@ -184,6 +184,26 @@ fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams>
         }
     };
     let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    // Sampling adjustments this server does not apply: their neutral values are accepted, any
+    // other is a 400 rather than an answer silently sampled without it.
+    for key in ["presence_penalty", "frequency_penalty"] {
+        if number(body, key, -2.0, 2.0)?.is_some_and(|x| x != 0.0) {
+            return Err(ApiError::invalid(
+                format!("'{key}' is not supported (only 0)"),
+                Some(key),
+            ));
+        }
+    }
+    match field(body, "logit_bias") {
+        None => {}
+        Some(Value::Object(m)) if m.is_empty() => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'logit_bias' is not supported (only {})",
+                Some("logit_bias"),
+            ))
+        }
+    }
     let max_tokens = match count(body, "max_completion_tokens", 1, u32::MAX as u64)? {
         Some(m) => Some(m),
         None => count(body, "max_tokens", 1, u32::MAX as u64)?,
@@ -257,6 +277,71 @@ pub fn check_request(body: &Value, model_id: &str) -> ApiResult<()> {
             Some("response_format"),
         )),
     }
+}
+
+/// What is checked before tokenizing: a prompt's text of more than `max_bytes` bytes cannot fit
+/// the model's context of `context_len` tokens (see [`max_prompt_bytes`]), so it is refused
+/// without being tokenized (400 `context_length_exceeded`): a 7 MB prompt costs its bytes, not
+/// a tokenizer run over them. Chat messages count together (they become one prompt); each of
+/// `/v1/completions`' prompts counts alone. Malformed fields are left to the parsers.
+pub fn check_prompt_bytes(body: &Value, max_bytes: usize, context_len: usize) -> ApiResult<()> {
+    let Some(body) = body.as_object() else {
+        return Ok(());
+    };
+    let text_len = |v: &Value| -> usize {
+        match v {
+            Value::String(s) => s.len(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum(),
+            _ => 0,
+        }
+    };
+    let (param, longest) = match (field(body, "messages"), field(body, "prompt")) {
+        (Some(Value::Array(messages)), _) => (
+            "messages",
+            messages
+                .iter()
+                .filter_map(|m| m.get("content"))
+                .map(text_len)
+                .sum(),
+        ),
+        (_, Some(Value::String(s))) => ("prompt", s.len()),
+        (_, Some(Value::Array(prompts))) => (
+            "prompt",
+            prompts
+                .iter()
+                .map(|p| p.as_str().map_or(0, str::len))
+                .max()
+                .unwrap_or(0),
+        ),
+        _ => return Ok(()),
+    };
+    if longest > max_bytes {
+        return Err(ApiError::invalid(
+            format!(
+                "This model's maximum context length is {context_len} tokens, which hold at most \
+                 {max_bytes} bytes of text; the {param} has {longest} bytes (refused before \
+                 tokenizing)."
+            ),
+            Some(param),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(())
+}
+
+/// The most bytes of text that `context_len` tokens can stand for, when no token stands for
+/// more than `longest_token_bytes` bytes of its vocabulary string: one token covers at most
+/// its string's bytes of normalised text, and normalising (NFKC, in some tokenizers) shrinks
+/// text by at most 4x (a 4-byte UTF-8 character to a 1-byte one), hence the factor 4. A looser
+/// bound than needed, never a prompt refused that could fit.
+pub fn max_prompt_bytes(context_len: usize, longest_token_bytes: usize) -> usize {
+    context_len
+        .saturating_mul(longest_token_bytes.max(1))
+        .saturating_mul(4)
 }
 
 fn object(body: &Value) -> ApiResult<&Map<String, Value>> {
@@ -441,10 +526,57 @@ mod tests {
         );
         let err = parse_completion(&json!({"prompt": "x", "logprobs": 99})).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("logprobs"));
+        for (key, bad) in [
+            ("presence_penalty", json!(0.5)),
+            ("presence_penalty", json!(7)),
+            ("frequency_penalty", json!("x")),
+            ("logit_bias", json!({"50256": -100})),
+            ("max_tokens", json!(0)),
+            ("max_tokens", json!(-3)),
+            ("top_p", json!(1.5)),
+            ("n", json!(2)),
+            ("seed", json!(1.5)),
+        ] {
+            let mut body = json!({"prompt": "x"});
+            body[key] = bad;
+            let err = parse_completion(&body).unwrap_err();
+            assert_eq!(
+                (err.status, err.param.as_deref()),
+                (400, Some(key)),
+                "{body}"
+            );
+        }
+        let neutral = json!({"prompt": "x", "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}});
+        assert!(parse_completion(&neutral).is_ok());
         let p = parse_completion(&json!({"prompt": [[1, 2], [3]], "stop": "\n"})).unwrap();
         assert_eq!(p.prompts.len(), 2);
         assert_eq!(p.stop, vec!["\n".to_string()]);
         assert_eq!(p.temperature, 1.0);
+    }
+
+    #[test]
+    fn prompts_too_long_in_bytes_are_refused_before_tokenizing() {
+        let max = max_prompt_bytes(4, 3);
+        assert_eq!(max, 48);
+        let long = "x".repeat(49);
+        let err = check_prompt_bytes(&json!({"prompt": long}), max, 4).unwrap_err();
+        assert_eq!(
+            (err.status, err.param.as_deref(), err.code.as_deref()),
+            (400, Some("prompt"), Some("context_length_exceeded"))
+        );
+        assert!(err.message.contains("49 bytes"), "{}", err.message);
+        let list = json!({"prompt": ["short", long]});
+        assert!(check_prompt_bytes(&list, max, 4).is_err());
+        // Chat messages add up: two of 25 bytes are over 48.
+        let half = "y".repeat(25);
+        let chat = json!({"messages": [
+            {"role": "system", "content": half},
+            {"role": "user", "content": [{"type": "text", "text": half}]},
+        ]});
+        let err = check_prompt_bytes(&chat, max, 4).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages"));
+        assert!(check_prompt_bytes(&json!({"prompt": "x".repeat(48)}), max, 4).is_ok());
+        assert!(check_prompt_bytes(&json!({"prompt": [1, 2, 3]}), max, 4).is_ok());
     }
 
     #[test]
