@@ -10,11 +10,19 @@
 //!   bf16 moments and no master).
 //! - kept per token and layer for the backward: the layer's input and the residual after
 //!   attention (f32, 2·4d), q, k, v and the attention output (bf16, 2·(2q + 2kv)), the
-//!   log-sum-exp (4 per head), gate and up (bf16, 2·2f); with checkpointing the input only (4d).
+//!   log-sum-exp (4 per head), gate and up (bf16, 2·2f); for a layer that [`Checkpointing`]
+//!   recomputes, the input only (4d).
 //! - the largest working set on top, per token: one layer's backward (its recomputed
-//!   activations under checkpointing, the f32 residual gradient and its bf16 copy, the norm's
-//!   input gradient, the SwiGLU gradients, dq/dk/dv and the flash dq accumulator), or the loss
-//!   chunk (bf16 logits and their gradient for `logits_chunk_rows` rows).
+//!   activations when the last layer is recomputed, the f32 residual gradient and its bf16
+//!   copy, the norm's input gradient, the SwiGLU gradients, dq/dk/dv and the flash dq
+//!   accumulator), or the loss chunk (bf16 logits and their gradient for `logits_chunk_rows`
+//!   rows).
+//!
+//! Selective checkpointing keeps the activations of the last layers: the backward meets them
+//! first, so the peak (at the last layer's backward) holds every other layer's kept bytes plus
+//! one layer's, however many are kept. Keeping the first layers instead would add one
+//! recomputed layer on top ([`MemoryPlan::with_checkpointing`]). `auto` ([`choose`]) keeps as
+//! many as the free memory holds.
 
 use crate::model::ModelConfig;
 
@@ -65,6 +73,127 @@ impl OptimizerPlacement {
     }
 }
 
+/// Which layers keep their activations for the backward; the others keep only their input
+/// and run their forward again in the backward (one more forward of those layers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checkpointing {
+    /// Every layer keeps its activations: no recomputation.
+    #[default]
+    Off,
+    /// Every layer keeps its input only and is recomputed.
+    On,
+    /// The last `n` layers keep their activations (all of them when `n` is the number of
+    /// layers or more), the others are recomputed.
+    KeepLast(usize),
+}
+
+impl Checkpointing {
+    /// `On` when `checkpointing`, else `Off` (the former boolean switch).
+    pub fn from_flag(checkpointing: bool) -> Checkpointing {
+        if checkpointing {
+            Checkpointing::On
+        } else {
+            Checkpointing::Off
+        }
+    }
+
+    /// How many of `layers` layers (the last ones) keep their activations.
+    pub fn kept_layers(self, layers: usize) -> usize {
+        match self {
+            Checkpointing::Off => layers,
+            Checkpointing::On => 0,
+            Checkpointing::KeepLast(n) => n.min(layers),
+        }
+    }
+
+    /// Whether layer `layer` (from 0) of `layers` keeps its activations.
+    pub fn keeps(self, layer: usize, layers: usize) -> bool {
+        layer + self.kept_layers(layers) >= layers
+    }
+}
+
+/// What a command line or a config asks for: the plan's choice, or every layer recomputed, or
+/// none.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointingChoice {
+    /// As many layers keep their activations as the free memory holds ([`choose`]).
+    #[default]
+    Auto,
+    /// Every layer is recomputed in the backward.
+    On,
+    /// No layer is recomputed.
+    Off,
+}
+
+impl CheckpointingChoice {
+    /// The policy: `auto` by [`choose`] for `free_bytes` on the device after the trainer's
+    /// state (the other arguments are [`MemoryPlan::new`]'s).
+    pub fn resolve(
+        self,
+        c: &ModelConfig,
+        seq: usize,
+        micro_batch: usize,
+        placement: OptimizerPlacement,
+        free_bytes: u64,
+    ) -> Checkpointing {
+        match self {
+            CheckpointingChoice::Auto => choose(c, seq, micro_batch, placement, free_bytes),
+            CheckpointingChoice::On => Checkpointing::On,
+            CheckpointingChoice::Off => Checkpointing::Off,
+        }
+    }
+}
+
+/// Device memory `auto` leaves unplanned: the 7B run's pool reserved 0.42 GiB above its peak
+/// use (64.59 against 64.17 GiB, benches/NOTES.md), which the plan matched to 0.01 GiB; 1 GiB
+/// covers that fragmentation twice over and the few small buffers the plan does not count.
+pub const AUTO_MARGIN_BYTES: u64 = 1 << 30;
+
+/// `--checkpointing auto`: the most layers that keep their activations while the activations
+/// and the workspace fit `free_bytes` (the device's free memory once the parameters,
+/// gradients and optimizer state are allocated) less [`AUTO_MARGIN_BYTES`]. When not even
+/// full checkpointing fits, full checkpointing (the smallest plan; the step will fail to
+/// allocate and `describe` says what to change).
+pub fn choose(
+    c: &ModelConfig,
+    seq: usize,
+    micro_batch: usize,
+    placement: OptimizerPlacement,
+    free_bytes: u64,
+) -> Checkpointing {
+    let budget = free_bytes.saturating_sub(AUTO_MARGIN_BYTES);
+    let fits = |kept: usize| {
+        let p = MemoryPlan::with_checkpointing(
+            c,
+            seq,
+            micro_batch,
+            Checkpointing::KeepLast(kept),
+            placement,
+        );
+        p.activations + p.workspace <= budget
+    };
+    // The plan grows with every kept layer (from zero to one by at most the loss chunk's
+    // excess over a layer's backward: the last layer's activations are at the peak either
+    // way), so the first that fits from the top is the most.
+    match (0..=c.num_layers).rev().find(|&k| fits(k)) {
+        Some(k) if k == c.num_layers => Checkpointing::Off,
+        Some(k) if k > 0 => Checkpointing::KeepLast(k),
+        _ => Checkpointing::On,
+    }
+}
+
 /// Bytes of bf16 logits (and as many of their gradient) the loss holds at once
 /// (`CudaTrainer::logits_chunk_rows` is derived from it).
 pub const LOGITS_CHUNK_BYTES: u64 = 1 << 28;
@@ -104,15 +233,32 @@ pub struct MemoryPlan {
     pub activations: u64,
     /// The largest working set on top of the kept activations.
     pub workspace: u64,
+    /// The model's layers, and how many of them (the last ones) keep their activations for
+    /// the backward; the others are recomputed.
+    pub layers: usize,
+    pub kept_layers: usize,
 }
 
 impl MemoryPlan {
-    /// The plan for micro-batches of `micro_batch` sequences of `seq` tokens.
+    /// The plan for micro-batches of `micro_batch` sequences of `seq` tokens, every layer
+    /// recomputed (`checkpointing`) or none.
     pub fn new(
         c: &ModelConfig,
         seq: usize,
         micro_batch: usize,
         checkpointing: bool,
+        placement: OptimizerPlacement,
+    ) -> Self {
+        let policy = Checkpointing::from_flag(checkpointing);
+        MemoryPlan::with_checkpointing(c, seq, micro_batch, policy, placement)
+    }
+
+    /// The plan for micro-batches of `micro_batch` sequences of `seq` tokens under `policy`.
+    pub fn with_checkpointing(
+        c: &ModelConfig,
+        seq: usize,
+        micro_batch: usize,
+        policy: Checkpointing,
         placement: OptimizerPlacement,
     ) -> Self {
         let (d, f, v) = (
@@ -127,12 +273,14 @@ impl MemoryPlan {
         let (heads, layers) = (c.num_heads as u64, c.num_layers as u64);
         let tokens = (seq * micro_batch) as u64;
         let layer_kept = 2 * 4 * d + 2 * (2 * q + 2 * kv) + 4 * heads + 2 * 2 * f;
-        let per_layer = if checkpointing { 4 * d } else { layer_kept };
-        // The embedding output and the last layer's output stay alive through the loss.
-        let activations = tokens * (layers * per_layer + 4 * d);
-        // One layer's backward: its recomputed activations (checkpointing) and the larger of
-        // its two halves' working sets.
-        let recomputed = if checkpointing { layer_kept - 4 * d } else { 0 };
+        let kept = policy.kept_layers(c.num_layers) as u64;
+        // The last layer's output stays alive through the loss (and to the end of the pass).
+        let activations = tokens * (kept * layer_kept + (layers - kept) * 4 * d + 4 * d);
+        // One layer's backward: the larger of its two halves' working sets, and its recomputed
+        // activations when it is the last layer's (the peak is at the first layer the backward
+        // meets: every earlier layer's kept bytes are still held then; a kept last layer's own
+        // activations are among the kept ones).
+        let recomputed = if kept == 0 { layer_kept - 4 * d } else { 0 };
         // MLP: the SwiGLU backward (dx, dy, d_act, d_gate, d_up), then dx, dy, d_gate, d_up,
         // h, dh and the norm's dx together.
         let mlp = (4 * d + 2 * d + 3 * 2 * f).max(4 * d + 2 * d + 2 * 2 * f + 2 * d + 2 * 4 * d);
@@ -157,6 +305,8 @@ impl MemoryPlan {
             host: parameters * placement.host_bytes_per_parameter(),
             activations,
             workspace: layer_backward.max(loss).max(staging),
+            layers: c.num_layers,
+            kept_layers: kept as usize,
         }
     }
 
@@ -182,6 +332,12 @@ impl MemoryPlan {
             gib(self.activations),
             gib(self.workspace),
             gib(self.total())
+        );
+        s += &format!(
+            "; checkpointing: {} of {} layers keep their activations, {} recompute",
+            self.kept_layers,
+            self.layers,
+            self.layers - self.kept_layers
         );
         if self.host > 0 {
             s += &format!(
@@ -282,6 +438,262 @@ mod tests {
             !text.contains("does not fit") && !text.contains("host:"),
             "{text}"
         );
+    }
+
+    /// (config, seq, micro-batch, checkpointing, placement, activations, workspace) as the plan
+    /// printed them before selective checkpointing (commit b6b0b0b, every layer kept or none).
+    const ALL_OR_NOTHING: [(&str, usize, usize, bool, OptimizerPlacement, u64, u64); 8] = [
+        (
+            "llama2-7b.json",
+            2048,
+            1,
+            false,
+            OptimizerPlacement::Bf16,
+            7222591488,
+            295698432,
+        ),
+        (
+            "llama2-7b.json",
+            2048,
+            1,
+            true,
+            OptimizerPlacement::Bf16,
+            1107296256,
+            415498240,
+        ),
+        (
+            "llama2-7b.json",
+            4096,
+            2,
+            false,
+            OptimizerPlacement::Device,
+            28890365952,
+            897581056,
+        ),
+        (
+            "llama2-7b.json",
+            4096,
+            2,
+            true,
+            OptimizerPlacement::Device,
+            4429185024,
+            1661992960,
+        ),
+        (
+            "olmo-7b.json",
+            512,
+            3,
+            false,
+            OptimizerPlacement::Device,
+            5416943616,
+            293587968,
+        ),
+        (
+            "olmo-7b.json",
+            512,
+            3,
+            true,
+            OptimizerPlacement::Device,
+            830472192,
+            311623680,
+        ),
+        (
+            "olmo-7b.json",
+            2048,
+            1,
+            false,
+            OptimizerPlacement::Host,
+            7222591488,
+            2472542208,
+        ),
+        (
+            "olmo-7b.json",
+            2048,
+            1,
+            true,
+            OptimizerPlacement::Host,
+            1107296256,
+            2472542208,
+        ),
+    ];
+
+    fn model(file: &str) -> ModelConfig {
+        ModelConfig::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("configs/models")
+                .join(file),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn no_layer_or_every_layer_kept_is_the_former_plan_byte_for_byte() {
+        for (file, seq, mb, checkpointing, placement, activations, workspace) in ALL_OR_NOTHING {
+            let c = model(file);
+            let kept = if checkpointing { 0 } else { c.num_layers };
+            for policy in [
+                Checkpointing::from_flag(checkpointing),
+                Checkpointing::KeepLast(kept),
+            ] {
+                let p = MemoryPlan::with_checkpointing(&c, seq, mb, policy, placement);
+                assert_eq!(
+                    (p.activations, p.workspace, p.kept_layers),
+                    (activations, workspace, kept),
+                    "{file} {seq}x{mb} {policy:?} {placement:?}"
+                );
+            }
+        }
+        // More than the model's layers is all of them.
+        let c = model("llama2-7b.json");
+        let off = MemoryPlan::new(&c, 2048, 1, false, OptimizerPlacement::Bf16);
+        let many = Checkpointing::KeepLast(1000);
+        assert_eq!(
+            MemoryPlan::with_checkpointing(&c, 2048, 1, many, OptimizerPlacement::Bf16),
+            off
+        );
+    }
+
+    #[test]
+    fn every_kept_layer_adds_its_activations_less_its_input() {
+        let c = llama2_7b();
+        let plan = |k| {
+            let policy = Checkpointing::KeepLast(k);
+            MemoryPlan::with_checkpointing(&c, 2048, 1, policy, OptimizerPlacement::Bf16)
+        };
+        // 109696 bytes kept per token and layer against its 4·4096-byte input.
+        let step = 2048 * (109_696 - 4 * 4096);
+        for k in 1..32 {
+            assert_eq!(plan(k + 1).activations - plan(k).activations, step, "{k}");
+            assert_eq!(plan(k + 1).workspace, plan(k).workspace, "{k}");
+        }
+        // Keeping the last layer drops the recomputed layer from the workspace: here the loss
+        // chunk (2048 rows of 32000 bf16 logits and their gradient) is then the larger working
+        // set, so one kept layer costs 71.3 MB more than none.
+        assert_eq!(plan(1).activations - plan(0).activations, step);
+        assert_eq!(plan(1).workspace, 4 * 2048 * 32000 + 2048 * 4 * 4096);
+        assert!(plan(0).total() < plan(1).total());
+    }
+
+    #[test]
+    fn the_policy_keeps_the_last_layers() {
+        let kept = |p: Checkpointing| (0..4).map(|l| p.keeps(l, 4)).collect::<Vec<_>>();
+        assert_eq!(kept(Checkpointing::Off), [true; 4]);
+        assert_eq!(kept(Checkpointing::On), [false; 4]);
+        assert_eq!(
+            kept(Checkpointing::KeepLast(1)),
+            [false, false, false, true]
+        );
+        assert_eq!(kept(Checkpointing::KeepLast(3)), [false, true, true, true]);
+        assert_eq!(kept(Checkpointing::KeepLast(9)), [true; 4]);
+        assert_eq!(Checkpointing::KeepLast(9).kept_layers(4), 4);
+    }
+
+    #[test]
+    fn auto_keeps_every_layer_of_llama2_7b_with_bf16_state_on_an_h100() {
+        let c = llama2_7b();
+        let h100 = 80u64 * 1_000_000_000;
+        let choose_for = |seq, mb, placement| {
+            let state = MemoryPlan::new(&c, seq, mb, true, placement).state;
+            choose(&c, seq, mb, placement, h100.saturating_sub(state))
+        };
+        // 62.76 GiB of state leaves 11.75 GiB of the 80 GB (10.75 after the margin); all 32
+        // layers' activations and the workspace take 7.00 GiB.
+        assert_eq!(
+            choose_for(2048, 1, OptimizerPlacement::Bf16),
+            Checkpointing::Off
+        );
+        // Twice the tokens take 13.9 GiB with every layer kept: 23 layers keep theirs
+        // (2.06 GiB for the inputs and the final output, 0.36 GiB more per kept layer, 0.42
+        // GiB of workspace).
+        let some = choose_for(2048, 2, OptimizerPlacement::Bf16);
+        let kept = some.kept_layers(32);
+        assert_eq!(some, Checkpointing::KeepLast(23));
+        let plan = |k| {
+            let policy = Checkpointing::KeepLast(k);
+            MemoryPlan::with_checkpointing(&c, 2048, 2, policy, OptimizerPlacement::Bf16)
+        };
+        let budget = h100 - plan(0).state - AUTO_MARGIN_BYTES;
+        assert!(plan(kept).total() - plan(kept).state <= budget);
+        assert!(plan(kept + 1).total() - plan(kept + 1).state > budget);
+        let text = plan(kept).describe(None, Some(h100));
+        let line = format!(
+            "checkpointing: {kept} of 32 layers keep their activations, {} recompute",
+            32 - kept
+        );
+        assert!(text.contains(&line), "{text}");
+        // fp32 master and moments on the GPU (113 GiB) leave nothing: every layer recomputes.
+        assert_eq!(
+            choose_for(2048, 1, OptimizerPlacement::Device),
+            Checkpointing::On
+        );
+        // In host memory (37.65 GiB on the GPU) every layer fits again.
+        assert_eq!(
+            choose_for(2048, 1, OptimizerPlacement::Host),
+            Checkpointing::Off
+        );
+    }
+
+    #[test]
+    fn auto_takes_the_most_layers_that_fit() {
+        let c = llama2_7b();
+        let needs = |k| {
+            let policy = Checkpointing::KeepLast(k);
+            let p = MemoryPlan::with_checkpointing(&c, 2048, 1, policy, OptimizerPlacement::Bf16);
+            p.activations + p.workspace + AUTO_MARGIN_BYTES
+        };
+        let at = |free| choose(&c, 2048, 1, OptimizerPlacement::Bf16, free);
+        assert_eq!(at(needs(24)), Checkpointing::KeepLast(24));
+        assert_eq!(at(needs(24) - 1), Checkpointing::KeepLast(23));
+        assert_eq!(at(needs(32)), Checkpointing::Off);
+        assert_eq!(at(needs(32) - 1), Checkpointing::KeepLast(31));
+        assert_eq!(at(needs(1)), Checkpointing::KeepLast(1));
+        assert_eq!(at(needs(1) - 1), Checkpointing::On);
+        assert_eq!(at(0), Checkpointing::On);
+        let plan =
+            MemoryPlan::with_checkpointing(&c, 2048, 1, at(needs(24)), OptimizerPlacement::Bf16);
+        let text = plan.describe(None, None);
+        assert!(
+            text.contains("checkpointing: 24 of 32 layers keep their activations, 8 recompute"),
+            "{text}"
+        );
+        // The choice of a command line: auto chooses, on and off are fixed.
+        let resolve = |choice: CheckpointingChoice| {
+            choice.resolve(&c, 2048, 1, OptimizerPlacement::Bf16, needs(24))
+        };
+        assert_eq!(
+            resolve(CheckpointingChoice::Auto),
+            Checkpointing::KeepLast(24)
+        );
+        assert_eq!(resolve(CheckpointingChoice::On), Checkpointing::On);
+        assert_eq!(resolve(CheckpointingChoice::Off), Checkpointing::Off);
+    }
+
+    #[test]
+    fn checkpointing_parses_from_the_command_line_and_serialises() {
+        use clap::ValueEnum;
+        for (name, choice) in [
+            ("auto", CheckpointingChoice::Auto),
+            ("on", CheckpointingChoice::On),
+            ("off", CheckpointingChoice::Off),
+        ] {
+            assert_eq!(CheckpointingChoice::from_str(name, false), Ok(choice));
+            assert_eq!(serde_json::to_value(choice).unwrap(), name);
+            let back: CheckpointingChoice = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(back, choice);
+        }
+        assert!(CheckpointingChoice::from_str("sometimes", false).is_err());
+        for (policy, json) in [
+            (Checkpointing::Off, serde_json::json!("off")),
+            (Checkpointing::On, serde_json::json!("on")),
+            (
+                Checkpointing::KeepLast(24),
+                serde_json::json!({"keep_last": 24}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(policy).unwrap(), json);
+            let back: Checkpointing = serde_json::from_value(json).unwrap();
+            assert_eq!(back, policy);
+        }
     }
 
     #[test]
