@@ -210,7 +210,7 @@ mod gpu {
 
         if let Some(path) = &a.json {
             let value = json!({
-                "schema": "implicit-bench-train/1",
+                "schema": "implicit-bench-train/2",
                 "device": gpu.device_name(),
                 "gemm": gpu.large_gemm_kernel(),
                 "commit": commit(),
