@@ -36,7 +36,7 @@ use implicit::model::train::{load_parameter_values, parameter_layout, TrainModel
 use implicit::model::{ModelConfig, Transformer};
 use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule};
 use implicit::train::cuda::{CudaTrainer, TrainerSetup};
-use implicit::train::plan::OptimizerPlacement;
+use implicit::train::plan::{Checkpointing, MemoryPlan, OptimizerPlacement};
 use implicit::train::{train, Precision, Recipe, TrainOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -322,7 +322,7 @@ fn checkpointing_gives_the_same_gradients_in_less_memory() {
     let values = rounded(random_values(&config, &mut rng));
     let batch = batch_of(&mut rng, &[300, 211], config.vocab_size);
     let seqs = sequences(&batch);
-    let run = |checkpointing: bool| {
+    let run = |checkpointing: Checkpointing| {
         let mut t = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
         t.checkpointing = checkpointing;
         gpu.reset_peak_memory().unwrap();
@@ -331,18 +331,166 @@ fn checkpointing_gives_the_same_gradients_in_less_memory() {
         let peak = gpu.memory_use().unwrap().peak_used_bytes - before;
         (loss, t.gradients().unwrap().concat(), peak)
     };
-    let (loss, grads, peak) = run(false);
-    let (ck_loss, ck_grads, ck_peak) = run(true);
-    eprintln!("peak activation memory: {peak} bytes kept, {ck_peak} checkpointed");
-    assert_eq!(loss, ck_loss, "the same forward");
+    let (loss, grads, peak) = run(Checkpointing::Off);
     let reference: Vec<f64> = grads.iter().map(|&x| x as f64).collect();
-    // The same products; only atomics (flash dq, the embedding) may add in another order, and
-    // a last-bit change in dq can move a bf16 rounding that earlier layers then carry.
-    check("checkpointed vs kept", &ck_grads, &reference, 1e-4);
+    let mut peaks = vec![peak];
+    for policy in [Checkpointing::KeepLast(3), Checkpointing::On] {
+        let (ck_loss, ck_grads, ck_peak) = run(policy);
+        assert_eq!(loss, ck_loss, "{policy:?}: the same forward");
+        // The same products; only atomics (flash dq, the embedding) may add in another order,
+        // and a last-bit change in dq can move a bf16 rounding that earlier layers then carry.
+        check(&format!("{policy:?} vs kept"), &ck_grads, &reference, 1e-4);
+        peaks.push(ck_peak);
+    }
+    eprintln!("peak activation memory (bytes): all kept, the last 3 of 6, none: {peaks:?}");
     assert!(
-        ck_peak < peak,
-        "checkpointing uses less: {ck_peak} vs {peak}"
+        peaks[0] > peaks[1] && peaks[1] > peaks[2],
+        "fewer kept layers use less: {peaks:?}"
     );
+}
+
+/// A Llama (grouped-query heads, untied head) and an OLMo (clip_qkv, tied embeddings) whose
+/// head_dim of 32 takes the plain attention kernels, and 2048 distinct token ids: every GPU
+/// reduction then adds in a fixed order (the flash backward's dq and the embedding backward of
+/// a repeated token add with atomics, in whatever order they land).
+fn deterministic_configs() -> Vec<(&'static str, ModelConfig)> {
+    [
+        (
+            "llama-hd32",
+            r#"{"model_type": "llama", "vocab_size": 4096, "hidden_size": 512,
+            "intermediate_size": 1376, "num_hidden_layers": 6, "num_attention_heads": 16,
+            "num_key_value_heads": 4, "tie_word_embeddings": false}"#,
+        ),
+        (
+            "olmo-hd32",
+            r#"{"model_type": "olmo", "vocab_size": 4096, "hidden_size": 512,
+            "intermediate_size": 1376, "num_hidden_layers": 6, "num_attention_heads": 16,
+            "clip_qkv": 3.0, "tie_word_embeddings": true}"#,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, json)| (name, ModelConfig::from_json(json).unwrap()))
+    .collect()
+}
+
+/// Recomputing a layer runs the same kernels on the same inputs as its first forward, so where
+/// every reduction is deterministic, keeping all, some or none of the layers' activations
+/// gives the same losses, gradients and parameters, bit for bit, over several optimizer steps;
+/// and the memory plan of a mixed policy is as close to the measured peak as the all-or-none
+/// plans are (the accuracy `bench train` shows at 7B scale, measured here on the same run).
+#[test]
+fn selective_checkpointing_is_bit_exact_and_planned() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("selective_checkpointing_is_bit_exact_and_planned");
+    for (name, config) in deterministic_configs() {
+        let values = rounded(random_values(&config, &mut rng));
+        let (seq, micro_batch, steps) = (1024, 2, 3);
+        // Each micro-batch holds every token id at most once, and every row carries loss (the
+        // plan counts a loss chunk of every row).
+        let batches: Vec<Vec<(Vec<u32>, Vec<bool>)>> = (0..2 * steps)
+            .map(|_| {
+                let mut ids: Vec<u32> = (0..config.vocab_size as u32).collect();
+                for i in (1..ids.len()).rev() {
+                    ids.swap(i, rng.below(i + 1));
+                }
+                ids.chunks(seq)
+                    .take(micro_batch)
+                    .map(|c| (c.to_vec(), vec![true; seq]))
+                    .collect()
+            })
+            .collect();
+        let layers = config.num_layers;
+        let run = |policy: Checkpointing| {
+            let mut t = trainer_with(gpu, &config, &values, OptimizerPlacement::Device);
+            t.checkpointing = policy;
+            gpu.reset_peak_memory().unwrap();
+            let before = gpu.memory_use().unwrap().used_bytes;
+            let mut peak = 0;
+            let mut record = Vec::new();
+            for (step, pair) in batches.chunks(2).enumerate() {
+                t.zero_grads().unwrap();
+                let mut loss = 0.0;
+                for b in pair {
+                    loss += t.accumulate(&sequences(b), 0.5).unwrap();
+                }
+                if step == 0 {
+                    peak = gpu.memory_use().unwrap().peak_used_bytes - before;
+                }
+                let grads = t.gradients().unwrap().concat();
+                let norm = t.step(1e-3, 1.0).unwrap();
+                let bits: Vec<u32> = grads.iter().map(|g| g.to_bits()).collect();
+                record.push((loss.to_bits(), norm.to_bits(), bits));
+            }
+            let params: Vec<u16> = flat_values(&t)
+                .iter()
+                .map(|&x| bf16::from_f32(x).to_bits())
+                .collect();
+            (record, params, peak)
+        };
+        let policies = [
+            Checkpointing::Off,
+            Checkpointing::KeepLast(layers / 2),
+            Checkpointing::KeepLast(1),
+            Checkpointing::On,
+        ];
+        let (reference, reference_params, _) = run(Checkpointing::Off);
+        let mut peaks = Vec::new();
+        for policy in policies {
+            let (record, params, peak) = run(policy);
+            // Off twice first: a difference there is the kernels', not checkpointing's.
+            for (step, (r, e)) in record.iter().zip(&reference).enumerate() {
+                assert_eq!(r.0, e.0, "{name} {policy:?} step {}: loss", step + 1);
+                assert_eq!(r.1, e.1, "{name} {policy:?} step {}: norm", step + 1);
+                let differ = r.2.iter().zip(&e.2).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "{name} {policy:?} step {}: gradients", step + 1);
+            }
+            assert!(
+                params == reference_params,
+                "{name} {policy:?}: the parameters after {steps} steps"
+            );
+            peaks.push(peak);
+        }
+        // The plan against the measured peak (both above the state).
+        let planned: Vec<u64> = policies
+            .iter()
+            .map(|&p| {
+                let plan = MemoryPlan::with_checkpointing(
+                    &config,
+                    seq,
+                    micro_batch,
+                    p,
+                    OptimizerPlacement::Device,
+                );
+                plan.activations + plan.workspace
+            })
+            .collect();
+        // Bytes the plan does not count (ids, positions, row lists, allocation rounding) are
+        // the same for every policy or grow with the kept layers, so a mixed policy's error
+        // lies between those of all and none kept.
+        let error = |i: usize| peaks[i] as i64 - planned[i] as i64;
+        eprintln!(
+            "{name}: peak above the state, measured {peaks:?}, planned {planned:?} \
+             (all, half, the last, none kept)"
+        );
+        let endpoints = error(0).abs().max(error(3).abs());
+        for i in [1, 2] {
+            assert!(
+                error(i).abs() <= endpoints,
+                "{name} {:?}: measured {} against the plan's {} ({:+} bytes), all or none \
+                 kept {:+} / {:+}",
+                policies[i],
+                peaks[i],
+                planned[i],
+                error(i),
+                error(0),
+                error(3)
+            );
+        }
+        assert!(
+            peaks[0] > peaks[1] && peaks[1] > peaks[2],
+            "{name}: fewer kept layers use less: {peaks:?}"
+        );
+    }
 }
 
 /// One CPU AdamW step (bf16 parameters, fp32 masters) on given gradients, clipped as the

@@ -25,11 +25,11 @@
 #                                             -> bench_generate_torch.log, bench_generate.log
 #   7. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
 #      Llama-2-7B's shape (configs/models/llama2-7b.json): TRAIN_LAYERS layers (default 8) with
-#      everything on the GPU against PyTorch AMP; then all 32 layers with checkpointing and bf16
-#      optimizer state (stochastic rounding) against PyTorch bf16 at its best of checkpointing,
-#      none, and checkpointing + torch.compile (--best-of; the JSON lists each); with
-#      TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile (one
-#      more step timed by kernel family and phase, whose "profile:" lines the summary shows)
+#      everything on the GPU against PyTorch AMP; then all 32 layers with --checkpointing
+#      auto and bf16 optimizer state (stochastic rounding) against PyTorch bf16 at its best of
+#      checkpointing, none, and checkpointing + torch.compile (--best-of; the JSON lists each);
+#      with TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile
+#      (one more step timed by kernel family and phase, whose "profile:" lines the summary shows)
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
@@ -420,15 +420,16 @@ if wants trainbench; then
     }
     train_pair "l$layers" --layers "$layers" --mode amp -- --layers "$layers"
     # All 32 layers on one GPU, like for like: PyTorch bf16 (bf16 AdamW state) against bf16
-    # state with stochastic rounding, both with checkpointing, 8 micro-batches per step as
-    # gradient accumulation does in the paper's recipe (64).
+    # state with stochastic rounding, 8 micro-batches per step as gradient accumulation does in
+    # the paper's recipe (64). implicit's checkpointing is auto: as many layers keep their
+    # activations as the memory beside the 63 GiB of state holds (the plan says all 32).
     full=(--accumulation 8 --steps 3 --warmup 1)
     # PyTorch's side is its best configuration that runs: with checkpointing, without (if the
     # activations fit beside the 54 GB of bf16 state), and compiled with checkpointing, each in
     # its own process (tools/bench_train_torch.py --best-of); its JSON is the fastest one's and
     # lists every variant.
     TORCH_LIMIT=480 train_pair full --mode bf16 --best-of "--checkpointing;;--checkpointing --compile" \
-        --variant-timeout 200 "${full[@]}" -- --checkpointing --optimizer-state bf16 "${full[@]}"
+        --variant-timeout 200 "${full[@]}" -- --checkpointing auto --optimizer-state bf16 "${full[@]}"
     if [ "${TRAIN_HOST:-0}" = 1 ]; then
         # The fp32 master and moments in page-locked host memory (75 GiB), streamed over PCIe
         # at each step (24 bytes per parameter).

@@ -12,7 +12,7 @@ use crate::model::train::TrainSequence;
 use crate::model::ModelConfig;
 use crate::optim::AdamWConfig;
 use crate::train::cuda::{CudaTrainer, TrainerSetup};
-use crate::train::plan::OptimizerPlacement;
+use crate::train::plan::{choose, Checkpointing, OptimizerPlacement};
 use half::bf16;
 use std::time::Instant;
 
@@ -30,7 +30,9 @@ pub struct TrainShape {
     pub warmup: usize,
     /// Timed steps.
     pub steps: usize,
-    pub checkpointing: bool,
+    /// The layers that keep their activations; None: as many as the memory left after the
+    /// model's state holds (`train::plan::choose`).
+    pub checkpointing: Option<Checkpointing>,
     pub optimizer_state: OptimizerPlacement,
     /// Seed of the random weights and tokens.
     pub seed: u64,
@@ -47,6 +49,8 @@ pub struct TrainMeasurement {
     pub memory: MemoryUse,
     /// The profiled step, when asked for.
     pub profile: Option<ProfiledStep>,
+    /// The checkpointing the steps ran with (`auto`'s choice).
+    pub checkpointing: Checkpointing,
 }
 
 /// One step run with the backend's recorder on.
@@ -103,13 +107,28 @@ pub fn measure(gpu: &CudaBackend, shape: &TrainShape) -> Result<TrainMeasurement
         },
     )
     .context("bench train: setting up the model (does it fit? try --layers)")?;
-    trainer.checkpointing = shape.checkpointing;
     let state = gpu.memory_use()?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     eprintln!(
-        "model and optimizer state on the GPU in {:.1}s: {:.2} GiB in use",
+        "model and optimizer state on the GPU in {:.1}s: {:.2} GiB in use, {:.2} GiB free",
         t0.elapsed().as_secs_f64(),
-        state.used_bytes as f64 / (1u64 << 30) as f64
+        gib(state.used_bytes),
+        gib(state.free_bytes)
     );
+    trainer.checkpointing = match shape.checkpointing {
+        Some(policy) => policy,
+        None => {
+            let (c, placement) = (&shape.config, shape.optimizer_state);
+            let policy = choose(c, shape.seq, shape.micro_batch, placement, state.free_bytes);
+            let kept = policy.kept_layers(c.num_layers);
+            eprintln!(
+                "checkpointing auto: {kept} of {} layers keep their activations, {} recompute",
+                c.num_layers,
+                c.num_layers - kept
+            );
+            policy
+        }
+    };
 
     let tokens_per_step = shape.seq * shape.micro_batch * shape.accumulation;
     let ids: Vec<u32> = (0..shape.seq * shape.micro_batch)
@@ -182,5 +201,6 @@ pub fn measure(gpu: &CudaBackend, shape: &TrainShape) -> Result<TrainMeasurement
         step_seconds: times,
         memory,
         profile,
+        checkpointing: trainer.checkpointing,
     })
 }

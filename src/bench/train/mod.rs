@@ -11,6 +11,10 @@
 //! `--profile` (profile.rs): after the timed steps, one more step with the backend's recorder
 //! on, reported as GPU time by kernel family × phase plus the host gaps, beside the unprofiled
 //! median (the recorder's overhead).
+//!
+//! `--checkpointing auto` (the default) keeps the activations of as many layers as the memory
+//! left after the model's state holds (`train::plan::choose`); `on` recomputes every layer,
+//! `off` none, `--keep-layers N` keeps the last N.
 
 #[cfg(feature = "cuda")]
 mod measure;
@@ -21,7 +25,7 @@ pub use measure::{measure, ProfiledStep, TrainMeasurement, TrainShape};
 
 use crate::error::Result;
 use crate::model::ModelConfig;
-use crate::train::plan::{MemoryPlan, OptimizerPlacement};
+use crate::train::plan::{Checkpointing, CheckpointingChoice, MemoryPlan, OptimizerPlacement};
 use std::path::PathBuf;
 
 /// What `bench train` runs (its command-line arguments, `cli::bench::TrainArgs`).
@@ -41,8 +45,10 @@ pub struct TrainBenchOptions {
     pub steps: usize,
     /// Untimed steps first.
     pub warmup: usize,
-    /// Activation checkpointing.
-    pub checkpointing: bool,
+    /// Activation checkpointing: auto, on or off.
+    pub checkpointing: CheckpointingChoice,
+    /// Instead of `checkpointing`: the last this many layers keep their activations.
+    pub keep_layers: Option<usize>,
     /// Where the optimizer state lives, or bf16 state.
     pub optimizer_state: OptimizerPlacement,
     /// tools/bench_train_torch.py's JSON for the same shapes, shown beside.
@@ -84,22 +90,34 @@ fn checked(a: &TrainBenchOptions, mut config: ModelConfig) -> Result<ModelConfig
     Ok(config)
 }
 
-/// The memory plan of these arguments.
-fn plan(a: &TrainBenchOptions, config: &ModelConfig) -> MemoryPlan {
-    MemoryPlan::new(
-        config,
-        a.seq,
-        a.micro_batch,
-        a.checkpointing,
-        a.optimizer_state,
-    )
+/// The policy the arguments fix, None for `auto` (chosen once the state is on the GPU).
+fn fixed_checkpointing(a: &TrainBenchOptions) -> Option<Checkpointing> {
+    match (a.keep_layers, a.checkpointing) {
+        (Some(n), _) => Some(Checkpointing::KeepLast(n)),
+        (None, CheckpointingChoice::Auto) => None,
+        (None, CheckpointingChoice::On) => Some(Checkpointing::On),
+        (None, CheckpointingChoice::Off) => Some(Checkpointing::Off),
+    }
 }
 
-/// Without CUDA: the plan only (what the run would need), then the reason nothing runs.
+/// The memory plan of these arguments under `policy`.
+fn plan(a: &TrainBenchOptions, config: &ModelConfig, policy: Checkpointing) -> MemoryPlan {
+    MemoryPlan::with_checkpointing(config, a.seq, a.micro_batch, policy, a.optimizer_state)
+}
+
+/// Without CUDA: the plan only (what the run would need; `auto` needs the device's free
+/// memory, so every layer recomputed and none), then the reason nothing runs.
 #[cfg(not(feature = "cuda"))]
 pub fn run(a: TrainBenchOptions) -> Result<()> {
     let config = checked(&a, ModelConfig::from_file(&a.config)?)?;
-    eprintln!("{}", plan(&a, &config).describe(None, None));
+    match fixed_checkpointing(&a) {
+        Some(policy) => eprintln!("{}", plan(&a, &config, policy).describe(None, None)),
+        None => {
+            for policy in [Checkpointing::On, Checkpointing::Off] {
+                eprintln!("{}", plan(&a, &config, policy).describe(None, None));
+            }
+        }
+    }
     Err(crate::backend::built_without_cuda("bench train", ""))
 }
 
@@ -138,14 +156,15 @@ mod gpu {
             a.seq,
             a.micro_batch,
             a.accumulation,
-            a.checkpointing,
+            checkpointing_request(&a),
             gpu.device_name()
         );
         eprintln!("GEMM: {}", gpu.large_gemm_kernel());
-        eprintln!(
-            "{}",
-            plan(&a, &config).describe(None, Some(gpu.memory_use()?.total_bytes))
-        );
+        let fixed = fixed_checkpointing(&a);
+        if let Some(policy) = fixed {
+            let total = gpu.memory_use()?.total_bytes;
+            eprintln!("{}", plan(&a, &config, policy).describe(None, Some(total)));
+        }
         let measured = measure(
             &gpu,
             &TrainShape {
@@ -155,12 +174,13 @@ mod gpu {
                 accumulation: a.accumulation,
                 warmup: a.warmup,
                 steps: a.steps,
-                checkpointing: a.checkpointing,
+                checkpointing: fixed,
                 optimizer_state: a.optimizer_state,
                 seed: a.seed,
                 profile: a.profile,
             },
         )?;
+        let policy = measured.checkpointing;
         let tokens_per_step = a.seq * a.micro_batch * a.accumulation;
         let (times, memory) = (measured.step_seconds, measured.memory);
         let mut sorted = times.clone();
@@ -171,9 +191,16 @@ mod gpu {
         let achieved = flops * tokens_per_s;
         let peak = bf16_peak(gpu.device_name());
         let mfu = peak.map(|p| achieved / p);
-        let memory_plan = plan(&a, &config);
+        let memory_plan = plan(&a, &config, policy);
 
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        println!(
+            "checkpointing {}: {} of {} layers keep their activations, {} recompute",
+            checkpointing_request(&a),
+            memory_plan.kept_layers,
+            memory_plan.layers,
+            memory_plan.layers - memory_plan.kept_layers
+        );
         println!(
             "implicit: {tokens_per_s:.0} tokens/s ({median:.3}s per step of {tokens_per_step} tokens), {:.1} TFLOP/s, MFU {}",
             achieved / 1e12,
@@ -218,7 +245,7 @@ mod gpu {
 
         if let Some(path) = &a.json {
             let value = json!({
-                "schema": "implicit-bench-train/1",
+                "schema": "implicit-bench-train/2",
                 "device": gpu.device_name(),
                 "gemm": gpu.large_gemm_kernel(),
                 "commit": commit(),
@@ -237,7 +264,9 @@ mod gpu {
                     "seq": a.seq,
                     "micro_batch": a.micro_batch,
                     "accumulation": a.accumulation,
-                    "checkpointing": a.checkpointing,
+                    "checkpointing": checkpointing_request(&a),
+                    "checkpointing_policy": policy,
+                    "kept_layers": memory_plan.kept_layers,
                     "optimizer_state": a.optimizer_state,
                     "precision": match a.optimizer_state {
                         OptimizerPlacement::Bf16 => {
@@ -271,6 +300,14 @@ mod gpu {
             eprintln!("wrote {}", path.display());
         }
         Ok(())
+    }
+
+    /// What the command line asked: auto, on, off or keep-layers N.
+    fn checkpointing_request(a: &TrainBenchOptions) -> String {
+        match a.keep_layers {
+            Some(n) => format!("keep-layers {n}"),
+            None => format!("{:?}", a.checkpointing).to_lowercase(),
+        }
     }
 
     fn read_json(path: &std::path::Path) -> Result<Value> {

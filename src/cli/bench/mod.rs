@@ -42,7 +42,7 @@ mod tests {
     use crate::bench::generate::GenerateBenchOptions;
     use crate::bench::kernels::KernelsBenchOptions;
     use crate::bench::train::TrainBenchOptions;
-    use crate::train::plan::OptimizerPlacement;
+    use crate::train::plan::{CheckpointingChoice, OptimizerPlacement};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -158,7 +158,8 @@ mod tests {
                 accumulation: 1,
                 steps: 5,
                 warmup: 2,
-                checkpointing: false,
+                checkpointing: CheckpointingChoice::Auto,
+                keep_layers: None,
                 optimizer_state: OptimizerPlacement::Device,
                 torch: None,
                 json: None,
@@ -170,5 +171,56 @@ mod tests {
             panic!("not train")
         };
         assert!(TrainBenchOptions::from(t).profile);
+        // --checkpointing alone (tools/gpu_check.sh's form) is `on`; --keep-layers N instead.
+        let train = |args: &[&str]| match parse(args) {
+            BenchCommand::Train(t) => {
+                let o = TrainBenchOptions::from(t);
+                (o.checkpointing, o.keep_layers, o.optimizer_state)
+            }
+            _ => panic!("not train"),
+        };
+        let bare = [
+            "train",
+            "--config",
+            "C",
+            "--checkpointing",
+            "--optimizer-state",
+            "bf16",
+        ];
+        assert_eq!(
+            train(&bare),
+            (CheckpointingChoice::On, None, OptimizerPlacement::Bf16)
+        );
+        for (value, choice) in [
+            ("auto", CheckpointingChoice::Auto),
+            ("on", CheckpointingChoice::On),
+            ("off", CheckpointingChoice::Off),
+        ] {
+            let args = ["train", "--config", "C", "--checkpointing", value];
+            assert_eq!(train(&args), (choice, None, OptimizerPlacement::Device));
+        }
+        let keep = ["train", "--config", "C", "--keep-layers", "24"];
+        assert_eq!(
+            train(&keep),
+            (
+                CheckpointingChoice::Auto,
+                Some(24),
+                OptimizerPlacement::Device
+            )
+        );
+        for bad in [
+            &["train", "--config", "C", "--checkpointing", "sometimes"][..],
+            &[
+                "train",
+                "--config",
+                "C",
+                "--checkpointing",
+                "on",
+                "--keep-layers",
+                "2",
+            ],
+        ] {
+            assert!(Cli::try_parse_from([&["bench"], bad].concat()).is_err());
+        }
     }
 }

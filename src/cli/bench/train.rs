@@ -1,7 +1,7 @@
 //! `implicit bench train`'s arguments; the benchmark is `bench::train`.
 
 use crate::bench::train::TrainBenchOptions;
-use crate::train::plan::OptimizerPlacement;
+use crate::train::plan::{CheckpointingChoice, OptimizerPlacement};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -30,9 +30,16 @@ pub struct TrainArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Activation checkpointing (keep each layer's input only; recompute in the backward).
-    #[arg(long)]
-    checkpointing: bool,
+    /// Activation checkpointing: `auto` keeps the activations of as many layers (the last
+    /// ones) as the memory left after the model's state holds and recomputes the others in
+    /// the backward; `on` (also the bare flag) recomputes every layer, `off` none.
+    #[arg(long, value_enum, num_args = 0..=1, default_value_t = CheckpointingChoice::Auto,
+          default_missing_value = "on")]
+    checkpointing: CheckpointingChoice,
+    /// Instead of --checkpointing: the last N layers keep their activations, the others are
+    /// recomputed.
+    #[arg(long, value_name = "N", conflicts_with = "checkpointing")]
+    keep_layers: Option<usize>,
     /// Where the fp32 master weights and moments live (host: page-locked memory, streamed
     /// through the GPU at each step), or bf16 (no master, bf16 moments, stochastic rounding).
     #[arg(long, value_enum, default_value_t = OptimizerPlacement::Device)]
@@ -63,6 +70,7 @@ impl From<TrainArgs> for TrainBenchOptions {
             steps: a.steps,
             warmup: a.warmup,
             checkpointing: a.checkpointing,
+            keep_layers: a.keep_layers,
             optimizer_state: a.optimizer_state,
             torch: a.torch,
             json: a.json,

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::io::atomic::write_atomic;
 use crate::model::train::TrainSequence;
 use crate::train::launch::DataParallel;
-use crate::train::plan::MemoryPlan;
+use crate::train::plan::{Checkpointing, MemoryPlan};
 use crate::train::{
     adamw_config, check_grad_norm, prepare, run, Engine, Precision, TrainOptions, TrainSummary,
 };
@@ -60,7 +60,7 @@ pub(in crate::train) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         seed: opts.seed,
     };
     let mut trainer = CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, setup)?;
-    trainer.checkpointing = opts.checkpointing;
+    trainer.checkpointing = Checkpointing::from_flag(opts.checkpointing);
     eprintln!(
         "loaded {} ({} parameters) onto {} in {:.2}s",
         plan.source.display(),

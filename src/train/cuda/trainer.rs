@@ -24,7 +24,7 @@ use crate::model::cuda::upload_bf16;
 use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::{Architecture, ModelConfig};
 use crate::optim::{stochastic_rounding_key, AdamWConfig};
-use crate::train::plan::{OptimizerPlacement, LOGITS_CHUNK_BYTES};
+use crate::train::plan::{Checkpointing, OptimizerPlacement, LOGITS_CHUNK_BYTES};
 use half::bf16;
 use optimizer::OptimizerState;
 use std::collections::{HashMap, HashSet};
@@ -173,10 +173,10 @@ pub struct CudaTrainer<'g> {
     parallel: Option<Parallel>,
     /// Rows of vocabulary-sized logits held at once by the loss (bounds its memory).
     pub logits_chunk_rows: usize,
-    /// Activation checkpointing: keep only each layer's input from the forward and run the
-    /// layer's forward again in the backward (one more forward; activations of one layer
-    /// instead of all).
-    pub checkpointing: bool,
+    /// Activation checkpointing: which layers keep only their input from the forward and run
+    /// their forward again in the backward (the last layers keep everything; see
+    /// `train::plan` for what each costs and how `auto` chooses).
+    pub checkpointing: Checkpointing,
 }
 
 impl std::fmt::Debug for CudaTrainer<'_> {
@@ -288,7 +288,7 @@ impl<'g> CudaTrainer<'g> {
             parallel,
             logits_chunk_rows: (LOGITS_CHUNK_BYTES as usize / (4 * config.vocab_size.max(1)))
                 .max(1),
-            checkpointing: false,
+            checkpointing: Checkpointing::Off,
             config,
         };
         for (i, (name, shape)) in layout.into_iter().enumerate() {

@@ -295,19 +295,20 @@ impl CudaTrainer<'_> {
         };
         let d = c.hidden_size;
 
-        // Forward. With checkpointing only each layer's input is kept, and the layer's forward
-        // runs again in the backward.
+        // Forward. A layer that checkpointing recomputes keeps only its input, and its forward
+        // runs again in the backward; the last layers keep everything (met first there).
         let ids = gpu.upload(&p.ids)?;
         let mut x = gpu.alloc::<f32>(rows * d)?;
         gpu.embedding_to_f32(&ids, &values[index.embed], d, &mut x)?;
-        let mut saved: Vec<Kept> = Vec::with_capacity(index.layers.len());
-        for lp in &index.layers {
+        let layers = index.layers.len();
+        let mut saved: Vec<Kept> = Vec::with_capacity(layers);
+        for (i, lp) in index.layers.iter().enumerate() {
             let (s, next) = layer_forward(&pass, lp, x, values, true)?;
             x = next.expect("asked for the layer's output");
-            saved.push(if *checkpointing {
-                Kept::Input(s.x)
-            } else {
+            saved.push(if checkpointing.keeps(i, layers) {
                 Kept::All(Box::new(s))
+            } else {
+                Kept::Input(s.x)
             });
         }
 
@@ -364,8 +365,8 @@ impl CudaTrainer<'_> {
     }
 }
 
-/// What the forward keeps of a layer: everything the backward reads, or (checkpointing) only
-/// its input.
+/// What the forward keeps of a layer: everything the backward reads, or (a layer that
+/// checkpointing recomputes) only its input.
 enum Kept {
     All(Box<Saved>),
     Input(DeviceBuffer<f32>),
