@@ -1,6 +1,7 @@
 //! `implicit bench generate`'s arguments; the benchmark is `bench::generate`.
 
 use crate::bench::generate::GenerateBenchOptions;
+use crate::cli::numbers::positive_usize;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -11,13 +12,13 @@ pub struct GenerateBenchArgs {
     #[arg(long)]
     model: PathBuf,
     /// Sequences decoded together, one measurement per size.
-    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    #[arg(long, value_delimiter = ',', default_value = "1,64", value_parser = positive_usize)]
     batch_sizes: Vec<usize>,
     /// Tokens per prompt.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive_usize)]
     prompt_len: usize,
     /// Tokens generated per sequence (the first by the prefill, the rest by decode steps).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive_usize)]
     new_tokens: usize,
     /// Seed of the prompts' ids (the PyTorch script's --seed draws the same ones).
     #[arg(long, default_value_t = 0)]

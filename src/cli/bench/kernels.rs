@@ -1,6 +1,7 @@
 //! `implicit bench kernels`' arguments; the benchmark is `bench::kernels`.
 
 use crate::bench::kernels::KernelsBenchOptions;
+use crate::cli::numbers::positive_usize;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -17,10 +18,10 @@ pub struct KernelsArgs {
     sdpa: Option<PathBuf>,
     /// Micro-batches of 2048-token sequences (tokens per launch = micro-batch x 2048; attention
     /// runs that many sequences). Default 1,4,8 (1 with --quick).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = positive_usize)]
     micro_batches: Vec<usize>,
     /// Timed samples per kernel (median, min, max over them). Default 30 (10 with --quick).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_usize)]
     samples: Option<usize>,
     /// Only kernels whose name contains one of these (comma-separated), e.g. gemm,flash,rmsnorm.
     /// The ceilings are always measured.

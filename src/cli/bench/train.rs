@@ -1,6 +1,7 @@
 //! `implicit bench train`'s arguments; the benchmark is `bench::train`.
 
 use crate::bench::train::TrainBenchOptions;
+use crate::cli::numbers::positive_usize;
 use crate::train::plan::{CheckpointingChoice, OptimizerPlacement};
 use clap::Args;
 use std::path::PathBuf;
@@ -13,19 +14,19 @@ pub struct TrainArgs {
     config: PathBuf,
     /// Use this many layers instead of the config's (speed per layer is what matters; fewer
     /// layers fit a smaller GPU).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_usize)]
     layers: Option<usize>,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = positive_usize)]
     seq: usize,
     /// Sequences per forward/backward.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive_usize)]
     micro_batch: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive_usize)]
     accumulation: usize,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = positive_usize)]
     steps: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
