@@ -16,7 +16,7 @@ fn a_profiled_step_records_every_phase_and_changes_nothing() {
     let seqs = sequences(&batch);
     let run = |profile: bool| {
         let mut t = CudaTrainer::from_values(gpu, config.clone(), &values, adamw()).unwrap();
-        t.checkpointing = true;
+        t.checkpointing = Checkpointing::On;
         if profile {
             gpu.profile_start().unwrap();
         }
