@@ -349,9 +349,73 @@ fn json_bytes(v: &Value) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Converts the llama-architecture GGUF `input` into a Hugging Face model directory `out_dir`
-/// (created if missing). Everything is checked before anything is written.
+/// Whether a name is a staging file an earlier conversion left (`Staged`'s names), which is
+/// neither content nor kept.
+fn is_staging_leftover(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Whether a file of a model folder is one that loading reads (weights, their index, config,
+/// tokenizer, chat template): what `--overwrite` removes so that no part of the old model
+/// survives beside the new one.
+fn is_model_file(name: &str) -> bool {
+    name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+        || [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "tokenizer.model",
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "chat_template.jinja",
+        ]
+        .contains(&name)
+        || is_staging_leftover(name)
+}
+
+/// The entries of `dir` (none when it does not exist), by name.
+fn entries(dir: &Path) -> Result<Vec<String>> {
+    match fs::read_dir(dir) {
+        Ok(list) => Ok(list
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => crate::bail!("{}: cannot list: {e}", dir.display()),
+    }
+}
+
+/// Converts the llama-architecture GGUF `input` into a Hugging Face model directory `out_dir`,
+/// which must be missing or empty. Everything is checked before anything is written.
 pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
+    convert_gguf_with(input, out_dir, false)
+}
+
+/// [`convert_gguf`]; with `overwrite`, into a folder that may hold a model already: its model
+/// files ([`is_model_file`]: every safetensors file and index, config, tokenizer and template
+/// files) are removed once the new ones are written and before they are renamed into place,
+/// so that none of the old model is loaded with the new one. Other files stay.
+pub fn convert_gguf_with(input: &Path, out_dir: &Path, overwrite: bool) -> Result<ConvertReport> {
+    if !overwrite {
+        let mut present: Vec<String> = entries(out_dir)?
+            .into_iter()
+            .filter(|n| !is_staging_leftover(n))
+            .collect();
+        present.sort();
+        if let Some(first) = present.first() {
+            crate::bail!(
+                "{}: not empty ({first}{}); use --overwrite to replace the model in it, or \
+                 choose another folder",
+                out_dir.display(),
+                match present.len() {
+                    1 => String::new(),
+                    n => format!(" and {} more", n - 1),
+                }
+            );
+        }
+    }
     let gguf = GgufFile::open(input)?;
     let arch = gguf
         .get_str("general.architecture")?
@@ -439,6 +503,18 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
     if let Ok(mode) = mode {
         fs::set_permissions(&weights, mode)
             .with_context(|| format!("{}: cannot set permissions", weights.display()))?;
+    }
+    if overwrite {
+        let staged_names: Vec<&Path> = staged.files.iter().map(|(tmp, _)| tmp.as_path()).collect();
+        for name in entries(out_dir)?.into_iter().filter(|n| is_model_file(n)) {
+            let path = out_dir.join(&name);
+            if staged_names.contains(&path.as_path()) || !path.is_file() {
+                continue;
+            }
+            fs::remove_file(&path).with_context(|| {
+                format!("{}: cannot remove the old model's file", path.display())
+            })?;
+        }
     }
     staged.commit()?;
 
