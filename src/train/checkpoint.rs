@@ -358,7 +358,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let layout = vec![("a".to_string(), vec![2])];
         let values = [1.0f32, 2.0];
-        let state = vec![1.0f32; 2];
+        let state = [1.0f32; 2];
         let name = "m".to_string();
         write_checkpoint_tensors(
             &dir,
