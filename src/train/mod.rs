@@ -226,13 +226,13 @@ fn train_cuda(_: &TrainOptions) -> Result<TrainSummary> {
 fn prepare(opts: &TrainOptions) -> Result<Plan> {
     opts.validate()?;
     let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
+    let mut examples = read_messages_jsonl(&opts.data)?;
     opts.recipe
         .validate_for(&config)
         .with_context(|| opts.model.display().to_string())?;
     if !opts.resume && opts.is_writer() {
         refuse_existing_run(&opts.out)?;
     }
-    let mut examples = read_messages_jsonl(&opts.data)?;
     let tok = Tokenizer::load(&opts.model, &config)?;
     if let Some(n) = opts.max_examples {
         examples.truncate(n);
