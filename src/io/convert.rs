@@ -1,6 +1,7 @@
 //! GGUF (llama architecture) to a Hugging Face model directory: model.safetensors (F32),
 //! config.json, tokenizer.json, tokenizer_config.json and generation_config.json.
 
+mod folder;
 mod hf_tokenizer;
 
 use crate::error::{Context, Error, Result};
@@ -349,44 +350,6 @@ fn json_bytes(v: &Value) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Whether a name is a staging file an earlier conversion left (`Staged`'s names), which is
-/// neither content nor kept.
-fn is_staging_leftover(name: &str) -> bool {
-    name.starts_with('.') && name.ends_with(".tmp")
-}
-
-/// Whether a file of a model folder is one that loading reads (weights, their index, config,
-/// tokenizer, chat template): what `--overwrite` removes so that no part of the old model
-/// survives beside the new one.
-fn is_model_file(name: &str) -> bool {
-    name.ends_with(".safetensors")
-        || name.ends_with(".safetensors.index.json")
-        || [
-            "config.json",
-            "generation_config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "tokenizer.model",
-            "special_tokens_map.json",
-            "added_tokens.json",
-            "chat_template.jinja",
-        ]
-        .contains(&name)
-        || is_staging_leftover(name)
-}
-
-/// The entries of `dir` (none when it does not exist), by name.
-fn entries(dir: &Path) -> Result<Vec<String>> {
-    match fs::read_dir(dir) {
-        Ok(list) => Ok(list
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => crate::bail!("{}: cannot list: {e}", dir.display()),
-    }
-}
-
 /// Converts the llama-architecture GGUF `input` into a Hugging Face model directory `out_dir`,
 /// which must be missing or empty. Everything is checked before anything is written.
 pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
@@ -394,14 +357,14 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
 }
 
 /// [`convert_gguf`]; with `overwrite`, into a folder that may hold a model already: its model
-/// files ([`is_model_file`]: every safetensors file and index, config, tokenizer and template
-/// files) are removed once the new ones are written and before they are renamed into place,
-/// so that none of the old model is loaded with the new one. Other files stay.
+/// files ([`folder::is_model_file`]: every safetensors file and index, config, tokenizer and
+/// template files) are removed once the new ones are written and before they are renamed
+/// into place, so that none of the old model is loaded with the new one. Other files stay.
 pub fn convert_gguf_with(input: &Path, out_dir: &Path, overwrite: bool) -> Result<ConvertReport> {
     if !overwrite {
-        let mut present: Vec<String> = entries(out_dir)?
+        let mut present: Vec<String> = folder::entries(out_dir)?
             .into_iter()
-            .filter(|n| !is_staging_leftover(n))
+            .filter(|n| !folder::is_staging_leftover(n))
             .collect();
         present.sort();
         if let Some(first) = present.first() {
@@ -506,7 +469,10 @@ pub fn convert_gguf_with(input: &Path, out_dir: &Path, overwrite: bool) -> Resul
     }
     if overwrite {
         let staged_names: Vec<&Path> = staged.files.iter().map(|(tmp, _)| tmp.as_path()).collect();
-        for name in entries(out_dir)?.into_iter().filter(|n| is_model_file(n)) {
+        for name in folder::entries(out_dir)?
+            .into_iter()
+            .filter(|n| folder::is_model_file(n))
+        {
             let path = out_dir.join(&name);
             if staged_names.contains(&path.as_path()) || !path.is_file() {
                 continue;

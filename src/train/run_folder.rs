@@ -65,3 +65,65 @@ pub fn remove_run(out: &Path) -> Result<usize> {
     }
     Ok(files.len())
 }
+
+/// Whether `name` is a checkpoint's temporary folder (`.epoch-N.{pid}-{n}.tmp`, or the fixed
+/// `.epoch-N.tmp` of older versions) that no running process is writing: its process has gone
+/// (Linux: no /proc/{pid}; elsewhere only the fixed names count, as liveness is unknown).
+fn is_stale_temporary(name: &str, proc_dir: &Path) -> bool {
+    let Some(stem) = name
+        .strip_prefix(".epoch-")
+        .and_then(|s| s.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    let Some((_, writer)) = stem.split_once('.') else {
+        return true;
+    };
+    let Some(pid) = writer
+        .split_once('-')
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && proc_dir.is_dir() && !proc_dir.join(pid.to_string()).exists()
+}
+
+/// Removes the temporary checkpoint folders that killed runs left in `out` (a kill -9 during a
+/// save leaves one, weights and all); the ones of a live process stay.
+pub(super) fn remove_stale_temporaries(out: &Path) -> Result<()> {
+    for path in run_files(out)? {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if is_stale_temporary(&name, Path::new("/proc")) {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("{}: cannot remove", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_temporaries_of_gone_processes_are_stale() {
+        let proc_dir = std::env::temp_dir().join(format!("implicit-proc-{}", std::process::id()));
+        std::fs::create_dir_all(proc_dir.join("77")).unwrap();
+        let me = std::process::id();
+        assert!(is_stale_temporary(".epoch-2.12345-0.tmp", &proc_dir));
+        assert!(is_stale_temporary(".epoch-2.tmp", &proc_dir));
+        assert!(!is_stale_temporary(".epoch-2.77-3.tmp", &proc_dir), "alive");
+        assert!(!is_stale_temporary(
+            &format!(".epoch-2.{me}-0.tmp"),
+            &proc_dir
+        ));
+        for other in ["epoch-2", ".epoch-2.12345-0", "metrics.jsonl", ".nccl-id-5"] {
+            assert!(!is_stale_temporary(other, &proc_dir), "{other}");
+        }
+        // Without a /proc, liveness is unknown: only the fixed names go.
+        let none = proc_dir.join("absent");
+        assert!(!is_stale_temporary(".epoch-2.12345-0.tmp", &none));
+        assert!(is_stale_temporary(".epoch-2.tmp", &none));
+        std::fs::remove_dir_all(&proc_dir).unwrap();
+    }
+}
