@@ -99,7 +99,8 @@ pub fn eos_text(tok: &Tokenizer) -> Result<String> {
 /// `<0xNN>` strings are longer than the bytes they stand for, GPT-2's byte characters as long),
 /// so `max_len` tokens cover at most `max_len × longest` bytes. Four times that leaves room
 /// for normalizers that shrink text (NFKC's ligatures, 3 bytes to 2) and for BPE merges
-/// that reach back across the cut. Llama-2 at 2048 tokens: a few hundred KB.
+/// that reach back across the cut. At 2048 tokens: 393 KB for Llama-2 (longest entry 48
+/// bytes), 8 MiB for OLMo (longest entry 1024 bytes).
 pub fn content_cap(tok: &Tokenizer, max_len: usize) -> usize {
     let longest = (0..tok.vocab_size() as u32)
         .filter_map(|id| tok.id_to_token(id))

@@ -50,8 +50,8 @@ fn id_as_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<S
 }
 
 /// The longest line [`read_messages_jsonl`] reads: far above any training row (a LIMA row is a
-/// few KB, and only about `max_len × 64` bytes of a message can reach the tokens a row is cut
-/// to), and a bound on what one line can cost before it is parsed and cut.
+/// few KB, and no more of a message than `encode::content_cap` is tokenized: 393 KB for
+/// Llama-2 at 2048 tokens), and a bound on what one line costs before it is parsed and cut.
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
 /// Every example of a `messages` JSONL file; blank lines are skipped, and a malformed line, or
