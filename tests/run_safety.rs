@@ -167,6 +167,16 @@ fn train_refuses_a_folder_holding_a_run_and_overwrite_replaces_only_the_run() {
     )));
     assert!(err.contains("--max-grad-norm"), "{err}");
     assert!(out.join("epoch-1/trainer_state.json").is_file());
+    // So is a length above the model's context, which only the model can tell.
+    let err = fails(&strs(&train_args(
+        &model,
+        &lima,
+        &out,
+        "1",
+        &["--overwrite", "--max-len", "1024"],
+    )));
+    assert!(err.contains("above the model's context of 512"), "{err}");
+    assert!(out.join("epoch-1/trainer_state.json").is_file());
 }
 
 #[test]

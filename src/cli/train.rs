@@ -2,7 +2,8 @@
 
 use crate::backend::Device;
 use crate::data::{build_task, Mode, Task};
-use crate::error::Result;
+use crate::error::{Context, Result};
+use crate::model::ModelConfig;
 use crate::train::launch::{spawn_ranks, DataParallel};
 use crate::train::plan::OptimizerPlacement;
 use crate::train::{remove_run, train, Recipe, TrainOptions};
@@ -113,6 +114,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     opts.validate()?;
     // Once, in the process the user started (not again in each rank it starts).
     if a.overwrite && !is_rank {
+        let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
+        opts.recipe
+            .validate_for(&config)
+            .with_context(|| opts.model.display().to_string())?;
         let removed = remove_run(&opts.out)?;
         if removed > 0 {
             eprintln!(
