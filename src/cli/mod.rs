@@ -58,8 +58,13 @@ enum Command {
     ConvertGguf {
         /// The .gguf file to read.
         input: PathBuf,
-        /// The folder to write model.safetensors, config.json and tokenizer.json into.
+        /// The folder to write model.safetensors, config.json and tokenizer.json into; it must
+        /// be missing or empty.
         out_dir: PathBuf,
+        /// Replace the model in a folder that holds one: its weights (every .safetensors and
+        /// index), config and tokenizer files go; other files stay.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -73,8 +78,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Experiment { command } => experiment::run(command),
         Command::Bench { command } => bench::run(command),
         Command::Init(args) => init::run(args),
-        Command::ConvertGguf { input, out_dir } => {
-            let report = crate::io::convert::convert_gguf(&input, &out_dir)?;
+        Command::ConvertGguf {
+            input,
+            out_dir,
+            overwrite,
+        } => {
+            let report = crate::io::convert::convert_gguf_with(&input, &out_dir, overwrite)?;
             println!("{report}");
             Ok(())
         }

@@ -2,10 +2,11 @@
 
 use crate::backend::Device;
 use crate::data::{build_task, Mode, Task};
-use crate::error::Result;
+use crate::error::{Context, Result};
+use crate::model::ModelConfig;
 use crate::train::launch::{spawn_ranks, DataParallel};
 use crate::train::plan::OptimizerPlacement;
-use crate::train::{train, Recipe, TrainOptions};
+use crate::train::{remove_run, train, Recipe, TrainOptions};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -78,20 +79,19 @@ pub struct TrainArgs {
     /// Output folder: epoch-N/ checkpoints (loadable by `generate`) and metrics.jsonl.
     #[arg(long)]
     out: PathBuf,
-    /// Continue from the newest checkpoint in --out.
-    #[arg(long)]
+    /// Continue from the newest checkpoint in --out (the recipe, data and model must be the
+    /// ones it was trained with).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Delete the run already in --out (its epoch-N/ checkpoints and metrics.jsonl; other files
+    /// stay) and start again. Without it (or --resume), a folder that holds a run is refused.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let rank = DataParallel::from_env()?;
-    if let (Some(world), None) = (a.gpus, &rank) {
-        if a.device != Device::Cuda {
-            crate::bail!("--gpus is for --device cuda");
-        }
-        // This process only starts the ranks (copies of this command) and waits for them.
-        return spawn_ranks(world, &a.out);
-    }
+    let is_rank = rank.is_some();
     let opts = TrainOptions {
         model: a.model,
         data: a.data,
@@ -110,6 +110,29 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         resume: a.resume,
         progress: true,
     };
+    // Before anything is deleted or started: a bad number must not cost the old run.
+    opts.validate()?;
+    // Once, in the process the user started (not again in each rank it starts).
+    if a.overwrite && !is_rank {
+        let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
+        opts.recipe
+            .validate_for(&config)
+            .with_context(|| opts.model.display().to_string())?;
+        let removed = remove_run(&opts.out)?;
+        if removed > 0 {
+            eprintln!(
+                "--overwrite: removed the run in {} ({removed} entries)",
+                opts.out.display()
+            );
+        }
+    }
+    if let (Some(world), false) = (a.gpus, is_rank) {
+        if opts.device != Device::Cuda {
+            crate::bail!("--gpus is for --device cuda");
+        }
+        // This process only starts the ranks (copies of this command) and waits for them.
+        return spawn_ranks(world, &opts.out);
+    }
     let summary = train(&opts)?;
     println!(
         "trained {} steps; final loss {:.4}; checkpoints: {}",

@@ -15,6 +15,11 @@
 //! text after `</s>` is tokenized as a fresh segment (Llama's normalizer prepends `▁` to it) and
 //! the prefix lengths used for masking include it. For single-turn rows both routes give the same
 //! ids (tests/data.rs checks this with the real Llama-2 tokenizer).
+//!
+//! Memory: the tokenizer's BPE over one long word costs about 170 bytes per byte of text (a
+//! 50 MB message took 8.46 GB), so a message longer than [`content_cap`] bytes is cut before
+//! tokenizing, far beyond where max_len tokens end: the first max_len ids are those of the
+//! uncut text, and rows shorter than the cap (every real row) are not touched.
 
 use super::jsonl::{Example, Message};
 use crate::bail;
@@ -89,6 +94,38 @@ pub fn eos_text(tok: &Tokenizer) -> Result<String> {
     Ok(text)
 }
 
+/// Bytes of message content past which nothing can reach the first `max_len` tokens: a token
+/// covers at most as many bytes of text as its vocabulary string has (▁ and byte-fallback
+/// `<0xNN>` strings are longer than the bytes they stand for, GPT-2's byte characters as long),
+/// so `max_len` tokens cover at most `max_len × longest` bytes. Four times that leaves room
+/// for normalizers that shrink text (NFKC's ligatures, 3 bytes to 2) and for BPE merges
+/// that reach back across the cut. At 2048 tokens: 393 KB for Llama-2 (longest entry 48
+/// bytes), 8 MiB for OLMo (longest entry 1024 bytes).
+pub fn content_cap(tok: &Tokenizer, max_len: usize) -> usize {
+    let longest = (0..tok.vocab_size() as u32)
+        .filter_map(|id| tok.id_to_token(id))
+        .map(|t| t.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    max_len.saturating_mul(longest).saturating_mul(4)
+}
+
+/// `content` stripped as the chat text strips it, and cut to `cap` bytes when longer. A cut
+/// content ends in "." so that stripping the whole text cannot eat back into it (were it cut in
+/// a run of spaces) and move tokens that lie before the cut.
+fn capped_content(content: &str, cap: usize) -> Cow<'_, str> {
+    let content = py_strip(content);
+    if content.len() <= cap {
+        return Cow::Borrowed(content);
+    }
+    let mut end = cap;
+    while !content.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}.", &content[..end]))
+}
+
 /// Encodes one example. Returns the ids and loss mask (both cut to `max_len` tokens, as HF's
 /// `truncation=True` does) and whether it was truncated.
 pub fn encode_example(
@@ -98,7 +135,7 @@ pub fn encode_example(
     max_len: usize,
 ) -> Result<(EncodedExample, bool)> {
     let eos = eos_text(tok)?;
-    encode_with_eos(tok, &eos, ex, mode, max_len)
+    encode_with_eos(tok, &eos, ex, mode, max_len, content_cap(tok, max_len))
 }
 
 fn encode_with_eos(
@@ -107,6 +144,7 @@ fn encode_with_eos(
     ex: &Example,
     mode: Mode,
     max_len: usize,
+    cap: usize,
 ) -> Result<(EncodedExample, bool)> {
     if max_len == 0 {
         bail!("max_len must be at least 1");
@@ -114,13 +152,15 @@ fn encode_with_eos(
     if ex.messages.is_empty() {
         bail!("messages field is empty");
     }
+    let long = |m: &Message| m.content.len() > cap;
     let messages: Cow<[Message]> = match mode {
-        Mode::Instruction => Cow::Borrowed(&ex.messages),
-        Mode::Response => Cow::Owned(
+        Mode::Instruction if !ex.messages.iter().any(long) => Cow::Borrowed(&ex.messages),
+        _ => Cow::Owned(
             ex.messages
                 .iter()
                 .map(|m| match m.role.as_str() {
-                    "user" => Message::new("user", ""),
+                    "user" if mode == Mode::Response => Message::new("user", ""),
+                    _ if long(m) => Message::new(&m.role, capped_content(&m.content, cap)),
                     _ => m.clone(),
                 })
                 .collect(),
@@ -243,6 +283,7 @@ pub fn encode_dataset(
     max_len: usize,
 ) -> Result<EncodedDataset> {
     let eos = eos_text(tok)?;
+    let cap = content_cap(tok, max_len);
     let mut out = EncodedDataset {
         examples: Vec::with_capacity(examples.len()),
         source_index: Vec::with_capacity(examples.len()),
@@ -255,7 +296,7 @@ pub fn encode_dataset(
         loss_tokens: 0,
     };
     for (i, ex) in examples.iter().enumerate() {
-        let (enc, truncated) = encode_with_eos(tok, &eos, ex, mode, max_len)
+        let (enc, truncated) = encode_with_eos(tok, &eos, ex, mode, max_len, cap)
             .with_context(|| format!("example {i} ({})", ex.id.as_deref().unwrap_or("no id")))?;
         out.truncated += usize::from(truncated);
         let loss = enc.loss_tokens();

@@ -49,18 +49,51 @@ fn id_as_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<S
     })
 }
 
-/// Every example of a `messages` JSONL file; blank lines are skipped, and a malformed line is an
-/// error naming the file and its (1-based) line number.
+/// The longest line [`read_messages_jsonl`] reads: far above any training row (a LIMA row is a
+/// few KB, and no more of a message than `encode::content_cap` is tokenized: 393 KB for
+/// Llama-2 at 2048 tokens), and a bound on what one line costs before it is parsed and cut.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Every example of a `messages` JSONL file; blank lines are skipped, and a malformed line, or
+/// one longer than [`MAX_LINE_BYTES`], is an error naming the file and its (1-based) line
+/// number. The file is read a line at a time.
 pub fn read_messages_jsonl(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    read_messages_jsonl_limited(path, MAX_LINE_BYTES)
+}
+
+fn read_messages_jsonl_limited(path: &Path, max_line: usize) -> Result<Vec<Example>> {
+    use std::io::{BufRead, Read};
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = Vec::new();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    for number in 1.. {
+        line.clear();
+        // At most one byte past the limit: enough to tell a line that is too long.
+        let n = (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("{} line {number}: cannot read", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if line.len() > max_line {
+            bail!(
+                "{} line {number}: longer than {max_line} bytes (not a training row)",
+                path.display()
+            );
+        }
+        let text = std::str::from_utf8(&line)
+            .with_context(|| format!("{} line {number}: not UTF-8", path.display()))?;
+        if text.trim().is_empty() {
             continue;
         }
-        let ex: Example = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        let ex: Example = serde_json::from_str(text)
+            .with_context(|| format!("{} line {number}", path.display()))?;
         out.push(ex);
     }
     Ok(out)
@@ -187,6 +220,25 @@ impl serde_json::ser::Formatter for PythonFormatter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_over_the_limit_is_named_and_one_at_it_is_read() {
+        let dir = std::env::temp_dir().join(format!("implicit-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rows.jsonl");
+        let row = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+        std::fs::write(&path, format!("{row}\n\n{row}x\n")).unwrap();
+        // Line 3 is one byte longer than the row: at the row's length it is refused by name.
+        let err = read_messages_jsonl_limited(&path, row.len())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rows.jsonl line 3: longer than"), "{err}");
+        std::fs::write(&path, format!("{row}\r\n\n{row}")).unwrap();
+        let rows = read_messages_jsonl_limited(&path, row.len() + 1).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].messages[0].content, "hi");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn python_json_matches_json_dumps() {

@@ -30,7 +30,7 @@ use crate::data::{build_task, Mode, Task};
 use crate::error::{Context, Result};
 use crate::eval::write_json_atomic;
 use crate::generate::instructions::{read_instructions, write_model_outputs, Instruction};
-use crate::io::convert::convert_gguf;
+use crate::io::convert::convert_gguf_with;
 use crate::optim::Schedule;
 use crate::train::{train, TrainOptions};
 use inference::{with_device, JudgeHandle, Runtime};
@@ -169,7 +169,8 @@ impl Ctx<'_> {
             json!({"gguf": path.display().to_string(), "sha512": hash}),
             &[&format!("{rel}/config.json")],
             |root| {
-                let report = convert_gguf(path, &root.join(&rel))?;
+                // The store redoes this step when the GGUF changed: the folder is its own.
+                let report = convert_gguf_with(path, &root.join(&rel), true)?;
                 Ok(json!({"summary": report.to_string()}))
             },
         )?;

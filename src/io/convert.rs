@@ -1,6 +1,7 @@
 //! GGUF (llama architecture) to a Hugging Face model directory: model.safetensors (F32),
 //! config.json, tokenizer.json, tokenizer_config.json and generation_config.json.
 
+mod folder;
 mod hf_tokenizer;
 
 use crate::error::{Context, Error, Result};
@@ -349,9 +350,35 @@ fn json_bytes(v: &Value) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Converts the llama-architecture GGUF `input` into a Hugging Face model directory `out_dir`
-/// (created if missing). Everything is checked before anything is written.
+/// Converts the llama-architecture GGUF `input` into a Hugging Face model directory `out_dir`,
+/// which must be missing or empty. Everything is checked before anything is written.
 pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
+    convert_gguf_with(input, out_dir, false)
+}
+
+/// [`convert_gguf`]; with `overwrite`, into a folder that may hold a model already: its model
+/// files ([`folder::is_model_file`]: every safetensors file and index, config, tokenizer and
+/// template files) are removed once the new ones are written and before they are renamed
+/// into place, so that none of the old model is loaded with the new one. Other files stay.
+pub fn convert_gguf_with(input: &Path, out_dir: &Path, overwrite: bool) -> Result<ConvertReport> {
+    if !overwrite {
+        let mut present: Vec<String> = folder::entries(out_dir)?
+            .into_iter()
+            .filter(|n| !folder::is_staging_leftover(n))
+            .collect();
+        present.sort();
+        if let Some(first) = present.first() {
+            crate::bail!(
+                "{}: not empty ({first}{}); use --overwrite to replace the model in it, or \
+                 choose another folder",
+                out_dir.display(),
+                match present.len() {
+                    1 => String::new(),
+                    n => format!(" and {} more", n - 1),
+                }
+            );
+        }
+    }
     let gguf = GgufFile::open(input)?;
     let arch = gguf
         .get_str("general.architecture")?
@@ -439,6 +466,21 @@ pub fn convert_gguf(input: &Path, out_dir: &Path) -> Result<ConvertReport> {
     if let Ok(mode) = mode {
         fs::set_permissions(&weights, mode)
             .with_context(|| format!("{}: cannot set permissions", weights.display()))?;
+    }
+    if overwrite {
+        let staged_names: Vec<&Path> = staged.files.iter().map(|(tmp, _)| tmp.as_path()).collect();
+        for name in folder::entries(out_dir)?
+            .into_iter()
+            .filter(|n| folder::is_model_file(n))
+        {
+            let path = out_dir.join(&name);
+            if staged_names.contains(&path.as_path()) || !path.is_file() {
+                continue;
+            }
+            fs::remove_file(&path).with_context(|| {
+                format!("{}: cannot remove the old model's file", path.display())
+            })?;
+        }
     }
     staged.commit()?;
 

@@ -1,10 +1,13 @@
 //! Training checkpoints: a loadable model folder (model.safetensors, config.json, tokenizer
 //! files) plus the optimizer state and trainer position, written atomically: everything goes
-//! into a temporary folder first, which is renamed into place once complete.
+//! into a temporary folder of a unique name first, each file synced to disk, and the folder is
+//! renamed into place once complete (then its parent synced, so the rename itself survives a
+//! crash).
 
 use crate::bail;
 use crate::error::{Context, Result};
 use crate::train::plan::OptimizerPlacement;
+use crate::train::record::RunRecord;
 use half::bf16;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -28,6 +31,10 @@ pub struct TrainerState {
     /// resuming under another kind converts, see [`placement_change`].
     #[serde(default)]
     pub optimizer_state: OptimizerPlacement,
+    /// The recipe and inputs the run was made with (see `train::record`); None in checkpoints
+    /// that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RunRecord>,
 }
 
 /// What resuming a checkpoint written with optimizer state `saved` under `now` does to the
@@ -62,7 +69,54 @@ pub fn epoch_dir(out: &Path, epoch: usize) -> PathBuf {
     out.join(format!("epoch-{epoch}"))
 }
 
-/// Writes `tensors` as one safetensors file at `path` (through a temporary file and a rename).
+/// A name in the same folder as `path` that no other writer uses: `.{name}.{pid}-{n}.tmp`.
+pub fn unique_temp(path: &Path) -> PathBuf {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+}
+
+/// The folder `path` is in ("." for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Flushes a file's data to disk.
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("{}: cannot sync", path.display()))
+}
+
+/// Flushes a folder's entries (names created or renamed in it) to disk. Folders cannot be
+/// opened for syncing on every platform; there it is a no-op.
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("{}: cannot sync", path.display()))?;
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// The permissions a file created in `dir` gets (0666 less the umask on Unix): measured on a
+/// fresh file, as the umask cannot be read without changing it.
+fn default_file_permissions(dir: &Path) -> Result<std::fs::Permissions> {
+    let probe = unique_temp(&dir.join("mode-probe"));
+    let made = std::fs::File::create(&probe).and_then(|f| f.metadata());
+    let _ = std::fs::remove_file(&probe);
+    Ok(made
+        .with_context(|| format!("{}: cannot create a file", dir.display()))?
+        .permissions())
+}
+
+/// Writes `tensors` as one safetensors file at `path` (through a temporary file, synced, and a
+/// rename). safetensors writes through a private (0600) temporary file of its own: the file
+/// gets the mode any other file created there gets.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, ParamValues)]) -> Result<()> {
     let views = tensors
         .iter()
@@ -76,11 +130,20 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, ParamValue
                 .with_context(|| format!("{}: tensor {name}", path.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, None, &tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))
+    let tmp = unique_temp(path);
+    let written = (|| {
+        safetensors::serialize_to_file(views, None, &tmp)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::set_permissions(&tmp, default_file_permissions(parent_of(path))?)
+            .with_context(|| format!("{}: cannot set permissions", tmp.display()))?;
+        sync_file(&tmp)?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot rename into place", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Writes a checkpoint's tensors into `dir`: the parameters (`params` in `layout` order, in
@@ -97,6 +160,20 @@ pub fn write_checkpoint_tensors<'a>(
         .zip(params)
         .map(|((name, shape), values)| (name.clone(), shape.clone(), values))
         .collect();
+    // The last guard before a checkpoint: one that holds NaN or ±inf weights is never written,
+    // whatever step produced them (the run fails, earlier checkpoints stay).
+    for (name, _, values) in &tensors {
+        let first_bad = match values {
+            ParamValues::F32(v) => v.iter().position(|x| !x.is_finite()),
+            ParamValues::BF16(v) => v.iter().position(|x| !x.is_finite()),
+        };
+        if let Some(i) = first_bad {
+            bail!(
+                "{}: parameter {name} is not finite (element {i}); the checkpoint is not written",
+                dir.display()
+            );
+        }
+    }
     write_safetensors(&dir.join("model.safetensors"), &tensors)?;
     let state: Vec<(String, Vec<usize>, ParamValues)> = state
         .into_iter()
@@ -129,7 +206,8 @@ pub fn read_f32_tensors(path: &Path) -> Result<HashMap<String, Vec<f32>>> {
     Ok(out)
 }
 
-/// Copies the files that make a checkpoint loadable (config, tokenizer) from the source model.
+/// Copies the files that make a checkpoint loadable (config, tokenizer) from the source model,
+/// synced; as new files (not `fs::copy`, which would carry a read-only source's mode over).
 pub fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
     for name in [
         "config.json",
@@ -139,15 +217,29 @@ pub fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
     ] {
         let src = from.join(name);
         if src.is_file() {
-            std::fs::copy(&src, to.join(name))
-                .with_context(|| format!("cannot copy {} to {}", src.display(), to.display()))?;
+            let bytes =
+                std::fs::read(&src).with_context(|| format!("{}: cannot read", src.display()))?;
+            write_synced(&to.join(name), &bytes)?;
         }
     }
     Ok(())
 }
 
-/// Makes `tmp` the checkpoint folder `dir`, replacing an older one of the same name.
+/// Writes a new file and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    std::fs::File::create(path)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Makes `tmp` the checkpoint folder `dir`, replacing an older one of the same name: `tmp`'s
+/// entries are synced before the rename, and the parent after it.
 pub fn commit_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    sync_dir(tmp)?;
     if dir.exists() {
         let old = dir.with_extension("old");
         let _ = std::fs::remove_dir_all(&old);
@@ -160,13 +252,13 @@ pub fn commit_dir(tmp: &Path, dir: &Path) -> Result<()> {
         std::fs::rename(tmp, dir)
             .with_context(|| format!("{}: cannot rename into place", dir.display()))?;
     }
-    Ok(())
+    sync_dir(parent_of(dir))
 }
 
 pub fn write_state(dir: &Path, state: &TrainerState) -> Result<()> {
     let path = dir.join("trainer_state.json");
     let text = serde_json::to_string_pretty(state).context("trainer state")?;
-    std::fs::write(&path, text).with_context(|| format!("{}: cannot write", path.display()))
+    write_synced(&path, text.as_bytes())
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
@@ -210,13 +302,85 @@ mod tests {
             seed: 7,
             examples: 40,
             optimizer_state: Bf16,
+            record: Some(
+                [("lr", "0.001"), ("data", "3 bytes, sha256 ab")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
+            ),
         };
         write_state(&dir, &state).unwrap();
         assert_eq!(read_state(&dir).unwrap(), state);
         // Written before the field existed.
         let older = r#"{"epoch": 1, "step": 5, "total_steps": 20, "seed": 7, "examples": 40}"#;
         std::fs::write(dir.join("trainer_state.json"), older).unwrap();
-        assert_eq!(read_state(&dir).unwrap().optimizer_state, Device);
+        let older = read_state(&dir).unwrap();
+        assert_eq!((older.optimizer_state, older.record), (Device, None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_non_finite_weight_is_not_written() {
+        let dir = std::env::temp_dir().join(format!("implicit-nan-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let layout = vec![("a".to_string(), vec![2]), ("b".to_string(), vec![3])];
+        let good = [1.0f32, 2.0];
+        let bad = [bf16::ONE, bf16::NAN, bf16::INFINITY];
+        let err = write_checkpoint_tensors(
+            &dir,
+            &layout,
+            [ParamValues::F32(&good), ParamValues::BF16(&bad)],
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("parameter b is not finite (element 1)"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "files written: {left:?}");
+        let bad = [1.0f32, f32::NEG_INFINITY];
+        let err = write_checkpoint_tensors(&dir, &layout[..1], [ParamValues::F32(&bad)], [])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parameter a is not finite (element 1)"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn weights_get_the_mode_other_new_files_get_and_no_temporary_is_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("implicit-mode-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let layout = vec![("a".to_string(), vec![2])];
+        let values = [1.0f32, 2.0];
+        let state = [1.0f32; 2];
+        let name = "m".to_string();
+        write_checkpoint_tensors(
+            &dir,
+            &layout,
+            [ParamValues::F32(&values)],
+            [(&name, &state[..])],
+        )
+        .unwrap();
+        std::fs::write(dir.join("plain"), b"x").unwrap();
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        // safetensors alone leaves 0600; a file written the ordinary way gets 0666 & !umask.
+        assert_eq!(mode("model.safetensors"), mode("plain"));
+        assert_eq!(mode("optimizer.safetensors"), mode("plain"));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["model.safetensors", "optimizer.safetensors", "plain"]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

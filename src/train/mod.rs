@@ -3,6 +3,14 @@
 //! per-epoch checkpoints, resume, progress and a metrics JSONL log. This file is the loop every
 //! device shares; the engines behind its [`Engine`] trait are `cpu.rs` and (feature `cuda`)
 //! `cuda/`.
+//!
+//! What a run refuses (issue 15): numbers out of range ([`TrainOptions::validate`],
+//! [`Recipe::validate`]); a fresh start in a folder that holds a run (`run_folder.rs`); a
+//! resume whose recipe or inputs differ from the checkpoint's (`record.rs`); a non-finite
+//! gradient norm or loss (the run stops; the last checkpoint stays the last good one); a
+//! checkpoint with a non-finite weight (`checkpoint.rs`). A loss that grows while finite
+//! (lr 1e6 on stories260k: 1.9e13 by step 2) is not stopped: no fixed bound tells a diverged
+//! run from a batch of rare targets, and metrics.jsonl shows it.
 
 pub mod checkpoint;
 mod cpu;
@@ -10,8 +18,12 @@ pub mod cuda;
 pub mod launch;
 pub mod plan;
 mod recipe;
+pub mod record;
+mod run_folder;
 
 pub use recipe::Recipe;
+pub use run_folder::remove_run;
+use run_folder::{refuse_existing_run, remove_stale_temporaries};
 
 use crate::backend::Device;
 use crate::bail;
@@ -24,6 +36,7 @@ use crate::model::ModelConfig;
 use crate::optim::{learning_rate, AdamWConfig};
 use crate::train::plan::OptimizerPlacement;
 use checkpoint::TrainerState;
+use record::RunRecord;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,6 +79,28 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Print a progress line to stderr each step.
     pub progress: bool,
+}
+
+impl TrainOptions {
+    /// Checks every number of the run: the recipe's fields ([`Recipe::validate`]), and the
+    /// epochs, learning rate and example limit.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1 (got 0)");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be finite and above 0 (got {})", self.lr);
+        }
+        if self.max_examples == Some(0) {
+            bail!("--max-examples must be at least 1 (got 0)");
+        }
+        self.recipe.validate()
+    }
+
+    /// Whether this process writes the run's files (not a data-parallel rank other than 0).
+    fn is_writer(&self) -> bool {
+        self.data_parallel.as_ref().is_none_or(|dp| dp.rank == 0)
+    }
 }
 
 /// A permutation of 0..n drawn from (seed, epoch): the data order of that epoch, the same
@@ -128,6 +163,8 @@ struct Plan {
     step: usize,
     /// Where the parameters come from: the model, or the checkpoint being resumed.
     source: PathBuf,
+    /// What the run is made of, saved with each checkpoint (the writer's only).
+    record: Option<RunRecord>,
 }
 
 /// The parameters and optimizer of a run between steps, on the device that trains.
@@ -181,11 +218,18 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
 
 /// Reads and encodes the data, and finds the checkpoint to resume from.
 fn prepare(opts: &TrainOptions) -> Result<Plan> {
-    if opts.epochs == 0 || opts.recipe.batch_size == 0 || opts.recipe.micro_batch == 0 {
-        bail!("--epochs, --batch-size and --micro-batch must be positive");
-    }
+    opts.validate()?;
     let config = ModelConfig::from_file(&opts.model.join("config.json"))?;
     let mut examples = read_messages_jsonl(&opts.data)?;
+    opts.recipe
+        .validate_for(&config)
+        .with_context(|| opts.model.display().to_string())?;
+    if opts.is_writer() {
+        if !opts.resume {
+            refuse_existing_run(&opts.out)?;
+        }
+        remove_stale_temporaries(&opts.out)?;
+    }
     let tok = Tokenizer::load(&opts.model, &config)?;
     if let Some(n) = opts.max_examples {
         examples.truncate(n);
@@ -205,10 +249,16 @@ fn prepare(opts: &TrainOptions) -> Result<Plan> {
         .with_context(|| format!("{}: cannot create", opts.out.display()))?;
 
     // Start from the model, or from the newest checkpoint when resuming.
+    let record = if opts.is_writer() {
+        Some(record::run_record(opts)?)
+    } else {
+        None
+    };
     let (start_epoch, source, step) = match (opts.resume, checkpoint::latest_checkpoint(&opts.out))
     {
         (true, Some((epoch, dir))) => {
             let state = checkpoint::read_state(&dir)?;
+            record::check_same_run(&dir, &state, record.as_ref())?;
             if state.seed != opts.seed || state.examples != n || state.total_steps != total_steps {
                 bail!(
                     "{}: checkpoint was made with seed {}, {} examples, {} steps; this run has seed {}, {n}, {total_steps}",
@@ -241,6 +291,7 @@ fn prepare(opts: &TrainOptions) -> Result<Plan> {
         start_epoch,
         step,
         source,
+        record,
     })
 }
 
@@ -253,6 +304,7 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
         start_epoch,
         mut step,
         source,
+        record,
         ..
     } = plan;
     let n = examples.len();
@@ -312,7 +364,18 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
             let scale = 1.0 / batch.len() as f64;
             let (loss, grad_norm) = engine
                 .step(&micro_batches, scale, lr, opts.recipe.max_grad_norm)
-                .with_context(|| format!("step {}", step + 1))?;
+                .with_context(|| format!("epoch {} step {}", epoch + 1, step + 1))?;
+            // The run stops here, before this epoch's checkpoint: the last one written stays
+            // the last good one.
+            if !loss.is_finite() {
+                bail!(
+                    "epoch {} step {}: the loss is {loss}; stopping (the last checkpoint in {} \
+                     is the last good one; try a lower --lr)",
+                    epoch + 1,
+                    step + 1,
+                    opts.out.display()
+                );
+            }
             step += 1;
             steps_this_run += 1;
             tokens_done += tokens;
@@ -355,6 +418,7 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
             seed: opts.seed,
             examples: n,
             optimizer_state: opts.optimizer_state,
+            record: record.clone(),
         };
         if writer {
             let dir = save_checkpoint(opts, &layout, engine, &state)?;
@@ -395,14 +459,19 @@ fn save_checkpoint(
     state: &TrainerState,
 ) -> Result<PathBuf> {
     let dir = checkpoint::epoch_dir(&opts.out, state.epoch);
-    let tmp = opts.out.join(format!(".epoch-{}.tmp", state.epoch));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    engine.write_tensors(Some(&tmp), layout)?;
-    checkpoint::copy_model_files(&opts.model, &tmp)?;
-    checkpoint::write_state(&tmp, state)?;
-    checkpoint::commit_dir(&tmp, &dir)?;
-    Ok(dir)
+    // A unique name: nothing else's temporary folder is removed or written into.
+    let tmp = checkpoint::unique_temp(&dir);
+    std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    let saved = (|| {
+        engine.write_tensors(Some(&tmp), layout)?;
+        checkpoint::copy_model_files(&opts.model, &tmp)?;
+        checkpoint::write_state(&tmp, state)?;
+        checkpoint::commit_dir(&tmp, &dir)
+    })();
+    if saved.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    saved.map(|()| dir)
 }
 
 /// Keeps the metrics of steps up to `step` (a resumed run rewrites the ones after).

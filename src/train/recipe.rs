@@ -2,10 +2,14 @@
 //! schedule, clipping, the length, the precision), its values the default. `implicit train`
 //! takes it as flags and an experiment config as its `[train]` table, both defaulting to
 //! [`Recipe::PAPER`]; the learning rate (one per model) and the epochs (swept) are given per run
-//! in [`super::TrainOptions`].
+//! in [`super::TrainOptions`]. [`Recipe::validate`] is the one check of every field, which the
+//! CLI, an experiment config and the trainer all go through.
 
 use super::Precision;
+use crate::bail;
 use crate::data::DEFAULT_MAX_LEN;
+use crate::error::Result;
+use crate::model::ModelConfig;
 use crate::optim::Schedule;
 use crate::toml_file::value_enum;
 
@@ -53,6 +57,57 @@ impl Recipe {
         max_len: DEFAULT_MAX_LEN,
         precision: Precision::Bf16,
     };
+}
+
+impl Recipe {
+    /// Checks every field: sizes at least what can run, fractions and thresholds finite and in
+    /// range. The error names the field (as its flag) and the value.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1 (got 0)");
+        }
+        if self.micro_batch == 0 {
+            bail!("--micro-batch must be at least 1 (got 0)");
+        }
+        // A fraction of the steps: 1 warms up over every step (the peak is reached at the end).
+        if !(0.0..=1.0).contains(&self.warmup) {
+            bail!(
+                "--warmup is the fraction of steps spent warming up: it must be in [0, 1] (got {})",
+                self.warmup
+            );
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "--weight-decay must be finite and at least 0 (got {})",
+                self.weight_decay
+            );
+        }
+        // Clipping to 0 (or less) would zero every gradient; there is no "off" value.
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
+            bail!(
+                "--max-grad-norm must be finite and above 0 (got {})",
+                self.max_grad_norm
+            );
+        }
+        // One token predicts nothing: the loss needs an input and a target.
+        if self.max_len < 2 {
+            bail!("--max-len must be at least 2 tokens (got {})", self.max_len);
+        }
+        Ok(())
+    }
+
+    /// [`Recipe::validate`], and the length against the model's context.
+    pub fn validate_for(&self, model: &ModelConfig) -> Result<()> {
+        self.validate()?;
+        if self.max_len > model.max_position_embeddings {
+            bail!(
+                "--max-len {} is above the model's context of {} tokens (max_position_embeddings)",
+                self.max_len,
+                model.max_position_embeddings
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for Recipe {

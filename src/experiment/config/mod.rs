@@ -259,19 +259,21 @@ fn read_train(doc: &Spanned<DeTable<'_>>, text: &str) -> Result<TrainSpec> {
         .clone()
         .into_iter()
         .partition(|(key, _)| TRAIN_SPEC_KEYS.contains(&key.get_ref().as_ref()));
+    let line = toml_file::line_of(text, span.start);
     let mut spec: TrainSpec =
         toml_file::read(Spanned::new(span.clone(), own), text, &["train"], &[]).map_err(fault)?;
-    let mut recipe: Recipe = toml_file::read(
+    let recipe: Recipe = toml_file::read(
         Spanned::new(span, recipe),
         text,
         &["train"],
         &TRAIN_SPEC_KEYS,
     )
     .map_err(fault)?;
-    // As before the recipe was shared: sizes that cannot run are raised to the smallest that can.
-    recipe.batch_size = recipe.batch_size.max(1);
-    recipe.micro_batch = recipe.micro_batch.max(1);
-    recipe.max_len = recipe.max_len.max(2);
+    // The check `implicit train` makes of its flags (named as flags: key batch_size is
+    // --batch-size).
+    recipe
+        .validate()
+        .map_err(|e| at(line, format_args!("[train]: {e}")))?;
     spec.recipe = recipe;
     Ok(spec)
 }

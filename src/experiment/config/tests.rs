@@ -211,3 +211,39 @@ fn optimizer_state_choices() {
         "{e}"
     );
 }
+
+#[test]
+fn train_values_go_through_the_recipes_check() {
+    // Sizes of 0 used to be raised to 1 silently, and a clipping threshold of 0 or a warmup
+    // above 1 was taken as it was.
+    for (table, message) in [
+        (
+            "max_grad_norm = 0.0",
+            "--max-grad-norm must be finite and above 0 (got 0)",
+        ),
+        (
+            "warmup = 2.0",
+            "--warmup is the fraction of steps spent warming up: it must be in [0, 1] (got 2)",
+        ),
+        (
+            "weight_decay = -0.5",
+            "--weight-decay must be finite and at least 0 (got -0.5)",
+        ),
+        ("batch_size = 0", "--batch-size must be at least 1 (got 0)"),
+        (
+            "micro_batch = 0",
+            "--micro-batch must be at least 1 (got 0)",
+        ),
+        ("max_len = 1", "--max-len must be at least 2 tokens (got 1)"),
+    ] {
+        let e = with_table(&format!("[train]\n{table}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, format!("line 6: [train]: {message}"), "{table}");
+    }
+    let fine = with_table("[train]\nwarmup = 1.0\nmax_len = 2").unwrap();
+    assert_eq!(
+        (fine.train.recipe.warmup, fine.train.recipe.max_len),
+        (1.0, 2)
+    );
+}
