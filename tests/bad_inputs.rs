@@ -438,6 +438,8 @@ fn closed_pipes_neither_panic_nor_stop_generate_and_train() {
         "1e-3",
         "--max-examples",
         "4",
+        "--max-len",
+        "256",
         "--out",
         out.to_str().unwrap(),
     ];

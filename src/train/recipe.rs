@@ -101,8 +101,10 @@ impl Recipe {
         self.validate()?;
         if self.max_len > model.max_position_embeddings {
             bail!(
-                "--max-len {} is above the model's context of {} tokens (max_position_embeddings)",
+                "--max-len {} is above the model's context of {} tokens (max_position_embeddings); \
+                 give --max-len {} or less",
                 self.max_len,
+                model.max_position_embeddings,
                 model.max_position_embeddings
             );
         }
