@@ -52,14 +52,34 @@ fn fails_bench(extra: &[&str]) -> String {
 
 #[test]
 fn bad_arguments() {
-    let e = fails_bench(&["--batch-sizes", "1,0"]);
-    assert!(e.contains("--batch-sizes 0: each must be 1 to 1024"), "{e}");
+    // Sizes of 0 stop at parsing (cli::numbers), with clap's usage error and exit code 2.
+    for (flag, value) in [
+        ("--batch-sizes", "1,0"),
+        ("--prompt-len", "0"),
+        ("--new-tokens", "0"),
+    ] {
+        let args = bench(&[flag, value]);
+        let out = Command::new(env!("CARGO_BIN_EXE_implicit"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '0' for '{flag}"))
+                && stderr.contains("must be at least 1"),
+            "{stderr}"
+        );
+    }
+    let e = fails_bench(&["--batch-sizes", "1,2000"]);
+    assert!(
+        e.contains("--batch-sizes 2000: each must be 1 to 1024"),
+        "{e}"
+    );
     let e = fails_bench(&["--batch-sizes", "8,8"]);
     assert!(e.contains("8 is given twice"), "{e}");
     let e = fails_bench(&["--new-tokens", "1"]);
     assert!(e.contains("--new-tokens 1: must be at least 2"), "{e}");
-    let e = fails_bench(&["--prompt-len", "0"]);
-    assert!(e.contains("--prompt-len"), "{e}");
     let e = fails_bench(&["--torch", "/nonexistent/torch.json"]);
     assert!(
         e.contains("--torch /nonexistent/torch.json: cannot read"),
