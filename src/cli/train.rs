@@ -5,7 +5,7 @@ use crate::data::{build_task, Mode, Task};
 use crate::error::{Context, Result};
 use crate::model::ModelConfig;
 use crate::train::launch::{spawn_ranks, DataParallel};
-use crate::train::plan::OptimizerPlacement;
+use crate::train::plan::{CheckpointingChoice, OptimizerPlacement};
 use crate::train::{remove_run, train, Recipe, TrainOptions};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -59,10 +59,13 @@ pub struct TrainArgs {
     /// cuda` and a GPU of compute capability 8.0 or newer; bf16 precision).
     #[arg(long, value_enum, default_value_t = Device::default())]
     device: Device,
-    /// (cuda) Activation checkpointing: keep each layer's input only and recompute the layer in
-    /// the backward (one more forward, far less memory).
-    #[arg(long)]
-    checkpointing: bool,
+    /// (cuda) Activation checkpointing: `auto` (the default) keeps the activations of as many
+    /// layers (the last ones) as the GPU's memory left after the model's state holds and
+    /// recomputes the others in the backward; `on` (also the bare flag) recomputes every
+    /// layer (one more forward, far less memory), `off` none.
+    #[arg(long, value_enum, num_args = 0..=1, default_value_t = CheckpointingChoice::Auto,
+          default_missing_value = "on")]
+    checkpointing: CheckpointingChoice,
     /// (cuda) Where the fp32 master weights and AdamW moments live: on the GPU (18 bytes per
     /// parameter there), or in page-locked host memory (6 on the GPU; Llama-2-7B on 80 GB); or
     /// bf16: no master, bf16 moments on the GPU, stochastic rounding (10 bytes per parameter;

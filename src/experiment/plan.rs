@@ -20,7 +20,7 @@ use crate::error::{Context, Result};
 use crate::generate::instructions::read_instructions;
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
 use crate::model::ModelConfig;
-use crate::train::plan::MemoryPlan;
+use crate::train::plan::{CheckpointingChoice, MemoryPlan};
 use std::path::Path;
 
 /// Throughputs to turn counts into hours (tokens per second on one GPU).
@@ -243,7 +243,9 @@ pub fn plan(
                 &config,
                 cfg.train.recipe.max_len,
                 cfg.train.recipe.micro_batch,
-                cfg.train.checkpointing,
+                // `auto` depends on the free memory at run time; the plan shows the smallest
+                // plan it can fall back to, full checkpointing.
+                cfg.train.checkpointing != CheckpointingChoice::Off,
                 cfg.train.optimizer_state,
             )
         });

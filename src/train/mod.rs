@@ -34,7 +34,7 @@ use crate::io::tokenizer::Tokenizer;
 use crate::model::train::{parameter_layout, TrainSequence};
 use crate::model::ModelConfig;
 use crate::optim::{learning_rate, AdamWConfig};
-use crate::train::plan::OptimizerPlacement;
+use crate::train::plan::{CheckpointingChoice, OptimizerPlacement};
 use checkpoint::TrainerState;
 use record::RunRecord;
 use std::collections::HashMap;
@@ -67,8 +67,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Where the forward, backward and optimizer run (cuda: bf16 precision only).
     pub device: Device,
-    /// (cuda) Keep only each layer's input from the forward; recompute the rest.
-    pub checkpointing: bool,
+    /// (cuda) Activation checkpointing: auto (the plan's choice for the free memory), on or off.
+    pub checkpointing: CheckpointingChoice,
     /// (cuda) Where the fp32 master weights and moments live (or bf16 moments and no master).
     pub optimizer_state: OptimizerPlacement,
     /// (cuda) Print the memory plan, and the measured peak after the first step.
@@ -198,12 +198,12 @@ trait Engine {
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     match opts.device {
         Device::Cpu => {
-            if opts.checkpointing
+            if opts.checkpointing == CheckpointingChoice::On
                 || opts.optimizer_state != OptimizerPlacement::Device
                 || opts.data_parallel.is_some()
             {
                 bail!(
-                    "--checkpointing, --optimizer-state host|bf16 and --gpus are for --device cuda \
+                    "--checkpointing on, --optimizer-state host|bf16 and --gpus are for --device cuda \
                      (the CPU trainer keeps every activation and its fp32 optimizer state in host \
                      memory)"
                 );

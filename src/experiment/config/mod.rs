@@ -29,7 +29,7 @@ use crate::bail;
 use crate::data::Task;
 use crate::error::{Context, Result};
 use crate::toml_file::{self, line_of, value_enum, DeTable, Fault, Spanned};
-use crate::train::plan::OptimizerPlacement;
+use crate::train::plan::{CheckpointingChoice, OptimizerPlacement};
 use crate::train::Recipe;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -73,11 +73,38 @@ pub struct TrainSpec {
     /// Where training runs (`device = "cpu" | "cuda"`).
     #[serde(deserialize_with = "value_enum")]
     pub device: Device,
-    /// (cuda) `checkpointing = true`: activation checkpointing.
-    pub checkpointing: bool,
+    /// (cuda) `checkpointing = "auto" | "on" | "off"` (or `true` / `false` for on / off).
+    #[serde(deserialize_with = "checkpointing_choice")]
+    pub checkpointing: CheckpointingChoice,
     /// (cuda) `optimizer_state = "device" | "host" | "bf16"`.
     #[serde(deserialize_with = "value_enum")]
     pub optimizer_state: OptimizerPlacement,
+}
+
+/// `checkpointing`: a choice by name, or a boolean as configs before `auto` wrote it.
+fn checkpointing_choice<'de, D>(d: D) -> std::result::Result<CheckpointingChoice, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Flag(bool),
+        Name(String),
+    }
+    match Form::deserialize(d)? {
+        Form::Flag(on) => Ok(if on {
+            CheckpointingChoice::On
+        } else {
+            CheckpointingChoice::Off
+        }),
+        Form::Name(name) => <CheckpointingChoice as clap::ValueEnum>::from_str(&name, false)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "checkpointing {name:?}: \"auto\", \"on\", \"off\", true or false"
+                ))
+            }),
+    }
 }
 
 /// The keys of `[train]` that [`TrainSpec`] reads itself; the others are the recipe's.

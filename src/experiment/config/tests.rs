@@ -104,7 +104,7 @@ fn train_defaults_to_the_papers_recipe() {
     let paper = TrainSpec {
         recipe: Recipe::PAPER,
         device: Device::Cpu,
-        checkpointing: false,
+        checkpointing: CheckpointingChoice::Auto,
         optimizer_state: OptimizerPlacement::Device,
     };
     assert_eq!(ExperimentConfig::parse(SMALL).unwrap().train, paper);
@@ -132,7 +132,7 @@ fn every_train_key_is_read() {
             precision: crate::train::Precision::F32,
         },
         device: Device::Cuda,
-        checkpointing: true,
+        checkpointing: CheckpointingChoice::On,
         optimizer_state: OptimizerPlacement::Host,
     };
     assert_eq!(c.train, want);

@@ -38,11 +38,30 @@ pub(in crate::train) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
     };
     let plan = prepare(opts)?;
     let t0 = Instant::now();
-    let memory_plan = MemoryPlan::new(
+    let setup = TrainerSetup {
+        adamw: adamw_config(opts),
+        placement: opts.optimizer_state,
+        parallel,
+        // The run's seed also seeds the stochastic rounding of bf16 optimizer state.
+        seed: opts.seed,
+    };
+    let mut trainer = CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, setup)?;
+    // `auto` is resolved now that the parameters, gradients and optimizer state take their
+    // memory: the plan's activations for the longest example must fit what is left.
+    let longest = plan.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let free = gpu.memory_use()?.free_bytes;
+    trainer.checkpointing = opts.checkpointing.resolve(
         &plan.config,
-        plan.examples.iter().map(|e| e.ids.len()).max().unwrap_or(0),
+        longest,
         opts.recipe.micro_batch,
-        opts.checkpointing,
+        opts.optimizer_state,
+        free,
+    );
+    let memory_plan = MemoryPlan::with_checkpointing(
+        &plan.config,
+        longest,
+        opts.recipe.micro_batch,
+        trainer.checkpointing,
         opts.optimizer_state,
     );
     if opts.memory_report {
@@ -52,15 +71,6 @@ pub(in crate::train) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
             memory_plan.describe(None, Some(device))
         );
     }
-    let setup = TrainerSetup {
-        adamw: adamw_config(opts),
-        placement: opts.optimizer_state,
-        parallel,
-        // The run's seed also seeds the stochastic rounding of bf16 optimizer state.
-        seed: opts.seed,
-    };
-    let mut trainer = CudaTrainer::from_dir(&gpu, plan.config.clone(), &plan.source, setup)?;
-    trainer.checkpointing = Checkpointing::from_flag(opts.checkpointing);
     eprintln!(
         "loaded {} ({} parameters) onto {} in {:.2}s",
         plan.source.display(),
