@@ -36,7 +36,7 @@ use implicit::model::train::{load_parameter_values, parameter_layout, TrainModel
 use implicit::model::{ModelConfig, Transformer};
 use implicit::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamMut, ParamRef, Schedule};
 use implicit::train::cuda::{CudaTrainer, TrainerSetup};
-use implicit::train::plan::{Checkpointing, MemoryPlan, OptimizerPlacement};
+use implicit::train::plan::{Checkpointing, CheckpointingChoice, MemoryPlan, OptimizerPlacement};
 use implicit::train::{train, Precision, Recipe, TrainOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -933,7 +933,7 @@ fn train_options(model: &Path, data: &Path, out: PathBuf, device: Device) -> Tra
         max_examples: Some(32),
         seed: 7,
         device,
-        checkpointing: false,
+        checkpointing: CheckpointingChoice::Off,
         optimizer_state: OptimizerPlacement::Device,
         memory_report: false,
         data_parallel: None,
@@ -990,10 +990,19 @@ fn train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device() {
     let lean_out = root.join("gpu-lean");
     let mut lean = train_options(&model, &data, lean_out.clone(), Device::Cuda);
     (lean.checkpointing, lean.optimizer_state, lean.memory_report) =
-        (true, OptimizerPlacement::Host, true);
+        (CheckpointingChoice::On, OptimizerPlacement::Host, true);
     train(&lean).unwrap();
     for (l, g) in losses(&lean_out).iter().zip(&gpu_losses) {
         assert!((l - g).abs() / g < 1e-3, "lean {l} vs {g}");
+    }
+    // `--checkpointing auto`, the default, resolved on the GPU's free memory (every layer kept
+    // at this size): the same losses.
+    let auto_out = root.join("gpu-auto");
+    let mut auto = train_options(&model, &data, auto_out.clone(), Device::Cuda);
+    auto.checkpointing = CheckpointingChoice::Auto;
+    train(&auto).unwrap();
+    for (l, g) in losses(&auto_out).iter().zip(&gpu_losses) {
+        assert!((l - g).abs() / g < 1e-3, "auto {l} vs {g}");
     }
     // bf16 optimizer state (no fp32 master, stochastic rounding) changes the arithmetic a
     // little: the losses track the fp32-master run (a CPU simulation of this run on random
@@ -1001,7 +1010,8 @@ fn train_on_the_gpu_follows_the_cpu_and_resumes_on_either_device() {
     // checkpoint resumes on the CPU's fp32-master optimizer.
     let bf16_out = root.join("gpu-bf16-state");
     let mut bf16_state = train_options(&model, &data, bf16_out.clone(), Device::Cuda);
-    (bf16_state.checkpointing, bf16_state.optimizer_state) = (true, OptimizerPlacement::Bf16);
+    (bf16_state.checkpointing, bf16_state.optimizer_state) =
+        (CheckpointingChoice::On, OptimizerPlacement::Bf16);
     train(&bf16_state).unwrap();
     let bf16_losses = losses(&bf16_out);
     eprintln!("bf16 state losses {bf16_losses:?}");

@@ -11,7 +11,7 @@ use implicit::generate::{generate, GenerateOptions, Sampler};
 use implicit::io::convert::convert_gguf;
 use implicit::model::Transformer;
 use implicit::optim::Schedule;
-use implicit::train::plan::OptimizerPlacement;
+use implicit::train::plan::{CheckpointingChoice, OptimizerPlacement};
 use implicit::train::{train, Precision, Recipe, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,7 +46,7 @@ fn options(model: &Path, data: &Path, out: PathBuf) -> TrainOptions {
         max_examples: Some(32),
         seed: 7,
         device: Device::Cpu,
-        checkpointing: false,
+        checkpointing: CheckpointingChoice::Off,
         optimizer_state: OptimizerPlacement::Device,
         memory_report: false,
         data_parallel: None,

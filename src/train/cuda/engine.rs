@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::io::atomic::write_atomic;
 use crate::model::train::TrainSequence;
 use crate::train::launch::DataParallel;
-use crate::train::plan::{Checkpointing, MemoryPlan};
+use crate::train::plan::MemoryPlan;
 use crate::train::{
     adamw_config, check_grad_norm, prepare, run, Engine, Precision, TrainOptions, TrainSummary,
 };
