@@ -295,11 +295,20 @@ def best_of(args, variants):
                           "warmup_seconds": (doc or {}).get("warmup_seconds"),
                           "error": error, "wall_seconds": wall})
             docs.append(doc if error is None else None)
-    ran = [(d["tokens_per_s"], i) for i, d in enumerate(docs) if d and d.get("tokens_per_s")]
+            # Written after every variant, so that a caller's time limit keeps what ran.
+            rc = write_best(args, variants, tried, docs)
     print("bench_train_torch: variants (best first)")
     for t in sorted(tried, key=lambda t: -(t["tokens_per_s"] or 0)):
         speed = f"{t['tokens_per_s']:.0f} tokens/s" if t["tokens_per_s"] else "-"
         print(f"  {t['flags'] or '(no extra flags)':<32} {speed:>16}  {t['error'] or 'ok'}")
+    if args.json:
+        print(f"bench_train_torch: wrote {args.json}")
+    return rc
+
+
+def write_best(args, variants, tried, docs):
+    """The JSON of the fastest variant so far (every variant tried listed); the exit code."""
+    ran = [(d["tokens_per_s"], i) for i, d in enumerate(docs) if d and d.get("tokens_per_s")]
     if ran:
         best = docs[max(ran)[1]]
         rc = 0
@@ -313,10 +322,9 @@ def best_of(args, variants):
         rc = EXIT_OOM if all_oom else 1
     best["command"] = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
     best["best_of"] = variants
-    best["variants"] = tried
+    best["variants"] = list(tried)
     if args.json:
         write_json(args.json, best)
-        print(f"bench_train_torch: wrote {args.json}")
     return rc
 
 
