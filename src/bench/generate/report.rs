@@ -170,50 +170,64 @@ pub fn render(r: &Report) -> String {
         ));
     }
     if let Some(t) = torch {
-        line(format!(
-            "vs transformers generate (torch {}, transformers {}, {}): implicit / torch",
-            t.torch.as_deref().unwrap_or("?"),
-            t.transformers.as_deref().unwrap_or("?"),
-            t.device.as_deref().unwrap_or("?")
-        ));
-        line(format!(
-            "{:>5} {:>15} {:>12} {:>8} {:>16} {:>13} {:>8} {:>15}",
-            "batch",
-            "decode implicit",
-            "torch",
-            "ratio",
-            "prefill implicit",
-            "torch",
-            "ratio",
-            "same 1st tokens"
-        ));
-        for b in &r.results {
-            let Some(tb) = &b.torch else {
-                line(format!(
-                    "{:>5} (no torch figures for this batch size)",
-                    b.batch
-                ));
-                continue;
-            };
-            if let Some(e) = &tb.error {
-                line(format!("{:>5} torch error: {e}", b.batch));
+        let recipes: [(&str, TorchColumns); 2] = [
+            ("generate", |b| (b.torch.as_ref(), b.vs_torch.as_ref())),
+            ("generate with a static cache and torch.compile", |b| {
+                (
+                    b.torch_static_compile.as_ref(),
+                    b.vs_torch_static_compile.as_ref(),
+                )
+            }),
+        ];
+        for (k, (recipe, pick)) in recipes.into_iter().enumerate() {
+            // Older files and `--recipes plain` have no rows of the fast recipe.
+            if k == 1 && t.results_static_compile.is_empty() {
                 continue;
             }
-            let vs = b.vs_torch.as_ref();
+            line(format!(
+                "vs transformers {recipe} (torch {}, transformers {}, {}): implicit / torch",
+                t.torch.as_deref().unwrap_or("?"),
+                t.transformers.as_deref().unwrap_or("?"),
+                t.device.as_deref().unwrap_or("?")
+            ));
             line(format!(
                 "{:>5} {:>15} {:>12} {:>8} {:>16} {:>13} {:>8} {:>15}",
-                b.batch,
-                opt(b.decode.as_ref().map(|d| d.tokens_per_s), 1),
-                opt(tb.decode.as_ref().map(|d| d.tokens_per_s), 1),
-                opt(vs.and_then(|v| v.decode_speedup), 2),
-                opt(b.prefill.as_ref().map(|p| p.tokens_per_s), 1),
-                opt(tb.prefill.as_ref().map(|p| p.tokens_per_s), 1),
-                opt(vs.and_then(|v| v.prefill_speedup), 2),
-                vs.map_or("-".into(), |v| format!(
-                    "{}/{}",
-                    v.first_tokens_agree, v.first_tokens_compared
-                )),
+                "batch",
+                "decode implicit",
+                "torch",
+                "ratio",
+                "prefill implicit",
+                "torch",
+                "ratio",
+                "same 1st tokens"
             ));
+            for b in &r.results {
+                let (Some(tb), vs) = pick(b) else {
+                    line(format!(
+                        "{:>5} (no torch figures for this batch size)",
+                        b.batch
+                    ));
+                    continue;
+                };
+                if let Some(e) = &tb.error {
+                    line(format!("{:>5} torch error: {e}", b.batch));
+                    continue;
+                }
+                line(format!(
+                    "{:>5} {:>15} {:>12} {:>8} {:>16} {:>13} {:>8} {:>15}",
+                    b.batch,
+                    opt(b.decode.as_ref().map(|d| d.tokens_per_s), 1),
+                    opt(tb.decode.as_ref().map(|d| d.tokens_per_s), 1),
+                    opt(vs.and_then(|v| v.decode_speedup), 2),
+                    opt(b.prefill.as_ref().map(|p| p.tokens_per_s), 1),
+                    opt(tb.prefill.as_ref().map(|p| p.tokens_per_s), 1),
+                    opt(vs.and_then(|v| v.prefill_speedup), 2),
+                    vs.map_or("-".into(), |v| format!(
+                        "{}/{}",
+                        v.first_tokens_agree, v.first_tokens_compared
+                    )),
+                ));
+            }
         }
     }
     if let Some(e) = &r.error {
@@ -221,3 +235,6 @@ pub fn render(r: &Report) -> String {
     }
     out
 }
+
+/// Where a result keeps one torch recipe's figures and its ratios to them.
+type TorchColumns = fn(&BatchResult) -> (Option<&TorchBatch>, Option<&VsTorch>);

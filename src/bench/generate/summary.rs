@@ -166,6 +166,9 @@ pub struct BatchResult {
     pub first_tokens: Vec<u32>,
     pub torch: Option<TorchBatch>,
     pub vs_torch: Option<VsTorch>,
+    /// transformers' fast recipe at this batch size (static KV cache, torch.compile).
+    pub torch_static_compile: Option<TorchBatch>,
+    pub vs_torch_static_compile: Option<VsTorch>,
     pub error: Option<String>,
 }
 
@@ -182,6 +185,8 @@ impl BatchResult {
             first_tokens: Vec::new(),
             torch: None,
             vs_torch: None,
+            torch_static_compile: None,
+            vs_torch_static_compile: None,
             error: Some(error),
         }
     }
@@ -241,6 +246,8 @@ pub fn summarize(
         first_tokens: m.first_tokens.clone(),
         torch: None,
         vs_torch: None,
+        torch_static_compile: None,
+        vs_torch_static_compile: None,
         error: None,
     }
 }
@@ -314,7 +321,11 @@ pub struct TorchFile {
     pub config: TorchConfig,
     #[serde(default)]
     pub load: Option<TorchLoad>,
+    /// Plain `generate`.
     pub results: Vec<TorchBatch>,
+    /// The static-cache + torch.compile recipe (`--recipes`; absent from older files).
+    #[serde(default)]
+    pub results_static_compile: Vec<TorchBatch>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -362,42 +373,52 @@ pub fn read_torch(path: &Path, plan: &Plan) -> Result<(TorchFile, serde_json::Va
     Ok((file, raw))
 }
 
-/// Puts PyTorch's figures for the same batch size beside each result. Generated tokens are
-/// compared only when the torch run drew its prompts from the same `seed`.
+/// Puts PyTorch's figures for the same batch size beside each result, for both of the script's
+/// recipes. Generated tokens are compared only when the torch run drew its prompts from the same
+/// `seed`.
 pub fn attach_torch(results: &mut [BatchResult], torch: &TorchFile, seed: u64) {
     let same_prompts = torch.config.seed == Some(seed);
     for r in results.iter_mut() {
-        let Some(t) = torch.results.iter().find(|t| t.batch == r.batch) else {
-            continue;
-        };
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let compared = if same_prompts {
-            r.first_tokens.len().min(t.first_tokens.len())
-        } else {
-            0
-        };
-        let agree = r
-            .first_tokens
-            .iter()
-            .zip(&t.first_tokens)
-            .take(compared)
-            .take_while(|(a, b)| a == b)
-            .count();
-        r.vs_torch = Some(VsTorch {
-            decode_speedup: ratio(
-                r.decode.as_ref().map(|d| d.tokens_per_s),
-                t.decode.as_ref().map(|d| d.tokens_per_s),
-            ),
-            prefill_speedup: ratio(
-                r.prefill.as_ref().map(|p| p.tokens_per_s),
-                t.prefill.as_ref().map(|p| p.tokens_per_s),
-            ),
-            first_tokens_agree: agree,
-            first_tokens_compared: compared,
-        });
-        r.torch = Some(t.clone());
+        if let Some(t) = torch.results.iter().find(|t| t.batch == r.batch) {
+            r.vs_torch = Some(compare(r, t, same_prompts));
+            r.torch = Some(t.clone());
+        }
+        let fast = torch.results_static_compile.iter();
+        if let Some(t) = fast.clone().find(|t| t.batch == r.batch) {
+            r.vs_torch_static_compile = Some(compare(r, t, same_prompts));
+            r.torch_static_compile = Some(t.clone());
+        }
+    }
+}
+
+/// implicit's figures over torch's for one batch size.
+fn compare(r: &BatchResult, t: &TorchBatch, same_prompts: bool) -> VsTorch {
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let compared = if same_prompts {
+        r.first_tokens.len().min(t.first_tokens.len())
+    } else {
+        0
+    };
+    let agree = r
+        .first_tokens
+        .iter()
+        .zip(&t.first_tokens)
+        .take(compared)
+        .take_while(|(a, b)| a == b)
+        .count();
+    VsTorch {
+        decode_speedup: ratio(
+            r.decode.as_ref().map(|d| d.tokens_per_s),
+            t.decode.as_ref().map(|d| d.tokens_per_s),
+        ),
+        prefill_speedup: ratio(
+            r.prefill.as_ref().map(|p| p.tokens_per_s),
+            t.prefill.as_ref().map(|p| p.tokens_per_s),
+        ),
+        first_tokens_agree: agree,
+        first_tokens_compared: compared,
     }
 }

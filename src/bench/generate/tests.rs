@@ -178,7 +178,12 @@ fn torch_json() -> String {
       "decode":{"steps":3,"tokens":3,"seconds":0.06,"tokens_per_s":50.0,
                 "step_ms":{"median":20.0,"min":19.0,"max":21.0}},
       "first_tokens":[5,6,9,9]},
-      {"batch":64,"error":"OutOfMemoryError: CUDA out of memory"}]}"#
+      {"batch":64,"error":"OutOfMemoryError: CUDA out of memory"}],
+    "results_static_compile":[{"batch":1,
+      "prefill":{"tokens":128,"seconds":0.04,"tokens_per_s":3200.0},
+      "decode":{"steps":3,"tokens":3,"seconds":0.03,"tokens_per_s":100.0,
+                "step_ms":{"median":10.0,"min":9.0,"max":11.0}},
+      "first_tokens":[5,6,9,9],"warmup_s":61.5}]}"#
         .into()
 }
 
@@ -217,6 +222,11 @@ fn torch_file_is_checked_and_attached() {
     let vs = other_seed[0].vs_torch.as_ref().unwrap();
     assert_eq!((vs.first_tokens_agree, vs.first_tokens_compared), (0, 0));
     assert!(results[2].torch.is_none());
+    // The fast recipe's row beside the plain one, at batch 1 only.
+    let fast = results[0].vs_torch_static_compile.as_ref().unwrap();
+    assert!((fast.decode_speedup.unwrap() - (3.0 / 0.037) / 100.0).abs() < 1e-9);
+    assert!((fast.prefill_speedup.unwrap() - 256.0 / 3200.0).abs() < 1e-9);
+    assert!(results[1].torch_static_compile.is_none());
 
     let r = report(results, Some(torch));
     let text = render(&r);
@@ -234,6 +244,10 @@ fn torch_file_is_checked_and_attached() {
         "{text}"
     );
     assert!(text.contains("2/4"), "{text}");
+    assert!(
+        text.contains("vs transformers generate with a static cache and torch.compile"),
+        "{text}"
+    );
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["schema"], SCHEMA);
     assert_eq!(json["config"]["prompt_len"], 128);
@@ -243,6 +257,7 @@ fn torch_file_is_checked_and_attached() {
     assert_eq!(json["load"]["loads"][1]["label"], "second");
     assert_eq!(json["results"][0]["decode"]["steps"], 3);
     assert!(json["results"][0]["vs_torch"]["decode_speedup"].is_number());
+    assert!(json["results"][0]["vs_torch_static_compile"]["decode_speedup"].is_number());
     assert_eq!(json["results"][1]["error"], "out of memory");
     assert!(json["results"][2]["bandwidth"]["weights_of_copy"].is_null());
     assert_eq!(json["torch"]["torch"], "2.9.0");
