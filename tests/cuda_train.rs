@@ -1147,7 +1147,7 @@ fn train_device_cuda_says_why_it_cannot_run() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(stderr.contains("use --precision bf16"), "{stderr}");
-    if gpu().is_some() {
+    if common::gpu::gpu_present() {
         return;
     }
     let run = implicit(&base);

@@ -34,25 +34,35 @@ fn hold_the_gpu() {
     });
 }
 
+/// Whether a GPU is there, without the "SKIPPED" line [`gpu`] prints: for a test that checks
+/// something on the CPU either way and only changes what it expects (tools/skip_summary.py
+/// counts a test that prints SKIPPED as one that ran nothing).
+#[allow(dead_code)] // not every test crate asks
+pub fn gpu_present() -> bool {
+    opened().is_ok()
+}
+
 fn shared_backend() -> Option<&'static CudaBackend> {
-    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let opened =
-        GPU.get_or_init(
-            || match CudaBackend::open().expect("a GPU is there but failed") {
-                CudaAvailability::Ready(b) => {
-                    eprintln!("CUDA device: {}", b.device_name());
-                    Ok(b)
-                }
-                CudaAvailability::NoGpu(reason) => Err(reason),
-            },
-        );
-    match opened {
+    match opened() {
         Ok(b) => Some(b),
         Err(reason) => {
             println!("SKIPPED (no GPU): {reason}");
             None
         }
     }
+}
+
+fn opened() -> &'static Result<CudaBackend, String> {
+    static GPU: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    GPU.get_or_init(
+        || match CudaBackend::open().expect("a GPU is there but failed") {
+            CudaAvailability::Ready(b) => {
+                eprintln!("CUDA device: {}", b.device_name());
+                Ok(b)
+            }
+            CudaAvailability::NoGpu(reason) => Err(reason),
+        },
+    )
 }
 
 /// xorshift64*, seeded from the clock (or IMPLICIT_TEST_SEED) so every run draws new inputs.
