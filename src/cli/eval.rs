@@ -319,17 +319,22 @@ fn judge(args: JudgeArgs) -> Result<()> {
     let prefs: Vec<Option<f64>> = annotations.iter().map(|a| a.preference).collect();
     let w = raw_winrate(&prefs);
     println!(
-        "wrote {} annotations to {}: win rate {:.2} ± {:.2} ({} wins, {} losses, {} draws, {} without a preference)",
+        "wrote {} annotations to {}: win rate {:.2} ± {:.2} ({}, {}, {}, {} without a preference)",
         annotations.len(),
         args.out.display(),
         w.win_rate,
         w.standard_error,
-        w.n_wins,
-        w.n_wins_base,
-        w.n_draws,
+        counted(w.n_wins, "win", "wins"),
+        counted(w.n_wins_base, "loss", "losses"),
+        counted(w.n_draws, "draw", "draws"),
         annotations.len() - w.n_total
     );
     Ok(())
+}
+
+/// "1 draw", "2 draws".
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn winrate(args: WinrateArgs) -> Result<()> {
@@ -352,13 +357,13 @@ fn winrate(args: WinrateArgs) -> Result<()> {
         .and_then(|r| r.generator_1.clone())
         .unwrap_or_default();
     println!(
-        "{model} vs {baseline} ({} annotations): win rate {:.4} ± {:.4} ({} wins, {} losses, {} draws, {} with a preference); discrete win rate {:.4}",
+        "{model} vs {baseline} ({} annotations): win rate {:.4} ± {:.4} ({}, {}, {}, {} with a preference); discrete win rate {:.4}",
         rows.len(),
         raw.win_rate,
         raw.standard_error,
-        raw.n_wins,
-        raw.n_wins_base,
-        raw.n_draws,
+        counted(raw.n_wins, "win", "wins"),
+        counted(raw.n_wins_base, "loss", "losses"),
+        counted(raw.n_draws, "draw", "draws"),
         raw.n_total,
         raw.discrete_win_rate
     );
