@@ -6,17 +6,12 @@
 
 mod common;
 
+use common::{fails, fixture_copy, implicit};
+
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn implicit(args: &[&str]) -> Output {
-    Command::new(common::implicit_bin())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// Bad numbers on the command line: clap's usage error (exit 2) naming the flag and the value.
 #[test]
@@ -118,26 +113,6 @@ fn numeric_flags_must_be_finite_and_in_range() {
             "{args:?}: {stderr}"
         );
     }
-}
-
-/// Runs `implicit ARGS`, asserts a clean failure (exit 1, no panic) and returns its error line.
-fn fails(args: &[&str]) -> String {
-    let out = implicit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    lines[0].to_string()
-}
-
-/// A copy of the committed Llama fixture model (2 layers, f32, no tokenizer).
-fn fixture_copy(name: &str) -> PathBuf {
-    let dir = common::temp_dir(name);
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(common::fixtures().join("llama-gqa").join(f), dir.join(f)).unwrap();
-    }
-    dir
 }
 
 fn generate_fails(dir: &Path) -> String {

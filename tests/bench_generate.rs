@@ -5,25 +5,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use common::{fails, implicit};
 
-fn implicit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_implicit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Asserts a clean failure and returns its one `error:` line.
-fn fails(args: &[&str]) -> String {
-    let out = implicit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    lines[0].to_string()
-}
+use std::process::Command;
 
 fn fixture() -> String {
     common::fixtures()

@@ -2,31 +2,10 @@
 
 mod common;
 
+use common::{fails, fixture_copy};
+
 use std::path::Path;
 use std::process::Command;
-
-/// Runs `implicit ARGS`, asserts a clean failure, and returns its one stderr line.
-fn fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_implicit"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    lines[0].to_string()
-}
-
-/// A copy of the committed Llama fixture model, to be broken by each test.
-fn fixture_copy(name: &str) -> std::path::PathBuf {
-    let dir = common::temp_dir(name);
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(common::fixtures().join("llama-gqa").join(f), dir.join(f)).unwrap();
-    }
-    dir
-}
 
 fn generate(dir: &Path) -> String {
     fails(&[

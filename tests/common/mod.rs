@@ -77,3 +77,33 @@ pub fn stories260k(test: &str) -> Option<PathBuf> {
     implicit::io::convert::convert_gguf(&data.join("models/stories260k-f32.gguf"), &dir).unwrap();
     Some(dir)
 }
+
+/// Runs the `implicit` binary ([`implicit_bin`]) with `args`.
+pub fn implicit(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(implicit_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `implicit ARGS`, asserts a clean failure (exit 1, no panic, one `error:` line) and
+/// returns that line.
+pub fn fails(args: &[&str]) -> String {
+    let out = implicit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    lines[0].to_string()
+}
+
+/// A copy of the committed Llama fixture model (2 layers, f32, no tokenizer), for a test to
+/// break.
+pub fn fixture_copy(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("llama-gqa").join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
