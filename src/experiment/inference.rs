@@ -97,7 +97,7 @@ impl Ctx<'_> {
         let instructions: Vec<&str> = rows.iter().map(|r| r.instruction.as_str()).collect();
         let fp = json!({
             "model": model_id,
-            "instructions": crate::experiment::store::hex(&crate::eval::sha512::sha512(
+            "instructions": crate::io::digest::hex(&crate::eval::sha512::sha512(
                 serde_json::to_string(&instructions).unwrap_or_default().as_bytes()
             )),
             "rules": rules.map(|r| r.names()),

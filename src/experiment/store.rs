@@ -13,6 +13,7 @@ use crate::bail;
 use crate::error::{Context, Result};
 use crate::eval::sha512::sha512;
 use crate::eval::write_json_atomic;
+use crate::io::digest::hex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -232,10 +233,6 @@ fn describe_change(old: &Value, new: &Value) -> String {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A file's size and modification time (nanoseconds since the Unix epoch).
 fn file_stat(path: &Path) -> Result<(u64, u128)> {
     let meta =
@@ -250,22 +247,8 @@ fn file_stat(path: &Path) -> Result<(u64, u128)> {
 
 /// SHA-512 of a whole file, read in 1 MiB pieces (constant memory whatever its size).
 pub fn hash_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha512};
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut hasher = Sha512::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("sha512:{}", hex(&hasher.finalize())))
+    let (_, digest) = crate::io::digest::file_digest::<sha2::Sha512>(path)?;
+    Ok(format!("sha512:{digest}"))
 }
 
 pub fn unix_now() -> u64 {

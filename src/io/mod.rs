@@ -3,6 +3,7 @@
 pub mod atomic;
 pub mod chat_template;
 pub mod convert;
+pub mod digest;
 pub mod gguf;
 pub mod safetensors;
 pub mod tokenizer;

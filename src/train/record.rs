@@ -13,9 +13,9 @@ use super::checkpoint::TrainerState;
 use super::TrainOptions;
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::io::digest::{file_digest, hex};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 /// Field name → value as text; compared as text, so f32 values (written with Rust's shortest
@@ -136,26 +136,7 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
 }
 
 fn sha256_file(path: &Path) -> Result<(u64, String)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((size, hex(&hasher.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    file_digest::<Sha256>(path)
 }
 
 #[cfg(test)]
