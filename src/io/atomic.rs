@@ -38,22 +38,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir.unwrap_or(Path::new(".")))
 }
 
-/// A new temporary file beside `path`: the process id and a per-process count keep writers in
-/// this machine's processes apart, the clock's nanoseconds a process that reuses an old pid.
-fn create_temp(path: &Path) -> Result<(PathBuf, std::fs::File)> {
-    static WRITES: AtomicU64 = AtomicU64::new(0);
+/// A temporary name beside `path` that no other writer uses, `.{name}.{pid}-{count}-{nanos}.tmp`:
+/// the process id and a per-process count keep writers in this machine's processes apart, the
+/// clock's nanoseconds a process that reuses an old pid. Files and checkpoint folders alike.
+pub fn temp_path(path: &Path) -> PathBuf {
+    static NAMES: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let count = NAMES.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(
+        ".{name}.{}-{count}-{nanos:09}.tmp",
+        std::process::id()
+    ))
+}
+
+/// A new temporary file beside `path` ([`temp_path`]).
+fn create_temp(path: &Path) -> Result<(PathBuf, std::fs::File)> {
     let mut last_error = None;
     // create_new fails on a name already there; a fresh count makes a fresh name.
     for _ in 0..16 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let count = WRITES.fetch_add(1, Ordering::Relaxed);
-        let tmp = path.with_file_name(format!(
-            ".{name}.{}-{count}-{nanos:09}.tmp",
-            std::process::id()
-        ));
+        let tmp = temp_path(path);
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

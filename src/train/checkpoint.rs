@@ -6,6 +6,7 @@
 
 use crate::bail;
 use crate::error::{Context, Result};
+use crate::io::atomic::temp_path;
 use crate::train::plan::OptimizerPlacement;
 use crate::train::record::RunRecord;
 use half::bf16;
@@ -69,14 +70,6 @@ pub fn epoch_dir(out: &Path, epoch: usize) -> PathBuf {
     out.join(format!("epoch-{epoch}"))
 }
 
-/// A name in the same folder as `path` that no other writer uses: `.{name}.{pid}-{n}.tmp`.
-pub fn unique_temp(path: &Path) -> PathBuf {
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
-}
-
 /// The folder `path` is in ("." for a bare name).
 fn parent_of(path: &Path) -> &Path {
     path.parent()
@@ -106,7 +99,7 @@ fn sync_dir(path: &Path) -> Result<()> {
 /// The permissions a file created in `dir` gets (0666 less the umask on Unix): measured on a
 /// fresh file, as the umask cannot be read without changing it.
 fn default_file_permissions(dir: &Path) -> Result<std::fs::Permissions> {
-    let probe = unique_temp(&dir.join("mode-probe"));
+    let probe = temp_path(&dir.join("mode-probe"));
     let made = std::fs::File::create(&probe).and_then(|f| f.metadata());
     let _ = std::fs::remove_file(&probe);
     Ok(made
@@ -130,7 +123,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, ParamValue
                 .with_context(|| format!("{}: tensor {name}", path.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let tmp = unique_temp(path);
+    let tmp = temp_path(path);
     let written = (|| {
         safetensors::serialize_to_file(views, None, &tmp)
             .with_context(|| format!("{}: cannot write", tmp.display()))?;

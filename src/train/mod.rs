@@ -460,7 +460,7 @@ fn save_checkpoint(
 ) -> Result<PathBuf> {
     let dir = checkpoint::epoch_dir(&opts.out, state.epoch);
     // A unique name: nothing else's temporary folder is removed or written into.
-    let tmp = checkpoint::unique_temp(&dir);
+    let tmp = crate::io::atomic::temp_path(&dir);
     std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     let saved = (|| {
         engine.write_tensors(Some(&tmp), layout)?;

@@ -66,9 +66,10 @@ pub fn remove_run(out: &Path) -> Result<usize> {
     Ok(files.len())
 }
 
-/// Whether `name` is a checkpoint's temporary folder (`.epoch-N.{pid}-{n}.tmp`, or the fixed
-/// `.epoch-N.tmp` of older versions) that no running process is writing: its process has gone
-/// (Linux: no /proc/{pid}; elsewhere only the fixed names count, as liveness is unknown).
+/// Whether `name` is a checkpoint's temporary folder (`.epoch-N.{pid}-….tmp` from
+/// `io::atomic::temp_path`, or the fixed `.epoch-N.tmp` of older versions) that no running
+/// process is writing: its process has gone (Linux: no /proc/{pid}; elsewhere only the fixed
+/// names count, as liveness is unknown).
 fn is_stale_temporary(name: &str, proc_dir: &Path) -> bool {
     let Some(stem) = name
         .strip_prefix(".epoch-")
