@@ -454,13 +454,8 @@ fn selective_checkpointing_is_bit_exact_and_planned() {
         let planned: Vec<u64> = policies
             .iter()
             .map(|&p| {
-                let plan = MemoryPlan::with_checkpointing(
-                    &config,
-                    seq,
-                    micro_batch,
-                    p,
-                    OptimizerPlacement::Device,
-                );
+                let plan =
+                    MemoryPlan::new(&config, seq, micro_batch, p, OptimizerPlacement::Device);
                 plan.activations + plan.workspace
             })
             .collect();

@@ -20,7 +20,7 @@ use crate::error::{Context, Result};
 use crate::generate::instructions::read_instructions;
 use crate::io::tokenizer::{chat_prompt, Tokenizer};
 use crate::model::ModelConfig;
-use crate::train::plan::{CheckpointingChoice, MemoryPlan};
+use crate::train::plan::{Checkpointing, CheckpointingChoice, MemoryPlan};
 use std::path::Path;
 
 /// Throughputs to turn counts into hours (tokens per second on one GPU).
@@ -245,7 +245,10 @@ pub fn plan(
                 cfg.train.recipe.micro_batch,
                 // `auto` depends on the free memory at run time; the plan shows the smallest
                 // plan it can fall back to, full checkpointing.
-                cfg.train.checkpointing != CheckpointingChoice::Off,
+                match cfg.train.checkpointing {
+                    CheckpointingChoice::Off => Checkpointing::Off,
+                    CheckpointingChoice::On | CheckpointingChoice::Auto => Checkpointing::On,
+                },
                 cfg.train.optimizer_state,
             )
         });

@@ -21,7 +21,7 @@
 //! Selective checkpointing keeps the activations of the last layers: the backward meets them
 //! first, so the peak (at the last layer's backward) holds every other layer's kept bytes plus
 //! one layer's, however many are kept. Keeping the first layers instead would add one
-//! recomputed layer on top ([`MemoryPlan::with_checkpointing`]). `auto` ([`choose`]) keeps as
+//! recomputed layer on top ([`MemoryPlan::new`]). `auto` ([`choose`]) keeps as
 //! many as the free memory holds.
 
 use crate::model::ModelConfig;
@@ -89,15 +89,6 @@ pub enum Checkpointing {
 }
 
 impl Checkpointing {
-    /// `On` when `checkpointing`, else `Off` (the former boolean switch).
-    pub fn from_flag(checkpointing: bool) -> Checkpointing {
-        if checkpointing {
-            Checkpointing::On
-        } else {
-            Checkpointing::Off
-        }
-    }
-
     /// How many of `layers` layers (the last ones) keep their activations.
     pub fn kept_layers(self, layers: usize) -> usize {
         match self {
@@ -175,7 +166,7 @@ pub fn choose(
 ) -> Checkpointing {
     let budget = free_bytes.saturating_sub(AUTO_MARGIN_BYTES);
     let fits = |kept: usize| {
-        let p = MemoryPlan::with_checkpointing(
+        let p = MemoryPlan::new(
             c,
             seq,
             micro_batch,
@@ -240,21 +231,8 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// The plan for micro-batches of `micro_batch` sequences of `seq` tokens, every layer
-    /// recomputed (`checkpointing`) or none.
-    pub fn new(
-        c: &ModelConfig,
-        seq: usize,
-        micro_batch: usize,
-        checkpointing: bool,
-        placement: OptimizerPlacement,
-    ) -> Self {
-        let policy = Checkpointing::from_flag(checkpointing);
-        MemoryPlan::with_checkpointing(c, seq, micro_batch, policy, placement)
-    }
-
     /// The plan for micro-batches of `micro_batch` sequences of `seq` tokens under `policy`.
-    pub fn with_checkpointing(
+    pub fn new(
         c: &ModelConfig,
         seq: usize,
         micro_batch: usize,

@@ -102,7 +102,7 @@ fn fixed_checkpointing(a: &TrainBenchOptions) -> Option<Checkpointing> {
 
 /// The memory plan of these arguments under `policy`.
 fn plan(a: &TrainBenchOptions, config: &ModelConfig, policy: Checkpointing) -> MemoryPlan {
-    MemoryPlan::with_checkpointing(config, a.seq, a.micro_batch, policy, a.optimizer_state)
+    MemoryPlan::new(config, a.seq, a.micro_batch, policy, a.optimizer_state)
 }
 
 /// Without CUDA: the plan only (what the run would need; `auto` needs the device's free

@@ -57,7 +57,7 @@ pub(in crate::train) fn train(opts: &TrainOptions) -> Result<TrainSummary> {
         opts.optimizer_state,
         free,
     );
-    let memory_plan = MemoryPlan::with_checkpointing(
+    let memory_plan = MemoryPlan::new(
         &plan.config,
         longest,
         opts.recipe.micro_batch,

@@ -23,11 +23,11 @@ fn llama2_7b_counts() {
 #[test]
 fn llama2_7b_plan() {
     let c = llama2_7b();
-    let kept = MemoryPlan::new(&c, 2048, 1, false, OptimizerPlacement::Device);
+    let kept = MemoryPlan::new(&c, 2048, 1, Checkpointing::Off, OptimizerPlacement::Device);
     assert_eq!(kept.state, 6_738_415_616 * 18);
     // Per token and layer: 2·4·4096 + 2·4·4096 + 4·32 + 4·11008 = 109696 bytes.
     assert_eq!(kept.activations, 2048 * (32 * 109_696 + 4 * 4096));
-    let ckpt = MemoryPlan::new(&c, 2048, 1, true, OptimizerPlacement::Device);
+    let ckpt = MemoryPlan::new(&c, 2048, 1, Checkpointing::On, OptimizerPlacement::Device);
     assert_eq!(ckpt.activations, 2048 * (32 * 4 * 4096 + 4 * 4096));
     assert!(
         ckpt.workspace > kept.workspace,
@@ -49,10 +49,10 @@ fn llama2_7b_bf16_state_fits_an_h100() {
     let c = llama2_7b();
     assert_eq!(OptimizerPlacement::Bf16.device_bytes_per_parameter(), 10);
     assert_eq!(OptimizerPlacement::Bf16.host_bytes_per_parameter(), 0);
-    let bf16 = MemoryPlan::new(&c, 2048, 1, true, OptimizerPlacement::Bf16);
+    let bf16 = MemoryPlan::new(&c, 2048, 1, Checkpointing::On, OptimizerPlacement::Bf16);
     assert_eq!(bf16.state, 6_738_415_616 * 10);
     assert_eq!(bf16.host, 0);
-    let device = MemoryPlan::new(&c, 2048, 1, true, OptimizerPlacement::Device);
+    let device = MemoryPlan::new(&c, 2048, 1, Checkpointing::On, OptimizerPlacement::Device);
     // Only the state differs: no staging buffers, the same activations and workspace.
     assert_eq!(
         (bf16.activations, bf16.workspace),
@@ -164,10 +164,14 @@ fn no_layer_or_every_layer_kept_is_the_former_plan_byte_for_byte() {
         let c = model(file);
         let kept = if checkpointing { 0 } else { c.num_layers };
         for policy in [
-            Checkpointing::from_flag(checkpointing),
+            if checkpointing {
+                Checkpointing::On
+            } else {
+                Checkpointing::Off
+            },
             Checkpointing::KeepLast(kept),
         ] {
-            let p = MemoryPlan::with_checkpointing(&c, seq, mb, policy, placement);
+            let p = MemoryPlan::new(&c, seq, mb, policy, placement);
             assert_eq!(
                 (p.activations, p.workspace, p.kept_layers),
                 (activations, workspace, kept),
@@ -177,10 +181,10 @@ fn no_layer_or_every_layer_kept_is_the_former_plan_byte_for_byte() {
     }
     // More than the model's layers is all of them.
     let c = model("llama2-7b.json");
-    let off = MemoryPlan::new(&c, 2048, 1, false, OptimizerPlacement::Bf16);
+    let off = MemoryPlan::new(&c, 2048, 1, Checkpointing::Off, OptimizerPlacement::Bf16);
     let many = Checkpointing::KeepLast(1000);
     assert_eq!(
-        MemoryPlan::with_checkpointing(&c, 2048, 1, many, OptimizerPlacement::Bf16),
+        MemoryPlan::new(&c, 2048, 1, many, OptimizerPlacement::Bf16),
         off
     );
 }
@@ -190,7 +194,7 @@ fn every_kept_layer_adds_its_activations_less_its_input() {
     let c = llama2_7b();
     let plan = |k| {
         let policy = Checkpointing::KeepLast(k);
-        MemoryPlan::with_checkpointing(&c, 2048, 1, policy, OptimizerPlacement::Bf16)
+        MemoryPlan::new(&c, 2048, 1, policy, OptimizerPlacement::Bf16)
     };
     // 109696 bytes kept per token and layer against its 4·4096-byte input.
     let step = 2048 * (109_696 - 4 * 4096);
@@ -225,7 +229,7 @@ fn auto_keeps_every_layer_of_llama2_7b_with_bf16_state_on_an_h100() {
     let c = llama2_7b();
     let h100 = 80u64 * 1_000_000_000;
     let choose_for = |seq, mb, placement| {
-        let state = MemoryPlan::new(&c, seq, mb, true, placement).state;
+        let state = MemoryPlan::new(&c, seq, mb, Checkpointing::On, placement).state;
         choose(&c, seq, mb, placement, h100.saturating_sub(state))
     };
     // 62.76 GiB of state leaves 11.75 GiB of the 80 GB (10.75 after the margin); all 32
@@ -242,7 +246,7 @@ fn auto_keeps_every_layer_of_llama2_7b_with_bf16_state_on_an_h100() {
     assert_eq!(some, Checkpointing::KeepLast(23));
     let plan = |k| {
         let policy = Checkpointing::KeepLast(k);
-        MemoryPlan::with_checkpointing(&c, 2048, 2, policy, OptimizerPlacement::Bf16)
+        MemoryPlan::new(&c, 2048, 2, policy, OptimizerPlacement::Bf16)
     };
     let budget = h100 - plan(0).state - AUTO_MARGIN_BYTES;
     assert!(plan(kept).total() - plan(kept).state <= budget);
@@ -270,7 +274,7 @@ fn auto_takes_the_most_layers_that_fit() {
     let c = llama2_7b();
     let needs = |k| {
         let policy = Checkpointing::KeepLast(k);
-        let p = MemoryPlan::with_checkpointing(&c, 2048, 1, policy, OptimizerPlacement::Bf16);
+        let p = MemoryPlan::new(&c, 2048, 1, policy, OptimizerPlacement::Bf16);
         p.activations + p.workspace + AUTO_MARGIN_BYTES
     };
     let at = |free| choose(&c, 2048, 1, OptimizerPlacement::Bf16, free);
@@ -281,7 +285,7 @@ fn auto_takes_the_most_layers_that_fit() {
     assert_eq!(at(needs(1)), Checkpointing::KeepLast(1));
     assert_eq!(at(needs(1) - 1), Checkpointing::On);
     assert_eq!(at(0), Checkpointing::On);
-    let plan = MemoryPlan::with_checkpointing(&c, 2048, 1, at(needs(24)), OptimizerPlacement::Bf16);
+    let plan = MemoryPlan::new(&c, 2048, 1, at(needs(24)), OptimizerPlacement::Bf16);
     let text = plan.describe(None, None);
     assert!(
         text.contains("checkpointing: 24 of 32 layers keep their activations, 8 recompute"),
