@@ -211,7 +211,7 @@ fn plain_text(
 }
 
 /// 42s, 3m07s, 2h05m; "?" when unknown.
-fn clock(secs: f64) -> String {
+pub fn clock(secs: f64) -> String {
     if !secs.is_finite() {
         return "?".into();
     }

@@ -136,15 +136,6 @@ struct StepLog {
     elapsed_s: f64,
 }
 
-fn format_duration(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
 /// What a finished run reports.
 pub struct TrainSummary {
     pub steps: usize,
@@ -407,7 +398,7 @@ fn run(opts: &TrainOptions, plan: Plan, engine: &mut impl Engine) -> Result<Trai
                     epoch + 1,
                     opts.epochs,
                     log.tokens_per_s,
-                    format_duration(eta)
+                    crate::progress::clock(eta)
                 );
             }
         }
