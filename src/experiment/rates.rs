@@ -14,6 +14,7 @@
 //! the same way in time per batch.
 
 use crate::bail;
+use crate::bench::generate::MAX_BATCH;
 use crate::error::Result;
 use std::path::Path;
 
@@ -30,7 +31,14 @@ pub fn rate_at(measured: &[Measured], batch: usize) -> Option<(f64, String)> {
     let mut rows: Vec<Measured> = measured
         .iter()
         .copied()
-        .filter(|m| m.batch >= 1.0 && m.tokens_per_s.is_finite() && m.tokens_per_s > 0.0)
+        // Batches bench generate can measure (whole, 1 to its MAX_BATCH); others are not a
+        // measurement.
+        .filter(|m| {
+            m.batch.fract() == 0.0
+                && (1.0..=MAX_BATCH as f64).contains(&m.batch)
+                && m.tokens_per_s.is_finite()
+                && m.tokens_per_s > 0.0
+        })
         .collect();
     rows.sort_by(|a, b| a.batch.total_cmp(&b.batch));
     rows.dedup_by(|a, b| a.batch == b.batch);
@@ -150,6 +158,7 @@ mod tests {
         assert!((rate_at(&rows[..1], 16).unwrap().0 - 400.0).abs() < 1e-9);
         // Nothing usable.
         assert!(rate_at(&[m(1.0, f64::NAN), m(0.0, 5.0)], 4).is_none());
+        assert!(rate_at(&[m(1e30, 100.0), m(2.5, 100.0), m(1.0, -1.0)], 4).is_none());
     }
 
     #[test]

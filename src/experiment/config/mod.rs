@@ -86,25 +86,25 @@ fn checkpointing_choice<'de, D>(d: D) -> std::result::Result<CheckpointingChoice
 where
     D: serde::Deserializer<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Flag(bool),
-        Name(String),
+    struct Choice;
+    impl serde::de::Visitor<'_> for Choice {
+        type Value = CheckpointingChoice;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("\"auto\", \"on\", \"off\", true or false")
+        }
+        fn visit_bool<E: serde::de::Error>(self, on: bool) -> std::result::Result<Self::Value, E> {
+            Ok(if on {
+                CheckpointingChoice::On
+            } else {
+                CheckpointingChoice::Off
+            })
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> std::result::Result<Self::Value, E> {
+            <CheckpointingChoice as clap::ValueEnum>::from_str(name, false)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(name), &self))
+        }
     }
-    match Form::deserialize(d)? {
-        Form::Flag(on) => Ok(if on {
-            CheckpointingChoice::On
-        } else {
-            CheckpointingChoice::Off
-        }),
-        Form::Name(name) => <CheckpointingChoice as clap::ValueEnum>::from_str(&name, false)
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "checkpointing {name:?}: \"auto\", \"on\", \"off\", true or false"
-                ))
-            }),
-    }
+    d.deserialize_any(Choice)
 }
 
 /// The keys of `[train]` that [`TrainSpec`] reads itself; the others are the recipe's.

@@ -247,3 +247,26 @@ fn train_values_go_through_the_recipes_check() {
         (1.0, 2)
     );
 }
+
+#[test]
+fn checkpointing_takes_a_choice_or_a_boolean() {
+    for (value, want) in [
+        ("\"auto\"", CheckpointingChoice::Auto),
+        ("\"on\"", CheckpointingChoice::On),
+        ("\"off\"", CheckpointingChoice::Off),
+        ("true", CheckpointingChoice::On),
+        ("false", CheckpointingChoice::Off),
+    ] {
+        let c = with_table(&format!("[train]\ncheckpointing = {value}")).unwrap();
+        assert_eq!(c.train.checkpointing, want, "{value}");
+    }
+    for value in ["\"sometimes\"", "5"] {
+        let e = with_table(&format!("[train]\ncheckpointing = {value}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`checkpointing`") && e.contains("\"auto\", \"on\", \"off\", true or false"),
+            "{value}: {e}"
+        );
+    }
+}
