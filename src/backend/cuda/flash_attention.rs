@@ -13,9 +13,50 @@
 use super::{kernel_error, CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use cudarc::driver::{sys, DevicePtr, LaunchConfig};
 use half::bf16;
+use std::sync::OnceLock;
+
+/// The environment variable that picks the attention kernels ([`AttentionChoice`]).
+pub const ATTENTION_ENV: &str = "IMPLICIT_ATTENTION";
+
+/// Which kernels [`CudaBackend::flash_attention_forward`] and
+/// [`CudaBackend::flash_attention_backward`] run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionChoice {
+    /// The Hopper kernels (wgmma and TMA, sm_90a) where the device and shapes allow, else
+    /// kernels/flash_attention.cu: `IMPLICIT_ATTENTION` unset, empty, `auto` or `hopper`.
+    Hopper,
+    /// kernels/flash_attention.cu (mma.sync, sm_80 and later) everywhere:
+    /// `IMPLICIT_ATTENTION=sm80`.
+    Sm80,
+}
+
+impl AttentionChoice {
+    /// The choice a value of `IMPLICIT_ATTENTION` names (None: unset).
+    pub fn parse(value: Option<&str>) -> Result<AttentionChoice> {
+        match value.map(str::trim) {
+            None | Some("" | "auto" | "hopper") => Ok(AttentionChoice::Hopper),
+            Some("sm80") => Ok(AttentionChoice::Sm80),
+            Some(other) => bail!(
+                "{ATTENTION_ENV}={other:?}: expected 'hopper' (the default: the Hopper kernels \
+                 where they run) or 'sm80' (kernels/flash_attention.cu everywhere)"
+            ),
+        }
+    }
+}
+
+/// `IMPLICIT_ATTENTION`'s choice, read once per process; an unknown value is an error at every
+/// attention call, naming the variable.
+pub fn attention_choice() -> Result<AttentionChoice> {
+    static CHOICE: OnceLock<std::result::Result<AttentionChoice, String>> = OnceLock::new();
+    let choice = CHOICE.get_or_init(|| {
+        let value = std::env::var(ATTENTION_ENV).ok();
+        AttentionChoice::parse(value.as_deref()).map_err(|e| e.to_string())
+    });
+    choice.clone().map_err(Error)
+}
 
 /// Where [`CudaBackend::flash_attention_forward_at`] finds one sequence inside larger buffers:
 /// the element at which its q (and out) rows start, and the element at which its keys (and
@@ -497,4 +538,25 @@ pub(super) fn raise_smem_limit(
             bytes as i32,
         )
         .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttentionChoice;
+
+    #[test]
+    fn the_attention_switch_names_its_choices() {
+        for v in [None, Some(""), Some("auto"), Some(" hopper ")] {
+            assert_eq!(AttentionChoice::parse(v).unwrap(), AttentionChoice::Hopper);
+        }
+        assert_eq!(
+            AttentionChoice::parse(Some("sm80")).unwrap(),
+            AttentionChoice::Sm80
+        );
+        let err = AttentionChoice::parse(Some("fa3")).unwrap_err().to_string();
+        assert!(
+            err.contains("IMPLICIT_ATTENTION") && err.contains("sm80"),
+            "{err}"
+        );
+    }
 }

@@ -97,6 +97,7 @@ pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
     CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, RowNorm, MAX_HEAD_DIM,
 };
+pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;
 pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
 pub use gemv::GEMV_MAX_ROWS;
