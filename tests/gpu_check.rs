@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const CHECKOUT: &str = env!("CARGO_MANIFEST_DIR");
-const ALL_STEPS: &str = "smi,kernels,model,train,mma,sdpa,bench,generate,trainbench";
+const ALL_STEPS: &str = "smi,kernels,model,train,mma,sdpa,bench,generate,trainbench,paper";
 const TEST_BINARIES: [&str; 4] = ["cuda_kernels", "cuda_model", "cuda_train", "cuda_generate"];
 const DATA_FILES: [&str; 2] = ["models/stories260k-f32.gguf", "lima/lima_data.jsonl"];
 

@@ -31,6 +31,10 @@
 #      with TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile
 #      (one more step timed by kernel family and phase, whose "profile:" lines the summary shows)
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
+#   8. (only when STEPS names "paper"; for an H200) the paper's numerics, fp32 master weights
+#      and moments on the GPU with --checkpointing auto (no recompute where 141 GB hold it),
+#      all 32 layers, against PyTorch AMP at its best of checkpointing and none
+#                                             -> bench_train_paper.{log,json}, train_torch_paper.{log,json}
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
 # $OUT/logs.tar.gz at the end, the JSON results stay loose). bench kernels times the wgmma GEMM
@@ -256,7 +260,7 @@ if wants generate; then
         echo "gpu_check: note MODEL_DIR unset: step generate writes a random Llama-2-7B to /tmp/implicit-llama2-7b"
     fi
 fi
-if wants trainbench; then
+if wants trainbench || wants paper; then
     need_file tools/bench_train_torch.py "$REPO/tools/bench_train_torch.py"
     need_file configs/models/llama2-7b.json "$REPO/configs/models/llama2-7b.json"
 fi
@@ -397,9 +401,8 @@ if wants generate; then
         fi
     fi
 fi
-if wants trainbench; then
+if wants trainbench || wants paper; then
     llama=$REPO/configs/models/llama2-7b.json
-    layers=${TRAIN_LAYERS:-8}
     # name TORCH_ARGS... -- IMPLICIT_ARGS...: one PyTorch run and one implicit run, side by side.
     train_pair() {
         local name=$1
@@ -418,6 +421,9 @@ if wants trainbench; then
         step "bench_train_$name" 200 "$IMPLICIT_BIN" bench train --config "$llama" --profile \
             "${implicit_args[@]}" "${torch_flag[@]}" --json "$OUT/bench_train_$name.json" ${TRAIN_ARGS:-}
     }
+fi
+if wants trainbench; then
+    layers=${TRAIN_LAYERS:-8}
     train_pair "l$layers" --layers "$layers" --mode amp -- --layers "$layers"
     # All 32 layers on one GPU, like for like: PyTorch bf16 (bf16 AdamW state) against bf16
     # state with stochastic rounding, 8 micro-batches per step as gradient accumulation does in
@@ -437,6 +443,16 @@ if wants trainbench; then
         step bench_train_host 200 "$IMPLICIT_BIN" bench train --config "$llama" --checkpointing \
             --profile --optimizer-state host "${full[@]}" --json "$OUT/bench_train_host.json" ${TRAIN_ARGS:-}
     fi
+fi
+if wants paper; then
+    # The paper's numerics on one GPU that holds them (an H200: 141 GB): fp32 master weights
+    # and AdamW moments on the device (113 GiB for Llama-2-7B) with --checkpointing auto, which
+    # plans no recompute there (src/train/plan/tests.rs), against PyTorch AMP (fp32 parameters,
+    # gradients and AdamW state, bf16 autocast) at its best of with and without checkpointing.
+    # On an 80 GB GPU both sides say that the state does not fit.
+    full=(--accumulation 8 --steps 3 --warmup 1)
+    TORCH_LIMIT=380 train_pair paper --mode amp --best-of "--checkpointing;" --variant-timeout 180 \
+        "${full[@]}" -- --checkpointing auto --optimizer-state device "${full[@]}"
 fi
 
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
@@ -471,7 +487,7 @@ if wants generate && [ -f "$OUT/bench_generate.log" ]; then
     sed -n '/^bench generate: .*B parameters)/,$p' "$OUT/bench_generate.log" | head -40
     grep -E '^error' "$OUT/bench_generate.log" | head -5
 fi
-if wants trainbench; then
+if wants trainbench || wants paper; then
     for log in "$OUT"/bench_train_*.log; do
         [ -f "$log" ] || continue
         echo "-- $(basename "$log" .log)"
