@@ -1,7 +1,7 @@
 //! The table `bench kernels` prints as it measures: the device and ceilings, one row per kernel
 //! and shape, then the targets met and missed.
 
-use super::{BenchReport, BenchResult, BenchSink, Ceilings, DeviceInfo};
+use super::{suite, BenchReport, BenchResult, BenchSink, Ceilings, DeviceInfo};
 
 /// Whether our GEMM's difference from cuBLAS is beyond bf16 rounding (or not a number).
 fn check_failed(rel_diff: f64) -> bool {
@@ -136,8 +136,13 @@ impl Table {
         let none = results.len() - met - missed.len();
         println!(
             "\ntargets: {met} met, {} missed, {none} without a reference \
-             (memory ≥80% of copy, GEMM ≥70% of cuBLAS, attention fwd ≥ SDPA, bwd ≤1.5x SDPA)",
-            missed.len()
+             (memory ≥{:.0}% of copy, GEMM ≥{:.0}% of cuBLAS, attention fwd ≥{:.2}x and bwd \
+             ≥{:.2}x SDPA's speed)",
+            missed.len(),
+            100.0 * suite::MEMORY_TARGET,
+            100.0 * suite::GEMM_TARGET,
+            suite::ATTENTION_FWD_TARGET,
+            suite::ATTENTION_BWD_TARGET,
         );
         for r in &missed {
             let how = match (&r.reference, r.ceiling_fraction) {
