@@ -491,7 +491,7 @@ if wants trainbench || wants paper; then
     for log in "$OUT"/bench_train_*.log; do
         [ -f "$log" ] || continue
         echo "-- $(basename "$log" .log)"
-        grep -E '^(implicit:|PyTorch|memory plan|measured peak|does not fit|pool:|error)' "$log" | head -12
+        grep -E '^(implicit:|PyTorch|targets:|memory plan|measured peak|does not fit|pool:|error)' "$log" | head -13
         # The step profile: the headline, one line per kernel family, the host gaps and the
         # phases (the kernels by name stay in the log).
         grep -E '^profile:' "$log" | head -20

@@ -76,6 +76,35 @@ fn bf16_peak(device: &str) -> Option<f64> {
     }
 }
 
+/// Issue 17's targets for the 7B step: at least 50% MFU, at least 1.4× PyTorch's best in the
+/// same run.
+const MFU_TARGET: f64 = 0.5;
+const TORCH_SPEEDUP_TARGET: f64 = 1.4;
+
+/// The targets line: each target met, missed, or unknown (no peak for the device, no PyTorch
+/// JSON), with the figure it was judged on; and the same as JSON.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn targets(mfu: Option<f64>, speedup: Option<f64>) -> (String, serde_json::Value) {
+    let verdict = |x: Option<f64>, target: f64, show: &dyn Fn(f64) -> String| match x {
+        Some(v) if v.is_finite() => {
+            let met = if v >= target { "met" } else { "missed" };
+            (format!("{met} ({})", show(v)), Some(v >= target))
+        }
+        _ => ("unknown".to_string(), None),
+    };
+    let (mfu_text, mfu_met) = verdict(mfu, MFU_TARGET, &|v| format!("{:.1}%", 100.0 * v));
+    let (torch_text, torch_met) = verdict(speedup, TORCH_SPEEDUP_TARGET, &|v| format!("{v:.2}x"));
+    let line = format!(
+        "targets: MFU ≥ {:.0}%: {mfu_text}; implicit/PyTorch ≥ {TORCH_SPEEDUP_TARGET:.1}x: {torch_text}",
+        100.0 * MFU_TARGET
+    );
+    let json = serde_json::json!({
+        "mfu": {"target": MFU_TARGET, "value": mfu, "met": mfu_met},
+        "speedup_over_torch": {"target": TORCH_SPEEDUP_TARGET, "value": speedup, "met": torch_met},
+    });
+    (line, json)
+}
+
 fn checked(a: &TrainBenchOptions, mut config: ModelConfig) -> Result<ModelConfig> {
     use crate::bail;
     if let Some(l) = a.layers {
@@ -219,6 +248,9 @@ mod gpu {
         if let Some(line) = &torch_summary {
             println!("{line}");
         }
+        let torch_speed = torch.as_ref().and_then(|t| t["tokens_per_s"].as_f64());
+        let (targets_line, targets_json) = targets(mfu, torch_speed.map(|t| tokens_per_s / t));
+        println!("{targets_line}");
         let profile = measured.profile.as_ref().map(|p| {
             let spans: Vec<Span> = p
                 .recorded
@@ -293,6 +325,7 @@ mod gpu {
                 "plan": memory_plan,
                 "torch": torch,
                 "torch_summary": torch_summary,
+                "targets": targets_json,
                 "profile": profile,
             });
             let text = serde_json::to_string_pretty(&value).context("bench train JSON")?;
@@ -349,5 +382,26 @@ mod tests {
         assert_eq!(bf16_peak("NVIDIA H200"), Some(989.4e12));
         assert_eq!(bf16_peak("NVIDIA A100-SXM4-80GB"), Some(312.0e12));
         assert_eq!(bf16_peak("NVIDIA GeForce RTX 4090"), None);
+    }
+
+    #[test]
+    fn targets_are_judged_on_the_figures() {
+        let (line, json) = targets(Some(0.341), Some(7860.0 / 7678.0));
+        assert_eq!(
+            line,
+            "targets: MFU ≥ 50%: missed (34.1%); implicit/PyTorch ≥ 1.4x: missed (1.02x)"
+        );
+        assert_eq!(json["mfu"]["met"], false);
+        let (line, json) = targets(Some(0.5), None);
+        assert!(
+            line.contains("MFU ≥ 50%: met (50.0%)") && line.ends_with("unknown"),
+            "{line}"
+        );
+        assert_eq!(json["speedup_over_torch"]["met"], serde_json::Value::Null);
+        let (line, _) = targets(Some(f64::NAN), Some(1.5));
+        assert!(
+            line.contains("MFU ≥ 50%: unknown") && line.contains("met (1.50x)"),
+            "{line}"
+        );
     }
 }
