@@ -84,7 +84,7 @@ fn create_temp(path: &Path) -> Result<(PathBuf, std::fs::File)> {
 
 /// Syncs folder `dir`, making a rename in it durable (Unix; elsewhere a rename is left to the
 /// file system).
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
         Ok(()) => {}

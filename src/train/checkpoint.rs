@@ -6,7 +6,7 @@
 
 use crate::bail;
 use crate::error::{Context, Result};
-use crate::io::atomic::temp_path;
+use crate::io::atomic::{sync_dir, temp_path};
 use crate::train::plan::OptimizerPlacement;
 use crate::train::record::RunRecord;
 use half::bf16;
@@ -82,18 +82,6 @@ fn sync_file(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("{}: cannot sync", path.display()))
-}
-
-/// Flushes a folder's entries (names created or renamed in it) to disk. Folders cannot be
-/// opened for syncing on every platform; there it is a no-op.
-fn sync_dir(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("{}: cannot sync", path.display()))?;
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 /// The permissions a file created in `dir` gets (0666 less the umask on Unix): measured on a
