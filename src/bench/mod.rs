@@ -19,7 +19,7 @@ pub mod generate;
 #[cfg(feature = "cuda")]
 mod inputs;
 pub mod kernels;
-mod record;
+pub(crate) mod record;
 #[cfg(feature = "cuda")]
 pub mod timing;
 pub mod train;

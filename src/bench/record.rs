@@ -1,27 +1,41 @@
-//! What every benchmark report records beside its figures: the commit measured, the command
-//! line, the date.
+//! What every benchmark report (and `experiment`'s manifest) records beside its figures: the
+//! commit measured, the command line, the date.
 
 // Only the GPU halves of the benchmarks write reports.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
-/// The commit measured: $IMPLICIT_COMMIT (the GPU machine has no checkout; the build script
-/// writes it beside the binaries), else `git rev-parse HEAD` here, else "unknown".
-pub(crate) fn commit() -> String {
+/// The commit a result comes from: $IMPLICIT_COMMIT when set (the GPU machine has no checkout;
+/// tools/build_gpu_binaries.sh writes it beside the binaries), else the git commit of the source
+/// tree this binary was built from (read at run time in the crate's folder), with "-dirty" when
+/// it has uncommitted changes; "unknown" without either.
+pub fn commit() -> String {
     if let Ok(c) = std::env::var("IMPLICIT_COMMIT") {
         if !c.trim().is_empty() {
             return c.trim().to_string();
         }
     }
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(head) if !head.is_empty() => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head}-dirty")
+            } else {
+                head
+            }
+        }
+        _ => "unknown".into(),
+    }
 }
 
 /// This process's command line, arguments quoted for a POSIX shell where needed.

@@ -10,6 +10,7 @@
 //! the step it was in.
 
 use crate::bail;
+use crate::bench::record::commit;
 use crate::error::{Context, Result};
 use crate::eval::sha512::sha512;
 use crate::eval::write_json_atomic;
@@ -255,33 +256,6 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// The git commit of the source tree this binary was built from (read at run time from the
-/// crate's folder), with "-dirty" when it has uncommitted changes; "unknown" without git.
-pub fn commit() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(head) if !head.is_empty() => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{head}-dirty")
-            } else {
-                head
-            }
-        }
-        _ => "unknown".into(),
-    }
 }
 
 fn clock(secs: f64) -> String {
