@@ -158,6 +158,10 @@ fn the_openai_python_client_talks_to_the_server() {
     let chat_msg = "Tell me a story about a dog.";
     let prompt = tok.encode_prompt(&chat_prompt(chat_msg)).unwrap();
     let (_, _, chat_text) = greedy(&model, &tok, &prompt, 24, None);
+    let adapter: Arc<dyn ScoreAdjuster> =
+        Arc::new(RuleAdapter::paper(RuleSet::all(), &tok).unwrap());
+    let (_, _, chat_rules) = greedy(&model, &tok, &prompt, 24, Some(adapter));
+    assert_ne!(chat_text, chat_rules, "the adapter changes the answer");
     let completion_prompt = "Once upon a time";
     let ids = tok.encode_prompt(completion_prompt).unwrap();
     let (body, logprobs, text) = greedy(&model, &tok, &ids, 20, None);
@@ -177,7 +181,10 @@ fn the_openai_python_client_talks_to_the_server() {
     .collect();
     let expected = json!({
         "model": "stories",
-        "chat": {"messages": user(chat_msg), "max_tokens": 24, "text": chat_text},
+        "chat": {
+            "messages": user(chat_msg), "max_tokens": 24, "text": chat_text,
+            "text_with_rules": chat_rules,
+        },
         "completion": {
             "prompt": completion_prompt, "max_tokens": 20, "text": text,
             "tokens": tokens, "logprobs": logprobs,
