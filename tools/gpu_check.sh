@@ -39,11 +39,11 @@
 #      its "listening on" line, python3 tools/serve_bench.py drives it with the official openai
 #      client at 1, 16 and 64 concurrent clients (greedy answers checked against each prompt's
 #      answer alone; throughput, time to first token, per-request decode rate) into
-#      $OUT/serve.json; then the server gets SIGTERM. When python3 cannot import openai, the
-#      carried wheels (target/gpu/wheels) are pip-installed offline into target/gpu-run/pylib
-#      first. The summary gives the 64-client throughput over bench generate's batch-64 decode
-#      rate when $OUT/bench_generate.json exists (target: at least 0.8)
-#                                             -> serve.log, serve_server.log, serve_listen.log
+#      $OUT/serve.json; then the server gets SIGTERM. When python3 has no openai (1.26 or
+#      newer), the carried wheels (target/gpu/wheels) are pip-installed offline into
+#      target/gpu-run/pylib first. The summary gives the 64-client throughput over bench
+#      generate's batch-64 decode rate when $OUT/bench_generate.json exists (target: >= 0.8)
+#                                   -> serve.log, serve_server.log, serve_listen.log
 # then a short summary last (the device tool returns only the output's last 12k characters; the
 # files under $OUT come back whole, at most 8 of them: the logs and steps.txt are packed into
 # $OUT/logs.tar.gz at the end, the JSON results stay loose). bench kernels times the wgmma GEMM
@@ -268,13 +268,15 @@ if wants generate; then
 fi
 # The tokenizer step "serve" gives a model folder that has none (a random Llama-2-7B).
 SERVE_TOKENIZER=$CARRIED/data/tokenizers/llama2
+# Whether python3 has an openai client serve_bench.py can use (stream_options: 1.26 or newer).
+export OPENAI_OK='import openai, sys; sys.exit(tuple(int(x) for x in openai.__version__.split(".")[:2]) < (1, 26))'
 if wants serve; then
     need_file tools/serve_bench.py "$REPO/tools/serve_bench.py"
     if [ -z "${MODEL_DIR:-}" ] || { [ ! -f "$MODEL_DIR/tokenizer.json" ] && [ ! -f "$MODEL_DIR/tokenizer.model" ]; }; then
         need_file tokenizers/llama2 "$SERVE_TOKENIZER/tokenizer.json"
     fi
     # The openai client: the machine's own, or the carried wheels.
-    if python3 -c 'import openai' 2>/dev/null || compgen -G "$CARRIED/wheels/openai-*.whl" > /dev/null; then
+    if python3 -c "$OPENAI_OK" 2>/dev/null || compgen -G "$CARRIED/wheels/openai-*.whl" > /dev/null; then
         report ok wheels "$CARRIED/wheels"
     else
         report MISSING wheels "$CARRIED/wheels"
@@ -434,10 +436,10 @@ fi
 # shellcheck disable=SC2317 # run through $BIN/serve_step.sh
 serve_run() {
     local model=$SERVE_MODEL url="" pid rc vocab t0=$SECONDS
-    if ! python3 -c 'import openai' 2>/dev/null; then
+    if ! python3 -c "$OPENAI_OK" 2>/dev/null; then
         local pylib=$BIN/pylib
-        if ! PYTHONPATH=$pylib python3 -c 'import openai' 2>/dev/null; then
-            echo "serve: python3 has no openai; installing it from $CARRIED/wheels into $pylib"
+        if ! PYTHONPATH=$pylib python3 -c "$OPENAI_OK" 2>/dev/null; then
+            echo "serve: python3 has no openai 1.26 or newer; installing it from $CARRIED/wheels into $pylib"
             python3 -m pip install --quiet --disable-pip-version-check --no-index \
                 --find-links "$CARRIED/wheels" --target "$pylib" openai || {
                 echo "serve: failed: cannot install openai from $CARRIED/wheels"
