@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const CHECKOUT: &str = env!("CARGO_MANIFEST_DIR");
-const ALL_STEPS: &str = "smi,kernels,model,train,mma,sdpa,bench,generate,trainbench,paper";
+const ALL_STEPS: &str = "smi,kernels,model,train,mma,sdpa,bench,generate,serve,trainbench,paper";
 const TEST_BINARIES: [&str; 4] = ["cuda_kernels", "cuda_model", "cuda_train", "cuda_generate"];
 const DATA_FILES: [&str; 2] = ["models/stories260k-f32.gguf", "lima/lima_data.jsonl"];
 
@@ -112,6 +112,10 @@ fn gpu_machine(root: &Path) -> Option<PathBuf> {
     for file in DATA_FILES {
         write(&root.join("data").join(file), "stand-in\n");
     }
+    // The Llama-2 tokenizer step "serve" gives a model folder without one.
+    for file in ["llama2-tokenizer.json", "llama2-tokenizer_config.json"] {
+        write(&root.join("data/tokenizers").join(file), "{}\n");
+    }
     write(&root.join("model/config.json"), "{}\n");
     std::fs::create_dir_all(root.join("elsewhere")).unwrap();
     pack(root);
@@ -128,6 +132,11 @@ fn pack(root: &Path) {
         &[("IMPLICIT_DATA", data.to_str().unwrap())],
     );
     assert!(run.status.success(), "build_gpu_binaries.sh --pack failed");
+    // --pack downloads no wheels (no network in tests): a stand-in for the openai client's.
+    write(
+        &root.join("repo/target/gpu/wheels/openai-0.0.0-py3-none-any.whl"),
+        "stand-in\n",
+    );
 }
 
 /// One `gpu_check: check STATE NAME PATH` line of the dry run.
@@ -159,6 +168,9 @@ fn expected_checks() -> BTreeSet<String> {
         .chain([
             "tools/bench_sdpa.py",
             "tools/bench_generate_torch.py",
+            "tools/serve_bench.py",
+            "tokenizers/llama2",
+            "wheels",
             "tools/bench_train_torch.py",
             "configs/models/llama2-7b.json",
         ])
@@ -269,6 +281,10 @@ fn gpu_check_dry_run_names_each_missing_piece() {
         (
             "data/lima/lima_data.jsonl",
             repo.join("target/gpu/data/lima/lima_data.jsonl"),
+        ),
+        (
+            "tokenizers/llama2",
+            repo.join("target/gpu/data/tokenizers/llama2/tokenizer.json"),
         ),
         (
             "tools/bench_train_torch.py",
@@ -383,6 +399,84 @@ fn path_helpers_follow_the_environment() {
         format!("implicit_bin={}", env!("CARGO_BIN_EXE_implicit")),
     ] {
         assert!(stdout.lines().any(|l| l == line), "no line {line:?}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Step "serve" with a stand-in `implicit` whose server never listens: one that exits at once
+/// and one that hangs. Each is reported as the step's failure, within seconds, and what the
+/// server was started with (the GPU, the batch of 64, the model folder given the carried
+/// tokenizer) is what the step promises.
+#[test]
+fn gpu_check_serve_step_reports_a_server_that_does_not_start() {
+    let root = common::temp_dir("gpu-check-serve");
+    let Some(repo) = gpu_machine(&root) else {
+        return;
+    };
+    let args_file = root.join("serve-args");
+    let stand_in = |serve: &str| {
+        let path = root.join("build/implicit");
+        write(
+            &path,
+            &format!(
+                "#!/bin/sh\nif [ \"$1\" = serve ]; then\n    echo \"$@\" > '{}'\n{serve}\nfi\nexit 0\n",
+                args_file.display()
+            ),
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        pack(&root);
+    };
+    let model = root.join("model");
+    let out = root.join("out");
+    let env = [
+        ("STEPS", "serve"),
+        ("MODEL_DIR", model.to_str().unwrap()),
+        ("OUT", out.to_str().unwrap()),
+        ("SERVE_START_LIMIT", "3"),
+    ];
+    let script = repo.join("tools/gpu_check.sh");
+    for (serve, why) in [
+        (
+            "    echo 'error: --device cuda: no CUDA device' >&2\n    exit 1",
+            "the server stopped (rc 1) before listening",
+        ),
+        ("    exec sleep 60", "the server did not listen within 3 s"),
+    ] {
+        stand_in(serve);
+        let _ = std::fs::remove_file(&args_file);
+        let t0 = std::time::Instant::now();
+        let run = bash(&script, &[], &root.join("elsewhere"), &env);
+        let took = t0.elapsed();
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "the step's failure is the exit code"
+        );
+        assert!(took.as_secs() < 60, "{why}: took {took:?}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with("serve: rc 1")),
+            "{why}: no step line"
+        );
+        assert!(
+            stdout.contains(&format!("serve: failed: {why}")),
+            "{why}: not in the summary"
+        );
+        let serve_model = repo.join("target/gpu-run/serve-model");
+        let args = std::fs::read_to_string(&args_file).expect("the server was started");
+        for want in [
+            "--device cuda".to_string(),
+            format!("--model {}", serve_model.display()),
+            "--max-batch 64".to_string(),
+        ] {
+            assert!(args.contains(&want), "{args:?} lacks {want:?}");
+        }
+        // The model's own files linked, the carried tokenizer beside them.
+        assert!(std::fs::symlink_metadata(serve_model.join("config.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(serve_model.join("tokenizer.json").is_file());
     }
     let _ = std::fs::remove_dir_all(&root);
 }

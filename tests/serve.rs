@@ -158,6 +158,10 @@ fn the_openai_python_client_talks_to_the_server() {
     let chat_msg = "Tell me a story about a dog.";
     let prompt = tok.encode_prompt(&chat_prompt(chat_msg)).unwrap();
     let (_, _, chat_text) = greedy(&model, &tok, &prompt, 24, None);
+    let adapter: Arc<dyn ScoreAdjuster> =
+        Arc::new(RuleAdapter::paper(RuleSet::all(), &tok).unwrap());
+    let (_, _, chat_rules) = greedy(&model, &tok, &prompt, 24, Some(adapter));
+    assert_ne!(chat_text, chat_rules, "the adapter changes the answer");
     let completion_prompt = "Once upon a time";
     let ids = tok.encode_prompt(completion_prompt).unwrap();
     let (body, logprobs, text) = greedy(&model, &tok, &ids, 20, None);
@@ -177,7 +181,10 @@ fn the_openai_python_client_talks_to_the_server() {
     .collect();
     let expected = json!({
         "model": "stories",
-        "chat": {"messages": user(chat_msg), "max_tokens": 24, "text": chat_text},
+        "chat": {
+            "messages": user(chat_msg), "max_tokens": 24, "text": chat_text,
+            "text_with_rules": chat_rules,
+        },
         "completion": {
             "prompt": completion_prompt, "max_tokens": 20, "text": text,
             "tokens": tokens, "logprobs": logprobs,
@@ -309,6 +316,19 @@ fn raw_http_errors_keep_alive_adapter_and_concurrency() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["choices"][0]["message"]["content"], want.as_str());
     assert_eq!(v["object"], "chat.completion");
+    // A request may turn the server's adapter off, and must say it with a boolean.
+    let (_, _, plain_text) = greedy(&model, &tok, &prompt, 30, None);
+    let off = json!({"messages": user(msg), "max_tokens": 30, "temperature": 0, "rules": false});
+    let (status, _, v) = request(port, &post("/v1/chat/completions", &off.to_string()));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], plain_text.as_str());
+    let bad = json!({"messages": user(msg), "rules": "off"});
+    let (status, _, v) = request(port, &post("/v1/chat/completions", &bad.to_string()));
+    assert_eq!(
+        (status, &v["error"]["param"]),
+        (400, &json!("rules")),
+        "{v}"
+    );
 
     // Two requests on one keep-alive connection.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -440,4 +460,151 @@ fn raw_http_errors_keep_alive_adapter_and_concurrency() {
     assert_ne!(sequential[0], sequential[1]);
     let log = std::fs::read_to_string(&server.log).unwrap();
     assert!(log.contains("rule adapter"), "{log}");
+}
+
+#[test]
+fn rules_on_or_off_per_request_even_when_decoded_in_one_batch() {
+    let Some(dir) = stories260k("serve-rules") else {
+        return;
+    };
+    let (model, tok) = load(&dir);
+    // No --adapter: requests decode the plain model unless they ask for the paper's rules.
+    let server = start_server(&dir, &[], dir.join("../server.log"));
+    let port = server.port;
+    let adapter: Arc<dyn ScoreAdjuster> =
+        Arc::new(RuleAdapter::paper(RuleSet::all(), &tok).unwrap());
+    let max = 100;
+    let messages = ["Tell me a story about a dog.", "Who was Lily?"];
+    let body = |m: &str, rules: Option<bool>| {
+        let mut b = json!({"messages": user(m), "max_tokens": max, "temperature": 0});
+        if let Some(r) = rules {
+            b["rules"] = json!(r);
+        }
+        post("/v1/chat/completions", &b.to_string())
+    };
+    let text = |raw: &str| {
+        let (status, _, v) = request(port, raw);
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Alone, each request's answer is the library's greedy text with or without the adapter.
+    let mut cases = Vec::new();
+    for m in messages {
+        let prompt = tok.encode_prompt(&chat_prompt(m)).unwrap();
+        let (_, _, plain) = greedy(&model, &tok, &prompt, max, None);
+        let (_, _, ruled) = greedy(&model, &tok, &prompt, max, Some(adapter.clone()));
+        assert_ne!(plain, ruled, "the adapter changes {m:?}");
+        assert_eq!(text(&body(m, None)), plain, "{m:?} without \"rules\"");
+        assert_eq!(text(&body(m, Some(false))), plain, "{m:?} with rules false");
+        assert_eq!(text(&body(m, Some(true))), ruled, "{m:?} with rules true");
+        cases.push((m, false, plain));
+        cases.push((m, true, ruled));
+    }
+    // Together (one thread each, released at once, so that their sequences share the steps):
+    // each is still its single-request answer.
+    let barrier = Arc::new(std::sync::Barrier::new(2 * cases.len()));
+    let handles: Vec<_> = cases
+        .iter()
+        .chain(cases.iter())
+        .map(|(m, rules, _)| {
+            let raw = body(m, Some(*rules));
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let (status, _, v) = request(port, &raw);
+                assert_eq!(status, 200, "{v}");
+                v["choices"][0]["message"]["content"].clone()
+            })
+        })
+        .collect();
+    let together: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (i, (m, rules, want)) in cases.iter().chain(cases.iter()).enumerate() {
+        assert_eq!(together[i], want.as_str(), "{m:?} rules {rules} in a batch");
+    }
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("rules off for requests without"), "{log}");
+}
+
+#[test]
+fn serve_bench_checks_concurrent_answers_against_single_ones() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/serve_bench.py");
+    // The comparison itself, on made-up answers (equal, a flipped near-tie, real mismatches).
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--self-test")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("self-test: 7 of 7 passed"), "{stdout}");
+    if !python_has_openai() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have the openai client (pip install in .ci/run)"
+        );
+        eprintln!("SKIPPED serve_bench_checks_concurrent_answers_against_single_ones: python3 -c 'import openai' fails");
+        return;
+    }
+    let Some(dir) = stories260k("serve-bench") else {
+        return;
+    };
+    let server = start_server(
+        &dir,
+        &["--model-name", "stories", "--max-batch", "4"],
+        dir.join("../server.log"),
+    );
+    let json_path = dir.join("../serve.json");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg("--base-url")
+        .arg(format!("http://127.0.0.1:{}/v1", server.port))
+        .args([
+            "--model",
+            "stories",
+            "--random-prompts",
+            "6",
+            "--prompt-tokens",
+            "12",
+        ])
+        .args([
+            "--vocab-size",
+            "512",
+            "--max-tokens",
+            "20",
+            "--concurrency",
+            "1,4",
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "serve_bench.py failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(v["schema"], "implicit-serve-bench/1");
+    assert_eq!(v["mismatches"], 0, "{v}");
+    let levels = v["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for (level, c) in levels.iter().zip([1, 4]) {
+        assert_eq!(level["concurrency"], c);
+        // --rounds 2: each client sends two requests in turn.
+        assert_eq!(level["completed"], 2 * c, "{level}");
+        assert!(level["generated_tokens"].as_u64().unwrap() > 0, "{level}");
+        assert!(
+            level["throughput_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{level}"
+        );
+        assert!(level["ttft_s"]["p50"].as_f64().unwrap() > 0.0, "{level}");
+        // The CPU decodes a sequence alike in any batch: no near-tie flips either.
+        assert_eq!(level["accepted_divergences"], json!([]), "{level}");
+    }
 }

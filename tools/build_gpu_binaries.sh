@@ -4,7 +4,12 @@
 # (implicit, cuda_kernels, cuda_model, cuda_train, cuda_generate), stripped of debug info and
 # packed into target/gpu/bin.tar.xz (five binaries of ~15 MiB each share most of their bytes;
 # packed they are ~15 MiB, under the device tool's 64 MiB carry limit); the small real data the
-# GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/; the test fixtures
+# GPU tests read (stories260k, LIMA: 4 MiB) under target/gpu/data/, with the Llama-2 tokenizer
+# (3.6 MiB, data/tokenizers/llama2/tokenizer.json and tokenizer_config.json) that gpu_check.sh's
+# step "serve" gives a random Llama-2-7B; the official `openai` client's wheels and their
+# dependencies (pydantic-core and jiter for CPython 3.10-3.13 manylinux x86_64: the GPU machine's
+# Python is unknown and it has no network; 14 MiB) under target/gpu/wheels/, which step "serve"
+# pip-installs offline when its python3 cannot import openai; the test fixtures
 # (tests/fixtures, 0.7 MiB) under target/gpu/fixtures/, so that the binaries read the fixtures
 # of the tree they were built from; target/gpu/COMMIT naming the commit they were built from
 # ("-dirty" when the working tree had changes). Then carry target/gpu to the device tool and run
@@ -16,7 +21,9 @@
 #            `implicit` one and whichever test binaries are there, as they are; tests/gpu_check.rs
 #            packs stand-ins this way)
 # Environment: IMPLICIT_DATA (where the data is read from, default ../shared/data beside the
-# repository).
+# repository), OPENAI_VERSION (the client's version for the wheels, default CI's: .ci/run),
+# WHEELS (1: download the wheels, the default when building; 0: none, the default of --pack, so
+# that tests/gpu_check.rs needs no network).
 set -euo pipefail
 start=$PWD
 cd "$(dirname "$0")/.."
@@ -72,6 +79,7 @@ if [ "${1:-}" = --pack ]; then
         exit 2
     fi
     build=$(cd "$start" && cd "$2" && pwd)
+    WHEELS=${WHEELS:-0}
 else
     build=$repo/target/gpu-build
     build_binaries
@@ -100,6 +108,32 @@ for f in models/stories260k-f32.gguf lima/lima_data.jsonl; do
         cp "$data/$f" "$out/data/$f"
     else
         echo "warning: $data/$f is absent; the GPU tests that read it will skip" >&2
+    fi
+done
+
+# The Llama-2 tokenizer under the names a model folder gives it (step "serve" of gpu_check.sh
+# serves a random Llama-2-7B, which `implicit init` writes without one).
+if [ -f "$data/tokenizers/llama2-tokenizer.json" ]; then
+    mkdir -p "$out/data/tokenizers/llama2"
+    cp "$data/tokenizers/llama2-tokenizer.json" "$out/data/tokenizers/llama2/tokenizer.json"
+    if [ -f "$data/tokenizers/llama2-tokenizer_config.json" ]; then
+        cp "$data/tokenizers/llama2-tokenizer_config.json" "$out/data/tokenizers/llama2/tokenizer_config.json"
+    fi
+else
+    echo "warning: $data/tokenizers/llama2-tokenizer.json is absent; step serve needs a model with a tokenizer" >&2
+fi
+
+# The openai client for step "serve" (tools/serve_bench.py), whatever CPython 3.10-3.13 the GPU
+# machine has: one resolution per version (the pure-Python wheels are shared, the compiled
+# pydantic-core and jiter are one wheel each per version).
+openai_version=${OPENAI_VERSION:-3.54.0}
+mkdir -p "$out/wheels"
+for py in 3.10 3.11 3.12 3.13; do
+    if [ "${WHEELS:-1}" = 0 ]; then break; fi
+    if ! python3 -m pip download --quiet --disable-pip-version-check "openai==$openai_version" \
+        --only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+        --python-version "$py" --implementation cp --dest "$out/wheels"; then
+        echo "warning: pip download of openai==$openai_version for CPython $py failed; step serve needs openai on the GPU machine" >&2
     fi
 done
 

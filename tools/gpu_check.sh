@@ -31,7 +31,20 @@
 #      with TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile
 #      (one more step timed by kernel family and phase, whose "profile:" lines the summary shows)
 #                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
-#   8. (only when STEPS names "paper"; for an H200) the paper's numerics, fp32 master weights
+#   8. (only when STEPS names "serve"; under one limit of 240 s) target/gpu-run/implicit serve
+#      --device cuda --max-batch 64 on MODEL_DIR or the random Llama-2-7B of step "generate"
+#      (written by `implicit init` if absent); a model folder without tokenizer.json or
+#      tokenizer.model is served through target/gpu-run/serve-model, links to its files beside
+#      the carried Llama-2 tokenizer (target/gpu/data/tokenizers/llama2). Once the server prints
+#      its "listening on" line, python3 tools/serve_bench.py drives it with the official openai
+#      client at 1, 16 and 64 concurrent clients (greedy answers checked against each prompt's
+#      answer alone; throughput, time to first token, per-request decode rate) into
+#      $OUT/serve.json; then the server gets SIGTERM. When python3 has no openai (1.26 or
+#      newer), the carried wheels (target/gpu/wheels) are pip-installed offline into
+#      target/gpu-run/pylib first. The summary gives the 64-client throughput over bench
+#      generate's batch-64 decode rate when $OUT/bench_generate.json exists (target: >= 0.8)
+#                                   -> serve.log, serve_server.log, serve_listen.log
+#   9. (only when STEPS names "paper"; for an H200) the paper's numerics, fp32 master weights
 #      and moments on the GPU with --checkpointing auto (no recompute where 141 GB hold it),
 #      all 32 layers, against PyTorch AMP at its best of checkpointing and none
 #                                             -> bench_train_paper.{log,json}, train_torch_paper.{log,json}
@@ -62,6 +75,8 @@
 # in STEPS), WGMMA=1 (bench kernels times the wgmma rows even when its tests failed in this call),
 # EAGER=1 (step "generate" also runs bench generate --no-cuda-graphs -> bench_generate_eager.json),
 # GENERATE_ARGS (more arguments for both generate benchmarks, e.g. "--batch-sizes 1,16"),
+# SERVE_ARGS (more arguments for serve_bench.py, e.g. "--max-tokens 64 --rounds 1"),
+# SERVE_START_LIMIT (seconds step "serve" waits for the server to listen, default 150),
 # TRAIN_HOST=1 (step "trainbench" also runs bench train --optimizer-state host), TRAIN_LAYERS
 # (layers of step "trainbench"'s first pair, default 8), TRAIN_ARGS (more arguments for every
 # train benchmark, e.g. "--micro-batch 2").
@@ -254,10 +269,28 @@ fi
 if wants sdpa; then need_file tools/bench_sdpa.py "$REPO/tools/bench_sdpa.py"; fi
 if wants generate; then
     need_file tools/bench_generate_torch.py "$REPO/tools/bench_generate_torch.py"
+fi
+# The tokenizer step "serve" gives a model folder that has none (a random Llama-2-7B).
+SERVE_TOKENIZER=$CARRIED/data/tokenizers/llama2
+# Whether python3 has an openai client serve_bench.py can use (stream_options: 1.26 or newer).
+export OPENAI_OK='import openai, sys; sys.exit(tuple(int(x) for x in openai.__version__.split(".")[:2]) < (1, 26))'
+if wants serve; then
+    need_file tools/serve_bench.py "$REPO/tools/serve_bench.py"
+    if [ -z "${MODEL_DIR:-}" ] || { [ ! -f "$MODEL_DIR/tokenizer.json" ] && [ ! -f "$MODEL_DIR/tokenizer.model" ]; }; then
+        need_file tokenizers/llama2 "$SERVE_TOKENIZER/tokenizer.json"
+    fi
+    # The openai client: the machine's own, or the carried wheels.
+    if python3 -c "$OPENAI_OK" 2>/dev/null || compgen -G "$CARRIED/wheels/openai-*.whl" > /dev/null; then
+        report ok wheels "$CARRIED/wheels"
+    else
+        report MISSING wheels "$CARRIED/wheels"
+    fi
+fi
+if wants generate || wants serve; then
     if [ -n "${MODEL_DIR:-}" ]; then
         need_file MODEL_DIR/config.json "$MODEL_DIR/config.json"
     elif [ "$DRY_RUN" = 1 ]; then
-        echo "gpu_check: note MODEL_DIR unset: step generate writes a random Llama-2-7B to /tmp/implicit-llama2-7b"
+        echo "gpu_check: note MODEL_DIR unset: step generate (or serve) writes a random Llama-2-7B to /tmp/implicit-llama2-7b"
     fi
 fi
 if wants trainbench || wants paper; then
@@ -401,6 +434,96 @@ if wants generate; then
         fi
     fi
 fi
+# Step "serve": the server on the GPU, driven by tools/serve_bench.py (header, step 8). The body
+# runs under the step's time limit as its own bash (timeout kills its process group, the server
+# with it); what it needs comes through the environment.
+# shellcheck disable=SC2317 # run through $BIN/serve_step.sh
+serve_run() {
+    local model=$SERVE_MODEL url="" pid rc vocab t0=$SECONDS
+    if ! python3 -c "$OPENAI_OK" 2>/dev/null; then
+        local pylib=$BIN/pylib
+        if ! PYTHONPATH=$pylib python3 -c "$OPENAI_OK" 2>/dev/null; then
+            echo "serve: python3 has no openai 1.26 or newer; installing it from $CARRIED/wheels into $pylib"
+            python3 -m pip install --quiet --disable-pip-version-check --no-index \
+                --find-links "$CARRIED/wheels" --target "$pylib" openai || {
+                echo "serve: failed: cannot install openai from $CARRIED/wheels"
+                return 1
+            }
+        fi
+        export PYTHONPATH="$pylib${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    python3 -c 'import openai; print("serve: openai", openai.__version__)' || return 1
+    "$IMPLICIT_BIN" serve --device cuda --model "$model" --model-name serve-bench --port 0 \
+        --max-batch 64 --max-requests 256 > "$OUT/serve_listen.log" 2> "$OUT/serve_server.log" &
+    pid=$!
+    # Whatever ends this body, the server goes with it.
+    trap 'kill -TERM "$pid" 2>/dev/null' EXIT
+    while [ -z "$url" ]; do
+        url=$(sed -n 's/^listening on \(http:.*\)$/\1/p' "$OUT/serve_listen.log" | head -1)
+        [ -n "$url" ] && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid"
+            rc=$?
+            echo "serve: failed: the server stopped (rc $rc) before listening; its log ends:"
+            tail -5 "$OUT/serve_server.log"
+            return 1
+        fi
+        if [ $((SECONDS - t0)) -ge "${SERVE_START_LIMIT:-150}" ]; then
+            echo "serve: failed: the server did not listen within ${SERVE_START_LIMIT:-150} s; its log ends:"
+            tail -5 "$OUT/serve_server.log"
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "serve: $model listening at $url after $((SECONDS - t0)) s"
+    # The random prompts' token ids are drawn from the model's vocabulary.
+    vocab=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["vocab_size"])' \
+        "$model/config.json") || { echo "serve: failed: no vocab_size in $model/config.json"; return 1; }
+    # shellcheck disable=SC2086
+    python3 "$REPO/tools/serve_bench.py" --base-url "$url/v1" --model serve-bench \
+        --vocab-size "$vocab" --concurrency 1,16,64 --max-tokens 128 --json "$OUT/serve.json" \
+        ${SERVE_ARGS:-}
+    rc=$?
+    # SIGTERM: the server finishes what is in flight (nothing by now) and exits.
+    kill -TERM "$pid" 2>/dev/null
+    local waited=0
+    while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt 40 ]; do
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "serve: the server did not exit 20 s after SIGTERM; killed"
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    trap - EXIT
+    return "$rc"
+}
+if wants serve; then
+    serve_dir=${MODEL_DIR:-/tmp/implicit-llama2-7b}
+    if [ -z "${MODEL_DIR:-}" ] && [ ! -f "$serve_dir/config.json" ]; then
+        step init 240 "$IMPLICIT_BIN" init --config llama2-7b --out "$serve_dir"
+    fi
+    if [ ! -f "$serve_dir/config.json" ]; then
+        echo "serve: failed ($serve_dir has no config.json)" | tee -a "$OUT/steps.txt"
+        if [ "$first_failure" -eq 0 ]; then first_failure=1; fi
+    else
+        SERVE_MODEL=$serve_dir
+        if [ ! -f "$serve_dir/tokenizer.json" ] && [ ! -f "$serve_dir/tokenizer.model" ]; then
+            # No tokenizer (implicit init writes none): links to its files beside the carried one.
+            SERVE_MODEL=$BIN/serve-model
+            rm -rf "$SERVE_MODEL" && mkdir -p "$SERVE_MODEL"
+            for f in "$serve_dir"/*; do ln -s "$f" "$SERVE_MODEL/"; done
+            for f in "$SERVE_TOKENIZER"/*; do
+                rm -f "$SERVE_MODEL/$(basename "$f")"
+                cp "$f" "$SERVE_MODEL/"
+            done
+        fi
+        export SERVE_MODEL IMPLICIT_BIN OUT BIN CARRIED REPO
+        mkdir -p "$BIN"
+        { echo 'set -u'; declare -f serve_run; echo serve_run; } > "$BIN/serve_step.sh"
+        step serve 240 bash "$BIN/serve_step.sh"
+    fi
+fi
 if wants trainbench || wants paper; then
     llama=$REPO/configs/models/llama2-7b.json
     # name TORCH_ARGS... -- IMPLICIT_ARGS...: one PyTorch run and one implicit run, side by side.
@@ -486,6 +609,30 @@ if wants generate && [ -f "$OUT/bench_generate.log" ]; then
     echo "-- bench generate (full figures in bench_generate.log / bench_generate.json)"
     sed -n '/^bench generate: .*B parameters)/,$p' "$OUT/bench_generate.log" | head -40
     grep -E '^error' "$OUT/bench_generate.log" | head -5
+fi
+if wants serve && [ -f "$OUT/serve.log" ]; then
+    echo "-- serve (implicit serve --device cuda driven by tools/serve_bench.py; serve.json)"
+    grep -E '^serve(_bench)?:|^  (MISMATCH|ERROR|accepted)' "$OUT/serve.log" | head -24
+    grep -E '^error|panicked' "$OUT/serve_server.log" 2>/dev/null | head -5
+    python3 - "$OUT/serve.json" "$OUT/bench_generate.json" <<'EOF'
+import json, os, sys
+serve_path, generate_path = sys.argv[1:3]
+if not os.path.exists(serve_path):
+    sys.exit("serve: no serve.json (see serve.log)")
+serve = json.load(open(serve_path))
+at64 = [l for l in serve["levels"] if l["concurrency"] == 64]
+rate = at64[0]["throughput_tokens_per_s"] if at64 else None
+line = f"serve: 64 clients {rate:.1f} tokens/s" if rate else "serve: no 64-client level"
+if rate and os.path.exists(generate_path):
+    rows = [r for r in json.load(open(generate_path)).get("results", []) if r.get("batch") == 64]
+    decode = rows[0]["decode"]["tokens_per_s"] if rows and rows[0].get("decode") else None
+    if decode:
+        ratio = rate / decode
+        verdict = "within" if ratio >= 0.8 else "NOT within"
+        line += (f" = {ratio:.2f}x bench generate's batch-64 decode ({decode:.1f} tokens/s):"
+                 f" {verdict} 20% (target >= 0.80)")
+print(line + f"; {serve['mismatches']} mismatches, {serve['accepted_divergences']} accepted divergences")
+EOF
 fi
 if wants trainbench || wants paper; then
     for log in "$OUT"/bench_train_*.log; do

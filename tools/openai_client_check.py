@@ -5,7 +5,8 @@ Usage: openai_client_check.py --base-url http://127.0.0.1:PORT/v1 --expected exp
 
 expected.json (written by tests/serve.rs from the Rust library's own greedy decoding):
   {"model": id,
-   "chat": {"messages": [...], "max_tokens": n, "text": greedy text},
+   "chat": {"messages": [...], "max_tokens": n, "text": greedy text,
+            "text_with_rules": greedy text through the paper's rule adapter},
    "completion": {"prompt": str, "max_tokens": n, "text": str,
                   "tokens": [token texts], "logprobs": [floats]},
    "concurrent": [{"messages": [...], "max_tokens": n}, ...]}
@@ -67,6 +68,13 @@ def main():
         r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens,
         "usage adds up",
     )
+
+    # The rule adapter per request, through the client's extra_body (the server's own field).
+    r = chat_text(client, model, c["messages"], c["max_tokens"], extra_body={"rules": True})
+    text = r.choices[0].message.content
+    check(text == c["text_with_rules"], f"chat with rules {text!r} == {c['text_with_rules']!r}")
+    r = chat_text(client, model, c["messages"], c["max_tokens"], extra_body={"rules": False})
+    check(r.choices[0].message.content == c["text"], "chat with rules false is the plain text")
 
     # Chat with logprobs: top-1 is the chosen token, every logprob <= 0, bytes add up to text.
     r = chat_text(client, model, c["messages"], c["max_tokens"], logprobs=True, top_logprobs=3)

@@ -19,11 +19,13 @@ pub struct ServeArgs {
     /// compute capability 8.0 or newer; otherwise serve stops at once saying why).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
-    /// Serve through the paper's rule-based adapter ("rules") or a rules file (.toml/.json).
+    /// Decode requests through the paper's rule-based adapter ("rules") or a rules file
+    /// (.toml/.json) unless they say `"rules": false`. Without it, requests decode the plain
+    /// model unless they say `"rules": true` (then the paper's adapter).
     #[arg(long, value_name = "rules|FILE")]
     adapter: Option<String>,
     /// Which of the adapter's rules apply: a comma-separated subset of eos, uniform, diversity.
-    #[arg(long, requires = "adapter", default_value = "eos,uniform,diversity")]
+    #[arg(long, default_value = "eos,uniform,diversity")]
     rules: RuleSet,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -33,6 +35,11 @@ pub struct ServeArgs {
     /// Sequences of concurrent requests decoded together at most.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     max_batch: u64,
+    /// Prompt tokens of joining requests prefilled in one step while other requests decode (a
+    /// burst of arrivals joins over several steps instead of stalling the running ones for one
+    /// long prefill; one request joins per step whatever its length).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    prefill_tokens: u64,
     /// The model's name in responses (default: the model folder's name).
     #[arg(long)]
     model_name: Option<String>,
@@ -65,6 +72,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         host: args.host,
         port: args.port,
         max_batch: args.max_batch as usize,
+        prefill_tokens: usize::try_from(args.prefill_tokens).unwrap_or(usize::MAX),
         model_name: args.model_name,
         chat_format: args.chat_format,
         limits: Limits {

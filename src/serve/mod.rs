@@ -1,5 +1,5 @@
-//! `implicit serve`: an OpenAI-compatible HTTP server over a model, optionally through the
-//! paper's rule adapter, on the CPU or the GPU (`--device`).
+//! `implicit serve`: an OpenAI-compatible HTTP server over a model, on the CPU or the GPU
+//! (`--device`), each request through the paper's rule adapter or not (the body's `rules`).
 //!
 //! Endpoints: `POST /v1/chat/completions` (messages rendered in the model's own chat template,
 //! or the paper's Tulu format: `--chat-format`, see `io::chat_template`),
@@ -8,7 +8,9 @@
 //! `seed`, `stop`, `stream` (server-sent events ending in `data: [DONE]`, with
 //! `stream_options.include_usage`) and logprobs (chat: `logprobs: true, top_logprobs: k`;
 //! completions: `logprobs: k`), and report token usage; `presence_penalty`,
-//! `frequency_penalty` and `logit_bias` only at their neutral values. Bad requests get
+//! `frequency_penalty` and `logit_bias` only at their neutral values; and this server's own
+//! `rules` (true: decode through the rule adapter, false: the plain model; absent: on when the
+//! server was started with `--adapter`, else off). Bad requests get
 //! OpenAI-style JSON errors naming the field (400, 404 also for another `model`, 405, 408,
 //! 413, 429/503 when full; 500 when decoding fails).
 //!
@@ -22,7 +24,9 @@
 //!
 //! Each request's tokenizing and waiting runs on a blocking worker thread; every request's
 //! sequences are decoded by one scheduler thread that batches all concurrent sequences into
-//! one forward per step, each with its own KV cache (see `scheduler`).
+//! one forward per step, each with its own KV cache, adapter state and sampler (see
+//! `scheduler`): a request arriving while others decode joins at the next step (its prompt's
+//! prefill shares that step, within `--prefill-tokens` a step), one that ends leaves.
 
 pub mod completion;
 pub mod events;
@@ -91,7 +95,9 @@ pub struct ServeConfig {
     pub model: PathBuf,
     /// Where the forward pass runs.
     pub device: Device,
-    /// "rules" (the paper's adapter) or a rules file; None: the plain model.
+    /// "rules" (the paper's adapter) or a rules file, on for requests that do not say
+    /// otherwise; None: requests decode the plain model unless they ask for `"rules": true`
+    /// (then the paper's adapter).
     pub adapter: Option<String>,
     pub rules: RuleSet,
     pub host: String,
@@ -99,6 +105,9 @@ pub struct ServeConfig {
     pub port: u16,
     /// Sequences decoded together at most.
     pub max_batch: usize,
+    /// Prompt tokens of joining requests prefilled in one step while others decode (at least
+    /// one request joins per step whatever its length); see `scheduler::joining`.
+    pub prefill_tokens: usize,
     /// The model's name in responses (default: the model folder's name).
     pub model_name: Option<String>,
     /// How chat messages become a prompt: the model's own template or the paper's Tulu format.
@@ -109,7 +118,11 @@ pub struct ServeConfig {
 struct State {
     tok: Tokenizer,
     vocab: VocabText,
-    adjuster: Option<Arc<dyn ScoreAdjuster>>,
+    /// The rule adapter requests may decode through, or why there is none (a request asking for
+    /// it gets a 400 saying so).
+    adapter: std::result::Result<Arc<dyn ScoreAdjuster>, String>,
+    /// Whether a request that does not set `rules` decodes through the adapter.
+    rules_by_default: bool,
     scheduler: Scheduler,
     model_id: String,
     vocab_size: usize,
@@ -141,17 +154,25 @@ impl Server {
     /// Opens the device, loads the model (and adapter), starts the decoding thread and binds
     /// the address.
     pub fn bind(cfg: &ServeConfig) -> Result<Server> {
-        let (scheduler, loaded) = Scheduler::start(cfg.model.clone(), cfg.device, cfg.max_batch)?;
+        let (scheduler, loaded) = Scheduler::start(
+            cfg.model.clone(),
+            cfg.device,
+            cfg.max_batch,
+            cfg.prefill_tokens,
+        )?;
         let config = loaded.config;
         let tok = Tokenizer::load(&cfg.model, &config)?;
         let chat = ChatTemplate::load(&cfg.model, &tok, cfg.chat_format)?;
+        // The adapter asked for must load; without one, the paper's is there for requests
+        // that ask, and a vocabulary it cannot be built for only refuses those requests.
         let adapter = match &cfg.adapter {
-            Some(name) => Some(RuleAdapter::new(
+            Some(name) => Ok(RuleAdapter::new(
                 &AdapterSpec::load(name)?,
                 cfg.rules,
                 &tok,
             )?),
-            None => None,
+            None => RuleAdapter::paper(cfg.rules, &tok)
+                .map_err(|e| format!("this server has no rule adapter: {e}")),
         };
         let mut description = format!(
             "{} ({} parameters, context {}) on {}",
@@ -161,8 +182,17 @@ impl Server {
             loaded.device
         );
         description.push_str(&format!("\n{}", chat.describe()));
-        if let Some(a) = &adapter {
-            description.push_str(&format!("\n{}", a.describe()));
+        let default_rules = cfg.adapter.is_some();
+        match &adapter {
+            Ok(a) => description.push_str(&format!(
+                "\n{}\nrules {} for requests without \"rules\" (each request may say \"rules\": \
+                 true or false)",
+                a.describe(),
+                if default_rules { "on" } else { "off" }
+            )),
+            Err(e) => description.push_str(&format!("\n{e}")),
+        }
+        if let Ok(a) = &adapter {
             if !a.unresolved().is_empty() {
                 description.push_str(&format!(
                     "\nwarning: no single token in this vocabulary for {} (skipped)",
@@ -205,7 +235,8 @@ impl Server {
             context_len: config.max_position_embeddings,
             max_prompt_bytes,
             chat,
-            adjuster: adapter.map(|a| Arc::new(a) as Arc<dyn ScoreAdjuster>),
+            adapter: adapter.map(|a| Arc::new(a) as Arc<dyn ScoreAdjuster>),
+            rules_by_default: default_rules,
             tok,
             model_id,
             started: now_secs(),
@@ -547,6 +578,16 @@ fn answer(state: &State, body: &Value, chat: bool, reply: &mut Reply) {
         Ok(p) => p,
         Err(e) => return reply.send(Head::Error(e)),
     };
+    let adjuster = match (
+        params.rules.unwrap_or(state.rules_by_default),
+        &state.adapter,
+    ) {
+        (false, _) => None,
+        (true, Ok(a)) => Some(a.clone()),
+        (true, Err(why)) => {
+            return reply.send(Head::Error(ApiError::invalid(why.clone(), Some("rules"))));
+        }
+    };
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
     let created = now_secs();
     let ctx = Ctx {
@@ -556,7 +597,7 @@ fn answer(state: &State, body: &Value, chat: bool, reply: &mut Reply) {
         vocab_size: state.vocab_size,
         context_len: state.context_len,
         scheduler: &state.scheduler,
-        adjuster: state.adjuster.clone(),
+        adjuster,
         id: format!(
             "{}-{created:x}{n:06x}",
             if chat { "chatcmpl" } else { "cmpl" }

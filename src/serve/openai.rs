@@ -106,6 +106,9 @@ pub struct GenParams {
     pub include_usage: bool,
     /// None: no logprobs; Some(k): logprobs with the k most likely alternatives.
     pub logprobs: Option<usize>,
+    /// The body's `rules` (this server's extension): decode through the rule adapter (true) or
+    /// the plain model (false); None: the server's default (on when started with `--adapter`).
+    pub rules: Option<bool>,
 }
 
 /// The most alternatives a request may ask for.
@@ -209,6 +212,10 @@ fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams>
         None => count(body, "max_tokens", 1, u32::MAX as u64)?,
     };
     let stream = boolean(body, "stream")?;
+    let rules = match field(body, "rules") {
+        None => None,
+        Some(_) => Some(boolean(body, "rules")?),
+    };
     let include_usage = match field(body, "stream_options") {
         None => false,
         Some(Value::Object(o)) => boolean(o, "include_usage")?,
@@ -238,6 +245,7 @@ fn common(body: &Map<String, Value>, endpoint: Endpoint) -> ApiResult<GenParams>
         stream,
         include_usage,
         logprobs: None,
+        rules,
     })
 }
 
@@ -546,6 +554,13 @@ mod tests {
                 "{body}"
             );
         }
+        let err = parse_completion(&json!({"prompt": "x", "rules": "yes"})).unwrap_err();
+        assert_eq!((err.status, err.param.as_deref()), (400, Some("rules")));
+        let rules = |body: Value| parse_completion(&body).unwrap().rules;
+        assert_eq!(rules(json!({"prompt": "x"})), None);
+        assert_eq!(rules(json!({"prompt": "x", "rules": null})), None);
+        assert_eq!(rules(json!({"prompt": "x", "rules": false})), Some(false));
+        assert_eq!(rules(json!({"prompt": "x", "rules": true})), Some(true));
         let neutral = json!({"prompt": "x", "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}});
         assert!(parse_completion(&neutral).is_ok());
         let p = parse_completion(&json!({"prompt": [[1, 2], [3]], "stop": "\n"})).unwrap();
