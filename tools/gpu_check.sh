@@ -23,15 +23,7 @@
 #      static-cache + torch.compile recipe, rows of both), then target/gpu/implicit
 #      bench generate --torch $OUT/bench_generate_torch.json --json $OUT/bench_generate.json
 #                                             -> bench_generate_torch.log, bench_generate.log
-#   7. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
-#      Llama-2-7B's shape (configs/models/llama2-7b.json): TRAIN_LAYERS layers (default 8) with
-#      everything on the GPU against PyTorch AMP; then all 32 layers with --checkpointing
-#      auto and bf16 optimizer state (stochastic rounding) against PyTorch bf16 at its best of
-#      checkpointing, none, and checkpointing + torch.compile (--best-of; the JSON lists each);
-#      with TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile
-#      (one more step timed by kernel family and phase, whose "profile:" lines the summary shows)
-#                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
-#   8. (only when STEPS names "serve"; under one limit of 240 s) target/gpu-run/implicit serve
+#   7. (only when STEPS names "serve"; under one limit of 240 s) target/gpu-run/implicit serve
 #      --device cuda --max-batch 64 on MODEL_DIR or the random Llama-2-7B of step "generate"
 #      (written by `implicit init` if absent); a model folder without tokenizer.json or
 #      tokenizer.model is served through target/gpu-run/serve-model, links to its files beside
@@ -44,6 +36,14 @@
 #      target/gpu-run/pylib first. The summary gives the 64-client throughput over bench
 #      generate's batch-64 decode rate when $OUT/bench_generate.json exists (target: >= 0.8)
 #                                   -> serve.log, serve_server.log, serve_listen.log
+#   8. (only when STEPS names "trainbench") bench train against tools/bench_train_torch.py at
+#      Llama-2-7B's shape (configs/models/llama2-7b.json): TRAIN_LAYERS layers (default 8) with
+#      everything on the GPU against PyTorch AMP; then all 32 layers with --checkpointing
+#      auto and bf16 optimizer state (stochastic rounding) against PyTorch bf16 at its best of
+#      checkpointing, none, and checkpointing + torch.compile (--best-of; the JSON lists each);
+#      with TRAIN_HOST=1 also the fp32 state in host memory; every implicit run with --profile
+#      (one more step timed by kernel family and phase, whose "profile:" lines the summary shows)
+#                                             -> bench_train_*.{log,json}, train_torch_*.{log,json}
 #   9. (only when STEPS names "paper"; for an H200) the paper's numerics, fp32 master weights
 #      and moments on the GPU with --checkpointing auto (no recompute where 141 GB hold it),
 #      all 32 layers, against PyTorch AMP at its best of checkpointing and none
@@ -434,7 +434,7 @@ if wants generate; then
         fi
     fi
 fi
-# Step "serve": the server on the GPU, driven by tools/serve_bench.py (header, step 8). The body
+# Step "serve": the server on the GPU, driven by tools/serve_bench.py (header, step 7). The body
 # runs under the step's time limit as its own bash (timeout kills its process group, the server
 # with it); what it needs comes through the environment.
 # shellcheck disable=SC2317 # run through $BIN/serve_step.sh
