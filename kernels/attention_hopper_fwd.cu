@@ -30,8 +30,9 @@
 //   Intra-warpgroup overlap (FA3 §3.2): in the steady state the consumer issues S_n = Q·K_nᵀ and
 //   then O += P_{n+1}·V_{n+1} (the previous block's probabilities) back to back, waits only for
 //   S_n (wait_group 1), and runs the softmax of S_n on the CUDA cores while the tensor cores
-//   still work on P_{n+1}·V_{n+1}; then waits for it, rescales O by exp2(m_old − m_new) and
-//   packs P_n. Register budget per consumer thread (d 128): O 64 + S 64 + P 32 f32/b32.
+//   still work on P_{n+1}·V_{n+1}. At the top of the next iteration it waits for that product
+//   (wait_group 0), rescales O by exp2(m_old − m_new) and packs P_n. Register budget per
+//   consumer thread (d 128): O 64 + S 64 + P 32 f32/b32 (ptxas: up to R183).
 // - Online softmax in f32 with exp2 and the scale folded in: p = exp2(s·scale·log2e − m·scale·
 //   log2e) as one FFMA and one MUFU.EX2; m is the row's running raw maximum, with the usual
 //   guard (a row that has seen only masked keys has m = −inf and uses 0 as its base, so no
@@ -454,12 +455,13 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* tma_q,
       tma_prefetch_map(tma_k);
       tma_prefetch_map(tma_v);
       const int kv_head = h / (heads / kv_heads);
-      // Boxes are {64 columns, 128 rows, 1 head, 1 sequence} at (column, row, head, sequence);
-      // a box partly past the rows is zero-filled and still delivers all its bytes.
+      // Boxes are {64 columns, 1 head, 128 rows, 1 sequence} at (column, head, row, sequence),
+      // 128 rows of 128 bytes in shared memory; a box partly past the rows is zero-filled and
+      // still delivers all its bytes.
       mbar_arrive_expect_tx(q_full, L::TILE);
 #pragma unroll
       for (int c = 0; c < HD / 64; ++c)
-        tma_load_4d(base + c * CHUNK_BYTES, tma_q, q_full, 64 * c, m0, h, b);
+        tma_load_4d(base + c * CHUNK_BYTES, tma_q, q_full, 64 * c, h, m0, b);
       int stage = 0;
       uint32_t phase = 0;
       for (int n = n_blocks - 1; n >= 0; --n) {
@@ -469,13 +471,13 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* tma_q,
 #pragma unroll
         for (int c = 0; c < HD / 64; ++c)
           tma_load_4d(base + L::K0 + stage * L::TILE + c * CHUNK_BYTES, tma_k, k_full, 64 * c,
-                      n * BN, kv_head, b);
+                      kv_head, n * BN, b);
         mbar_wait(v_empty0 + 8 * stage, phase ^ 1);  // both consumers' PV of this stage done
         mbar_arrive_expect_tx(v_full, L::TILE);
 #pragma unroll
         for (int c = 0; c < HD / 64; ++c)
           tma_load_4d(base + L::V0 + stage * L::TILE + c * CHUNK_BYTES, tma_v, v_full, 64 * c,
-                      n * BN, kv_head, b);
+                      kv_head, n * BN, b);
         if (++stage == STAGES) {
           stage = 0;
           phase ^= 1;
@@ -504,7 +506,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* tma_q,
 
 // One kernel per head dim. Launch (attention_hopper_fwd.rs): block 384, grid (heads, query tiles
 // of 128, batch), dynamic shared memory attn_hopper_fwd::Smem<d>::BYTES (opt-in attribute); the
-// tensor maps are 4-d bf16 (d, rows, heads, sequences), boxes {64, 128, 1, 1}, 128-byte swizzle.
+// tensor maps are 4-d bf16 (d, heads, rows, sequences), boxes {64, 1, 128, 1}, 128-byte swizzle.
 // Built for sm_80 too (build.rs compiles every file for it): there the body traps, and the host
 // launches these only on a compute-capability-9.0 device running the sm_90a image.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

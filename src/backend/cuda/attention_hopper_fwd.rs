@@ -103,8 +103,9 @@ pub(super) fn hopper_forward_problem(
 }
 
 /// `cuTensorMapEncodeTiled` for one bf16 tensor `[batch, rows, heads, head_dim]` at `addr`:
-/// 4-d (head_dim, rows, heads, batch), boxes of 64 columns × 128 rows of one head, 128-byte
-/// swizzle, rows past the end read as zeros.
+/// 4-d (head_dim, heads, rows, batch), so that the strides grow with the dimension; boxes of
+/// 64 columns × 1 head × 128 rows (128 rows of 128 bytes in shared memory), 128-byte swizzle,
+/// rows past the end read as zeros.
 fn encode(
     addr: u64,
     batch: usize,
@@ -112,11 +113,11 @@ fn encode(
     heads: usize,
     head_dim: usize,
 ) -> std::result::Result<TensorMap, String> {
-    let dims: [u64; 4] = [head_dim as u64, rows as u64, heads as u64, batch as u64];
-    // Bytes between rows, heads and sequences (dimension 0 is contiguous and not given).
+    let dims: [u64; 4] = [head_dim as u64, heads as u64, rows as u64, batch as u64];
+    // Bytes between heads, rows and sequences (dimension 0 is contiguous and not given).
     let row = 2 * (heads * head_dim) as u64;
-    let strides: [u64; 3] = [row, 2 * head_dim as u64, row * rows as u64];
-    let boxes: [u32; 4] = [64, TILE_ROWS as u32, 1, 1];
+    let strides: [u64; 3] = [2 * head_dim as u64, row, row * rows as u64];
+    let boxes: [u32; 4] = [64, 1, TILE_ROWS as u32, 1];
     let element_strides: [u32; 4] = [1, 1, 1, 1];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
     // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
