@@ -9,6 +9,10 @@
 //! `[batch, keys, kv_heads, head_dim]`; lse `[batch, heads, queries]` f32. Query i sits at
 //! position keys − queries + i (prefill over a KV cache when queries < keys); query head h reads
 //! KV head h / (heads / kv_heads). Scale 1/√head_dim.
+//!
+//! The forward dispatches: on compute capability 9.0 it runs kernels/attention_hopper_fwd.cu
+//! (attention_hopper_fwd.rs) unless `IMPLICIT_ATTENTION=sm80` or that kernel cannot take the
+//! call; `flash_attention_forward_sm80` always runs this file's kernel.
 
 use super::{kernel_error, CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
@@ -194,6 +198,38 @@ impl Checked {
         Ok(())
     }
 
+    /// The lengths of one sequence's forward buffers inside larger ones (q and out read from
+    /// element `at.q`, k and v from `at.kv`; lse exactly `[heads, queries]`).
+    pub(super) fn forward_buffers_at(
+        &self,
+        what: &str,
+        s: AttentionShape,
+        [q, k, v, out, lse]: [usize; 5],
+        at: FlashOffsets,
+    ) -> Result<()> {
+        for (name, len, start, n) in [
+            ("q", q, at.q, self.q_len),
+            ("out", out, at.q, self.q_len),
+            ("k", k, at.kv, self.kv_len),
+            ("v", v, at.kv, self.kv_len),
+        ] {
+            if start.checked_add(n).is_none_or(|end| end > len) {
+                bail!(
+                    "{what} ({}): {name} has {len} elements, the call reads {n} from element {start}",
+                    describe(s, 1)
+                );
+            }
+        }
+        if lse != self.lse_len {
+            bail!(
+                "{what} ({}): lse has {lse} elements, the shape needs {}",
+                describe(s, 1),
+                self.lse_len
+            );
+        }
+        Ok(())
+    }
+
     /// The lengths of a backward call's inputs (q, k, v, out, d_out, lse) and outputs (dq, dk,
     /// dv) against the shape.
     pub(super) fn backward_buffers(
@@ -247,8 +283,34 @@ impl CudaBackend {
     /// [`CudaBackend::flash_attention_backward`] needs. Layouts: see the module docs. `out` is
     /// rounded to bf16 (nearest even); the scores, softmax and P·V accumulate in f32.
     /// Deterministic. head_dim must be 64 or 128.
+    ///
+    /// On Hopper (compute capability 9.0, `IMPLICIT_ATTENTION` unset or `hopper`) the call goes
+    /// to kernels/attention_hopper_fwd.cu ([`CudaBackend::flash_attention_forward_hopper`])
+    /// where that kernel takes the shape and buffers, else to kernels/flash_attention.cu
+    /// ([`CudaBackend::flash_attention_forward_sm80`]); both write the same out and lse up to
+    /// rounding.
     #[allow(clippy::too_many_arguments)]
     pub fn flash_attention_forward(
+        &self,
+        shape: AttentionShape,
+        batch: usize,
+        q: &DeviceBuffer<bf16>,
+        k: &DeviceBuffer<bf16>,
+        v: &DeviceBuffer<bf16>,
+        out: &mut DeviceBuffer<bf16>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let at = FlashOffsets { q: 0, kv: 0 };
+        if self.hopper_forward_chosen(shape, batch, [q, k, v, &*out], at)? {
+            return self.flash_attention_forward_hopper(shape, batch, q, k, v, out, lse);
+        }
+        self.flash_attention_forward_sm80(shape, batch, q, k, v, out, lse)
+    }
+
+    /// [`CudaBackend::flash_attention_forward`] on kernels/flash_attention.cu (mma.sync, sm_80
+    /// and later) whatever the device and `IMPLICIT_ATTENTION`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_forward_sm80(
         &self,
         shape: AttentionShape,
         batch: usize,
@@ -270,6 +332,7 @@ impl CudaBackend {
     /// element `at.q` of larger buffers (the rows of a ragged batch, `[rows, heads, head_dim]`)
     /// and whose keys and values start at element `at.kv` of k and v (one layer of a KV cache,
     /// `[capacity, kv_heads, head_dim]`): no copy in or out. `lse` is `[heads, queries]`.
+    /// Dispatched as [`CudaBackend::flash_attention_forward`] is.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn flash_attention_forward_at(
         &self,
@@ -281,29 +344,28 @@ impl CudaBackend {
         out: &mut DeviceBuffer<bf16>,
         lse: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
+        if self.hopper_forward_chosen(shape, 1, [q, k, v, &*out], at)? {
+            return self.flash_attention_forward_hopper_at(shape, q, k, v, at, out, lse);
+        }
+        self.flash_attention_forward_sm80_at(shape, q, k, v, at, out, lse)
+    }
+
+    /// [`CudaBackend::flash_attention_forward_at`] on kernels/flash_attention.cu.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn flash_attention_forward_sm80_at(
+        &self,
+        shape: AttentionShape,
+        q: &DeviceBuffer<bf16>,
+        k: &DeviceBuffer<bf16>,
+        v: &DeviceBuffer<bf16>,
+        at: FlashOffsets,
+        out: &mut DeviceBuffer<bf16>,
+        lse: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
         const WHAT: &str = "CUDA flash attention forward (in place)";
         let c = check_shape(WHAT, shape, 1)?;
-        let fits = |name: &str, len: usize, start: usize, n: usize| -> Result<()> {
-            if start.checked_add(n).is_none_or(|end| end > len) {
-                bail!(
-                    "{WHAT} ({}): {name} has {len} elements, the call reads {n} from element {start}",
-                    describe(shape, 1)
-                );
-            }
-            Ok(())
-        };
-        fits("q", q.len(), at.q, c.q_len)?;
-        fits("out", out.len(), at.q, c.q_len)?;
-        fits("k", k.len(), at.kv, c.kv_len)?;
-        fits("v", v.len(), at.kv, c.kv_len)?;
-        if lse.len() != c.lse_len {
-            bail!(
-                "{WHAT} ({}): lse has {} elements, the shape needs {}",
-                describe(shape, 1),
-                lse.len(),
-                c.lse_len
-            );
-        }
+        let lens = [q.len(), k.len(), v.len(), out.len(), lse.len()];
+        c.forward_buffers_at(WHAT, shape, lens, at)?;
         self.flash_forward_launch(WHAT, shape, 1, &c, [q, k, v], at, out, lse)
     }
 
