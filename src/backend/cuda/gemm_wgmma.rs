@@ -27,16 +27,126 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// The environment variable that chooses [`CudaBackend::gemm_bf16`]'s kernels ([`GemmChoice`]).
 pub const GEMM_ENV: &str = "IMPLICIT_GEMM";
 
-/// Block tile of kernels/gemm_wgmma.cu (BM × BN, K steps of BK).
+/// Block tile rows of kernels/gemm_wgmma.cu (K steps of 64).
 const TILE_M: usize = 128;
-const TILE_N: usize = 256;
 /// Threads per block: one producer and two consumer warpgroups.
 const THREADS: u32 = 384;
-/// Dynamic shared memory: 4 stages of (128 + 256) × 64 bf16, plus 1 KiB to align the ring to
-/// the 128-byte swizzle's 1024-byte atom (the kernel asserts the same number).
-const SMEM_BYTES: u32 = 197_632;
+/// Dynamic shared memory: a 192 KiB ring (4 stages of (128 + 256) × 64 bf16 or 6 of
+/// (128 + 128) × 64), 2 × 2 epilogue buffers of 8 KiB, plus 1 KiB to align them to the 128-byte
+/// swizzle's 1024-byte atom (the kernel asserts the same number).
+const SMEM_BYTES: u32 = 230_400;
 /// TMA's limit on a global stride (bytes, exclusive).
 const MAX_STRIDE_BYTES: u64 = 1 << 40;
+/// How much fewer waves a 128 × 128 tiling must take than 128 × 256 before it is chosen:
+/// its main loop reads more operand bytes per FLOP (shared memory and L2), so a tie goes to the
+/// wide tile. An assumption until the bench rows of both measure it (benches/NOTES.md).
+const SQUARE_TILE_GAIN: f64 = 0.95;
+
+/// The block tile of kernels/gemm_wgmma.cu.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgmmaTile {
+    /// [`wgmma_tile_for`]'s choice for the shape and the device's multiprocessors.
+    Auto,
+    /// 128 × 256 (4 stages, wgmma m64n256k16): the most FLOPs per operand byte.
+    Wide,
+    /// 128 × 128 (6 stages, m64n128k16): twice the tiles, for shapes whose last wave of wide
+    /// tiles would leave many multiprocessors idle.
+    Square,
+}
+
+/// How kernels/gemm_wgmma.cu writes C.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgmmaEpilogue {
+    /// TMA where [`tma_epilogue_problem`] finds none, else registers.
+    Auto,
+    /// Straight from the accumulators to global memory (any n; the only path for bf16 C += A·B,
+    /// which rounds C + A·B once).
+    Registers,
+    /// Staged in shared memory and stored by TMA (C += A·B: TMA reduce-add in f32), overlapping
+    /// the next tile's main loop. Needs 16-byte rows of C and a 16-byte aligned C.
+    Tma,
+}
+
+/// Which kernel variant a product runs: what tests force and the benchmark names.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgmmaConfig {
+    pub tile: WgmmaTile,
+    pub epilogue: WgmmaEpilogue,
+}
+
+impl WgmmaConfig {
+    /// Both choices left to the host code (what [`CudaBackend::gemm_bf16_wgmma`] runs).
+    pub const AUTO: WgmmaConfig = WgmmaConfig {
+        tile: WgmmaTile::Auto,
+        epilogue: WgmmaEpilogue::Auto,
+    };
+}
+
+impl WgmmaTile {
+    fn columns(self) -> usize {
+        match self {
+            WgmmaTile::Square => 128,
+            WgmmaTile::Auto | WgmmaTile::Wide => 256,
+        }
+    }
+}
+
+/// Waves of work on `sms` multiprocessors for a tiling of `tile_n` columns, in units of one
+/// 128 × 256 tile's main loop: ⌈tiles / sms⌉ × tile_n / 256.
+fn tile_waves(m: usize, n: usize, batch: usize, tile_n: usize, sms: usize) -> f64 {
+    let tiles = m.div_ceil(TILE_M) * n.div_ceil(tile_n) * batch;
+    tiles.div_ceil(sms.max(1)) as f64 * tile_n as f64 / 256.0
+}
+
+/// The tile for a product of these sizes on `sms` multiprocessors: 128 × 128 where it takes
+/// under [`SQUARE_TILE_GAIN`] of the waves of 128 × 256 (at the model's shapes: m 2048 with n
+/// 11008, 6 → 5.5 waves; and products too small to fill the device), else 128 × 256.
+#[doc(hidden)]
+pub fn wgmma_tile_for(m: usize, n: usize, batch: usize, sms: usize) -> WgmmaTile {
+    let wide = tile_waves(m, n, batch, 256, sms);
+    let square = tile_waves(m, n, batch, 128, sms);
+    if square < SQUARE_TILE_GAIN * wide {
+        WgmmaTile::Square
+    } else {
+        WgmmaTile::Wide
+    }
+}
+
+/// Why C cannot be written through TMA (None: it can): bf16 accumulation (TMA's reduce-add
+/// would round A·B to bf16 before adding, a second rounding), rows that are not 16-byte
+/// multiples, an unaligned C, or a matrix over TMA's stride limit.
+#[doc(hidden)]
+pub fn tma_epilogue_problem(
+    out_bytes: usize,
+    m: usize,
+    n: usize,
+    accumulate: bool,
+    pc: u64,
+) -> Option<String> {
+    if accumulate && out_bytes == 2 {
+        return Some("bf16 C += A·B rounds once in registers".into());
+    }
+    if !(n * out_bytes).is_multiple_of(16) {
+        return Some(format!(
+            "C's rows are {} bytes, TMA needs a multiple of 16",
+            n * out_bytes
+        ));
+    }
+    if !pc.is_multiple_of(16) {
+        return Some(format!("C is not 16-byte aligned (address {pc:#x})"));
+    }
+    if (m as u64)
+        .checked_mul(n as u64)
+        .and_then(|e| e.checked_mul(out_bytes as u64))
+        .is_none_or(|b| b >= MAX_STRIDE_BYTES)
+    {
+        return Some(format!("C is {m} × {n}, over TMA's 2^40-byte stride limit"));
+    }
+    None
+}
 
 /// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,12 +195,16 @@ unsafe impl DeviceRepr for TensorMap {}
 type Availability = HashMap<usize, std::result::Result<(), String>>;
 static AVAILABLE: OnceLock<Mutex<Availability>> = OnceLock::new();
 
-/// The kernel of a layout and output type.
-fn kernel_name<O: Float>(layout: GemmLayout) -> &'static str {
-    match layout {
-        GemmLayout::NT => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
-        GemmLayout::NN => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
-        GemmLayout::TN => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
+/// The kernel of a layout, output type and (chosen, not Auto) tile.
+fn kernel_name<O: Float>(layout: GemmLayout, tile: WgmmaTile) -> &'static str {
+    let square = tile == WgmmaTile::Square;
+    match (layout, square) {
+        (GemmLayout::NT, false) => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
+        (GemmLayout::NN, false) => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
+        (GemmLayout::TN, false) => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
+        (GemmLayout::NT, true) => O::pick("gemm_wgmma_nt_f32_n128", "gemm_wgmma_nt_bf16_n128"),
+        (GemmLayout::NN, true) => O::pick("gemm_wgmma_nn_f32_n128", "gemm_wgmma_nn_bf16_n128"),
+        (GemmLayout::TN, true) => O::pick("gemm_wgmma_tn_f32_n128", "gemm_wgmma_tn_bf16_n128"),
     }
 }
 
@@ -103,8 +217,9 @@ struct Operand {
 }
 
 /// A's and B's tensor-map shapes for a layout (kernels/gemm_wgmma.cu's boxes: a K-major A tile
-/// is one 64 × 128 box, a K-major B tile one 64 × 256 box, an MN-major tile 64 × 64 boxes).
-fn operands(layout: GemmLayout, m: usize, n: usize, k: usize) -> (Operand, Operand) {
+/// is one 64 × 128 box, a K-major B tile one 64 × `tile_n` box, an MN-major tile 64 × 64
+/// boxes).
+fn operands(layout: GemmLayout, m: usize, n: usize, k: usize, tile_n: usize) -> (Operand, Operand) {
     let k_major = |rows: usize, box_rows: u32| Operand {
         inner: k,
         rows,
@@ -116,7 +231,7 @@ fn operands(layout: GemmLayout, m: usize, n: usize, k: usize) -> (Operand, Opera
         box_rows: 64,
     };
     match layout {
-        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, TILE_N as u32)),
+        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, tile_n as u32)),
         GemmLayout::NN => (k_major(m, TILE_M as u32), mn_major(n)),
         GemmLayout::TN => (mn_major(m), mn_major(n)),
     }
@@ -137,13 +252,14 @@ fn shape_problem(
         return Some("k = 0 (nothing to multiply: kernels/gemm.cu writes the zeros)".into());
     }
     // The kernel's tile and box coordinates are ints that run up to a tile past m and n.
-    if m.max(n) > i32::MAX as usize - TILE_N {
+    if m.max(n) > i32::MAX as usize - 256 {
         return Some(format!(
             "m or n over {} (tile coordinates overflow an int)",
-            i32::MAX as usize - TILE_N
+            i32::MAX as usize - 256
         ));
     }
-    let (a, b) = operands(layout, m, n, k);
+    // The box shapes do not matter here: only the strides and the base.
+    let (a, b) = operands(layout, m, n, k, 256);
     for (name, op, ptr) in [("A", &a, pa), ("B", &b, pb)] {
         if !op.inner.is_multiple_of(8) {
             return Some(format!(
@@ -164,12 +280,13 @@ fn shape_problem(
             ));
         }
     }
+    // Counted in the narrower tile, which has more of them.
     let tiles = m
         .div_ceil(TILE_M)
-        .checked_mul(n.div_ceil(TILE_N))
+        .checked_mul(n.div_ceil(128))
         .and_then(|t| t.checked_mul(batch));
     if tiles.is_none_or(|t| i32::try_from(t).is_err()) {
-        return Some("more 128 × 256 tiles than an int counts".into());
+        return Some("more 128 × 128 tiles than an int counts".into());
     }
     None
 }
@@ -177,19 +294,57 @@ fn shape_problem(
 /// `cuTensorMapEncodeTiled` for one bf16 operand: 3-D (inner, rows, batch), 128-byte swizzle,
 /// out-of-bounds elements read as zeros.
 fn encode(op: &Operand, batch: usize, ptr: u64) -> std::result::Result<TensorMap, String> {
-    let dims: [u64; 3] = [op.inner as u64, op.rows as u64, batch as u64];
+    encode_3d(
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        2,
+        [op.inner, op.rows, batch],
+        [64, op.box_rows],
+        ptr,
+    )
+}
+
+/// The tensor map of C (`[batch, m, n]` of `O`) for the TMA epilogue: boxes of one 128-byte
+/// swizzle row (64 bf16 or 32 f32 columns) × 64 rows, one consumer warpgroup's rows.
+fn encode_c<O: Float>(
+    m: usize,
+    n: usize,
+    batch: usize,
+    ptr: u64,
+) -> std::result::Result<TensorMap, String> {
+    let bytes = std::mem::size_of::<O>();
+    let dtype = if bytes == 4 {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+    } else {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+    };
+    encode_3d(dtype, bytes, [n, m, batch], [(128 / bytes) as u32, 64], ptr)
+}
+
+/// `cuTensorMapEncodeTiled`: 3-D (inner, rows, batch) of `elem_bytes`-byte elements, boxes of
+/// `box_2d` (inner, rows) × 1, 128-byte swizzle, out-of-bounds elements read as zeros (and
+/// not written by stores).
+fn encode_3d(
+    dtype: sys::CUtensorMapDataType,
+    elem_bytes: usize,
+    [inner, rows, batch]: [usize; 3],
+    box_2d: [u32; 2],
+    ptr: u64,
+) -> std::result::Result<TensorMap, String> {
+    let dims: [u64; 3] = [inner as u64, rows as u64, batch as u64];
     // Bytes between rows and between matrices (dimension 0 is contiguous and not given).
-    let strides: [u64; 2] = [2 * op.inner as u64, 2 * (op.inner * op.rows) as u64];
-    let boxes: [u32; 3] = [64, op.box_rows, 1];
+    let e = elem_bytes as u64;
+    let strides: [u64; 2] = [e * inner as u64, e * (inner * rows) as u64];
+    let boxes: [u32; 3] = [box_2d[0], box_2d[1], 1];
     let element_strides: [u32; 3] = [1, 1, 1];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
     // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
     // suitably aligned CUtensorMap; the address and strides were checked (16-byte aligned,
-    // multiples of 16, below 2^40) by `shape_problem`. The driver only writes `map`.
+    // multiples of 16, below 2^40) by `shape_problem` or `tma_epilogue_problem`. The driver
+    // only writes `map`.
     let status = unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            dtype,
             3,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
@@ -325,7 +480,8 @@ impl CudaBackend {
     /// [`CudaBackend::gemm_bf16`] on the Hopper kernels (kernels/gemm_wgmma.cu): C = A·B or
     /// C += A·B for `batch` products in `layout`, bf16 in, f32 accumulation, C as `O`. Unlike
     /// `gemm_bf16` this never falls back: shapes or devices it cannot take
-    /// ([`CudaBackend::wgmma_supports`]) are errors naming the kernel and the shapes.
+    /// ([`CudaBackend::wgmma_supports`]) are errors naming the kernel and the shapes. The tile
+    /// ([`wgmma_tile_for`]) and the epilogue ([`tma_epilogue_problem`]) are chosen per product.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_wgmma<O: Float>(
         &self,
@@ -339,7 +495,74 @@ impl CudaBackend {
         c: &mut DeviceBuffer<O>,
         accumulate: bool,
     ) -> Result<()> {
-        let kernel = kernel_name::<O>(layout);
+        self.gemm_bf16_wgmma_with(
+            WgmmaConfig::AUTO,
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            a,
+            b,
+            c,
+            accumulate,
+        )
+    }
+
+    /// The tile and epilogue [`CudaBackend::gemm_bf16_wgmma`] would run for this product on
+    /// this device (neither is Auto); Err where C cannot take a forced TMA epilogue.
+    #[doc(hidden)]
+    pub fn wgmma_config<O: Float>(
+        &self,
+        config: WgmmaConfig,
+        m: usize,
+        n: usize,
+        batch: usize,
+        c: &DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> std::result::Result<WgmmaConfig, String> {
+        let tile = match config.tile {
+            WgmmaTile::Auto => wgmma_tile_for(m, n, batch, self.multiprocessors as usize),
+            forced => forced,
+        };
+        let (pc, _rc) = c.slice.device_ptr(self.stream());
+        let problem = tma_epilogue_problem(std::mem::size_of::<O>(), m, n, accumulate, pc);
+        let epilogue = match (config.epilogue, problem) {
+            (WgmmaEpilogue::Registers, _) | (WgmmaEpilogue::Auto, Some(_)) => {
+                WgmmaEpilogue::Registers
+            }
+            (WgmmaEpilogue::Auto | WgmmaEpilogue::Tma, None) => WgmmaEpilogue::Tma,
+            (WgmmaEpilogue::Tma, Some(why)) => return Err(format!("no TMA epilogue: {why}")),
+        };
+        Ok(WgmmaConfig { tile, epilogue })
+    }
+
+    /// [`CudaBackend::gemm_bf16_wgmma`] with the tile and epilogue forced (Auto: chosen as
+    /// there): what the tests use to cover every variant, and the benchmark to time each.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_wgmma_with<O: Float>(
+        &self,
+        config: WgmmaConfig,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let shapes =
+            || format!("{layout:?} m {m} n {n} k {k} batch {batch} accumulate {accumulate}");
+        let chosen = self
+            .wgmma_config(config, m, n, batch, c, accumulate)
+            .map_err(|e| {
+                let kernel = kernel_name::<O>(layout, config.tile);
+                Error(format!("CUDA kernel {kernel} ({}): {e}", shapes()))
+            })?;
+        let kernel = kernel_name::<O>(layout, chosen.tile);
         let checked = check_shapes(
             &format!("CUDA GEMM {kernel}"),
             layout,
@@ -354,8 +577,6 @@ impl CudaBackend {
         if checked.empty {
             return Ok(());
         }
-        let shapes =
-            || format!("{layout:?} m {m} n {n} k {k} batch {batch} accumulate {accumulate}");
         if let Err(e) = self.wgmma_supports(layout, m, n, k, batch, a, b) {
             bail!("CUDA kernel {kernel} ({}): {e}", shapes());
         }
@@ -363,11 +584,21 @@ impl CudaBackend {
         // The guards keep the buffers' stream-ordering records alive until after the launch.
         let (pa, _ra) = a.slice.device_ptr(stream);
         let (pb, _rb) = b.slice.device_ptr(stream);
-        let (op_a, op_b) = operands(layout, m, n, k);
+        let tile_n = chosen.tile.columns();
+        let (op_a, op_b) = operands(layout, m, n, k, tile_n);
         let map_a = encode(&op_a, batch, pa)
             .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): A: {e}", shapes())))?;
         let map_b = encode(&op_b, batch, pb)
             .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): B: {e}", shapes())))?;
+        let tma_epilogue = chosen.epilogue == WgmmaEpilogue::Tma;
+        let map_c = if tma_epilogue {
+            let (pc, _rc) = c.slice.device_ptr(stream);
+            encode_c::<O>(m, n, batch, pc)
+                .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): C: {e}", shapes())))?
+        } else {
+            // Not read by the kernel's register epilogue.
+            TensorMap(sys::CUtensorMap { opaque: [0; 16] })
+        };
 
         // Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set on every call.
         self.function(kernel)?
@@ -376,9 +607,9 @@ impl CudaBackend {
                 SMEM_BYTES as i32,
             )
             .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))?;
-        // Persistent: one block per multiprocessor (192 KiB of shared memory each), at most one
+        // Persistent: one block per multiprocessor (225 KiB of shared memory each), at most one
         // per tile. `shape_problem` checked that the tile count fits an int.
-        let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N) * batch;
+        let tiles = m.div_ceil(TILE_M) * n.div_ceil(tile_n) * batch;
         let blocks = tiles.min(self.multiprocessors as usize).max(1);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -387,6 +618,7 @@ impl CudaBackend {
         };
         let batch_i = batch as i32; // ≤ 65535 (check_shapes)
         let acc = accumulate as i32;
+        let tma_i = tma_epilogue as i32;
         launch!(
             self,
             kernel,
@@ -395,12 +627,14 @@ impl CudaBackend {
             [
                 &map_a,
                 &map_b,
+                &map_c,
                 &mut c.slice,
                 &checked.m,
                 &checked.n,
                 &checked.k,
                 &batch_i,
-                &acc
+                &acc,
+                &tma_i
             ]
         )
     }
@@ -428,14 +662,53 @@ mod tests {
 
     #[test]
     fn operand_boxes_match_the_kernel() {
-        let (a, b) = operands(GemmLayout::NT, 100, 200, 300);
+        let (a, b) = operands(GemmLayout::NT, 100, 200, 300, 256);
         assert_eq!((a.inner, a.rows, a.box_rows), (300, 100, 128));
         assert_eq!((b.inner, b.rows, b.box_rows), (300, 200, 256));
-        let (a, b) = operands(GemmLayout::NN, 100, 200, 300);
+        let (_, b) = operands(GemmLayout::NT, 100, 200, 300, 128);
+        assert_eq!((b.inner, b.rows, b.box_rows), (300, 200, 128));
+        let (a, b) = operands(GemmLayout::NN, 100, 200, 300, 128);
         assert_eq!((a.inner, a.rows, a.box_rows), (300, 100, 128));
         assert_eq!((b.inner, b.rows, b.box_rows), (200, 300, 64));
-        let (a, b) = operands(GemmLayout::TN, 100, 200, 300);
+        let (a, b) = operands(GemmLayout::TN, 100, 200, 300, 256);
         assert_eq!((a.inner, a.rows, a.box_rows), (100, 300, 64));
         assert_eq!((b.inner, b.rows, b.box_rows), (200, 300, 64));
+    }
+
+    /// The waves behind the tile choice at Llama-2-7B's products (T = 2048 and 4096 tokens) on
+    /// an H100's 132 multiprocessors, as benches/NOTES.md tabulates them.
+    #[test]
+    fn the_square_tile_is_chosen_where_it_saves_a_wave() {
+        let sms = 132;
+        assert_eq!(tile_waves(2048, 11008, 1, 256, sms), 6.0); // 688 tiles
+        assert_eq!(tile_waves(2048, 11008, 1, 128, sms), 5.5); // 1376 tiles
+        for (m, n, tile) in [
+            (2048, 4096, WgmmaTile::Wide),    // 2 waves either way
+            (2048, 11008, WgmmaTile::Square), // 6 → 5.5
+            (2048, 32000, WgmmaTile::Wide),   // 16 → 15.5: under the margin
+            (4096, 4096, WgmmaTile::Wide),    // dW q/k/v/o: 4 either way
+            (11008, 4096, WgmmaTile::Wide),   // dW gate/up: 11 → 10.5
+            (4096, 11008, WgmmaTile::Wide),   // dW down, and gate/up at T = 4096
+            (32000, 4096, WgmmaTile::Wide),   // dW lm_head: 31 → 30.5
+            (512, 4096, WgmmaTile::Square),   // 64 wide tiles leave 68 SMs idle
+            (8, 8, WgmmaTile::Square),        // one tile either way, the narrower one half the work
+        ] {
+            assert_eq!(wgmma_tile_for(m, n, 1, sms), tile, "{m} x {n}");
+        }
+        // Batches count: 32 heads of 512 × 512 are 256 wide tiles (2 waves) or 512 square (4 of
+        // half the time): a tie.
+        assert_eq!(wgmma_tile_for(512, 512, 32, sms), WgmmaTile::Wide);
+    }
+
+    #[test]
+    fn c_that_tma_cannot_write_takes_the_register_epilogue() {
+        assert!(tma_epilogue_problem(4, 100, 4096, true, 0).is_none()); // f32 +=: reduce-add
+        assert!(tma_epilogue_problem(2, 100, 4096, false, 256).is_none());
+        assert!(tma_epilogue_problem(2, 100, 4096, true, 0).is_some()); // bf16 +=
+        assert!(tma_epilogue_problem(2, 100, 12, false, 0).is_some()); // 24-byte rows
+        assert!(tma_epilogue_problem(4, 100, 12, false, 0).is_none()); // 48-byte rows
+        assert!(tma_epilogue_problem(4, 100, 10, false, 0).is_some()); // 40-byte rows
+        assert!(tma_epilogue_problem(4, 100, 4096, false, 8).is_some()); // unaligned C
+        assert!(tma_epilogue_problem(4, 1 << 20, 1 << 19, false, 0).is_some()); // 2^41 bytes
     }
 }
