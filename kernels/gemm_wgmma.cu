@@ -15,13 +15,17 @@
 // sm90 KernelTmaWarpSpecializedCooperative):
 // - 384 threads = 3 warpgroups. Warpgroup 0 is the producer: after `setmaxnreg.dec` to 40
 //   registers one thread issues every TMA copy. Warpgroups 1 and 2 are consumers: after
-//   `setmaxnreg.inc` to 232 registers each owns 64 rows of the 128×256 block tile and issues
-//   wgmma.m64n256k16 (A and B both from shared memory), 128 f32 accumulators per thread.
+//   `setmaxnreg.inc` to 232 registers each owns 64 rows of the 128×BN block tile and issues
+//   wgmma.m64nBNk16 (A and B both from shared memory), BN/2 f32 accumulators per thread.
 //   Register pool: 128·40 + 256·232 = 64512 ≤ 65536, and the launch cap of 384 threads × 1
 //   block is 65536/384 → 168 registers, so the producer frees 128·128 = 16384 registers and the
 //   consumers take 256·64 = 16384 (setmaxnreg needs the cap at entry: __launch_bounds__(384, 1)).
-// - K advances BK = 64 (one 128-byte swizzle row of bf16) at a time through a STAGES = 4 deep
-//   ring of shared-memory stages (16 KiB of A + 32 KiB of B each, 192 KiB in all), every stage
+// - Two tiles, one kernel each (the host picks per product, gemm_wgmma.rs `wgmma_tile_for`):
+//   BN = 256 (the default: most FLOPs per operand byte) and BN = 128 (`_n128`: twice the tiles,
+//   for shapes whose last wave of 128×256 tiles would leave many SMs idle, e.g. m 2048 with n
+//   11008: 688 tiles = 5.2 waves on 132 SMs, against 1376 half-size tiles = 10.4).
+// - K advances BK = 64 (one 128-byte swizzle row of bf16) at a time through a ring of 192 KiB:
+//   4 stages of 16 KiB of A + 32 KiB of B (BN 256) or 6 of 16 + 16 KiB (BN 128), every stage
 //   1024-byte aligned. Per stage a `full` mbarrier (1 arrival: the producer's
 //   arrive.expect_tx, plus the TMA's transaction bytes) and an `empty` mbarrier (8 arrivals:
 //   lane 0 of every consumer warp once its wgmmas reading the stage are complete).
@@ -39,9 +43,20 @@
 //   epilogue never stores). The epilogue bounds-checks every store. The host requires TMA's
 //   16-byte global strides (K-major: K % 8 == 0; MN-major: M or N % 8 == 0) and 16-byte
 //   aligned bases, else it takes kernels/gemm.cu.
-// - Epilogue: straight from the accumulator fragments to global memory, pairs (c, c+1) as
-//   8-byte (f32) or 4-byte (bf16) stores when N is even, scalar otherwise; with `accumulate`
-//   the old values are loaded 8 pairs at a time before the adds, to keep loads in flight.
+// - Epilogue, TMA (the default where C's rows are 16-byte multiples and C is 16-byte aligned):
+//   each consumer warpgroup writes its 64×BN accumulators box by box (64 rows × 128 bytes: 64
+//   bf16 or 32 f32 columns) into one of its two 8 KiB shared buffers, in the 128-byte swizzle
+//   (conflict-free: the 8 rows of a warp's store land on 8 different 16-byte chunks), fences
+//   the writes to the async proxy, and its first thread issues a TMA store of the box, or with
+//   `accumulate` a TMA reduce-add (f32: C + A·B added in L2, one rounding, as the register path
+//   does). TMA clips the boxes at M and N. The warpgroup goes on to the next tile's main loop
+//   while the stores drain (the first H100 run cost ~8-13 µs per tile in the register epilogue,
+//   during which the tensor cores idled); the issuing thread waits only before reusing a buffer
+//   (wait_group.read 1) and, all stores complete, before the block exits.
+// - Epilogue, registers (odd N, unaligned C, and bf16 C += A·B, which must round C + A·B once):
+//   straight from the accumulator fragments to global memory, pairs (c, c+1) as 8-byte (f32)
+//   or 4-byte (bf16) stores when N is even, scalar otherwise; with `accumulate` the old values
+//   are loaded 8 pairs at a time before the adds, to keep loads in flight.
 //
 // PTX ISA references (PTX ISA 9.0 numbering; sections move between versions, names do not):
 // - §9.7.15.5.1.1.1 "Matrix Fragments for wgmma.mma_async.m64nNk16", Figure "WGMMA .m64nNk16
@@ -527,8 +542,10 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
 
 }  // namespace wgmma_gemm
 
-// One kernel per (layout, output type). Launch (gemm_wgmma.rs): block 384, grid
-// (min(tiles, SMs), 1, 1), dynamic shared memory wgmma_gemm::SMEM_BYTES (opt-in attribute).
+// One kernel per (tile, layout, output type); `tma_epilogue` picks the epilogue at run time (two
+// instantiations, so that each fits 168 registers without spills). Launch (gemm_wgmma.rs):
+// block 384, grid (min(tiles, SMs), 1, 1), dynamic shared memory wgmma_gemm::SMEM_BYTES
+// (opt-in attribute); tma_c is C's tensor map (unused, zeros, with the register epilogue).
 // Built for sm_80/sm_90 too (build.rs compiles every file for them): there the body traps, and
 // the host never launches these kernels on anything but a compute-capability-9.0 device whose
 // loaded image is the sm_90a one (gemm_wgmma_probe).
