@@ -15,13 +15,17 @@
 // sm90 KernelTmaWarpSpecializedCooperative):
 // - 384 threads = 3 warpgroups. Warpgroup 0 is the producer: after `setmaxnreg.dec` to 40
 //   registers one thread issues every TMA copy. Warpgroups 1 and 2 are consumers: after
-//   `setmaxnreg.inc` to 232 registers each owns 64 rows of the 128×256 block tile and issues
-//   wgmma.m64n256k16 (A and B both from shared memory), 128 f32 accumulators per thread.
+//   `setmaxnreg.inc` to 232 registers each owns 64 rows of the 128×BN block tile and issues
+//   wgmma.m64nBNk16 (A and B both from shared memory), BN/2 f32 accumulators per thread.
 //   Register pool: 128·40 + 256·232 = 64512 ≤ 65536, and the launch cap of 384 threads × 1
 //   block is 65536/384 → 168 registers, so the producer frees 128·128 = 16384 registers and the
 //   consumers take 256·64 = 16384 (setmaxnreg needs the cap at entry: __launch_bounds__(384, 1)).
-// - K advances BK = 64 (one 128-byte swizzle row of bf16) at a time through a STAGES = 4 deep
-//   ring of shared-memory stages (16 KiB of A + 32 KiB of B each, 192 KiB in all), every stage
+// - Two tiles, one kernel each (the host picks per product, gemm_wgmma.rs `wgmma_tile_for`):
+//   BN = 256 (the default: most FLOPs per operand byte) and BN = 128 (`_n128`: twice the tiles,
+//   for shapes whose last wave of 128×256 tiles would leave many SMs idle, e.g. m 2048 with n
+//   11008: 688 tiles = 5.2 waves on 132 SMs, against 1376 half-size tiles = 10.4).
+// - K advances BK = 64 (one 128-byte swizzle row of bf16) at a time through a ring of 192 KiB:
+//   4 stages of 16 KiB of A + 32 KiB of B (BN 256) or 6 of 16 + 16 KiB (BN 128), every stage
 //   1024-byte aligned. Per stage a `full` mbarrier (1 arrival: the producer's
 //   arrive.expect_tx, plus the TMA's transaction bytes) and an `empty` mbarrier (8 arrivals:
 //   lane 0 of every consumer warp once its wgmmas reading the stage are complete).
@@ -39,9 +43,20 @@
 //   epilogue never stores). The epilogue bounds-checks every store. The host requires TMA's
 //   16-byte global strides (K-major: K % 8 == 0; MN-major: M or N % 8 == 0) and 16-byte
 //   aligned bases, else it takes kernels/gemm.cu.
-// - Epilogue: straight from the accumulator fragments to global memory, pairs (c, c+1) as
-//   8-byte (f32) or 4-byte (bf16) stores when N is even, scalar otherwise; with `accumulate`
-//   the old values are loaded 8 pairs at a time before the adds, to keep loads in flight.
+// - Epilogue, TMA (the default where C's rows are 16-byte multiples and C is 16-byte aligned):
+//   each consumer warpgroup writes its 64×BN accumulators box by box (64 rows × 128 bytes: 64
+//   bf16 or 32 f32 columns) into one of its two 8 KiB shared buffers, in the 128-byte swizzle
+//   (conflict-free: the 8 rows of a warp's store land on 8 different 16-byte chunks), fences
+//   the writes to the async proxy, and its first thread issues a TMA store of the box, or with
+//   `accumulate` a TMA reduce-add (f32: C + A·B added in L2, one rounding, as the register path
+//   does). TMA clips the boxes at M and N. The warpgroup goes on to the next tile's main loop
+//   while the stores drain (the first H100 run cost ~8-13 µs per tile in the register epilogue,
+//   during which the tensor cores idled); the issuing thread waits only before reusing a buffer
+//   (wait_group.read 1) and, all stores complete, before the block exits.
+// - Epilogue, registers (odd N, unaligned C, and bf16 C += A·B, which must round C + A·B once):
+//   straight from the accumulator fragments to global memory, pairs (c, c+1) as 8-byte (f32)
+//   or 4-byte (bf16) stores when N is even, scalar otherwise; with `accumulate` the old values
+//   are loaded 8 pairs at a time before the adds, to keep loads in flight.
 //
 // PTX ISA references (PTX ISA 9.0 numbering; sections move between versions, names do not):
 // - §9.7.15.5.1.1.1 "Matrix Fragments for wgmma.mma_async.m64nNk16", Figure "WGMMA .m64nNk16
@@ -84,24 +99,45 @@
 
 namespace wgmma_gemm {
 
-constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, CONSUMERS = 2;
+constexpr int BM = 128, BK = 64, CONSUMERS = 2;
 constexpr int THREADS = 128 * (CONSUMERS + 1);
 constexpr int GROUP_M = 16;                      // tile rows per group of the tile order
 constexpr uint32_t A_BYTES = BM * BK * 2;        // 16 KiB
-constexpr uint32_t B_BYTES = BN * BK * 2;        // 32 KiB
-constexpr uint32_t STAGE_BYTES = A_BYTES + B_BYTES;
 constexpr uint32_t BOX_BYTES = 64 * BK * 2;      // one 64 (M/N) × 64 (K) box: 8 KiB
 constexpr uint32_t SWIZZLE_ATOM = 1024;          // 8 rows × 128 B
-// Dynamic shared memory: the ring plus slack to align it to 1024 bytes (gemm_wgmma.rs).
-constexpr uint32_t SMEM_BYTES = STAGES * STAGE_BYTES + SWIZZLE_ATOM;
+constexpr uint32_t RING_BYTES = 196608;          // 4 stages of 128×256 tiles or 6 of 128×128
+// Epilogue staging (TMA epilogue): per consumer warpgroup 2 buffers of one C box, 64 rows × 128
+// bytes (64 bf16 or 32 f32 columns) in the 128-byte swizzle, so that one is written while the
+// TMA store of the other reads it.
+constexpr int EPI_BUFFERS = 2;
+constexpr uint32_t EPI_BOX_BYTES = 64 * 128;     // 8 KiB
+constexpr uint32_t EPI_BYTES = CONSUMERS * EPI_BUFFERS * EPI_BOX_BYTES;
+// Dynamic shared memory: ring, epilogue buffers, and slack to align them to 1024 bytes
+// (gemm_wgmma.rs); with the barriers it stays under the 227 KiB a block may have.
+constexpr uint32_t SMEM_BYTES = RING_BYTES + EPI_BYTES + SWIZZLE_ATOM;
+constexpr int MAX_STAGES = 6;
 constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
 static_assert(BM == 64 * CONSUMERS, "one consumer warpgroup per 64 rows (wgmma M = 64)");
-static_assert(A_BYTES % SWIZZLE_ATOM == 0 && STAGE_BYTES % SWIZZLE_ATOM == 0,
-              "every tile and box starts on a swizzle-atom boundary (base offset 0)");
-static_assert(2 * BOX_BYTES == A_BYTES && 4 * BOX_BYTES == B_BYTES,
-              "an M-major A tile is 2 boxes of 64 × 64, an N-major B tile 4");
-static_assert(SMEM_BYTES == 197632, "shared bytes (gemm_wgmma.rs)");
+static_assert(SMEM_BYTES == 230400, "shared bytes (gemm_wgmma.rs)");
+// Static: the barriers of both epilogue instantiations (2 × 2 × MAX_STAGES × 8 bytes at most).
+static_assert(SMEM_BYTES + 32 * MAX_STAGES <= 232448, "227 KiB of shared memory per block");
 static_assert(128 * PRODUCER_REGS + 128 * CONSUMERS * CONSUMER_REGS <= 65536, "register pool");
+
+// The block tile's width: BN = 256 (4 stages, 128 f32 accumulators per consumer thread) or
+// 128 (6 stages, 64 accumulators): the host picks per shape (fewer waves on the SMs).
+template <int BN>
+struct Tile {
+  static_assert(BN == 128 || BN == 256, "wgmma tiles are 128 × 256 or 128 × 128");
+  static constexpr uint32_t B_BYTES = BN * BK * 2;  // 32 or 16 KiB
+  static constexpr uint32_t STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int STAGES = RING_BYTES / STAGE_BYTES;  // 4 or 6
+  static constexpr int ACC = BN / 2;                       // 64 × BN f32 over 128 threads
+  static_assert(STAGES * STAGE_BYTES == RING_BYTES && STAGES <= MAX_STAGES, "ring");
+  static_assert(A_BYTES % SWIZZLE_ATOM == 0 && STAGE_BYTES % SWIZZLE_ATOM == 0,
+                "every tile and box starts on a swizzle-atom boundary (base offset 0)");
+  static_assert(2 * BOX_BYTES == A_BYTES && (BN / 64) * BOX_BYTES == B_BYTES,
+                "an M-major A tile is 2 boxes of 64 × 64, an N-major B tile BN / 64");
+};
 
 struct TileCoord {
   int m0, n0, b;
@@ -109,7 +145,7 @@ struct TileCoord {
 
 // Tile t of the grouped order: batch outermost; inside a batch, groups of GROUP_M tile rows, each
 // walked column by column (the existing kernels' order, kernels/gemm.cu).
-__device__ __forceinline__ TileCoord tile_coord(int t, int tiles_m, int tiles_n) {
+__device__ __forceinline__ TileCoord tile_coord(int t, int tiles_m, int tiles_n, int bn) {
   const int tiles_mn = tiles_m * tiles_n;
   const int b = t / tiles_mn;
   const int r = t - b * tiles_mn;
@@ -118,7 +154,7 @@ __device__ __forceinline__ TileCoord tile_coord(int t, int tiles_m, int tiles_n)
   const int first_m = group * GROUP_M;
   const int rows = min(tiles_m - first_m, GROUP_M);
   const int q = r - group * width;
-  return {(first_m + q % rows) * BM, (q / rows) * BN, b};
+  return {(first_m + q % rows) * BM, (q / rows) * bn, b};
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -141,36 +177,66 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
       "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "
-      "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, "
-      "%125, %126, %127}, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
       "%128, %129, p, 1, 1, %131, %132;\n"
       "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-        "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
-        "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
-        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
-        "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]),
-        "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]),
-        "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]),
-        "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),
-        "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]),
-        "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
-        "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
-        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
-        "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]),
+        "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
+        "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]),
+        "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]),
+        "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]),
+        "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]),
+        "+f"(d[126]), "+f"(d[127])
       : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B));
 }
 
-// ---- epilogue ----
+// d (+)= A·B for one warpgroup: A 64×16 and B 16×128 from shared memory through descriptors;
+// TRANS_A / TRANS_B: 0 = K-major, 1 = M/N-major. scale_d = 0 overwrites d.
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a,
+                                                 uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1, %67, %68;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B));
+}
+
+// ---- epilogue through registers (odd N, unaligned C, bf16 accumulate) ----
 // The old value of the pair (col, col+1) of `row` (0 past N); `pair_ok`: N even and col < N.
 __device__ __forceinline__ float2 load_pair(const float* row, int col, int N, bool pair_ok) {
   if (pair_ok) return *reinterpret_cast<const float2*>(row + col);
@@ -200,11 +266,12 @@ __device__ __forceinline__ void store_pair(bf16* row, int col, int N, bool pair_
   }
 }
 
-// Writes one warpgroup's 64×256 accumulators: this thread's rows row0 and row0 + 8, columns
-// col0 + 8j (+1) for j = 0..31 (fragment layout in the header).
-template <typename OutT>
-__device__ __forceinline__ void store_tile(const float (&d)[128], OutT* __restrict__ C, int M,
-                                           int N, int row0, int col0, bool accumulate) {
+// Writes one warpgroup's 64×BN accumulators: this thread's rows row0 and row0 + 8, columns
+// col0 + 8j (+1) for j = 0..BN/8−1 (fragment layout in the header).
+template <int BN, typename OutT>
+__device__ __forceinline__ void store_tile_registers(const float (&d)[BN / 2],
+                                                     OutT* __restrict__ C, int M, int N, int row0,
+                                                     int col0, bool accumulate) {
   const bool n_even = (N & 1) == 0;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -214,7 +281,7 @@ __device__ __forceinline__ void store_tile(const float (&d)[128], OutT* __restri
     if (accumulate) {
       // 8 pairs loaded before any is added and stored: 8 loads in flight per thread.
 #pragma unroll
-      for (int jg = 0; jg < 4; ++jg) {
+      for (int jg = 0; jg < BN / 64; ++jg) {
         float2 old[8];
 #pragma unroll
         for (int jj = 0; jj < 8; ++jj) {
@@ -231,7 +298,7 @@ __device__ __forceinline__ void store_tile(const float (&d)[128], OutT* __restri
       }
     } else {
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
+      for (int j = 0; j < BN / 8; ++j) {
         const int col = col0 + 8 * j;
         store_pair(crow, col, N, n_even && col < N, d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
       }
@@ -239,11 +306,97 @@ __device__ __forceinline__ void store_tile(const float (&d)[128], OutT* __restri
   }
 }
 
+// ---- epilogue through TMA (the default where C's rows are 16-byte multiples) ----
+// §9.7.9.25.5.2 / §9.7.9.26 cp.reduce.async.bulk.tensor: shared `src` added element-wise (f32,
+// in L2) into the box at (c0 .. c2) of global memory; elements past the bounds are skipped.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, uint32_t src, int c0,
+                                                  int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%2, %3, %4}], [%1];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+// §9.7.9.25.6 cp.async.bulk.wait_group (without .read): every bulk store of this thread has
+// completed, writes included; the issuing threads wait so before the block exits.
+__device__ __forceinline__ void tma_store_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+// §9.7.13.1 bar.sync with a thread count: one consumer warpgroup (ids 1, 2; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_barrier(int id) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void st_shared_pair(uint32_t addr, float v0, float v1, float) {
+  asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v0), "f"(v1) : "memory");
+}
+__device__ __forceinline__ void st_shared_pair(uint32_t addr, float v0, float v1, bf16) {
+  const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
+  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
+               "r"(*reinterpret_cast<const uint32_t*>(&p))
+               : "memory");
+}
+
+// Writes one warpgroup's 64×BN accumulators through `epi` (its two 8 KiB buffers) and TMA:
+// box by box (64 rows × 128 bytes: 64 bf16 or 32 f32 columns), each box written into the
+// buffer in the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8): the 8 rows a
+// warp's store touches land on 8 different chunks, no bank conflicts), then stored (or, with
+// `reduce`, added into C) by the warpgroup's first thread, which waits before reusing a
+// buffer until the store from it two boxes ago has read it. The stores of the tile's last
+// boxes run on while the warpgroup starts the next tile. `boxes`: the running count of boxes
+// this warpgroup has issued (which buffer is next).
+template <int BN, typename OutT>
+__device__ __forceinline__ void store_tile_tma(const float (&d)[BN / 2],
+                                               const CUtensorMap* tma_c, uint32_t epi, int row0,
+                                               int n0, int b, int N, bool reduce, int cw,
+                                               uint32_t& boxes) {
+  constexpr int COLS = 128 / static_cast<int>(sizeof(OutT));  // columns per box
+  constexpr int J_PER_BOX = COLS / 8;                          // 8-column fragment groups
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const bool leader = threadIdx.x % 128 == 0;
+  const uint32_t r_lo = warp * 16 + lane / 4;  // rows r_lo and r_lo + 8; both ≡ lane/4 mod 8
+  const uint32_t swz = lane / 4;
+#pragma unroll
+  for (int s = 0; s < BN / COLS; ++s) {
+    const int c0 = n0 + s * COLS;
+    if (c0 >= N) break;  // the same for the whole warpgroup
+    const uint32_t buf = epi + (boxes & 1) * EPI_BOX_BYTES;
+    if (leader) tma_store_wait_read<1>();  // the store from `buf` two boxes ago has read it
+    warpgroup_barrier(1 + cw);
+#pragma unroll
+    for (int jj = 0; jj < J_PER_BOX; ++jj) {
+      const int j = s * J_PER_BOX + jj;
+      const uint32_t byte = (8 * jj + 2 * (lane % 4)) * sizeof(OutT);  // inside the 128-B row
+      const uint32_t chunk = ((byte >> 4) ^ swz) << 4;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t addr = buf + (r_lo + 8 * h) * 128 + chunk + (byte & 15);
+        st_shared_pair(addr, d[4 * j + 2 * h], d[4 * j + 2 * h + 1], OutT());
+      }
+    }
+    fence_proxy_async_shared();  // the writes above, visible to the TMA unit
+    warpgroup_barrier(1 + cw);
+    if (leader) {
+      if (reduce) {
+        tma_reduce_add_3d(tma_c, buf, c0, row0, b);
+      } else {
+        tma_store_3d(tma_c, buf, c0, row0, b);
+      }
+      tma_store_commit();
+    }
+    ++boxes;
+  }
+}
+
 // The whole kernel. A_MN / B_MN: the operand is stored M/N-major (transposed for wgmma).
-template <bool A_MN, bool B_MN, typename OutT>
+// `tma_epilogue`: store C through tma_c (accumulate: TMA reduce-add, f32 only), else from
+// registers.
+template <int BN, bool A_MN, bool B_MN, bool TMA_EPILOGUE, typename OutT>
 __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const CUtensorMap* tma_b,
-                                                OutT* __restrict__ C, int M, int N, int K,
-                                                int batch, int accumulate) {
+                                                const CUtensorMap* tma_c, OutT* __restrict__ C,
+                                                int M, int N, int K, int batch, int accumulate) {
+  using T = Tile<BN>;
+  constexpr int STAGES = T::STAGES;
+  constexpr uint32_t STAGE_BYTES = T::STAGE_BYTES;
   extern __shared__ uint8_t wgmma_smem[];
   __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[STAGES..)
 
@@ -276,14 +429,14 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
       int stage = 0;
       uint32_t phase = 0;
       for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const TileCoord tc = tile_coord(t, tiles_m, tiles_n);
+        const TileCoord tc = tile_coord(t, tiles_m, tiles_n, BN);
         // Bytes this tile's stages receive: MN-major 64-wide sub-boxes wholly past M or N are
         // skipped (see the header); a K-major box always starts inside the matrix.
         const int a_boxes = A_MN ? (tc.m0 + 64 < M ? 2 : 1) : 1;
         int b_boxes = 1;
-        if (B_MN) b_boxes = min(4, (N - tc.n0 + 63) / 64);
+        if (B_MN) b_boxes = min(BN / 64, (N - tc.n0 + 63) / 64);
         const uint32_t tx = (A_MN ? a_boxes * BOX_BYTES : A_BYTES) +
-                            (B_MN ? b_boxes * BOX_BYTES : B_BYTES);
+                            (B_MN ? b_boxes * BOX_BYTES : T::B_BYTES);
         for (int kb = 0; kb < k_blocks; ++kb) {
           mbar_wait(empty0 + 8 * stage, phase ^ 1);  // consumers released this stage
           const uint32_t full = full0 + 8 * stage;
@@ -299,7 +452,7 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
           if (B_MN) {  // B [K][N]: boxes {64 n, 64 k} at n0 + 64j
             for (int j = 0; j < b_boxes; ++j)
               tma_load_3d(sb + j * BOX_BYTES, tma_b, full, tc.n0 + 64 * j, k0, tc.b);
-          } else {  // B [N][K]: one box {64 k, 256 n}
+          } else {  // B [N][K]: one box {64 k, BN n}
             tma_load_3d(sb, tma_b, full, k0, tc.n0, tc.b);
           }
           if (++stage == STAGES) {
@@ -314,6 +467,10 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
     setmaxnreg_inc<CONSUMER_REGS>();
     const int cw = warpgroup - 1;  // rows 64·cw .. 64·cw + 63 of the tile
     const int warp_in_wg = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    constexpr bool use_tma = TMA_EPILOGUE;
+    if (use_tma && threadIdx.x % 128 == 0) tma_prefetch_map(tma_c);
+    const uint32_t epi = ring + RING_BYTES + cw * EPI_BUFFERS * EPI_BOX_BYTES;
+    uint32_t boxes = 0;
     // Descriptors of stage 0, k step 0. A: this warpgroup's 64 rows are 8 KiB in (K-major: 64
     // rows × 128 B; M-major: the second 64-wide box). K-major LBO is unused (encoded 1 = 16 B).
     const uint64_t desc_a0 = make_desc(ring + cw * BOX_BYTES, A_MN ? BOX_BYTES : 16, SWIZZLE_ATOM);
@@ -324,13 +481,13 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
     constexpr uint64_t B_K16 = (B_MN ? 16 * 128 : 16 * 2) >> 4;
     constexpr uint64_t STAGE16 = STAGE_BYTES >> 4;
 
-    float acc[128];
+    float acc[T::ACC];
 #pragma unroll
-    for (int i = 0; i < 128; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < T::ACC; ++i) acc[i] = 0.0f;
     int stage = 0;
     uint32_t phase = 0;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const TileCoord tc = tile_coord(t, tiles_m, tiles_n);
+      const TileCoord tc = tile_coord(t, tiles_m, tiles_n, BN);
       int prev_stage = 0;
       for (int kb = 0; kb < k_blocks; ++kb) {
         mbar_wait(full0 + 8 * stage, phase);  // the TMA bytes of this stage have landed
@@ -338,9 +495,16 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
         wgmma_fence();
         const uint64_t da = desc_a0 + stage * STAGE16, db = desc_b0 + stage * STAGE16;
 #pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk)
-          wgmma_m64n256k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(acc, da + kk * A_K16, db + kk * B_K16,
-                                                       (kb > 0 || kk > 0) ? 1 : 0);
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          const int scale_d = (kb > 0 || kk > 0) ? 1 : 0;
+          if constexpr (BN == 256) {
+            wgmma_m64n256k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(acc, da + kk * A_K16, db + kk * B_K16,
+                                                         scale_d);
+          } else {
+            wgmma_m64n128k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(acc, da + kk * A_K16, db + kk * B_K16,
+                                                         scale_d);
+          }
+        }
         wgmma_commit();
         // The previous k-block's group is complete: its stage can be refilled.
         wgmma_wait<1>();
@@ -356,11 +520,21 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
       fence_accumulators(acc);
       if (lane == 0) mbar_arrive(empty0 + 8 * prev_stage);
 
-      OutT* Cb = C + static_cast<size_t>(tc.b) * M * N;
-      const int row0 = tc.m0 + cw * 64 + warp_in_wg * 16 + lane / 4;
-      const int col0 = tc.n0 + 2 * (lane % 4);
-      store_tile<OutT>(acc, Cb, M, N, row0, col0, accumulate != 0);
+      if constexpr (use_tma) {
+        // Rows wholly past M: nothing to store (the same for the whole warpgroup).
+        if (tc.m0 + 64 * cw < M)
+          store_tile_tma<BN, OutT>(acc, tma_c, epi, tc.m0 + 64 * cw, tc.n0, tc.b, N,
+                                   accumulate != 0, cw, boxes);
+      } else {
+        OutT* Cb = C + static_cast<size_t>(tc.b) * M * N;
+        const int row0 = tc.m0 + cw * 64 + warp_in_wg * 16 + lane / 4;
+        const int col0 = tc.n0 + 2 * (lane % 4);
+        store_tile_registers<BN, OutT>(acc, Cb, M, N, row0, col0, accumulate != 0);
+      }
     }
+    // The block's shared memory must outlive the TMA stores reading it, and their writes
+    // complete before the block ends.
+    if (use_tma && threadIdx.x % 128 == 0) tma_store_wait_all();
   }
 }
 
@@ -368,33 +542,51 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
 
 }  // namespace wgmma_gemm
 
-// One kernel per (layout, output type). Launch (gemm_wgmma.rs): block 384, grid
-// (min(tiles, SMs), 1, 1), dynamic shared memory wgmma_gemm::SMEM_BYTES (opt-in attribute).
+// One kernel per (tile, layout, output type); `tma_epilogue` picks the epilogue at run time (two
+// instantiations, so that each fits 168 registers without spills). Launch (gemm_wgmma.rs):
+// block 384, grid (min(tiles, SMs), 1, 1), dynamic shared memory wgmma_gemm::SMEM_BYTES
+// (opt-in attribute); tma_c is C's tensor map (unused, zeros, with the register epilogue).
 // Built for sm_80/sm_90 too (build.rs compiles every file for them): there the body traps, and
 // the host never launches these kernels on anything but a compute-capability-9.0 device whose
 // loaded image is the sm_90a one (gemm_wgmma_probe).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WGMMA_BODY(AMN, BMN, OUT) \
-  wgmma_gemm::gemm_persistent<AMN, BMN, OUT>(&tma_a, &tma_b, C, M, N, K, batch, accumulate)
+#define WGMMA_BODY(BN, AMN, BMN, OUT)                                                   \
+  if (tma_epilogue)                                                                     \
+    wgmma_gemm::gemm_persistent<BN, AMN, BMN, true, OUT>(&tma_a, &tma_b, &tma_c, C, M, N, K,   \
+                                                         batch, accumulate);                 \
+  else                                                                                      \
+    wgmma_gemm::gemm_persistent<BN, AMN, BMN, false, OUT>(&tma_a, &tma_b, &tma_c, C, M, N, K,  \
+                                                          batch, accumulate)
 #else
-#define WGMMA_BODY(AMN, BMN, OUT) __trap()
+#define WGMMA_BODY(BN, AMN, BMN, OUT) __trap()
 #endif
 
-#define WGMMA_KERNEL(NAME, AMN, BMN, OUT)                                                     \
+#define WGMMA_KERNEL(NAME, BN, AMN, BMN, OUT)                                                 \
   extern "C" __global__ void __launch_bounds__(wgmma_gemm::THREADS, 1)                       \
       NAME(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b, \
-           OUT* __restrict__ C, int M, int N, int K, int batch, int accumulate) {            \
-    WGMMA_BODY(AMN, BMN, OUT);                                                                \
+           const __grid_constant__ CUtensorMap tma_c, OUT* __restrict__ C, int M, int N, int K, \
+           int batch, int accumulate, int tma_epilogue) {                                     \
+    WGMMA_BODY(BN, AMN, BMN, OUT);                                                            \
   }
 
+// 128 × 256 tiles.
 // HOT: gemm_wgmma_nt_bf16 gemm_wgmma_nt_f32 gemm_wgmma_nn_bf16 gemm_wgmma_nn_f32 gemm_wgmma_tn_bf16
 // HOT: gemm_wgmma_tn_f32
-WGMMA_KERNEL(gemm_wgmma_nt_bf16, false, false, bf16)
-WGMMA_KERNEL(gemm_wgmma_nt_f32, false, false, float)
-WGMMA_KERNEL(gemm_wgmma_nn_bf16, false, true, bf16)
-WGMMA_KERNEL(gemm_wgmma_nn_f32, false, true, float)
-WGMMA_KERNEL(gemm_wgmma_tn_bf16, true, true, bf16)
-WGMMA_KERNEL(gemm_wgmma_tn_f32, true, true, float)
+WGMMA_KERNEL(gemm_wgmma_nt_bf16, 256, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32, 256, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16, 256, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32, 256, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16, 256, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32, 256, true, true, float)
+// 128 × 128 tiles.
+// HOT: gemm_wgmma_nt_bf16_n128 gemm_wgmma_nt_f32_n128 gemm_wgmma_nn_bf16_n128
+// HOT: gemm_wgmma_nn_f32_n128 gemm_wgmma_tn_bf16_n128 gemm_wgmma_tn_f32_n128
+WGMMA_KERNEL(gemm_wgmma_nt_bf16_n128, 128, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32_n128, 128, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16_n128, 128, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32_n128, 128, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16_n128, 128, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32_n128, 128, true, true, float)
 
 // Which image of this file the driver loaded: 1 for the sm_90a one (the only one whose GEMM
 // kernels do anything), 0 otherwise. The host runs it once per context before the first GEMM.

@@ -17,7 +17,8 @@
 use crate::common::gpu::{gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
-    gemm_choice, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout, GEMM_ENV,
+    gemm_choice, tma_epilogue_problem, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout,
+    WgmmaConfig, WgmmaEpilogue, WgmmaTile, GEMM_ENV,
 };
 
 const BF16_OUT_BOUND: f64 = 8e-3;
@@ -35,6 +36,8 @@ enum Engine {
     Wgmma,
     /// `gemm_bf16`, which picks one of the above (`IMPLICIT_GEMM`).
     Dispatch,
+    /// kernels/gemm_wgmma.cu with its tile and epilogue forced.
+    WgmmaWith(WgmmaConfig),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -176,8 +179,51 @@ fn run<O: Dtype>(
         Engine::Cublas => gpu.cublas_gemm_bf16(layout, m, n, k, batch, a, b, c, accumulate),
         Engine::Wgmma => gpu.gemm_bf16_wgmma(layout, m, n, k, batch, a, b, c, accumulate),
         Engine::Dispatch => gpu.gemm_bf16(layout, m, n, k, batch, a, b, c, accumulate),
+        Engine::WgmmaWith(config) => {
+            gpu.gemm_bf16_wgmma_with(config, layout, m, n, k, batch, a, b, c, accumulate)
+        }
     };
     result.unwrap_or_else(|e| panic!("{engine:?} {case:?}: {e}"));
+}
+
+/// Whether `engine` forces the TMA epilogue where C cannot take it (bf16 C += A·B, rows not
+/// 16-byte multiples); then checks that the product is refused, names the reason and leaves C
+/// as it was, and returns true (the caller skips that output mode).
+fn refused_tma_epilogue<O: Dtype>(
+    engine: Engine,
+    gpu: &CudaBackend,
+    case: &Case,
+    a: &DeviceBuffer<bf16>,
+    b: &DeviceBuffer<bf16>,
+    accumulate: bool,
+) -> bool {
+    let Engine::WgmmaWith(config) = engine else {
+        return false;
+    };
+    let bytes = std::mem::size_of::<O>();
+    if config.epilogue != WgmmaEpilogue::Tma
+        || tma_epilogue_problem(bytes, case.m, case.n, accumulate, 0).is_none()
+    {
+        return false;
+    }
+    let Case {
+        layout,
+        m,
+        n,
+        k,
+        batch,
+    } = *case;
+    let mut c = poisoned::<O>(gpu, case.c_len());
+    match gpu.gemm_bf16_wgmma_with(config, layout, m, n, k, batch, a, b, &mut c, accumulate) {
+        Ok(()) => panic!("{engine:?} {case:?} accumulate {accumulate}: forced TMA accepted"),
+        Err(e) => assert!(e.to_string().contains("no TMA epilogue"), "{e}"),
+    }
+    let out = gpu.download(&c).unwrap();
+    assert!(
+        out.iter().all(|v| v.to_f32().is_nan()),
+        "{case:?}: refused, yet wrote C"
+    );
+    true
 }
 
 /// Checks `out` (all of C) against the reference rows: every element finite, then the error.
@@ -231,50 +277,56 @@ fn gemm_case(gpu: &CudaBackend, rng: &mut Rng, case: Case, engines: &[Engine]) {
             case.layout, case.m, case.n, case.k, case.batch
         );
 
-        let mut c = poisoned::<bf16>(gpu, case.c_len());
-        run(engine, gpu, &case, &ga, &gb, &mut c, false);
-        let out = gpu.download(&c).unwrap();
-        check_out(
-            &format!("{tag} bf16 out"),
-            &case,
-            &out,
-            &ab,
-            &rows,
-            BF16_OUT_BOUND,
-        );
-
-        let mut c = poisoned::<f32>(gpu, case.c_len());
-        run(engine, gpu, &case, &ga, &gb, &mut c, false);
-        let out = gpu.download(&c).unwrap();
-        check_out(
-            &format!("{tag} f32 out"),
-            &case,
-            &out,
-            &ab,
-            &rows,
-            F32_OUT_BOUND,
-        );
-
-        // Two micro-batches into an f32 gradient: C0 + A·B + A·B.
-        let mut c = gpu.upload(&c0_f32).unwrap();
-        run(engine, gpu, &case, &ga, &gb, &mut c, true);
-        run(engine, gpu, &case, &ga, &gb, &mut c, true);
-        let c0_rows = pick_rows(&case, &c0_f32, &rows);
-        let want: Vec<f64> = ab
-            .iter()
-            .zip(&c0_rows)
-            .map(|(&p, &c0)| c0 as f64 + 2.0 * p)
-            .collect();
-        let out = gpu.download(&c).unwrap();
-        check_out(
-            &format!("{tag} f32 accumulate ×2"),
-            &case,
-            &out,
-            &want,
-            &rows,
-            F32_OUT_BOUND,
-        );
-
+        if !refused_tma_epilogue::<bf16>(engine, gpu, &case, &ga, &gb, false) {
+            let mut c = poisoned::<bf16>(gpu, case.c_len());
+            run(engine, gpu, &case, &ga, &gb, &mut c, false);
+            let out = gpu.download(&c).unwrap();
+            check_out(
+                &format!("{tag} bf16 out"),
+                &case,
+                &out,
+                &ab,
+                &rows,
+                BF16_OUT_BOUND,
+            );
+        }
+        if !refused_tma_epilogue::<f32>(engine, gpu, &case, &ga, &gb, false) {
+            let mut c = poisoned::<f32>(gpu, case.c_len());
+            run(engine, gpu, &case, &ga, &gb, &mut c, false);
+            let out = gpu.download(&c).unwrap();
+            check_out(
+                &format!("{tag} f32 out"),
+                &case,
+                &out,
+                &ab,
+                &rows,
+                F32_OUT_BOUND,
+            );
+        }
+        if !refused_tma_epilogue::<f32>(engine, gpu, &case, &ga, &gb, true) {
+            // Two micro-batches into an f32 gradient: C0 + A·B + A·B.
+            let mut c = gpu.upload(&c0_f32).unwrap();
+            run(engine, gpu, &case, &ga, &gb, &mut c, true);
+            run(engine, gpu, &case, &ga, &gb, &mut c, true);
+            let c0_rows = pick_rows(&case, &c0_f32, &rows);
+            let want: Vec<f64> = ab
+                .iter()
+                .zip(&c0_rows)
+                .map(|(&p, &c0)| c0 as f64 + 2.0 * p)
+                .collect();
+            let out = gpu.download(&c).unwrap();
+            check_out(
+                &format!("{tag} f32 accumulate ×2"),
+                &case,
+                &out,
+                &want,
+                &rows,
+                F32_OUT_BOUND,
+            );
+        }
+        if refused_tma_epilogue::<bf16>(engine, gpu, &case, &ga, &gb, true) {
+            continue;
+        }
         let mut c = gpu.upload(&c0_bf16q).unwrap();
         run(engine, gpu, &case, &ga, &gb, &mut c, true);
         let c0_rows = pick_rows(&case, &c0_bf16, &rows);
@@ -696,6 +748,127 @@ fn wgmma_gemm_matches_f64_on_model_shapes() {
             Case::new(layout, m, n, k, batch),
             &[Engine::Wgmma],
         );
+    }
+}
+
+/// Every forced (tile, epilogue) of kernels/gemm_wgmma.cu: [`gemm_bf16_wgmma`] picks one per
+/// product, so each must be right everywhere, not only where it is picked.
+const WGMMA_CONFIGS: [WgmmaConfig; 4] = [
+    WgmmaConfig {
+        tile: WgmmaTile::Wide,
+        epilogue: WgmmaEpilogue::Tma,
+    },
+    WgmmaConfig {
+        tile: WgmmaTile::Square,
+        epilogue: WgmmaEpilogue::Tma,
+    },
+    WgmmaConfig {
+        tile: WgmmaTile::Wide,
+        epilogue: WgmmaEpilogue::Registers,
+    },
+    WgmmaConfig {
+        tile: WgmmaTile::Square,
+        epilogue: WgmmaEpilogue::Registers,
+    },
+];
+
+fn forced_engines() -> Vec<Engine> {
+    WGMMA_CONFIGS
+        .iter()
+        .map(|&c| Engine::WgmmaWith(c))
+        .collect()
+}
+
+/// Every tile edge, layout, batch and output mode on each variant: the TMA epilogue's boxes
+/// past M and N (clipped by TMA), its f32 reduce-add (accumulated twice), and its refusals
+/// (bf16 C += A·B, rows of C that are not 16-byte multiples).
+#[test]
+fn wgmma_every_tile_and_epilogue_matches_f64_on_tile_edges() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let mut rng = Rng::new("wgmma_variants_edges");
+    let engines = forced_engines();
+    for (layout, m, n, k, batch) in wgmma_cases() {
+        gemm_case(gpu, &mut rng, Case::new(layout, m, n, k, batch), &engines);
+    }
+}
+
+/// Llama-2-7B's products at T = 2048 tokens where the automatic choice differs (gate/up and
+/// the dX of down take 128 × 128 tiles, the rest 128 × 256; f32 weight gradients the TMA
+/// reduce-add), each on every variant.
+#[test]
+fn wgmma_every_tile_and_epilogue_matches_f64_at_2048_tokens() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let mut rng = Rng::new("wgmma_variants_model");
+    let mut engines = forced_engines();
+    engines.push(Engine::Wgmma);
+    for &(layout, m, n, k) in &[
+        (GemmLayout::NT, 2048, 11008, 4096),
+        (GemmLayout::NN, 2048, 11008, 4096),
+        (GemmLayout::TN, 4096, 4096, 2048),
+    ] {
+        gemm_case(gpu, &mut rng, Case::new(layout, m, n, k, 1), &engines);
+    }
+}
+
+/// On each tile the TMA epilogue writes exactly what the register epilogue writes (the same
+/// roundings; the reduce-add is one f32 addition, as the register path's is), so any differing
+/// bit is a misplaced element or a race between the staging buffers and the stores. The two
+/// tiles sum each element over the same k blocks; only the order inside a wgmma may differ, so
+/// they agree to within f32 rounding (the 1e-4 the wgmma-vs-mma.sync test allows, tightened to
+/// 1e-5 as these are the same k steps).
+#[test]
+fn wgmma_epilogues_agree_bit_for_bit_and_tiles_to_rounding() {
+    let Some(gpu) = wgmma_gpu() else { return };
+    let mut rng = Rng::new("wgmma_variants_bits");
+    for case in [
+        Case::new(GemmLayout::NT, 1040, 2056, 1032, 1),
+        Case::new(GemmLayout::NN, 264, 1288, 520, 3),
+        Case::new(GemmLayout::TN, 1288, 1032, 328, 1),
+    ] {
+        let (ga, gb) = case.random_operands(gpu, &mut rng);
+        let c0: Vec<f32> = rng.vec(case.c_len(), 8.0);
+        // bf16 written, f32 written, f32 accumulated into c0; all as f32.
+        let outputs = |config: WgmmaConfig| -> [Vec<f32>; 3] {
+            let engine = Engine::WgmmaWith(config);
+            let mut c = poisoned::<bf16>(gpu, case.c_len());
+            run(engine, gpu, &case, &ga, &gb, &mut c, false);
+            let written_bf16 = gpu
+                .download(&c)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            let mut c = poisoned::<f32>(gpu, case.c_len());
+            run(engine, gpu, &case, &ga, &gb, &mut c, false);
+            let written_f32 = gpu.download(&c).unwrap();
+            let mut c = gpu.upload(&c0).unwrap();
+            run(engine, gpu, &case, &ga, &gb, &mut c, true);
+            [written_bf16, written_f32, gpu.download(&c).unwrap()]
+        };
+        let [wide_tma, square_tma, wide_regs, square_regs] = WGMMA_CONFIGS.map(outputs);
+        for (what, got, want) in [
+            ("128x256", &wide_tma, &wide_regs),
+            ("128x128", &square_tma, &square_regs),
+        ] {
+            for (mode, (g, w)) in ["bf16 out", "f32 out", "f32 +="]
+                .iter()
+                .zip(got.iter().zip(want))
+            {
+                let differ = g
+                    .iter()
+                    .zip(w)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{case:?} {what} {mode}: TMA vs registers, {differ} differ"
+                );
+            }
+        }
+        let wide: Vec<f64> = wide_regs[1].iter().map(|&v| v as f64).collect();
+        let e = rel_err(&square_regs[1], &wide);
+        eprintln!("{case:?}: 128x128 vs 128x256 rel diff {e:.2e}");
+        assert!(e <= 1e-5, "{case:?}: 128x128 vs 128x256 rel diff {e:.3e}");
     }
 }
 

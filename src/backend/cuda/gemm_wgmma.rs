@@ -14,6 +14,14 @@
 //! strides and 16-byte aligned A and B, as TMA requires). Anything else takes the mma.sync
 //! kernels, which stay the path for sm_80 and the fallback. Tests and the benchmark call
 //! [`CudaBackend::gemm_bf16_wgmma`] directly.
+//!
+//! **Variants** (issue 17 part 3, unmeasured until the next GPU run): per product the host
+//! picks the tile, 128 × 256 or 128 × 128 ([`wgmma_tile_for`]: the one with fewer waves on the
+//! multiprocessors, ties to the wide tile), and the epilogue: through TMA (C staged in shared
+//! memory, stored or, for f32 C += A·B, reduce-added by TMA while the next tile's main loop
+//! runs) wherever [`tma_epilogue_problem`] allows, else from registers as before (odd n,
+//! unaligned C, bf16 accumulation). [`CudaBackend::gemm_bf16_wgmma_with`] forces either, for
+//! the tests (every variant against the f64 reference) and the bench rows.
 
 use super::gemm::{check_shapes, GemmLayout};
 use super::{kernel_error, CudaBackend, DeviceBuffer, Float};
@@ -24,20 +32,22 @@ use half::bf16;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod plan;
+pub use plan::{tma_epilogue_problem, wgmma_tile_for, WgmmaConfig, WgmmaEpilogue, WgmmaTile};
+
 /// The environment variable that chooses [`CudaBackend::gemm_bf16`]'s kernels ([`GemmChoice`]).
 pub const GEMM_ENV: &str = "IMPLICIT_GEMM";
 
-/// Block tile of kernels/gemm_wgmma.cu (BM × BN, K steps of BK).
-const TILE_M: usize = 128;
-const TILE_N: usize = 256;
+/// Block tile rows of kernels/gemm_wgmma.cu (K steps of 64).
+pub(super) const TILE_M: usize = 128;
 /// Threads per block: one producer and two consumer warpgroups.
 const THREADS: u32 = 384;
-/// Dynamic shared memory: 4 stages of (128 + 256) × 64 bf16, plus 1 KiB to align the ring to
-/// the 128-byte swizzle's 1024-byte atom (the kernel asserts the same number).
-const SMEM_BYTES: u32 = 197_632;
+/// Dynamic shared memory: a 192 KiB ring (4 stages of (128 + 256) × 64 bf16 or 6 of
+/// (128 + 128) × 64), 2 × 2 epilogue buffers of 8 KiB, plus 1 KiB to align them to the 128-byte
+/// swizzle's 1024-byte atom (the kernel asserts the same number).
+const SMEM_BYTES: u32 = 230_400;
 /// TMA's limit on a global stride (bytes, exclusive).
-const MAX_STRIDE_BYTES: u64 = 1 << 40;
-
+pub(super) const MAX_STRIDE_BYTES: u64 = 1 << 40;
 /// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmChoice {
@@ -85,12 +95,16 @@ unsafe impl DeviceRepr for TensorMap {}
 type Availability = HashMap<usize, std::result::Result<(), String>>;
 static AVAILABLE: OnceLock<Mutex<Availability>> = OnceLock::new();
 
-/// The kernel of a layout and output type.
-fn kernel_name<O: Float>(layout: GemmLayout) -> &'static str {
-    match layout {
-        GemmLayout::NT => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
-        GemmLayout::NN => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
-        GemmLayout::TN => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
+/// The kernel of a layout, output type and (chosen, not Auto) tile.
+fn kernel_name<O: Float>(layout: GemmLayout, tile: WgmmaTile) -> &'static str {
+    let square = tile == WgmmaTile::Square;
+    match (layout, square) {
+        (GemmLayout::NT, false) => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
+        (GemmLayout::NN, false) => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
+        (GemmLayout::TN, false) => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
+        (GemmLayout::NT, true) => O::pick("gemm_wgmma_nt_f32_n128", "gemm_wgmma_nt_bf16_n128"),
+        (GemmLayout::NN, true) => O::pick("gemm_wgmma_nn_f32_n128", "gemm_wgmma_nn_bf16_n128"),
+        (GemmLayout::TN, true) => O::pick("gemm_wgmma_tn_f32_n128", "gemm_wgmma_tn_bf16_n128"),
     }
 }
 
@@ -103,8 +117,9 @@ struct Operand {
 }
 
 /// A's and B's tensor-map shapes for a layout (kernels/gemm_wgmma.cu's boxes: a K-major A tile
-/// is one 64 × 128 box, a K-major B tile one 64 × 256 box, an MN-major tile 64 × 64 boxes).
-fn operands(layout: GemmLayout, m: usize, n: usize, k: usize) -> (Operand, Operand) {
+/// is one 64 × 128 box, a K-major B tile one 64 × `tile_n` box, an MN-major tile 64 × 64
+/// boxes).
+fn operands(layout: GemmLayout, m: usize, n: usize, k: usize, tile_n: usize) -> (Operand, Operand) {
     let k_major = |rows: usize, box_rows: u32| Operand {
         inner: k,
         rows,
@@ -116,7 +131,7 @@ fn operands(layout: GemmLayout, m: usize, n: usize, k: usize) -> (Operand, Opera
         box_rows: 64,
     };
     match layout {
-        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, TILE_N as u32)),
+        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, tile_n as u32)),
         GemmLayout::NN => (k_major(m, TILE_M as u32), mn_major(n)),
         GemmLayout::TN => (mn_major(m), mn_major(n)),
     }
@@ -137,13 +152,14 @@ fn shape_problem(
         return Some("k = 0 (nothing to multiply: kernels/gemm.cu writes the zeros)".into());
     }
     // The kernel's tile and box coordinates are ints that run up to a tile past m and n.
-    if m.max(n) > i32::MAX as usize - TILE_N {
+    if m.max(n) > i32::MAX as usize - 256 {
         return Some(format!(
             "m or n over {} (tile coordinates overflow an int)",
-            i32::MAX as usize - TILE_N
+            i32::MAX as usize - 256
         ));
     }
-    let (a, b) = operands(layout, m, n, k);
+    // The box shapes do not matter here: only the strides and the base.
+    let (a, b) = operands(layout, m, n, k, 256);
     for (name, op, ptr) in [("A", &a, pa), ("B", &b, pb)] {
         if !op.inner.is_multiple_of(8) {
             return Some(format!(
@@ -164,12 +180,13 @@ fn shape_problem(
             ));
         }
     }
+    // Counted in the narrower tile, which has more of them.
     let tiles = m
         .div_ceil(TILE_M)
-        .checked_mul(n.div_ceil(TILE_N))
+        .checked_mul(n.div_ceil(128))
         .and_then(|t| t.checked_mul(batch));
     if tiles.is_none_or(|t| i32::try_from(t).is_err()) {
-        return Some("more 128 × 256 tiles than an int counts".into());
+        return Some("more 128 × 128 tiles than an int counts".into());
     }
     None
 }
@@ -177,19 +194,57 @@ fn shape_problem(
 /// `cuTensorMapEncodeTiled` for one bf16 operand: 3-D (inner, rows, batch), 128-byte swizzle,
 /// out-of-bounds elements read as zeros.
 fn encode(op: &Operand, batch: usize, ptr: u64) -> std::result::Result<TensorMap, String> {
-    let dims: [u64; 3] = [op.inner as u64, op.rows as u64, batch as u64];
+    encode_3d(
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        2,
+        [op.inner, op.rows, batch],
+        [64, op.box_rows],
+        ptr,
+    )
+}
+
+/// The tensor map of C (`[batch, m, n]` of `O`) for the TMA epilogue: boxes of one 128-byte
+/// swizzle row (64 bf16 or 32 f32 columns) × 64 rows, one consumer warpgroup's rows.
+fn encode_c<O: Float>(
+    m: usize,
+    n: usize,
+    batch: usize,
+    ptr: u64,
+) -> std::result::Result<TensorMap, String> {
+    let bytes = std::mem::size_of::<O>();
+    let dtype = if bytes == 4 {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+    } else {
+        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+    };
+    encode_3d(dtype, bytes, [n, m, batch], [(128 / bytes) as u32, 64], ptr)
+}
+
+/// `cuTensorMapEncodeTiled`: 3-D (inner, rows, batch) of `elem_bytes`-byte elements, boxes of
+/// `box_2d` (inner, rows) × 1, 128-byte swizzle, out-of-bounds elements read as zeros (and
+/// not written by stores).
+fn encode_3d(
+    dtype: sys::CUtensorMapDataType,
+    elem_bytes: usize,
+    [inner, rows, batch]: [usize; 3],
+    box_2d: [u32; 2],
+    ptr: u64,
+) -> std::result::Result<TensorMap, String> {
+    let dims: [u64; 3] = [inner as u64, rows as u64, batch as u64];
     // Bytes between rows and between matrices (dimension 0 is contiguous and not given).
-    let strides: [u64; 2] = [2 * op.inner as u64, 2 * (op.inner * op.rows) as u64];
-    let boxes: [u32; 3] = [64, op.box_rows, 1];
+    let e = elem_bytes as u64;
+    let strides: [u64; 2] = [e * inner as u64, e * (inner * rows) as u64];
+    let boxes: [u32; 3] = [box_2d[0], box_2d[1], 1];
     let element_strides: [u32; 3] = [1, 1, 1];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
     // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
     // suitably aligned CUtensorMap; the address and strides were checked (16-byte aligned,
-    // multiples of 16, below 2^40) by `shape_problem`. The driver only writes `map`.
+    // multiples of 16, below 2^40) by `shape_problem` or `tma_epilogue_problem`. The driver
+    // only writes `map`.
     let status = unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            dtype,
             3,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
@@ -325,7 +380,8 @@ impl CudaBackend {
     /// [`CudaBackend::gemm_bf16`] on the Hopper kernels (kernels/gemm_wgmma.cu): C = A·B or
     /// C += A·B for `batch` products in `layout`, bf16 in, f32 accumulation, C as `O`. Unlike
     /// `gemm_bf16` this never falls back: shapes or devices it cannot take
-    /// ([`CudaBackend::wgmma_supports`]) are errors naming the kernel and the shapes.
+    /// ([`CudaBackend::wgmma_supports`]) are errors naming the kernel and the shapes. The tile
+    /// ([`wgmma_tile_for`]) and the epilogue ([`tma_epilogue_problem`]) are chosen per product.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_wgmma<O: Float>(
         &self,
@@ -339,7 +395,74 @@ impl CudaBackend {
         c: &mut DeviceBuffer<O>,
         accumulate: bool,
     ) -> Result<()> {
-        let kernel = kernel_name::<O>(layout);
+        self.gemm_bf16_wgmma_with(
+            WgmmaConfig::AUTO,
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            a,
+            b,
+            c,
+            accumulate,
+        )
+    }
+
+    /// The tile and epilogue [`CudaBackend::gemm_bf16_wgmma`] would run for this product on
+    /// this device (neither is Auto); Err where C cannot take a forced TMA epilogue.
+    #[doc(hidden)]
+    pub fn wgmma_config<O: Float>(
+        &self,
+        config: WgmmaConfig,
+        m: usize,
+        n: usize,
+        batch: usize,
+        c: &DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> std::result::Result<WgmmaConfig, String> {
+        let tile = match config.tile {
+            WgmmaTile::Auto => wgmma_tile_for(m, n, batch, self.multiprocessors as usize),
+            forced => forced,
+        };
+        let (pc, _rc) = c.slice.device_ptr(self.stream());
+        let problem = tma_epilogue_problem(std::mem::size_of::<O>(), m, n, accumulate, pc);
+        let epilogue = match (config.epilogue, problem) {
+            (WgmmaEpilogue::Registers, _) | (WgmmaEpilogue::Auto, Some(_)) => {
+                WgmmaEpilogue::Registers
+            }
+            (WgmmaEpilogue::Auto | WgmmaEpilogue::Tma, None) => WgmmaEpilogue::Tma,
+            (WgmmaEpilogue::Tma, Some(why)) => return Err(format!("no TMA epilogue: {why}")),
+        };
+        Ok(WgmmaConfig { tile, epilogue })
+    }
+
+    /// [`CudaBackend::gemm_bf16_wgmma`] with the tile and epilogue forced (Auto: chosen as
+    /// there): what the tests use to cover every variant, and the benchmark to time each.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_wgmma_with<O: Float>(
+        &self,
+        config: WgmmaConfig,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let shapes =
+            || format!("{layout:?} m {m} n {n} k {k} batch {batch} accumulate {accumulate}");
+        let chosen = self
+            .wgmma_config(config, m, n, batch, c, accumulate)
+            .map_err(|e| {
+                let kernel = kernel_name::<O>(layout, config.tile);
+                Error(format!("CUDA kernel {kernel} ({}): {e}", shapes()))
+            })?;
+        let kernel = kernel_name::<O>(layout, chosen.tile);
         let checked = check_shapes(
             &format!("CUDA GEMM {kernel}"),
             layout,
@@ -354,8 +477,6 @@ impl CudaBackend {
         if checked.empty {
             return Ok(());
         }
-        let shapes =
-            || format!("{layout:?} m {m} n {n} k {k} batch {batch} accumulate {accumulate}");
         if let Err(e) = self.wgmma_supports(layout, m, n, k, batch, a, b) {
             bail!("CUDA kernel {kernel} ({}): {e}", shapes());
         }
@@ -363,11 +484,21 @@ impl CudaBackend {
         // The guards keep the buffers' stream-ordering records alive until after the launch.
         let (pa, _ra) = a.slice.device_ptr(stream);
         let (pb, _rb) = b.slice.device_ptr(stream);
-        let (op_a, op_b) = operands(layout, m, n, k);
+        let tile_n = chosen.tile.columns();
+        let (op_a, op_b) = operands(layout, m, n, k, tile_n);
         let map_a = encode(&op_a, batch, pa)
             .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): A: {e}", shapes())))?;
         let map_b = encode(&op_b, batch, pb)
             .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): B: {e}", shapes())))?;
+        let tma_epilogue = chosen.epilogue == WgmmaEpilogue::Tma;
+        let map_c = if tma_epilogue {
+            let (pc, _rc) = c.slice.device_ptr(stream);
+            encode_c::<O>(m, n, batch, pc)
+                .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): C: {e}", shapes())))?
+        } else {
+            // Not read by the kernel's register epilogue.
+            TensorMap(sys::CUtensorMap { opaque: [0; 16] })
+        };
 
         // Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set on every call.
         self.function(kernel)?
@@ -376,9 +507,9 @@ impl CudaBackend {
                 SMEM_BYTES as i32,
             )
             .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))?;
-        // Persistent: one block per multiprocessor (192 KiB of shared memory each), at most one
+        // Persistent: one block per multiprocessor (225 KiB of shared memory each), at most one
         // per tile. `shape_problem` checked that the tile count fits an int.
-        let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N) * batch;
+        let tiles = m.div_ceil(TILE_M) * n.div_ceil(tile_n) * batch;
         let blocks = tiles.min(self.multiprocessors as usize).max(1);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -387,6 +518,7 @@ impl CudaBackend {
         };
         let batch_i = batch as i32; // ≤ 65535 (check_shapes)
         let acc = accumulate as i32;
+        let tma_i = tma_epilogue as i32;
         launch!(
             self,
             kernel,
@@ -395,12 +527,14 @@ impl CudaBackend {
             [
                 &map_a,
                 &map_b,
+                &map_c,
                 &mut c.slice,
                 &checked.m,
                 &checked.n,
                 &checked.k,
                 &batch_i,
-                &acc
+                &acc,
+                &tma_i
             ]
         )
     }
@@ -428,13 +562,15 @@ mod tests {
 
     #[test]
     fn operand_boxes_match_the_kernel() {
-        let (a, b) = operands(GemmLayout::NT, 100, 200, 300);
+        let (a, b) = operands(GemmLayout::NT, 100, 200, 300, 256);
         assert_eq!((a.inner, a.rows, a.box_rows), (300, 100, 128));
         assert_eq!((b.inner, b.rows, b.box_rows), (300, 200, 256));
-        let (a, b) = operands(GemmLayout::NN, 100, 200, 300);
+        let (_, b) = operands(GemmLayout::NT, 100, 200, 300, 128);
+        assert_eq!((b.inner, b.rows, b.box_rows), (300, 200, 128));
+        let (a, b) = operands(GemmLayout::NN, 100, 200, 300, 128);
         assert_eq!((a.inner, a.rows, a.box_rows), (300, 100, 128));
         assert_eq!((b.inner, b.rows, b.box_rows), (200, 300, 64));
-        let (a, b) = operands(GemmLayout::TN, 100, 200, 300);
+        let (a, b) = operands(GemmLayout::TN, 100, 200, 300, 256);
         assert_eq!((a.inner, a.rows, a.box_rows), (100, 300, 64));
         assert_eq!((b.inner, b.rows, b.box_rows), (200, 300, 64));
     }

@@ -102,7 +102,10 @@ pub use decode::{
 };
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;
-pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
+pub use gemm_wgmma::{
+    gemm_choice, tma_epilogue_problem, wgmma_tile_for, GemmChoice, WgmmaConfig, WgmmaEpilogue,
+    WgmmaTile, GEMM_ENV,
+};
 pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};

@@ -1,21 +1,33 @@
 //! The compute-bound kernels: our GEMM against cuBLAS at the same shape (and, on compute
-//! capability 9.0, the Hopper wgmma kernel as its own row), and causal flash attention against
-//! PyTorch SDPA.
+//! capability 9.0, the Hopper wgmma kernel as its own rows: the variant it picks, the other
+//! tile, and the register epilogue), and causal flash attention against PyTorch SDPA.
 
 use super::{
     Bench, BenchResult, GemmTimes, Reference, ATTENTION_BWD_TARGET, ATTENTION_FWD_TARGET,
     GEMM_TARGET, HEADS, SEQ,
 };
 use crate::backend::cpu::attention::AttentionShape;
-use crate::backend::cuda::{DeviceBuffer, Float, GemmLayout, GEMV_MAX_ROWS};
+use crate::backend::cuda::{
+    wgmma_tile_for, DeviceBuffer, Float, GemmLayout, WgmmaConfig, WgmmaEpilogue, WgmmaTile,
+    GEMV_MAX_ROWS,
+};
 use crate::bench::inputs::{gb_s, rel_diff, tflops, Sample};
 use crate::bench::timing::Timing;
 use crate::error::Result;
 use half::bf16;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The wgmma kernel's time, and ‖wgmma − cuBLAS‖/‖cuBLAS‖ on one product when cuBLAS ran.
-type WgmmaTime = Option<(Timing, Option<f64>)>;
+/// Per timed wgmma variant: its time, and ‖wgmma − cuBLAS‖/‖cuBLAS‖ on one product when
+/// cuBLAS ran.
+type WgmmaTimes = Vec<(WgmmaConfig, Timing, Option<f64>)>;
+
+/// A wgmma tile as the bench rows name it.
+fn tile_name(tile: WgmmaTile) -> &'static str {
+    match tile {
+        WgmmaTile::Square => "128x128",
+        WgmmaTile::Wide | WgmmaTile::Auto => "128x256",
+    }
+}
 
 impl Bench<'_> {
     /// Times one product (ours unless `skip_ours`, cuBLAS when `with_cublas`), over rotated
@@ -33,12 +45,12 @@ impl Bench<'_> {
         ours: bool,
     ) -> Result<GemmTimes> {
         let (times, _) =
-            self.time_gemms::<O>(layout, m, n, k, accumulate, with_cublas, ours, false)?;
+            self.time_gemms::<O>(layout, m, n, k, accumulate, with_cublas, ours, &[])?;
         Ok(times)
     }
 
-    /// [`Bench::time_gemm`], and with `wgmma` also kernels/gemm_wgmma.cu on the same inputs
-    /// (the caller checked that it runs here and takes these shapes).
+    /// [`Bench::time_gemm`], and also kernels/gemm_wgmma.cu in each of the `wgmma` variants on
+    /// the same inputs (the caller checked that it runs here and takes these shapes).
     #[allow(clippy::too_many_arguments)]
     fn time_gemms<O: Sample + Float>(
         &mut self,
@@ -49,8 +61,8 @@ impl Bench<'_> {
         accumulate: bool,
         with_cublas: bool,
         ours: bool,
-        wgmma: bool,
-    ) -> Result<(GemmTimes, WgmmaTime)> {
+        wgmma: &[WgmmaConfig],
+    ) -> Result<(GemmTimes, WgmmaTimes)> {
         let gpu = self.gpu;
         let sets = self.sets(2 * (m * k + k * n));
         let a = self.randoms::<bf16>(sets, m * k, -1.0, 1.0)?;
@@ -76,7 +88,7 @@ impl Bench<'_> {
         // One product of cuBLAS, written (not accumulated), on the first inputs' leading rows.
         let count = (m * n).min(1 << 23);
         let mut reference: Option<Vec<O>> = None;
-        if with_cublas && (ours || wgmma) {
+        if with_cublas && (ours || !wgmma.is_empty()) {
             let mut theirs = gpu.alloc::<O>(m * n)?;
             gpu.cublas_gemm_bf16(layout, m, n, k, 1, &a[0], &b[0], &mut theirs, false)?;
             reference = Some(self.download_prefix(&theirs, count)?);
@@ -92,31 +104,35 @@ impl Bench<'_> {
                 times.check = Some(rel_diff(&x, y));
             }
         }
-        let mut wgmma_time = None;
-        if wgmma {
+        let mut wgmma_times = Vec::new();
+        for &config in wgmma {
             // Its failure (e.g. on a driver the first H100 run did not see) is a note, and the
             // other rows go on (unless it left the GPU unusable, which the next row reports).
             let mut timed = || -> Result<(Timing, Option<f64>)> {
                 let time = self.timer.time(&mut |i| {
                     let s = i % sets;
-                    gpu.gemm_bf16_wgmma(layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate)
+                    gpu.gemm_bf16_wgmma_with(
+                        config, layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate,
+                    )
                 })?;
                 let mut check = None;
                 if let Some(y) = &reference {
-                    gpu.gemm_bf16_wgmma(layout, m, n, k, 1, &a[0], &b[0], &mut c, false)?;
+                    gpu.gemm_bf16_wgmma_with(
+                        config, layout, m, n, k, 1, &a[0], &b[0], &mut c, false,
+                    )?;
                     let x = self.download_prefix(&c, count)?;
                     check = Some(rel_diff(&x, y));
                 }
                 Ok((time, check))
             };
             match timed() {
-                Ok(t) => wgmma_time = Some(t),
+                Ok((time, check)) => wgmma_times.push((config, time, check)),
                 Err(e) => self.sink.note(&format!(
-                    "gemm_wgmma {layout:?} m {m} n {n} k {k} failed: {e}"
+                    "gemm_wgmma {config:?} {layout:?} m {m} n {n} k {k} failed: {e}"
                 )),
             }
         }
-        Ok((times, wgmma_time))
+        Ok((times, wgmma_times))
     }
 
     /// Whether kernels/gemm_wgmma.cu runs on this device; on a compute-capability-9.0 device
@@ -134,7 +150,11 @@ impl Bench<'_> {
         }
     }
 
-    /// Our GEMM against cuBLAS at one shape; on Hopper also the wgmma kernel, as its own row.
+    /// Our GEMM against cuBLAS at one shape; on Hopper also the wgmma kernel as its own rows:
+    /// `gemm_wgmma_<layout>_<out>` is the variant `gemm_bf16_wgmma` picks (the default path),
+    /// `… [128x256]` / `… [128x128]` the other tile with the TMA epilogue where C allows it,
+    /// and `… [regs]` the picked tile with the register epilogue (the kernel of the first H100
+    /// run), so that one run shows what each lever is worth beside cuBLAS.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(
         &mut self,
@@ -183,10 +203,30 @@ impl Bench<'_> {
             return Ok(());
         }
         let with_cublas = self.cublas;
-        let (mut times, wgmma) = if f32_acc {
-            self.time_gemms::<f32>(layout, m, n, k, true, with_cublas, want_ours, want_wgmma)?
+        let configs = if want_wgmma {
+            let picked = wgmma_tile_for(m, n, 1, self.gpu.multiprocessors as usize);
+            let other = match picked {
+                WgmmaTile::Square => WgmmaTile::Wide,
+                _ => WgmmaTile::Square,
+            };
+            vec![
+                WgmmaConfig::AUTO,
+                WgmmaConfig {
+                    tile: other,
+                    epilogue: WgmmaEpilogue::Auto,
+                },
+                WgmmaConfig {
+                    tile: picked,
+                    epilogue: WgmmaEpilogue::Registers,
+                },
+            ]
         } else {
-            self.time_gemms::<bf16>(layout, m, n, k, false, with_cublas, want_ours, want_wgmma)?
+            Vec::new()
+        };
+        let (mut times, wgmma) = if f32_acc {
+            self.time_gemms::<f32>(layout, m, n, k, true, with_cublas, want_ours, &configs)?
+        } else {
+            self.time_gemms::<bf16>(layout, m, n, k, false, with_cublas, want_ours, &configs)?
         };
         if let Some(time) = times.ours.take() {
             self.gemm_result(
@@ -200,15 +240,21 @@ impl Bench<'_> {
                 &times,
             );
         }
-        if let Some((time, check)) = wgmma {
+        for (config, time, check) in wgmma {
             let theirs = GemmTimes {
                 cublas: times.cublas.clone(),
                 ours: None,
                 check,
             };
-            let kernel = wgmma_kernel;
+            let kernel = match (config.tile, config.epilogue) {
+                (WgmmaTile::Auto, _) => wgmma_kernel.to_string(),
+                (tile, WgmmaEpilogue::Registers) => {
+                    format!("{wgmma_kernel} [{}, regs]", tile_name(tile))
+                }
+                (tile, _) => format!("{wgmma_kernel} [{}]", tile_name(tile)),
+            };
             self.gemm_result(
-                kernel,
+                &kernel,
                 label,
                 layout,
                 (m, n, k),
@@ -222,6 +268,7 @@ impl Bench<'_> {
     }
 
     /// One GEMM row: `time` of `kernel`, against cuBLAS's time and with the check in `times`.
+    /// (`kernel` may carry a variant after the name, which the `(+=)` mark follows.)
     #[allow(clippy::too_many_arguments)]
     fn gemm_result(
         &mut self,
