@@ -167,8 +167,8 @@ impl CudaBackend {
     /// contiguous dimensions are multiples of 8 go to [`CudaBackend::gemm_bf16_wgmma`]
     /// (kernels/gemm_wgmma.cu: wgmma + TMA, sm_90a) when the device has compute capability 9.0
     /// and [`CudaBackend::wgmma_supports`] accepts the shapes and buffers; anything else, and
-    /// everything with `IMPLICIT_GEMM=mma` (read once per process, [`gemm_choice`]), goes to
-    /// [`CudaBackend::gemm_bf16_mma`].
+    /// every product but the decode batches' with `IMPLICIT_GEMM=mma` (read once per process,
+    /// [`gemm_choice`]), goes to [`CudaBackend::gemm_bf16_mma`].
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16<O: Float>(
         &self,

@@ -281,6 +281,8 @@ impl CudaBackend {
                 plan.splits
             )
         };
+        // skinny_plan raised this kernel's shared-memory limit (its bf16 twin's, and both
+        // outputs' kernels share the m tile's size): raise the f32 one's too.
         self.skinny_function(kernel, plan.m_tile, &shapes)?;
         let cfg = LaunchConfig {
             grid_dim: (plan.tiles as u32, plan.splits as u32, 1),
