@@ -19,6 +19,8 @@ mod attention_plain;
 mod elementwise;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
+#[path = "cuda_kernels/gemm_skinny.rs"]
+mod gemm_skinny;
 
 use common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
 use half::bf16;

@@ -1,10 +1,11 @@
 //! bf16 matrix products with fp32 accumulation on the GPU (kernels/gemm.cu: mma.sync tensor
 //! cores, ldmatrix, a 4-stage cp.async pipeline), strided-batched, in the three layouts a
-//! transformer's forward and backward need, with the choice among it, kernels/gemv.cu (gemv.rs)
-//! and kernels/gemm_wgmma.cu (gemm_wgmma.rs); and the same products through cuBLAS, the
+//! transformer's forward and backward need, with the choice among it, kernels/gemv.cu (gemv.rs),
+//! kernels/gemm_skinny.cu (gemm_skinny.rs) and kernels/gemm_wgmma.cu (gemm_wgmma.rs); and the same products through cuBLAS, the
 //! reference the benchmark measures against. References: tests/cuda_kernels/gemm.rs (f64 on
 //! the CPU).
 
+use super::gemm_skinny::SkinnySplit;
 use super::gemm_wgmma::{gemm_choice, GemmChoice};
 use super::gemv::GEMV_MAX_ROWS;
 use super::{driver_error, kernel_error, CudaBackend, DeviceBuffer, Float};
@@ -158,12 +159,16 @@ impl CudaBackend {
     /// weight gradients add up across micro-batches. k = 0 writes zeros (or leaves C as it is
     /// when accumulating).
     ///
+    /// Decode batches: NT products of batch 1 with [`GEMV_MAX_ROWS`] < m ≤ `SKINNY_MAX_ROWS`
+    /// that [`CudaBackend::skinny_supports`] accepts go to [`CudaBackend::gemm_bf16_skinny`]
+    /// (kernels/gemm_skinny.cu, every device, K split to fill the GPU).
+    ///
     /// The Hopper path, by default: products of more than [`GEMV_MAX_ROWS`] rows whose
     /// contiguous dimensions are multiples of 8 go to [`CudaBackend::gemm_bf16_wgmma`]
     /// (kernels/gemm_wgmma.cu: wgmma + TMA, sm_90a) when the device has compute capability 9.0
     /// and [`CudaBackend::wgmma_supports`] accepts the shapes and buffers; anything else, and
-    /// everything with `IMPLICIT_GEMM=mma` (read once per process, [`gemm_choice`]), goes to
-    /// [`CudaBackend::gemm_bf16_mma`].
+    /// every product but the decode batches' with `IMPLICIT_GEMM=mma` (read once per process,
+    /// [`gemm_choice`]), goes to [`CudaBackend::gemm_bf16_mma`].
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16<O: Float>(
         &self,
@@ -177,6 +182,9 @@ impl CudaBackend {
         c: &mut DeviceBuffer<O>,
         accumulate: bool,
     ) -> Result<()> {
+        if self.skinny_supports(layout, m, n, k, batch, a, b).is_ok() {
+            return self.gemm_bf16_skinny(m, n, k, a, b, c, accumulate, SkinnySplit::Auto);
+        }
         let decode_rows = layout == GemmLayout::NT && m <= GEMV_MAX_ROWS;
         if !decode_rows
             && k > 0

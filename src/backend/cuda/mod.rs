@@ -29,6 +29,8 @@
 //! - `gemm` (gemm.cu): [`GemmLayout`], the mma.sync GEMM, the choice of kernel, the cuBLAS
 //!   reference;
 //! - `gemv` (gemv.cu): products of at most [`GEMV_MAX_ROWS`] rows (a decode step's);
+//! - `gemm_skinny` (gemm_skinny.cu): NT products of a decode batch (up to [`SKINNY_MAX_ROWS`]
+//!   rows) on the tensor cores, K split across blocks when the GPU would idle;
 //! - `gemm_wgmma` (gemm_wgmma.cu): the Hopper wgmma GEMM and [`gemm_choice`];
 //! - `flash_attention` (flash_attention.cu): flash attention, forward and backward;
 //! - `attention_hopper_fwd` (attention_hopper_fwd.cu): the Hopper (wgmma, TMA) flash attention
@@ -84,6 +86,7 @@ mod elementwise;
 mod embedding;
 mod flash_attention;
 mod gemm;
+mod gemm_skinny;
 mod gemm_wgmma;
 mod gemv;
 mod memory;
@@ -102,6 +105,7 @@ pub use decode::{
 };
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;
+pub use gemm_skinny::{skinny_plan, SkinnyPlan, SkinnySplit, SKINNY_MAX_ROWS};
 pub use gemm_wgmma::{
     gemm_choice, tma_epilogue_problem, wgmma_tile_for, GemmChoice, WgmmaConfig, WgmmaEpilogue,
     WgmmaTile, GEMM_ENV,
@@ -144,6 +148,9 @@ pub struct CudaBackend {
     unit_clip: DeviceBuffer<f32>,
     /// RoPE's inverse frequencies per (base bits, head_dim), uploaded once.
     rope_tables: Mutex<RopeTables>,
+    /// The skinny GEMM's split-K partials and counters (gemm_skinny.rs), allocated here since
+    /// a decode step captured as a CUDA graph cannot allocate.
+    skinny_workspace: gemm_skinny::SplitWorkspace,
     /// Page-locked buffers for large uploads (staging.rs), made on first use.
     stages: Mutex<Option<Box<staging::Stages>>>,
     /// Whether a step profile is being recorded (profile.rs): the one branch a launch pays.
@@ -264,6 +271,7 @@ impl CudaBackend {
         }
         let sync_each_launch = std::env::var("IMPLICIT_CUDA_SYNC").is_ok_and(|v| v == "1");
         let unit_clip = DeviceBuffer::from_slice(&stream, &[0.0f32, 1.0])?;
+        let skinny_workspace = gemm_skinny::SplitWorkspace::new(&stream, multiprocessors)?;
         let backend = CudaBackend {
             ctx,
             stream,
@@ -274,6 +282,7 @@ impl CudaBackend {
             sync_each_launch,
             unit_clip,
             rope_tables: Mutex::new(HashMap::new()),
+            skinny_workspace,
             stages: Mutex::new(None),
             profiling: AtomicBool::new(false),
             profiler: Mutex::new(profile::Recorder::default()),

@@ -1,7 +1,8 @@
 //! The measuring of `implicit bench kernels`: every kernel at the paper's shapes, timed with CUDA
 //! events (`bench::timing`), against ceilings measured in the same run: the device-to-device
 //! copy bandwidth for the memory-bound kernels (memory.rs), cuBLAS at the same shape for the
-//! GEMMs and, from `tools/bench_sdpa.py`'s JSON, PyTorch's SDPA for attention (compute.rs).
+//! GEMMs and, from `tools/bench_sdpa.py`'s JSON, PyTorch's SDPA for attention (compute.rs); a
+//! decode step's products at batches of 1..256 rows against both (decode.rs).
 //!
 //! Inputs are fresh random values (never zeros), drawn from a clock seed (or
 //! `IMPLICIT_BENCH_SEED`); several input sets are rotated when one set would fit in L2 three
@@ -10,6 +11,7 @@
 //! and 2.5 times that backward.
 
 mod compute;
+mod decode;
 mod memory;
 
 use crate::backend::cuda::{driver_error, CudaBackend, DeviceBuffer, DeviceElem, GemmLayout};
@@ -142,7 +144,7 @@ pub struct Reference {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub kernel: String,
-    /// "memory", "gemm" or "attention".
+    /// "memory", "gemm", "attention" or "decode" (decode.rs: GB/s of weights against copy).
     pub group: &'static str,
     pub shape: String,
     /// Tokens per launch, for the shapes that scale with the micro-batch.
@@ -314,6 +316,8 @@ pub fn measure(
     ] {
         bench.gemm(label, GemmLayout::NT, 1, d_out, d_in, false, Some(1))?;
     }
+    // The same products at decode batches of 1..256 rows (kernels/gemm_skinny.cu above 8).
+    bench.decode_products()?;
 
     for (i, &mb) in config.micro_batches.iter().enumerate() {
         let tokens = mb * SEQ;
