@@ -9,7 +9,9 @@
 # chosen STEPS need is there, then runs them. In order, each step's output to $OUT/<step>.log:
 #   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
 #   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference;
-#      the wgmma GEMM's tests apart, under a 60 s limit)     -> cuda_kernels.log, cuda_kernels_wgmma.log
+#      the wgmma GEMM's tests, then the Hopper attention's ("hopper"), first and apart, each
+#      under a 120 s limit; a family that fails is switched off for the later steps)
+#                               -> cuda_kernels_wgmma.log, cuda_kernels_hopper.log, cuda_kernels.log
 #   3. target/gpu/cuda_model and cuda_generate                        -> cuda_model.log, cuda_generate.log
 #   3b. target/gpu/cuda_train (the training step against the CPU)     -> cuda_train.log
 #   3c. (only when STEPS names "mma") cuda_model and cuda_train with IMPLICIT_GEMM=mma: the
@@ -354,11 +356,23 @@ if wants smi; then
 fi
 # shellcheck disable=SC2086
 if wants kernels && [ -x "$BIN/cuda_kernels" ]; then
-    step cuda_kernels 240 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 --skip wgmma ${TEST_ARGS:-}
-    # The Hopper GEMM on its own, under a short limit: a wrong barrier count hangs rather than
-    # failing, and must not eat the other kernels' time.
-    step cuda_kernels_wgmma 60 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 wgmma
+    # The Hopper kernels' own tests first, each family under a short limit of its own: a wrong
+    # barrier count hangs rather than failing, and must not eat the other kernels' time. When
+    # one family fails, the later steps of this call run without it (IMPLICIT_GEMM=mma,
+    # IMPLICIT_ATTENTION=sm80; a value the caller set is kept), so that one broken kernel does
+    # not cost the model, training and benchmark figures too.
+    step cuda_kernels_wgmma 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 wgmma
     wgmma_ok=$((last_rc == 0))
+    if [ "$wgmma_ok" = 0 ] && [ -z "${IMPLICIT_GEMM:-}" ]; then
+        echo "gpu_check: the wgmma GEMM's tests failed: the later steps run with IMPLICIT_GEMM=mma" | tee -a "$OUT/steps.txt"
+        export IMPLICIT_GEMM=mma
+    fi
+    step cuda_kernels_hopper 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 hopper
+    if [ "$last_rc" != 0 ] && [ -z "${IMPLICIT_ATTENTION:-}" ]; then
+        echo "gpu_check: the Hopper attention tests failed: the later steps run with IMPLICIT_ATTENTION=sm80" | tee -a "$OUT/steps.txt"
+        export IMPLICIT_ATTENTION=sm80
+    fi
+    step cuda_kernels 240 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 --skip wgmma --skip hopper ${TEST_ARGS:-}
 fi
 # shellcheck disable=SC2086
 if wants model && [ -x "$BIN/cuda_model" ]; then
@@ -581,7 +595,7 @@ fi
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
 echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
-for t in cuda_kernels cuda_kernels_wgmma cuda_model cuda_generate cuda_train cuda_model_mma cuda_train_mma; do
+for t in cuda_kernels_wgmma cuda_kernels_hopper cuda_kernels cuda_model cuda_generate cuda_train cuda_model_mma cuda_train_mma; do
     log="$OUT/$t.log"
     step_of_t=kernels
     if [ "$t" = cuda_model ] || [ "$t" = cuda_generate ]; then step_of_t=model; fi
