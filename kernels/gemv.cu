@@ -1,17 +1,99 @@
 // Skinny products for decoding: C[m, n] (+)= Σ_k A[m, k]·B[n, k] (the NT layout, B a weight
 // stored [out, in]) when m is at most GEMV_MAX_ROWS. The tiled GEMM (gemm.cu) covers 128 rows
 // of C per block, so at m = 1..8 it launches only n/128 blocks and most of the GPU waits; a
-// decode step's products are bound by reading B once (2·n·k bytes), not by arithmetic. Here
-// each warp owns output columns and streams its rows of B with 16-byte loads, all m rows of A
-// against each (A is small and stays in L1/L2), f32 sums reduced across the warp by shuffles
-// in a fixed order (deterministic). Needs k % 8 == 0 and 16-byte aligned A and B (gemm.rs
-// checks and otherwise uses the tiled kernel). CPU reference: tests/cuda_kernels/gemm.rs.
+// decode step's products are bound by reading B once (2·n·k bytes), not by arithmetic.
+//
+// Bytes in flight. By Little's law an H100 (~3.35 TB/s, ~700 ns from load to use, 132 SMs)
+// needs ~18 KB of loads outstanding per SM to stream at full bandwidth. Here each warp owns
+// GEMV_COLS = 2 output columns and each lane issues GEMV_UNROLL = 4 16-byte loads per column
+// (8 independent loads, 128 bytes) before using any: 4 KB per warp, 32 KB per block of 8
+// warps. The grid has ⌈n/16⌉ blocks: 256 at n = 4096 (~15.5 warps and ~62 KB in flight per
+// SM, every block resident at once), 768 at 12288 (fused QKV), 688 at 11008, 1376 at 22016
+// (fused gate/up), 2000 at 32000 (the LM head). B streams through L1 without allocating in it
+// (ld.global.nc.L1::no_allocate) so that A's rows, which every warp on the SM reads again,
+// stay there.
+//
+// Each lane sums its chunks in order and the warp reduces by shuffles in a fixed order, so the
+// result is deterministic (and independent of the row-count variant chosen). Variants _r1,
+// _r2, _r4, _r8 keep exactly as many accumulators as rows (m ≤ R). Needs k % 8 == 0 and
+// 16-byte aligned A and B (gemm.rs checks and otherwise uses the tiled kernel). CPU reference:
+// tests/cuda_kernels/gemm.rs.
 #include "common.cuh"
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_WARPS 8
+#define GEMV_COLS 2
+#define GEMV_UNROLL 4
 
-template <typename OutT>
+namespace gemv {
+
+// A 16-byte load of a weight row that is read once per product: no L1 allocation.
+__device__ __forceinline__ uint4 load_stream(const bf16* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// A 16-byte load of an input row (read by every warp of the SM: cached).
+__device__ __forceinline__ uint4 load_cached(const bf16* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// bf16 → f32 of the low and the high half of a 32-bit word (exact: a shift).
+__device__ __forceinline__ float lo(unsigned int u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float hi(unsigned int u) { return __uint_as_float(u & 0xffff0000u); }
+
+// acc += Σ of the 8 products of x and w, in element order.
+__device__ __forceinline__ float dot8(const uint4& x, const uint4& w, float acc) {
+  acc = fmaf(lo(x.x), lo(w.x), acc);
+  acc = fmaf(hi(x.x), hi(w.x), acc);
+  acc = fmaf(lo(x.y), lo(w.y), acc);
+  acc = fmaf(hi(x.y), hi(w.y), acc);
+  acc = fmaf(lo(x.z), lo(w.z), acc);
+  acc = fmaf(hi(x.z), hi(w.z), acc);
+  acc = fmaf(lo(x.w), lo(w.w), acc);
+  acc = fmaf(hi(x.w), hi(w.w), acc);
+  return acc;
+}
+
+// One group of GEMV_UNROLL chunk rounds starting at chunk c0 (a chunk is 8 values, 16 bytes):
+// the lane's chunks c0 + 32u + lane. FULL: every chunk is inside the row (no checks).
+template <int R, bool FULL>
+__device__ __forceinline__ void chunk_group(const bf16* __restrict__ A,
+                                            const bf16* const (&b)[GEMV_COLS], int M, int K,
+                                            int chunks, int c0, int lane,
+                                            float (&acc)[R][GEMV_COLS]) {
+  uint4 w[GEMV_COLS][GEMV_UNROLL];
+  // Every load of the group first: 8 independent 16-byte loads in flight per lane.
+#pragma unroll
+  for (int u = 0; u < GEMV_UNROLL; ++u) {
+    const int chunk = c0 + 32 * u + lane;
+#pragma unroll
+    for (int c = 0; c < GEMV_COLS; ++c) {
+      if (FULL || chunk < chunks)
+        w[c][u] = load_stream(b[c] + (size_t)chunk * 8);
+      else
+        w[c][u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < GEMV_UNROLL; ++u) {
+    const int chunk = c0 + 32 * u + lane;
+    if (!FULL && chunk >= chunks) continue;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r < M) {
+        const uint4 x = load_cached(A + (size_t)r * K + (size_t)chunk * 8);
+#pragma unroll
+        for (int c = 0; c < GEMV_COLS; ++c) acc[r][c] = dot8(x, w[c][u], acc[r][c]);
+      }
+    }
+  }
+}
+
+template <int R, typename OutT>
 __device__ __forceinline__ void gemv_nt(const bf16* __restrict__ A, const bf16* __restrict__ B,
                                         OutT* __restrict__ C, int M, int N, int K,
                                         int accumulate) {
@@ -21,49 +103,57 @@ __device__ __forceinline__ void gemv_nt(const bf16* __restrict__ A, const bf16* 
   A += (size_t)batch * M * K;
   B += (size_t)batch * N * K;
   C += (size_t)batch * M * N;
-  // Grid-stride over columns: one warp per column at a time.
-  for (int col = blockIdx.x * GEMV_WARPS + warp; col < N; col += gridDim.x * GEMV_WARPS) {
-    const bf16* b = B + (size_t)col * K;
-    float acc[GEMV_MAX_ROWS];
+  const int chunks = K / 8;
+  constexpr int GROUP = 32 * GEMV_UNROLL;  // chunks per group, over the warp
+  const int full_end = chunks / GROUP * GROUP;
+  const int cols_per_grid = gridDim.x * GEMV_WARPS * GEMV_COLS;
+  for (int col0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_COLS; col0 < N; col0 += cols_per_grid) {
+    // A column past N reads column col0's row again (always valid) and is not written.
+    const bf16* b[GEMV_COLS];
 #pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) acc[r] = 0.0f;
-    for (int k = lane * 8; k < K; k += 32 * 8) {
-      float w[8];
-      load16(b + k, w);
+    for (int c = 0; c < GEMV_COLS; ++c) b[c] = B + (size_t)(col0 + c < N ? col0 + c : col0) * K;
+    float acc[R][GEMV_COLS];
 #pragma unroll
-      for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-        if (r < M) {
-          float x[8];
-          load16(A + (size_t)r * K + k, x);
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-          for (int i = 0; i < 8; ++i) acc[r] = fmaf(x[i], w[i], acc[r]);
+      for (int c = 0; c < GEMV_COLS; ++c) acc[r][c] = 0.0f;
+    for (int c0 = 0; c0 < full_end; c0 += GROUP)
+      chunk_group<R, true>(A, b, M, K, chunks, c0, lane, acc);
+    if (full_end < chunks) chunk_group<R, false>(A, b, M, K, chunks, full_end, lane, acc);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int c = 0; c < GEMV_COLS; ++c) {
+        float v = acc[r][c];
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0 && r < M && col0 + c < N) {
+          OutT* out = C + (size_t)r * N + col0 + c;
+          *out = from_float<OutT>(accumulate ? to_float(*out) + v : v);
         }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-      float v = acc[r];
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0 && r < M) {
-        OutT* c = C + (size_t)r * N + col;
-        *c = from_float<OutT>(accumulate ? to_float(*c) + v : v);
       }
     }
   }
 }
 
-// Launch: block 32·GEMV_WARPS, grid (blocks over the columns, 1, batch).
-// HOT: gemv_nt_bf16
-extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-    gemv_nt_bf16(const bf16* __restrict__ A, const bf16* __restrict__ B, bf16* __restrict__ C,
-                 int M, int N, int K, int accumulate) {
-  gemv_nt<bf16>(A, B, C, M, N, K, accumulate);
-}
+}  // namespace gemv
 
-// HOT: gemv_nt_f32
-extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-    gemv_nt_f32(const bf16* __restrict__ A, const bf16* __restrict__ B, float* __restrict__ C,
-                int M, int N, int K, int accumulate) {
-  gemv_nt<float>(A, B, C, M, N, K, accumulate);
-}
+// Launch: block 32·GEMV_WARPS, grid (⌈n / (GEMV_WARPS·GEMV_COLS)⌉, 1, batch); the _rR variant
+// with the fewest rows R ≥ m.
+#define GEMV_KERNEL(R, OutT, SUF)                                                             \
+  extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)                                \
+      gemv_nt_##SUF##_r##R(const bf16* __restrict__ A, const bf16* __restrict__ B,             \
+                           OutT* __restrict__ C, int M, int N, int K, int accumulate) {        \
+    gemv::gemv_nt<R, OutT>(A, B, C, M, N, K, accumulate);                                      \
+  }
+
+// HOT: gemv_nt_bf16_r1 gemv_nt_bf16_r2 gemv_nt_bf16_r4 gemv_nt_bf16_r8
+// HOT: gemv_nt_f32_r1 gemv_nt_f32_r2 gemv_nt_f32_r4 gemv_nt_f32_r8
+GEMV_KERNEL(1, bf16, bf16)
+GEMV_KERNEL(2, bf16, bf16)
+GEMV_KERNEL(4, bf16, bf16)
+GEMV_KERNEL(8, bf16, bf16)
+GEMV_KERNEL(1, float, f32)
+GEMV_KERNEL(2, float, f32)
+GEMV_KERNEL(4, float, f32)
+GEMV_KERNEL(8, float, f32)

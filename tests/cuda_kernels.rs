@@ -15,6 +15,8 @@ mod attention;
 mod attention_hopper_fwd;
 #[path = "cuda_kernels/attention_plain.rs"]
 mod attention_plain;
+#[path = "cuda_kernels/decode_fused.rs"]
+mod decode_fused;
 #[path = "cuda_kernels/elementwise.rs"]
 mod elementwise;
 #[path = "cuda_kernels/gemm.rs"]

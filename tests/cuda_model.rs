@@ -586,6 +586,56 @@ fn flash_and_plain_attention_paths_match_the_cpu() {
     }
 }
 
+/// Launches queued by one forward of `seqs` from empty caches (`Logits::All`), with its logits.
+fn profiled_forward(model: &mut CudaTransformer<'_>, seqs: &[Vec<u32>]) -> (usize, Vec<Vec<f32>>) {
+    let gpu = model.gpu();
+    let mut caches: Vec<CudaKvCache> = seqs.iter().map(|_| model.new_cache()).collect();
+    let mut batch: Vec<(&[u32], &mut CudaKvCache)> = seqs
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(s, c)| (s.as_slice(), c))
+        .collect();
+    gpu.profile_start().unwrap();
+    let logits = model.forward(&mut batch, Logits::All);
+    let profile = gpu.profile_finish().unwrap();
+    (profile.spans.len(), logits.unwrap())
+}
+
+/// A prefill of sequences of one length from empty caches takes one flash-attention launch per
+/// layer for the whole batch (src/model/cuda/fused.rs's `Prefill::Batched`), a ragged one a
+/// launch per sequence and layer: the ragged batch of the same three sequences' lengths ± 1
+/// queues exactly 2 launches a layer more (everything else is the same launches), and both
+/// match the CPU. Before the batched path both queued the same number.
+#[test]
+fn uniform_prefill_is_one_flash_launch_per_layer() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut rng = Rng::new("uniform_prefill_is_one_flash_launch_per_layer");
+    let dir = synthetic_model("cuda-model-uniform-prefill", &mut rng, 64, 4, 2, false);
+    let cpu = Transformer::load(&dir).unwrap();
+    let gpu = gpu().unwrap();
+    let mut model = CudaTransformer::load(gpu, &cpu).unwrap();
+    let (vocab, layers) = (cpu.config.vocab_size, cpu.config.num_layers);
+    for lens in [[29, 29, 29], [28, 29, 30]] {
+        let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| rng.tokens(n, vocab)).collect();
+        let want: Vec<Vec<f32>> = seqs.iter().map(|s| cpu.logits(s).unwrap()).collect();
+        let (_, got) = profiled_forward(&mut model, &seqs);
+        compare_logits(&format!("prefill of lengths {lens:?}"), &got, &want, vocab);
+    }
+    let seqs = |lens: [usize; 3], rng: &mut Rng| -> Vec<Vec<u32>> {
+        lens.iter().map(|&n| rng.tokens(n, vocab)).collect()
+    };
+    let (uniform, _) = profiled_forward(&mut model, &seqs([29, 29, 29], &mut rng));
+    let (ragged, _) = profiled_forward(&mut model, &seqs([28, 29, 30], &mut rng));
+    assert_eq!(
+        ragged,
+        uniform + 2 * layers,
+        "launches: ragged prefill {ragged}, uniform {uniform}, {layers} layers"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn stories260k_greedy_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };

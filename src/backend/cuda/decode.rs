@@ -1,11 +1,14 @@
 //! The launchers of kernels/decode.cu, the small kernels of the forward pass: the embedding into
 //! the f32 residual stream, the norms from f32 rows into bf16 (or f32) GEMM inputs, OLMo's
-//! clamp, and the KV cache's append and attention (the cache itself: kv_cache.rs). References:
+//! clamp, and the KV cache's append and attention (the cache itself: kv_cache.rs; the kernels
+//! that read the fused q|k|v and gate|up products: fused.rs). References:
 //! `backend::cpu::ops::{embedding, rms_norm, layer_norm_no_params, clamp_in_place}` and
 //! `backend::cpu::attention::causal_attention`.
 
+mod fused;
 mod kv_cache;
 
+pub use fused::QkvOutputs;
 pub use kv_cache::{CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, MAX_HEAD_DIM};
 
 use super::flash_attention::FlashOffsets;

@@ -101,7 +101,8 @@ mod swiglu;
 pub use adamw::AdamWStep;
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
-    CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, RowNorm, MAX_HEAD_DIM,
+    CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, QkvOutputs, RowList, RowNorm,
+    MAX_HEAD_DIM,
 };
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;

@@ -17,7 +17,9 @@
 //! keys and values (bf16), on average over the steps prompt + 1 + N/2 positions per layer
 //! (attending prompt + j keys at step j, plus the row written). Bandwidth = bytes / the median
 //! step's forward time (its kernels, launches and the picks' download; the host's feeding them
-//! back not included).
+//! back not included). The floor of a step is its weight bytes at the copy bandwidth; the
+//! table and the JSON (`bandwidth.floor_ms`, `bandwidth.step_of_floor`) give each batch's
+//! median step against it.
 
 // Without the `cuda` feature only the argument checks run; the rest is the tests'.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]

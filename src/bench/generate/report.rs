@@ -169,6 +169,22 @@ pub fn render(r: &Report) -> String {
             ),
         ));
     }
+    // Each step against its floor: the weights read once at the copy bandwidth above.
+    for b in &r.results {
+        let (Some(d), Some(w)) = (b.decode.as_ref(), b.bandwidth.as_ref()) else {
+            continue;
+        };
+        if let (Some(floor), Some(frac)) = (w.floor_ms, w.step_of_floor) {
+            line(format!(
+                "batch {}: step {:.2} ms against a floor of {:.2} ms ({:.2} GB of weights at the copy bandwidth): {:.0}% of the floor",
+                b.batch,
+                d.step_ms.median,
+                floor,
+                b.bytes_per_step.weights / 1e9,
+                100.0 * frac
+            ));
+        }
+    }
     if let Some(t) = torch {
         let recipes: [(&str, TorchColumns); 2] = [
             ("generate", |b| (b.torch.as_ref(), b.vs_torch.as_ref())),

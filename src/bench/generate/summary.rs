@@ -118,6 +118,14 @@ pub struct Bandwidth {
     /// Weight and mean KV bytes / the median forward.
     pub with_kv_gb_s: f64,
     pub with_kv_of_copy: Option<f64>,
+    /// The floor of a step: its weight bytes read once at the copy bandwidth measured in the
+    /// same run (ms).
+    #[serde(default)]
+    pub floor_ms: Option<f64>,
+    /// floor_ms / the median whole step (forward and token choice): the share of the floor a
+    /// step reaches (issue 18's batch-1 target is 0.85).
+    #[serde(default)]
+    pub step_of_floor: Option<f64>,
 }
 
 /// PyTorch's figures for one batch size (tools/bench_generate_torch.py's `results[]`).
@@ -192,6 +200,13 @@ impl BatchResult {
     }
 }
 
+/// `bytes` read at `copy_gb_s` (the copy ceiling), in ms; None without a positive ceiling.
+pub fn floor_ms(bytes: f64, copy_gb_s: Option<f64>) -> Option<f64> {
+    copy_gb_s
+        .filter(|&c| c > 0.0)
+        .map(|c| bytes / (c * 1e9) * 1e3)
+}
+
 /// One batch's figures from its measurements.
 pub fn summarize(
     batch: usize,
@@ -225,6 +240,7 @@ pub fn summarize(
             pick_ms: spread(&m.pick_s, 1e3),
         }
     });
+    let step_median_ms = decode.as_ref().map(|d| d.step_ms.median);
     let bandwidth = spread(&m.forward_s, 1.0).map(|f| {
         let per_s = 1.0 / f.median.max(1e-12) / 1e9;
         let weights_gb_s = bytes_per_step.weights * per_s;
@@ -234,6 +250,10 @@ pub fn summarize(
             weights_of_copy: copy_gb_s.map(|c| weights_gb_s / c),
             with_kv_gb_s,
             with_kv_of_copy: copy_gb_s.map(|c| with_kv_gb_s / c),
+            floor_ms: floor_ms(bytes_per_step.weights, copy_gb_s),
+            step_of_floor: floor_ms(bytes_per_step.weights, copy_gb_s)
+                .zip(step_median_ms)
+                .map(|(floor, step)| floor / step.max(1e-12)),
         }
     });
     BatchResult {

@@ -159,6 +159,24 @@ fn summary_figures() {
     assert!((bw.weights_gb_s - bytes.weights / 0.011 / 1e9).abs() < 1e-6);
     assert!((bw.weights_of_copy.unwrap() - bw.weights_gb_s / 3000.0).abs() < 1e-12);
     assert!(bw.with_kv_gb_s > bw.weights_gb_s);
+    // The floor: the step's weight bytes at 3000 GB/s; the median step is 13 ms.
+    let floor = bytes.weights / 3000e9 * 1e3;
+    assert!((bw.floor_ms.unwrap() - floor).abs() < 1e-9);
+    assert!((bw.step_of_floor.unwrap() - floor / 13.0).abs() < 1e-12);
+    let text = render(&report(vec![r.clone()], None));
+    let want = format!(
+        "batch 2: step 13.00 ms against a floor of {floor:.2} ms ({:.2} GB of weights at the copy bandwidth): {:.0}% of the floor",
+        bytes.weights / 1e9,
+        100.0 * floor / 13.0
+    );
+    assert!(text.contains(&want), "{text}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert!((json["bandwidth"]["floor_ms"].as_f64().unwrap() - floor).abs() < 1e-9);
+    // Without a measured copy ceiling there is no floor.
+    let none = summarize(2, &p, bytes, &measured(), None);
+    let bw = none.bandwidth.unwrap();
+    assert_eq!((bw.floor_ms, bw.step_of_floor), (None, None));
+    assert_eq!(floor_ms(1e9, Some(0.0)), None);
     assert_eq!(spread(&[], 1.0), None);
     assert_eq!(
         spread(&[4.0, 1.0, 3.0, 2.0], 2.0),

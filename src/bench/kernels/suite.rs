@@ -313,6 +313,9 @@ pub fn measure(
         ("decode gate/up", D_MODEL, FFN),
         ("decode down", FFN, D_MODEL),
         ("decode lm_head", D_MODEL, VOCAB),
+        // The fused weights the GPU model keeps (src/model/cuda/fused.rs).
+        ("decode fused q|k|v", D_MODEL, 3 * D_MODEL),
+        ("decode fused gate|up", D_MODEL, 2 * FFN),
     ] {
         bench.gemm(label, GemmLayout::NT, 1, d_out, d_in, false, Some(1))?;
     }

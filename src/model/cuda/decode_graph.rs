@@ -1,8 +1,10 @@
 //! A decode step as one CUDA graph. Greedy decoding of a 7B model at batch 1 moves ~13.5 GB of
-//! weights per token (≥ 4 ms on an H100), but the step is ~450 kernel launches (14 per layer plus
+//! weights per token (≥ 4 ms on an H100), but the step was ~450 kernel launches (14 per layer plus
 //! the embedding, the final norm and the head): launched one by one from the host, their ~5 µs
 //! each are a large share of the step. Captured once per batch size and replayed, the step is a
-//! single launch (benches/NOTES.md, "Decode step as a CUDA graph").
+//! single launch (benches/NOTES.md, "Decode step as a CUDA graph"). With the fused weights
+//! (fused.rs) a Llama layer is 9 kernels (norm, QKV product, RoPE + KV append, attention, output
+//! product, norm, gate|up product, SwiGLU, down product), 292 for a 32-layer step.
 //!
 //! What makes one graph serve every step of every sequence:
 //! - the step's activations, token ids, row lists, final-norm rows and logits live in buffers
@@ -24,7 +26,9 @@
 //! same inputs as [`CudaTransformer::forward`]'s eager path (decode rows never take flash
 //! attention), so its logits are the same bit for bit (tests/cuda_generate.rs).
 
-use super::{split_rows, Activations, CudaKvCache, CudaTransformer, GreedyPicks, KvBatch, RowList};
+use super::{
+    split_rows, Activations, CudaKvCache, CudaTransformer, GreedyPicks, KvBatch, Prefill, RowList,
+};
 use crate::backend::cuda::{
     driver_error, gemm_choice, CudaBackend, DeviceBuffer, GemmChoice, KvTables,
 };
@@ -58,9 +62,10 @@ pub fn budget_from_env() -> Result<usize> {
 fn graph_bytes(c: &ModelConfig, batch: usize) -> usize {
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    // Per row: ids, x (f32), h, q, k, v, attn, gate, up, act (bf16), normed (bf16), logits
-    // (f32), the KV tables' and the picks' few words.
-    let per_row = 4 + 4 * d + 2 * d + 4 * q_dim + 4 * kv_dim + 6 * f + 2 * d + 4 * v + 64;
+    // Per row: ids, x (f32), h, qkv, q, k, v, attn, gate_up, act (bf16), normed (bf16),
+    // logits (f32), the KV tables' and the picks' few words.
+    let qkv = q_dim + 2 * kv_dim;
+    let per_row = 4 + 4 * d + 2 * d + 2 * qkv + 4 * q_dim + 4 * kv_dim + 6 * f + 2 * d + 4 * v + 64;
     batch.saturating_mul(per_row).saturating_add(4 * v)
 }
 
@@ -227,7 +232,7 @@ impl CudaTransformer<'_> {
                     e,
                 )
             })?;
-        let no_flash = vec![false; b];
+        let mut no_flash = Prefill::PerSequence(vec![false; b]);
         let DecodeGraph {
             acts,
             rows,
@@ -237,7 +242,7 @@ impl CudaTransformer<'_> {
             ..
         } = step;
         let recorded = self
-            .run_layers(acts, kv, rows, rows, &no_flash)
+            .run_layers(acts, kv, rows, rows, &mut no_flash)
             .and_then(|()| self.lm_head(&acts.x, rows, normed, logits))
             .and_then(|()| picks.compute(gpu, logits));
         // Always end the capture, so that the stream works again whatever happened.

@@ -3,26 +3,36 @@
 //! with bf16 weights and bf16 matrix-product inputs on the tensor cores, the residual stream
 //! and every norm, softmax and accumulation in f32.
 //!
-//! Per layer: h = norm(x) (bf16) → q, k, v = h·Wᵀ (bf16 GEMM, bf16 out) → OLMo's clamp → RoPE
-//! on q, k → k, v appended to each sequence's cache → causal GQA attention (flash attention
-//! for the prefill of a sequence when head_dim is 64 or 128, otherwise the plain kernel, which
-//! also serves every decode row) → x += attn·Woᵀ (the GEMM accumulates into the f32 residual)
-//! → h = norm(x) → silu(h·Wgᵀ) ⊙ h·Wuᵀ → x += act·Wdᵀ. Then the final norm of only the rows
-//! whose logits are wanted, and the LM head (the embedding when tied) in f32.
+//! At load each layer's Wq, Wk, Wv become one `[q_dim + 2·kv_dim, hidden]` matrix and Wg, Wu
+//! one `[2·ffn, hidden]` (fused.rs), so that a step reads each layer's attention-input and
+//! FFN-input weights in one product (one pass over the weights, one launch) for any number of
+//! rows, and the kernels after each product read slices of its rows in place.
+//!
+//! Per layer: h = norm(x) (bf16) → [q|k|v] = h·W_qkvᵀ (bf16 GEMM, bf16 out) → OLMo's clamp →
+//! RoPE on q (into a contiguous q) and on k, k and v appended to each sequence's cache (one
+//! kernel) → causal GQA attention (flash attention for prefill when head_dim is 64 or 128: one
+//! launch over the whole batch when every sequence starts from an empty cache with the same
+//! number of tokens, else one per sequence; the plain kernel otherwise and for every decode
+//! row) → x += attn·Woᵀ (the GEMM accumulates into the f32 residual) → h = norm(x) →
+//! [g|u] = h·W_guᵀ → silu(g) ⊙ u → x += act·Wdᵀ. Then the final norm of only the rows whose
+//! logits are wanted, and the LM head (the embedding when tied) in f32.
 
 mod decode_graph;
+mod fused;
 
 use decode_graph::{DecodeGraph, DecodeOutput};
+use fused::{CudaLayer, Prefill};
 
+use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::backend::cuda::{
-    CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, RowList,
-    RowNorm, RuleAdapterOutput, MAX_HEAD_DIM,
+    CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, QkvOutputs,
+    RowList, RowNorm, RuleAdapterOutput, MAX_HEAD_DIM,
 };
 use crate::bail;
 use crate::error::Result;
 use crate::io::safetensors::WeightStore;
-use crate::model::weights::{load_weights, LayerWeights};
+use crate::model::weights::load_weights;
 use crate::model::{Logits, ModelConfig, Transformer};
 use crate::tensor::{Elems, Tensor};
 use half::bf16;
@@ -47,9 +57,6 @@ pub enum AttentionPath {
     /// The plain kernel for every row (any even head_dim up to 256).
     Plain,
 }
-
-/// bf16 matrices; f32 RMSNorm weights (Llama), None for OLMo's parameter-free LayerNorm.
-type CudaLayer = LayerWeights<DeviceBuffer<bf16>, DeviceBuffer<f32>>;
 
 /// A Llama or OLMo model on the GPU (see the module docs).
 pub struct CudaTransformer<'g> {
@@ -151,6 +158,12 @@ impl<'g> CudaTransformer<'g> {
             |t| upload_bf16(gpu, &t),
             |norm| gpu.upload(&norm),
         )?;
+        // Layer by layer, so that at most one layer's weights are held twice.
+        let layers = w
+            .layers
+            .into_iter()
+            .map(|layer| CudaLayer::fuse(gpu, layer))
+            .collect::<Result<Vec<_>>>()?;
         gpu.synchronize()?;
         Ok(CudaTransformer {
             gpu,
@@ -161,7 +174,7 @@ impl<'g> CudaTransformer<'g> {
             graphs: std::collections::HashMap::new(),
             graph_clock: 0,
             embed_tokens: w.embed_tokens,
-            layers: w.layers,
+            layers,
             final_norm: w.final_norm,
             lm_head: w.lm_head,
         })
@@ -290,6 +303,11 @@ impl<'g> CudaTransformer<'g> {
         let ids: Vec<u32> = batch.iter().flat_map(|(t, _)| t.iter().copied()).collect();
         let flash_ok = self.attention == AttentionPath::Auto && (hd == 64 || hd == 128);
         let flash: Vec<bool> = lens.iter().map(|&n| flash_ok && n >= 2).collect();
+        // One flash attention launch over the batch when every sequence is a prefill of the
+        // same length from an empty cache: q, k, v are then [batch, n, heads, head_dim].
+        let uniform = lens.iter().all(|&n| n == lens[0]);
+        let fresh = batch.iter().all(|(_, cache)| cache.is_empty());
+        let batched = flash.iter().all(|&fl| fl) && uniform && fresh;
         let plain_rows: Vec<u32> = {
             let mut rows = Vec::new();
             let mut start = 0u32;
@@ -308,7 +326,12 @@ impl<'g> CudaTransformer<'g> {
         let plain = RowList::new(gpu, &plain_rows, total)?;
         let mut acts = Activations::new(gpu, c, total)?;
         gpu.upload_into(&ids, &mut acts.ids)?;
-        self.run_layers(&mut acts, &kv, &all_rows, &plain, &flash)?;
+        let mut prefill = if batched {
+            Prefill::batched(gpu, c, lens.len(), lens[0])?
+        } else {
+            Prefill::PerSequence(flash)
+        };
+        self.run_layers(&mut acts, &kv, &all_rows, &plain, &mut prefill)?;
         kv.finish();
 
         // Only the rows whose logits are wanted go through the final norm and the LM head.
@@ -349,17 +372,17 @@ impl<'g> CudaTransformer<'g> {
     }
 
     /// The embedding of `acts.ids` into the residual stream `acts.x`, then every layer (see the
-    /// module docs): `plain` lists the rows the plain attention kernel serves, and the
-    /// sequences marked in `flash` go through flash attention. Launches only: no allocation
-    /// and no copy from the host when no sequence takes flash attention, so that a decode step
-    /// can be captured as a CUDA graph.
+    /// module docs): `plain` lists the rows the plain attention kernel serves, and `prefill`
+    /// says which sequences go through flash attention (all at once, or each marked one).
+    /// Launches only: no allocation and no copy from the host when no sequence takes flash
+    /// attention, so that a decode step can be captured as a CUDA graph.
     fn run_layers(
         &self,
         acts: &mut Activations,
         kv: &KvBatch<'_>,
         all_rows: &RowList,
         plain: &RowList,
-        flash: &[bool],
+        prefill: &mut Prefill,
     ) -> Result<()> {
         let gpu = self.gpu;
         let c = &self.config;
@@ -368,43 +391,62 @@ impl<'g> CudaTransformer<'g> {
         let q_dim = heads * hd;
         let total = kv.rows();
         let eps = c.norm_eps as f64;
+        let rope = c.rope_spec(heads);
         let Activations {
             ids,
             x,
             h,
+            qkv,
             q,
             k,
             v,
             attn,
-            gate,
-            up,
+            gate_up,
             act,
         } = acts;
         gpu.embedding_to_f32(ids, &self.embed_tokens, d, x)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let attn_norm = self.norm(layer.attn_norm.as_ref());
             gpu.norm_rows(x, d, all_rows.device(), attn_norm, eps, h)?;
-            self.linear(h, &layer.q_proj, (total, d), q, false)?;
-            self.linear(h, &layer.k_proj, (total, d), k, false)?;
-            self.linear(h, &layer.v_proj, (total, d), v, false)?;
+            self.linear(h, &layer.qkv, (total, d), qkv, false)?;
             if let Some(clip) = c.clip_qkv {
-                for t in [&mut *q, &mut *k, &mut *v] {
-                    gpu.clamp_bf16(t, clip)?;
-                }
+                // q, k and v are all clamped: one launch over the fused rows.
+                gpu.clamp_bf16(qkv, clip)?;
             }
-            gpu.rope(q, kv.positions(), c.rope_spec(heads), false)?;
-            gpu.rope(k, kv.positions(), c.rope_spec(kv_heads), false)?;
-            gpu.kv_append(kv, li, k, v)?;
-            gpu.cached_attention(kv, li, q, heads, hd, plain, attn)?;
-            for (s, _) in flash.iter().enumerate().filter(|(_, &fl)| fl) {
-                gpu.cached_flash_attention(kv, li, s, q, heads, hd, attn)?;
+            match prefill {
+                Prefill::Batched { queries, lse } => {
+                    let out = QkvOutputs {
+                        q: &mut *q,
+                        kv: Some((&mut *k, &mut *v)),
+                    };
+                    gpu.qkv_rope_append(kv, li, qkv, heads, rope, out)?;
+                    let shape = AttentionShape {
+                        queries: *queries,
+                        keys: *queries,
+                        heads,
+                        kv_heads,
+                        head_dim: hd,
+                    };
+                    let sequences = kv.sequences();
+                    gpu.flash_attention_forward(shape, sequences, q, k, v, attn, lse)?;
+                }
+                Prefill::PerSequence(flash) => {
+                    let out = QkvOutputs {
+                        q: &mut *q,
+                        kv: None,
+                    };
+                    gpu.qkv_rope_append(kv, li, qkv, heads, rope, out)?;
+                    gpu.cached_attention(kv, li, q, heads, hd, plain, attn)?;
+                    for (s, _) in flash.iter().enumerate().filter(|(_, &fl)| fl) {
+                        gpu.cached_flash_attention(kv, li, s, q, heads, hd, attn)?;
+                    }
+                }
             }
             self.linear(attn, &layer.o_proj, (total, q_dim), x, true)?;
             let mlp_norm = self.norm(layer.mlp_norm.as_ref());
             gpu.norm_rows(x, d, all_rows.device(), mlp_norm, eps, h)?;
-            self.linear(h, &layer.gate_proj, (total, d), gate, false)?;
-            self.linear(h, &layer.up_proj, (total, d), up, false)?;
-            gpu.swiglu(gate, up, act)?;
+            self.linear(h, &layer.gate_up, (total, d), gate_up, false)?;
+            gpu.swiglu_fused(gate_up, c.intermediate_size, act)?;
             self.linear(act, &layer.down_proj, (total, c.intermediate_size), x, true)?;
         }
         Ok(())
@@ -443,12 +485,17 @@ struct Activations {
     ids: DeviceBuffer<u32>,
     x: DeviceBuffer<f32>,
     h: DeviceBuffer<bf16>,
+    /// `[rows, q_dim + 2·kv_dim]`: the fused attention-input product.
+    qkv: DeviceBuffer<bf16>,
+    /// `[rows, q_dim]`: the rotated queries.
     q: DeviceBuffer<bf16>,
+    /// `[rows, kv_dim]` each: the rotated keys and the values, written only for a batched
+    /// flash-attention prefill.
     k: DeviceBuffer<bf16>,
     v: DeviceBuffer<bf16>,
     attn: DeviceBuffer<bf16>,
-    gate: DeviceBuffer<bf16>,
-    up: DeviceBuffer<bf16>,
+    /// `[rows, 2·ffn]`: the fused gate|up product.
+    gate_up: DeviceBuffer<bf16>,
     act: DeviceBuffer<bf16>,
 }
 
@@ -460,12 +507,12 @@ impl Activations {
             ids: gpu.alloc(rows)?,
             x: gpu.alloc(rows * d)?,
             h: gpu.alloc(rows * d)?,
+            qkv: gpu.alloc(rows * (q_dim + 2 * kv_dim))?,
             q: gpu.alloc(rows * q_dim)?,
             k: gpu.alloc(rows * kv_dim)?,
             v: gpu.alloc(rows * kv_dim)?,
             attn: gpu.alloc(rows * q_dim)?,
-            gate: gpu.alloc(rows * f)?,
-            up: gpu.alloc(rows * f)?,
+            gate_up: gpu.alloc(rows * 2 * f)?,
             act: gpu.alloc(rows * f)?,
         })
     }
