@@ -31,6 +31,8 @@
 //! - `gemv` (gemv.cu): products of at most [`GEMV_MAX_ROWS`] rows (a decode step's);
 //! - `gemm_wgmma` (gemm_wgmma.cu): the Hopper wgmma GEMM and [`gemm_choice`];
 //! - `flash_attention` (flash_attention.cu): flash attention, forward and backward;
+//! - `attention_hopper_bwd` (attention_hopper_bwd.cu): the Hopper (wgmma, TMA) flash attention
+//!   backward that `flash_attention_backward` takes on compute capability 9.0;
 //! - `attention_plain` (attention_plain.cu): plain attention for any head_dim up to 256;
 //! - `norm` (norm.cu): RMSNorm and LayerNorm, forward and backward;
 //! - `rope` (rope.cu), `swiglu` (swiglu.cu), `embedding` (embedding.cu): forward and backward;
@@ -73,6 +75,7 @@ macro_rules! launch {
 }
 
 mod adamw;
+mod attention_hopper_bwd;
 mod attention_plain;
 mod buffer;
 mod cross_entropy;
