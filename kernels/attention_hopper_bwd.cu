@@ -14,10 +14,10 @@
 // Scores in base 2: P = exp2(Q·Kᵀ·τ·log₂e − L·log₂e).
 //
 // Three kernels per call:
-// 1. attn_hopper_bwd_preprocess: per query row, D and L·log₂e into [batch, heads, qpad] f32
+// 1. flash_bwd_hopper_preprocess: per query row, D and L·log₂e into [batch, heads, qpad] f32
 //    buffers padded to qpad = 64·⌈queries/64⌉ (the host zeroes them, so the pad reads as 0),
 //    which the main kernel copies 64 rows at a time with plain bulk copies.
-// 2. attn_hopper_bwd_hd{64,128}: one CTA per (block of BN = 128 keys, KV head, sequence),
+// 2. flash_bwd_hopper_hd{64,128}: one CTA per (block of BN = 128 keys, KV head, sequence),
 //    heaviest key blocks first (block 0 sees every query). 256 threads = 2 warpgroups, and
 //    no producer warp: thread 0 issues every load (K and V once: TMA, 4-d maps over [batch,
 //    seq, heads, d], boxes of 64 rows × 64 dims = 128 B, 128-byte swizzle; then for every query
@@ -46,7 +46,7 @@
 //        global f32 accumulator (FA3's dQaccum; its tile layout is the fragment order below)
 //      dK (× τ) and dV are written once at the end, bf16: deterministic, and the group's query
 //      heads are summed into their KV head in f32 on the way.
-// 3. attn_hopper_bwd_convert_dq: dq = bf16(τ · accumulator), back into [batch, queries, heads,
+// 3. flash_bwd_hopper_convert_dq: dq = bf16(τ · accumulator), back into [batch, queries, heads,
 //    d]. dq's last bits depend on the order of the f32 reductions (as with the sm80 kernel).
 //
 // dQ accumulator layout, [batch, heads, qpad/64] tiles of 64 × d f32, each d/64 chunks of
@@ -576,16 +576,16 @@ __device__ __forceinline__ void backward_block(const CUtensorMap* map_q, const C
     ATTN_BWD_BODY(D);                                                                          \
   }
 
-// HOT: attn_hopper_bwd_hd64 attn_hopper_bwd_hd128
-ATTN_BWD_KERNEL(attn_hopper_bwd_hd64, 64)
-ATTN_BWD_KERNEL(attn_hopper_bwd_hd128, 128)
+// HOT: flash_bwd_hopper_hd64 flash_bwd_hopper_hd128
+ATTN_BWD_KERNEL(flash_bwd_hopper_hd64, 64)
+ATTN_BWD_KERNEL(flash_bwd_hopper_hd128, 128)
 
 // D[b, h, i] = Σ_d dO[b, i, h, d]·O[b, i, h, d] and L₂[b, h, i] = lse[b, h, i]·log₂e, into the
 // buffers padded to qpad rows per (b, h) (the host zeroed them); one warp per row (b, i, h) of
 // `rows` = batch·queries·heads, grid-stride. hd even.
-// HOT: attn_hopper_bwd_preprocess
+// HOT: flash_bwd_hopper_preprocess
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
-    attn_hopper_bwd_preprocess(const bf16* __restrict__ out, const bf16* __restrict__ dout,
+    flash_bwd_hopper_preprocess(const bf16* __restrict__ out, const bf16* __restrict__ dout,
                                const float* __restrict__ lse, float* __restrict__ delta,
                                float* __restrict__ lse2, long long rows, int queries, int heads,
                                int hd, int qpad) {
@@ -613,9 +613,9 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 
 // dq = bf16(scale · accumulator): one thread per float2 slot of the accumulator (`tiles` =
 // batch·heads·qpad/64 tiles of 64 × hd, layout in the header), rows past `queries` skipped.
-// HOT: attn_hopper_bwd_convert_dq
+// HOT: flash_bwd_hopper_convert_dq
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
-    attn_hopper_bwd_convert_dq(const float* __restrict__ acc, bf16* __restrict__ dq,
+    flash_bwd_hopper_convert_dq(const float* __restrict__ acc, bf16* __restrict__ dq,
                                long long tiles, int queries, int heads, int hd, float scale) {
   const long long per_tile = 32LL * hd;  // float2 slots per 64 × hd tile
   const long long slots = tiles * per_tile;

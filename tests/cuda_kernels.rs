@@ -11,6 +11,8 @@ mod common;
 mod adamw;
 #[path = "cuda_kernels/attention.rs"]
 mod attention;
+#[path = "cuda_kernels/attention_hopper_bwd.rs"]
+mod attention_hopper_bwd;
 #[path = "cuda_kernels/attention_plain.rs"]
 mod attention_plain;
 #[path = "cuda_kernels/elementwise.rs"]

@@ -180,7 +180,7 @@ impl CudaBackend {
         }
         let stream = self.stream();
         let aligned = |name: &str, ptr: u64| -> Result<()> {
-            if ptr % 16 != 0 {
+            if !ptr.is_multiple_of(16) {
                 bail!(
                     "{WHAT} ({}): {name} at {ptr:#x} is not 16-byte aligned (TMA and the \
                      kernels' vector accesses need it)",
@@ -227,7 +227,7 @@ impl CudaBackend {
         let rows = (c.q_len / hd) as i64;
         launch!(
             self,
-            "attn_hopper_bwd_preprocess",
+            "flash_bwd_hopper_preprocess",
             self.grid_stride(c.q_len / hd * 32),
             shapes(),
             [
@@ -246,9 +246,9 @@ impl CudaBackend {
 
         // 2. dK, dV per key block (written whole), dQ reduced into the accumulator.
         let kernel = if hd == 64 {
-            "attn_hopper_bwd_hd64"
+            "flash_bwd_hopper_hd64"
         } else {
-            "attn_hopper_bwd_hd128"
+            "flash_bwd_hopper_hd128"
         };
         let smem = smem_bytes(hd);
         raise_smem_limit(self, kernel, smem, shapes)?;
@@ -289,7 +289,7 @@ impl CudaBackend {
         let tiles = (batch * shape.heads * q_blocks) as i64;
         launch!(
             self,
-            "attn_hopper_bwd_convert_dq",
+            "flash_bwd_hopper_convert_dq",
             self.grid_stride(rows_len * hd / 2),
             shapes(),
             [
