@@ -11,6 +11,8 @@ mod common;
 mod adamw;
 #[path = "cuda_kernels/attention.rs"]
 mod attention;
+#[path = "cuda_kernels/attention_hopper_bwd.rs"]
+mod attention_hopper_bwd;
 #[path = "cuda_kernels/attention_hopper_fwd.rs"]
 mod attention_hopper_fwd;
 #[path = "cuda_kernels/attention_plain.rs"]

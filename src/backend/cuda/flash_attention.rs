@@ -441,15 +441,67 @@ impl CudaBackend {
     }
 
     /// Gradients of [`CudaBackend::flash_attention_forward`] for the gradient `d_out` of its
-    /// output (FlashAttention-2 backward), written (not accumulated) into `dq`, `dk`, `dv`
-    /// (bf16; the query heads of a group are summed into their KV head in f32 first). `out` and
-    /// `lse` are the forward's outputs on the same q, k, v. Layouts: see the module docs.
+    /// output, written (not accumulated) into `dq`, `dk`, `dv` (bf16; the query heads of a
+    /// group are summed into their KV head in f32 first). `out` and `lse` are the forward's
+    /// outputs on the same q, k, v (either forward's: both save the natural-log lse). Layouts:
+    /// see the module docs. dk and dv are deterministic; dq's last bits can vary between runs.
+    ///
+    /// Takes the Hopper kernel ([`CudaBackend::flash_attention_backward_hopper`]) where
+    /// [`CudaBackend::flash_attention_backward_choice`] says so, else
+    /// [`CudaBackend::flash_attention_backward_sm80`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_backward(
+        &self,
+        shape: AttentionShape,
+        batch: usize,
+        q: &DeviceBuffer<bf16>,
+        k: &DeviceBuffer<bf16>,
+        v: &DeviceBuffer<bf16>,
+        out: &DeviceBuffer<bf16>,
+        d_out: &DeviceBuffer<bf16>,
+        lse: &DeviceBuffer<f32>,
+        dq: &mut DeviceBuffer<bf16>,
+        dk: &mut DeviceBuffer<bf16>,
+        dv: &mut DeviceBuffer<bf16>,
+    ) -> Result<()> {
+        match self.flash_attention_backward_choice(shape, batch)? {
+            AttentionChoice::Hopper => self.flash_attention_backward_hopper(
+                shape, batch, q, k, v, out, d_out, lse, dq, dk, dv,
+            ),
+            AttentionChoice::Sm80 => self
+                .flash_attention_backward_sm80(shape, batch, q, k, v, out, d_out, lse, dq, dk, dv),
+        }
+    }
+
+    /// Which kernel [`CudaBackend::flash_attention_backward`] runs for this shape here: the
+    /// Hopper one when `IMPLICIT_ATTENTION` allows it (not `sm80`), the device has compute
+    /// capability 9.0 and the kernel takes the shape
+    /// ([`CudaBackend::attention_hopper_bwd_supports`]); else kernels/flash_attention.cu's.
+    /// Err only for an unknown `IMPLICIT_ATTENTION`.
+    pub fn flash_attention_backward_choice(
+        &self,
+        shape: AttentionShape,
+        batch: usize,
+    ) -> Result<AttentionChoice> {
+        Ok(match attention_choice()? {
+            AttentionChoice::Hopper
+                if self.compute_capability() == (9, 0)
+                    && self.attention_hopper_bwd_supports(shape, batch).is_ok() =>
+            {
+                AttentionChoice::Hopper
+            }
+            _ => AttentionChoice::Sm80,
+        })
+    }
+
+    /// The FlashAttention-2 backward (kernels/flash_attention.cu, mma.sync, sm_80 and later)
+    /// behind [`CudaBackend::flash_attention_backward`], with the same contract.
     ///
     /// Allocates two f32 scratch buffers per call: D = rowsum(dO ∘ O) (`[batch, heads,
     /// queries]`) and the dQ accumulator (as large as q, in f32). dk and dv are deterministic;
     /// dq is summed over key tiles with f32 atomics, so its last bits can vary between runs.
     #[allow(clippy::too_many_arguments)]
-    pub fn flash_attention_backward(
+    pub fn flash_attention_backward_sm80(
         &self,
         shape: AttentionShape,
         batch: usize,

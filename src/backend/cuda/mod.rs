@@ -35,6 +35,8 @@
 //! - `flash_attention` (flash_attention.cu): flash attention, forward and backward;
 //! - `attention_hopper_fwd` (attention_hopper_fwd.cu): the Hopper (wgmma, TMA) flash attention
 //!   forward, which `flash_attention`'s forward dispatches to on compute capability 9.0;
+//! - `attention_hopper_bwd` (attention_hopper_bwd.cu): the Hopper (wgmma, TMA) flash attention
+//!   backward that `flash_attention_backward` takes on compute capability 9.0;
 //! - `attention_plain` (attention_plain.cu): plain attention for any head_dim up to 256;
 //! - `norm` (norm.cu): RMSNorm and LayerNorm, forward and backward;
 //! - `rope` (rope.cu), `swiglu` (swiglu.cu), `embedding` (embedding.cu): forward and backward;
@@ -77,6 +79,7 @@ macro_rules! launch {
 }
 
 mod adamw;
+mod attention_hopper_bwd;
 mod attention_hopper_fwd;
 mod attention_plain;
 mod buffer;

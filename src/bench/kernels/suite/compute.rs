@@ -8,8 +8,8 @@ use super::{
 };
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cuda::{
-    wgmma_tile_for, DeviceBuffer, Float, GemmLayout, WgmmaConfig, WgmmaEpilogue, WgmmaTile,
-    GEMV_MAX_ROWS,
+    wgmma_tile_for, AttentionChoice, DeviceBuffer, Float, GemmLayout, WgmmaConfig, WgmmaEpilogue,
+    WgmmaTile, GEMV_MAX_ROWS,
 };
 use crate::bench::inputs::{gb_s, rel_diff, tflops, Sample};
 use crate::bench::timing::Timing;
@@ -416,6 +416,20 @@ impl Bench<'_> {
             let mut dq = gpu.alloc::<bf16>(n)?;
             let mut dk = gpu.alloc::<bf16>(n)?;
             let mut dv = gpu.alloc::<bf16>(n)?;
+            // q, k, v, out, dO, lse read; dq, dk, dv written (the f32 dq accumulator and the
+            // row sums D are scratch, not counted).
+            let bytes = (2 * 8 * n + 4 * lse_n) as f64;
+            let sdpa_bwd = sdpa.as_ref().and_then(|e| e.bwd_ms).map(|ms| ms * 1e3);
+            // The dispatching call (the Hopper kernel on compute capability 9.0, else the
+            // sm80 one), named after the kernel it took; on Hopper also the sm80 kernel, so
+            // that both show against SDPA in one run.
+            let hopper =
+                gpu.flash_attention_backward_choice(shape, batch)? == AttentionChoice::Hopper;
+            let hopper_name = if head_dim == 64 {
+                "flash_bwd_hopper_hd64"
+            } else {
+                "flash_bwd_hopper_hd128"
+            };
             let time = self.timer.time(&mut |i| {
                 let s = i % sets;
                 gpu.flash_attention_backward(
@@ -423,11 +437,7 @@ impl Bench<'_> {
                     &mut dk, &mut dv,
                 )
             })?;
-            // q, k, v, out, dO, lse read; dq, dk, dv written (the f32 dq accumulator and the
-            // row sums D are scratch, not counted).
-            let bytes = (2 * 8 * n + 4 * lse_n) as f64;
-            let sdpa_bwd = sdpa.as_ref().and_then(|e| e.bwd_ms).map(|ms| ms * 1e3);
-            let name = format!("{bwd}+pre+convert");
+            let name = format!("{}+pre+convert", if hopper { hopper_name } else { bwd });
             self.attention_result(
                 &name,
                 &label,
@@ -438,6 +448,25 @@ impl Bench<'_> {
                 sdpa_bwd,
                 ATTENTION_BWD_TARGET,
             );
+            if hopper {
+                let time = self.timer.time(&mut |i| {
+                    let s = i % sets;
+                    gpu.flash_attention_backward_sm80(
+                        shape, batch, &qs[s], &ks[s], &vs[s], &outs[s], &d_outs[s], &lses[s],
+                        &mut dq, &mut dk, &mut dv,
+                    )
+                })?;
+                self.attention_result(
+                    &format!("{bwd}+pre+convert"),
+                    &label,
+                    batch,
+                    bytes,
+                    2.5 * fwd_flops,
+                    time,
+                    sdpa_bwd,
+                    ATTENTION_BWD_TARGET,
+                );
+            }
         }
         Ok(())
     }
