@@ -10,9 +10,12 @@
 //! position keys − queries + i (prefill over a KV cache when queries < keys); query head h reads
 //! KV head h / (heads / kv_heads). Scale 1/√head_dim.
 //!
-//! The forward dispatches: on compute capability 9.0 it runs kernels/attention_hopper_fwd.cu
-//! (attention_hopper_fwd.rs) unless `IMPLICIT_ATTENTION=sm80` or that kernel cannot take the
-//! call; `flash_attention_forward_sm80` always runs this file's kernel.
+//! Both directions dispatch: on compute capability 9.0 the forward runs
+//! kernels/attention_hopper_fwd.cu (attention_hopper_fwd.rs) and the backward
+//! kernels/attention_hopper_bwd.cu (attention_hopper_bwd.rs), FlashAttention-3's scheme (wgmma
+//! and TMA), unless `IMPLICIT_ATTENTION=sm80` or that kernel cannot take the call (either
+//! backward reads either forward's lse); `flash_attention_forward_sm80` and
+//! `flash_attention_backward_sm80` always run this file's kernels.
 
 use super::{kernel_error, CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
