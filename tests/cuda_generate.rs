@@ -204,7 +204,7 @@ fn made_up_prompt(bos: u32, n: usize, salt: u32) -> Vec<u32> {
 /// joining it (ragged, eager), 70 steps of 3 sequences (the 60-token prompt's cache grows past
 /// its first 64 positions, and moves), one sequence leaving (batch 2), a new one joining, 10
 /// steps of 3 sequences with a different set of caches than before, then wider batches: 12
-/// rows (over 8, so the GEMMs take the mma.sync kernel rather than the small-batch one) and
+/// rows (over 8, so the products take kernels/gemm_skinny.cu rather than the gemv one) and
 /// 140 rows (140 × 8 heads ≥ 8 × 132 pairs: on an H100 the attention takes one warp per pair
 /// instead of splitting keys over a block).
 fn decode_schedule(model: &mut CudaTransformer, prompts: &[Vec<u32>; 4]) -> Vec<Vec<f32>> {
