@@ -59,6 +59,7 @@
 // operand whose reduction dimension runs down the rows (V and dO and Q as B of a P·X product,
 // dSᵀ as A of dS·K) is read with ldmatrix.trans.
 #include "common.cuh"
+#include "mma_sm80.cuh"
 
 namespace flash {
 
@@ -88,52 +89,7 @@ constexpr int bwd_smem_bytes() {
   return 2 * BN * (HD + PAD) * 2 + 4 * BQ * (HD + PAD) * 2 + BN * (BQ + PAD) * 2 + 4 * BQ * 4;
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global → shared, asynchronous; src_bytes = 0 writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-// 4 bytes global → shared (through L1: .cg takes only 16); src_bytes = 0 writes a zero.
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// d += a·b for one m16n8k16 tile, bf16 inputs, f32 accumulators.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using namespace sm80;
 
 // Two floats as a bf16x2 register (round to nearest even): `lo` in the low half, the element
 // with the smaller column index in every fragment.
@@ -208,7 +164,7 @@ __device__ __forceinline__ void fwd_block(const bf16* __restrict__ q, const bf16
   constexpr int TILE = 64 * LD * 2;
   static_assert(BM == 64 && BN == 64, "tile byte size assumes 64 rows");
   extern __shared__ __align__(16) unsigned char smem[];
-  const uint32_t sQ = smem_u32(smem);
+  const uint32_t sQ = smem_addr(smem);
   // K of stage s at sQ + (1 + 2s)·TILE, V at sQ + (2 + 2s)·TILE.
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -381,7 +337,7 @@ __device__ __forceinline__ void bwd_block(const bf16* __restrict__ q, const bf16
   constexpr int MT = BQ / 16, SPLIT = 4 / MT, DW = HD / SPLIT;
   static_assert(MT * SPLIT == 4 && DW % 16 == 0, "dQ split over 4 warps");
   extern __shared__ __align__(16) unsigned char smem[];
-  const uint32_t sK = smem_u32(smem), sV = sK + KV_BYTES;
+  const uint32_t sK = smem_addr(smem), sV = sK + KV_BYTES;
   const uint32_t sQ0 = sK + 2 * KV_BYTES;   // Q of stage s at sQ0 + s·Q_BYTES
   const uint32_t sO0 = sQ0 + 2 * Q_BYTES;   // dO of stage s at sO0 + s·Q_BYTES
   const uint32_t sdS = sO0 + 2 * Q_BYTES;   // dSᵀ [BN][LDS] bf16
@@ -419,7 +375,7 @@ __device__ __forceinline__ void bwd_block(const bf16* __restrict__ q, const bf16
       const float* src = tid < BQ ? lse : delta;
       const long long idx = ((long long)b * heads + hh) * queries + i;
       float* dst = (tid < BQ ? sLse : sDelta) + st * BQ + c;
-      cp_async4(smem_u32(dst), ok ? src + idx : src, ok ? 4 : 0);
+      cp_async4(smem_addr(dst), ok ? src + idx : src, ok ? 4 : 0);
     }
   };
 
