@@ -72,15 +72,20 @@ pub fn family(name: &str) -> Family {
     let starts = |prefixes: &[&str]| prefixes.iter().any(|p| name.starts_with(p));
     if starts(&["gemm_", "gemv_", "cublas"]) {
         Family::Gemm
-    } else if starts(&["flash_fwd", "attn_plain_fwd", "model_attention_"]) {
+    } else if starts(&[
+        "flash_fwd",
+        "attention_hopper_fwd",
+        "attn_plain_fwd",
+        "model_attention_",
+    ]) {
         Family::AttentionForward
     } else if starts(&["flash_bwd", "attn_plain_bwd"]) {
         Family::AttentionBackward
     } else if starts(&["rmsnorm_", "layernorm_", "model_norm_"]) {
         Family::Norm
-    } else if starts(&["rope_"]) {
+    } else if starts(&["rope_", "model_qkv_rope_append"]) {
         Family::Rope
-    } else if starts(&["swiglu_"]) {
+    } else if starts(&["swiglu_", "model_swiglu_"]) {
         Family::Swiglu
     } else if starts(&["embedding_", "model_embed_"]) {
         Family::Embedding
