@@ -17,6 +17,8 @@ mod attention_plain;
 mod elementwise;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
+#[path = "cuda_kernels/norm_residual.rs"]
+mod norm_residual;
 
 use common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
 use half::bf16;
@@ -107,7 +109,7 @@ fn rms_norm_and_layer_norm_match_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new("norms");
     // d 7/33: scalar path; 4100: f32 vectors, bf16 scalar; 600 and 2100 rows: several blocks,
-    // and 2100 (9 rows a block) two tiles of the backward per block.
+    // and 2100 (9 rows a block) an odd count for the backward's two rows at a time.
     for (rows, d) in [
         (1, 7),
         (3, 33),
@@ -115,6 +117,7 @@ fn rms_norm_and_layer_norm_match_cpu() {
         (17, 4100),
         (600, 256),
         (2100, 4096),
+        (9, 9000), // wider than the rows-in-registers backward (8192): the tiled kernel
     ] {
         norms::<f32>(gpu, &mut rng, rows, d);
         norms::<bf16>(gpu, &mut rng, rows, d);
