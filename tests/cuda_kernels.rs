@@ -15,6 +15,8 @@ mod attention;
 mod attention_plain;
 #[path = "cuda_kernels/elementwise.rs"]
 mod elementwise;
+#[path = "cuda_kernels/embedding_sorted.rs"]
+mod embedding_sorted;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
 #[path = "cuda_kernels/norm_residual.rs"]

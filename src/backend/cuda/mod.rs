@@ -102,6 +102,7 @@ pub use gemm::GemmLayout;
 pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
 pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;
+pub use embedding::EmbeddingGradPlan;
 pub use norm::{NormGradOut, RMS_BWD_REGS_MAX_D};
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
 pub use profile::{ProfileSpan, RecordedProfile};

@@ -341,6 +341,9 @@ impl CudaTrainer<'_> {
         // Forward. A layer that checkpointing recomputes keeps only its input, and its forward
         // runs again in the backward; the last layers keep everything (met first there).
         let ids = gpu.upload(&p.ids)?;
+        // The embedding's backward sums each row's tokens in a fixed order: sorted here, on the
+        // host, while the GPU runs the forward.
+        let embed_plan = gpu.embedding_grad_plan(&p.ids, c.vocab_size)?;
         let mut x = gpu.alloc::<f32>(rows * d)?;
         gpu.embedding_to_f32(&ids, &values[index.embed], d, &mut x)?;
         let layers = index.layers.len();
@@ -406,7 +409,7 @@ impl CudaTrainer<'_> {
             let dy_in = dy.take().expect("each layer hands on the bf16 gradient");
             dy = layer_backward(&pass, lp, s, &mut dx, dy_in, i > 0, values, grads)?;
         }
-        gpu.embedding_backward(&ids, &dx, d, &mut grads[index.embed])?;
+        gpu.embedding_backward_planned(&embed_plan, &dx, d, &mut grads[index.embed])?;
         Ok(loss)
     }
 }
