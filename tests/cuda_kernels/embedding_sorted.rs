@@ -10,7 +10,13 @@ use crate::common::gpu::{gpu, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::CudaBackend;
 
-fn planned_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, tokens: usize, vocab: usize, dim: usize) {
+fn planned_case<T: Dtype>(
+    gpu: &CudaBackend,
+    rng: &mut Rng,
+    tokens: usize,
+    vocab: usize,
+    dim: usize,
+) {
     let tag = format!(
         "{} tokens {tokens} vocab {vocab} dim {dim}",
         std::any::type_name::<T>()
@@ -54,7 +60,11 @@ fn planned_case<T: Dtype>(gpu: &CudaBackend, rng: &mut Rng, tokens: usize, vocab
     let mut again = gpu.upload(&table).unwrap();
     gpu.embedding_backward_planned(&plan, &gdy, dim, &mut again)
         .unwrap();
-    assert_eq!(gpu.download(&again).unwrap(), got, "{tag}: differs between runs");
+    assert_eq!(
+        gpu.download(&again).unwrap(),
+        got,
+        "{tag}: differs between runs"
+    );
 }
 
 #[test]
@@ -63,7 +73,12 @@ fn planned_embedding_backward_is_the_f64_sum_bit_for_bit() {
     let mut rng = Rng::new("embedding_sorted");
     // dim 4096 the paper's (16-byte path, 4 block columns), 30 the scalar path, 1028 one block
     // column plus a part; 2048 tokens over 8000 rows: ~2 tokens a touched row, some 5+.
-    for (tokens, vocab, dim) in [(2048, 32000, 4096), (300, 40, 30), (513, 64, 1028), (1, 1, 4)] {
+    for (tokens, vocab, dim) in [
+        (2048, 32000, 4096),
+        (300, 40, 30),
+        (513, 64, 1028),
+        (1, 1, 4),
+    ] {
         planned_case::<f32>(gpu, &mut rng, tokens, vocab, dim);
         planned_case::<bf16>(gpu, &mut rng, tokens, vocab, dim);
     }

@@ -118,7 +118,10 @@ impl CudaBackend {
     /// table, and uploads the plan. Ids ≥ vocab are left out (their tokens add nothing).
     pub fn embedding_grad_plan(&self, ids: &[u32], vocab: usize) -> Result<EmbeddingGradPlan> {
         if u32::try_from(ids.len()).is_err() {
-            bail!("embedding_grad_plan: {} tokens do not fit u32 indices", ids.len());
+            bail!(
+                "embedding_grad_plan: {} tokens do not fit u32 indices",
+                ids.len()
+            );
         }
         let (order, starts, rows) = sort_by_id(ids, vocab);
         Ok(EmbeddingGradPlan {

@@ -97,14 +97,14 @@ pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
     CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, RowNorm, MAX_HEAD_DIM,
 };
+pub use embedding::EmbeddingGradPlan;
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;
 pub use gemm_wgmma::{gemm_choice, GemmChoice, GEMM_ENV};
 pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;
-pub use embedding::EmbeddingGradPlan;
-pub use norm::{NormGradOut, RMS_BWD_REGS_MAX_D};
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
+pub use norm::{NormGradOut, RMS_BWD_REGS_MAX_D};
 pub use profile::{ProfileSpan, RecordedProfile};
 pub use rule_adapter::RuleAdapterOutput;
 

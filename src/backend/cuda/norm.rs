@@ -82,7 +82,10 @@ impl CudaBackend {
     ) -> Result<()> {
         let d = weight.len();
         let elem = std::mem::size_of::<T::Raw>();
-        let per_thread = d.div_ceil(16 / elem).div_ceil(THREADS as usize).next_power_of_two();
+        let per_thread = d
+            .div_ceil(16 / elem)
+            .div_ceil(THREADS as usize)
+            .next_power_of_two();
         // The rows-in-registers kernels hold at most 32 f32 or 32 bf16 of each of x and dy per
         // thread and row (d ≤ RMS_BWD_REGS_MAX_D); wider rows take the tiled kernel.
         let regs = match (elem, per_thread) {

@@ -89,7 +89,13 @@ impl Bench<'_> {
         let fwd = T::pick("rmsnorm_fwd_f32", "rmsnorm_fwd_bf16");
         let bwd = T::pick("rmsnorm_bwd_f32", "rmsnorm_bwd_bf16");
         let residual_names = ["rmsnorm_bwd_residual_f32", "rmsnorm_bwd_residual_bf16"];
-        if !self.wants(&[fwd, bwd, "rmsnorm_dw_reduce", residual_names[0], residual_names[1]]) {
+        if !self.wants(&[
+            fwd,
+            bwd,
+            "rmsnorm_dw_reduce",
+            residual_names[0],
+            residual_names[1],
+        ]) {
             return Ok(());
         }
         let (gpu, es, n, d) = (self.gpu, elem::<T>(), tokens * D_MODEL, D_MODEL);
@@ -274,9 +280,8 @@ impl Bench<'_> {
             // d_table once, and writes that row once.
             let plans = (0..sets)
                 .map(|_| {
-                    let host: Vec<u32> = (0..tokens)
-                        .map(|_| self.rng.below(VOCAB) as u32)
-                        .collect();
+                    let host: Vec<u32> =
+                        (0..tokens).map(|_| self.rng.below(VOCAB) as u32).collect();
                     gpu.embedding_grad_plan(&host, VOCAB)
                 })
                 .collect::<Result<Vec<_>>>()?;

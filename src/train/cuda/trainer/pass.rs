@@ -28,8 +28,7 @@ use super::{CudaTrainer, LayerParams};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cpu::ops::RopeSpec;
 use crate::backend::cuda::{
-    CudaBackend, DeviceBuffer, Float, GemmLayout, NormGradOut, RowList, RowNorm,
-    RMS_BWD_REGS_MAX_D,
+    CudaBackend, DeviceBuffer, Float, GemmLayout, NormGradOut, RowList, RowNorm, RMS_BWD_REGS_MAX_D,
 };
 use crate::bail;
 use crate::error::Result;
