@@ -9,6 +9,8 @@ mod common;
 
 #[path = "cuda_kernels/adamw.rs"]
 mod adamw;
+#[path = "cuda_kernels/adamw_multi.rs"]
+mod adamw_multi;
 #[path = "cuda_kernels/attention.rs"]
 mod attention;
 #[path = "cuda_kernels/attention_plain.rs"]

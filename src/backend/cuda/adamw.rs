@@ -243,3 +243,164 @@ impl CudaBackend {
         )
     }
 }
+
+/// Elements per block of the multi-tensor AdamW kernels (kernels/adamw.cu `ADAMW_CHUNK`).
+const ADAMW_CHUNK: usize = 65536;
+
+/// One parameter's operands for [`CudaBackend::adamw_step_multi`]: those of
+/// [`CudaBackend::adamw_step_bf16`], [`CudaBackend::adamw_step_f32`] or
+/// [`CudaBackend::adamw_step_bf16_stochastic`].
+pub enum AdamWTensor<'a> {
+    Bf16 {
+        param: &'a mut DeviceBuffer<bf16>,
+        master: &'a mut DeviceBuffer<f32>,
+        grad: &'a DeviceBuffer<f32>,
+        exp_avg: &'a mut DeviceBuffer<f32>,
+        exp_avg_sq: &'a mut DeviceBuffer<f32>,
+    },
+    F32 {
+        param: &'a mut DeviceBuffer<f32>,
+        grad: &'a DeviceBuffer<f32>,
+        exp_avg: &'a mut DeviceBuffer<f32>,
+        exp_avg_sq: &'a mut DeviceBuffer<f32>,
+    },
+    Bf16Stochastic {
+        param: &'a mut DeviceBuffer<bf16>,
+        grad: &'a DeviceBuffer<f32>,
+        exp_avg: &'a mut DeviceBuffer<bf16>,
+        exp_avg_sq: &'a mut DeviceBuffer<bf16>,
+        /// The tensor's `optim::stochastic_rounding_key` at this step.
+        key: u64,
+    },
+}
+
+impl AdamWTensor<'_> {
+    /// The kernel, and the entry of kernels/adamw.cu's `AdamWTensorEntry` (param, master, grad,
+    /// exp_avg, exp_avg_sq device addresses, n, key), after checking the lengths.
+    fn entry(&mut self, stream: &cudarc::driver::CudaStream) -> Result<(&'static str, [u64; 7])> {
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let (kernel, n) = match self {
+            AdamWTensor::Bf16 { param, .. } => ("adamw_multi_bf16", param.len()),
+            AdamWTensor::F32 { param, .. } => ("adamw_multi_f32", param.len()),
+            AdamWTensor::Bf16Stochastic { param, .. } => ("adamw_multi_bf16_sr", param.len()),
+        };
+        let lens = |grad: usize, m: usize, v: usize| -> Result<()> {
+            check_len(kernel, "grad", grad, n)?;
+            check_len(kernel, "exp_avg", m, n)?;
+            check_len(kernel, "exp_avg_sq", v, n)
+        };
+        let n64 = n as u64;
+        let entry = match self {
+            AdamWTensor::Bf16 {
+                param,
+                master,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                check_len(kernel, "master", master.len(), n)?;
+                lens(grad.len(), exp_avg.len(), exp_avg_sq.len())?;
+                [
+                    param.slice.device_ptr_mut(stream).0,
+                    master.slice.device_ptr_mut(stream).0,
+                    grad.slice.device_ptr(stream).0,
+                    exp_avg.slice.device_ptr_mut(stream).0,
+                    exp_avg_sq.slice.device_ptr_mut(stream).0,
+                    n64,
+                    0,
+                ]
+            }
+            AdamWTensor::F32 {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                lens(grad.len(), exp_avg.len(), exp_avg_sq.len())?;
+                [
+                    param.slice.device_ptr_mut(stream).0,
+                    0,
+                    grad.slice.device_ptr(stream).0,
+                    exp_avg.slice.device_ptr_mut(stream).0,
+                    exp_avg_sq.slice.device_ptr_mut(stream).0,
+                    n64,
+                    0,
+                ]
+            }
+            AdamWTensor::Bf16Stochastic {
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                key,
+            } => {
+                lens(grad.len(), exp_avg.len(), exp_avg_sq.len())?;
+                [
+                    param.slice.device_ptr_mut(stream).0,
+                    0,
+                    grad.slice.device_ptr(stream).0,
+                    exp_avg.slice.device_ptr_mut(stream).0,
+                    exp_avg_sq.slice.device_ptr_mut(stream).0,
+                    n64,
+                    *key,
+                ]
+            }
+        };
+        Ok((kernel, entry))
+    }
+}
+
+impl CudaBackend {
+    /// The AdamW step of every tensor in `tensors` with one launch per kind present (bf16 with
+    /// master, f32, bf16 with stochastic rounding) instead of one per tensor: a table of the
+    /// tensors' addresses and a list of 65536-element chunks are uploaded, and block b updates
+    /// chunk b with the per-tensor kernels' arithmetic, so the results are bit-identical to
+    /// theirs (tests/cuda_kernels/adamw_multi.rs). `clip` as for the per-tensor calls.
+    pub fn adamw_step_multi(
+        &self,
+        mut tensors: Vec<AdamWTensor<'_>>,
+        clip: Option<&DeviceBuffer<f32>>,
+        step: &AdamWStep,
+    ) -> Result<()> {
+        let clip = clip.unwrap_or(&self.unit_clip);
+        check_len("adamw_multi", "clip", clip.len(), 2)?;
+        for kernel in ["adamw_multi_bf16", "adamw_multi_f32", "adamw_multi_bf16_sr"] {
+            let (mut table, mut chunks) = (Vec::new(), Vec::new());
+            for t in tensors.iter_mut() {
+                let (k, entry) = t.entry(&self.stream)?;
+                if k != kernel {
+                    continue;
+                }
+                let index = (table.len() / 7) as u64;
+                for start in (0..entry[5] as usize).step_by(ADAMW_CHUNK) {
+                    chunks.extend([index, start as u64]);
+                }
+                table.extend(entry);
+            }
+            if chunks.is_empty() {
+                continue;
+            }
+            let blocks = chunks.len() / 2;
+            if u32::try_from(blocks).is_err() {
+                bail!("CUDA kernel {kernel}: {blocks} chunks are too many for one grid");
+            }
+            // As u32 halves, little-endian: the kernel reads the u64s of the (8-byte aligned)
+            // allocations.
+            let halves = |v: &[u64]| -> Vec<u32> {
+                v.iter()
+                    .flat_map(|&x| [x as u32, (x >> 32) as u32])
+                    .collect()
+            };
+            let table_dev = self.upload(&halves(&table))?;
+            let chunks_dev = self.upload(&halves(&chunks))?;
+            launch!(
+                self,
+                kernel,
+                one_block(blocks),
+                format!("{} tensors, {blocks} chunks", table.len() / 7),
+                [&table_dev.slice, &chunks_dev.slice, &clip.slice, step]
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -92,7 +92,7 @@ mod rule_adapter;
 mod staging;
 mod swiglu;
 
-pub use adamw::AdamWStep;
+pub use adamw::{AdamWStep, AdamWTensor};
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
     CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, RowNorm, MAX_HEAD_DIM,
