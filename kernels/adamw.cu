@@ -1,6 +1,7 @@
 // Fused mixed-precision AdamW with global grad-norm clipping, no host round trip:
-//   1. grad_sumsq_partial (once per gradient tensor): block b writes Σ g² of its grid-stride share
-//      to partial[b], in f64. The grid depends only on n, so the sums are deterministic.
+//   1. grad_sumsq_multi (once for all gradient tensors, at the end of the file): block b writes
+//      Σ g² of chunk b to partial[b], in f64. The chunks depend only on the tensors' lengths, so
+//      the sums are deterministic.
 //   2. grad_norm_finalize: one block adds all partials in a fixed order and writes
 //      clip[0] = ‖g‖ = sqrt(Σ) (as f32) and clip[1] = min(1, max_norm / (‖g‖ + 1e-6)), computed in
 //      f32 as torch.nn.utils.clip_grad_norm_ (optim::clip_grad_norm); NaN when ‖g‖ is not finite.
@@ -67,13 +68,10 @@ __device__ __forceinline__ float bf16_bits_to_float(unsigned int h) {
   return __uint_as_float(h << 16);
 }
 
-// HOT: grad_sumsq_partial
-extern "C" __global__ void __launch_bounds__(256)
-    grad_sumsq_partial(const float* __restrict__ g, unsigned long long n,
-                       double* __restrict__ partial) {
-  __shared__ double scratch[32];
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+// Σ g² over the block's threads' share of g[0, n) (threads tid, tid + stride, …), in f64.
+__device__ __forceinline__ double sumsq_range(const float* __restrict__ g, unsigned long long n,
+                                              unsigned long long tid, unsigned long long stride,
+                                              double* scratch) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};  // independent chains: f64 adds have long latency
   unsigned long long vec_end = 0;
   if (aligned16(g)) {
@@ -86,8 +84,7 @@ extern "C" __global__ void __launch_bounds__(256)
     }
   }
   for (unsigned long long i = vec_end + tid; i < n; i += stride) acc[0] += (double)g[i] * (double)g[i];
-  const double total = block_sum1((acc[0] + acc[1]) + (acc[2] + acc[3]), scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+  return block_sum1((acc[0] + acc[1]) + (acc[2] + acc[3]), scratch);
 }
 
 // HOT: grad_norm_finalize
@@ -335,4 +332,20 @@ extern "C" __global__ void __launch_bounds__(256)
                       reinterpret_cast<bf16*>(t.exp_avg) + c.start,
                       reinterpret_cast<bf16*>(t.exp_avg_sq) + c.start, n, clip[1], s, t.key,
                       c.start, threadIdx.x, blockDim.x);
+}
+
+// Σ g² of every gradient of a step in one launch: block b sums chunk b (elements [start, start +
+// ADAMW_CHUNK) of tensor chunks[b].tensor, whose address and length are tensors[2·i], [2·i + 1])
+// into partial[b]; grad_norm_finalize then adds the partials in order. Deterministic: the chunks
+// depend only on the tensors' lengths.
+// HOT: grad_sumsq_multi
+extern "C" __global__ void __launch_bounds__(256)
+    grad_sumsq_multi(const unsigned long long* __restrict__ tensors,
+                     const AdamWChunk* __restrict__ chunks, double* __restrict__ partial) {
+  __shared__ double scratch[32];
+  const AdamWChunk c = chunks[blockIdx.x];
+  const float* g = reinterpret_cast<const float*>(tensors[2 * c.tensor]) + c.start;
+  const unsigned long long n = min(ADAMW_CHUNK, tensors[2 * c.tensor + 1] - c.start);
+  const double total = sumsq_range(g, n, threadIdx.x, blockDim.x, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }

@@ -1,10 +1,12 @@
 //! Global grad-norm clipping and the fused mixed-precision AdamW update on the GPU
 //! (kernels/adamw.cu). References: `optim::clip_grad_norm` and `optim::AdamW::step`.
 //!
-//! A step is: [`CudaBackend::grad_norm`] over all gradients (writes ‖g‖ and the clip
-//! coefficient to a 2-element device buffer), then one [`CudaBackend::adamw_step_bf16`] /
-//! [`CudaBackend::adamw_step_f32`] / [`CudaBackend::adamw_step_bf16_stochastic`] per parameter
-//! reading that buffer: no host round trip. The
+//! A step is: [`CudaBackend::grad_norm`] over all gradients (one launch and a final reduction;
+//! writes ‖g‖ and the clip coefficient to a 2-element device buffer), then
+//! [`CudaBackend::adamw_step_multi`] (one launch per kind of state for all parameters) or one
+//! [`CudaBackend::adamw_step_bf16`] / [`CudaBackend::adamw_step_f32`] /
+//! [`CudaBackend::adamw_step_bf16_stochastic`] per parameter, reading that buffer: no host
+//! round trip. The
 //! host reads the norm whenever it logs (a non-finite norm makes every update a no-op, and the
 //! trainer stops on it).
 
@@ -14,10 +16,9 @@ use crate::error::Result;
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 use half::bf16;
 
-/// Most blocks one gradient tensor's Σg² is split over.
-const NORM_BLOCKS: usize = 1024;
-/// Elements per block of the Σg² pass before another block is worth it.
-const NORM_ELEMS_PER_BLOCK: usize = 256 * 4 * 8;
+/// Elements per block of the multi-tensor kernels, AdamW's and the gradient norm's
+/// (kernels/adamw.cu `ADAMW_CHUNK`).
+const ADAMW_CHUNK: usize = 65536;
 
 /// The f32 scalars of AdamW step t, as `optim::adamw`'s `StepScalars` computes them (Python
 /// floats in f64, rounded to f32 where they meet the tensors); `AdamWStep::new` (in the GPU
@@ -66,33 +67,36 @@ impl CudaBackend {
         max_norm: f32,
         clip: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
+        use cudarc::driver::DevicePtr;
         check_len("grad_norm_finalize", "clip", clip.len(), 2)?;
-        let blocks: Vec<usize> = grads
-            .iter()
-            .map(|g| g.len().div_ceil(NORM_ELEMS_PER_BLOCK).clamp(1, NORM_BLOCKS))
-            .collect();
-        let total: usize = blocks.iter().sum();
+        // One launch for every tensor: [address, length] per tensor and ADAMW_CHUNK-element
+        // chunks, as the multi-tensor AdamW (u32 halves of the u64s, little-endian).
+        let (mut table, mut chunks) = (Vec::new(), Vec::new());
+        for (i, g) in grads.iter().enumerate() {
+            let address = g.slice.device_ptr(&self.stream).0;
+            table.extend([address as u32, (address >> 32) as u32]);
+            table.extend([g.len() as u32, (g.len() as u64 >> 32) as u32]);
+            for start in (0..g.len()).step_by(ADAMW_CHUNK) {
+                chunks.extend([i as u32, 0, start as u32, (start as u64 >> 32) as u32]);
+            }
+        }
+        let total = chunks.len() / 4;
         let Ok(count) = i32::try_from(total) else {
             bail!(
-                "CUDA grad_norm: {} gradient tensors are too many",
+                "CUDA grad_norm: {} gradient tensors of {total} chunks are too many",
                 grads.len()
             );
         };
         let mut partial = self.zeros::<f64>(total.max(1))?;
-        let mut offset = 0;
-        for (i, (g, &b)) in grads.iter().zip(&blocks).enumerate() {
-            if !g.is_empty() {
-                let n = g.len() as u64;
-                let mut slot = partial.slice.slice_mut(offset..offset + b);
-                launch!(
-                    self,
-                    "grad_sumsq_partial",
-                    one_block(b),
-                    format!("tensor {i} of {}, n {n}, {b} blocks", grads.len()),
-                    [&g.slice, &n, &mut slot]
-                )?;
-            }
-            offset += b;
+        if total > 0 {
+            let (table_dev, chunks_dev) = (self.upload(&table)?, self.upload(&chunks)?);
+            launch!(
+                self,
+                "grad_sumsq_multi",
+                one_block(total),
+                format!("{} tensors, {total} chunks", grads.len()),
+                [&table_dev.slice, &chunks_dev.slice, &mut partial.slice]
+            )?;
         }
         launch!(
             self,
@@ -243,9 +247,6 @@ impl CudaBackend {
         )
     }
 }
-
-/// Elements per block of the multi-tensor AdamW kernels (kernels/adamw.cu `ADAMW_CHUNK`).
-const ADAMW_CHUNK: usize = 65536;
 
 /// One parameter's operands for [`CudaBackend::adamw_step_multi`]: those of
 /// [`CudaBackend::adamw_step_bf16`], [`CudaBackend::adamw_step_f32`] or

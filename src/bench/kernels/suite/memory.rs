@@ -392,7 +392,7 @@ impl Bench<'_> {
     }
 
     pub(super) fn grad_norm(&mut self) -> Result<()> {
-        let kernel = "grad_sumsq_partial+grad_norm_finalize";
+        let kernel = "grad_sumsq_multi+grad_norm_finalize";
         if !self.wants(&["grad_norm", "grad_sumsq"]) {
             return Ok(());
         }
@@ -404,8 +404,8 @@ impl Bench<'_> {
         let time = self
             .timer
             .time(&mut |_| gpu.grad_norm(&refs, 1.0, &mut clip))?;
-        // Gradients read; the f64 partial sums (≤ 1024 per tensor) written and read.
-        let partials = GRAD_TENSORS * per.div_ceil(256 * 4 * 8).clamp(1, 1024);
+        // Gradients read; the f64 partial sums (one per 65536-element chunk) written and read.
+        let partials = GRAD_TENSORS * per.div_ceil(65536);
         let bytes = (4 * OPTIMIZER_PARAMS + 16 * partials + 8) as f64;
         let shape = format!("{GRAD_TENSORS} x {per} f32");
         self.memory_result(kernel, shape, None, bytes, time);
