@@ -1,6 +1,7 @@
 // Fused mixed-precision AdamW with global grad-norm clipping, no host round trip:
-//   1. grad_sumsq_partial (once per gradient tensor): block b writes Σ g² of its grid-stride share
-//      to partial[b], in f64. The grid depends only on n, so the sums are deterministic.
+//   1. grad_sumsq_multi (once for all gradient tensors, at the end of the file): block b writes
+//      Σ g² of chunk b to partial[b], in f64. The chunks depend only on the tensors' lengths, so
+//      the sums are deterministic.
 //   2. grad_norm_finalize: one block adds all partials in a fixed order and writes
 //      clip[0] = ‖g‖ = sqrt(Σ) (as f32) and clip[1] = min(1, max_norm / (‖g‖ + 1e-6)), computed in
 //      f32 as torch.nn.utils.clip_grad_norm_ (optim::clip_grad_norm); NaN when ‖g‖ is not finite.
@@ -15,6 +16,7 @@
 //   4. adamw_bf16_sr (`--optimizer-state bf16`): no master; the same update in f32 from the bf16
 //      parameter and bf16 moments (widened exactly), then parameter, m and v each written back
 //      to bf16 with stochastic rounding (optim::adamw_bf16_stochastic_step, bit for bit).
+//   5. adamw_multi_*: each of the three updates for all parameters of a step in one launch.
 #include "common.cuh"
 
 // Host-computed f32 scalars of one step (optim::adamw StepScalars; mirrored by the Rust
@@ -66,13 +68,10 @@ __device__ __forceinline__ float bf16_bits_to_float(unsigned int h) {
   return __uint_as_float(h << 16);
 }
 
-// HOT: grad_sumsq_partial
-extern "C" __global__ void __launch_bounds__(256)
-    grad_sumsq_partial(const float* __restrict__ g, unsigned long long n,
-                       double* __restrict__ partial) {
-  __shared__ double scratch[32];
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+// Σ g² over the block's threads' share of g[0, n) (threads tid, tid + stride, …), in f64.
+__device__ __forceinline__ double sumsq_range(const float* __restrict__ g, unsigned long long n,
+                                              unsigned long long tid, unsigned long long stride,
+                                              double* scratch) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};  // independent chains: f64 adds have long latency
   unsigned long long vec_end = 0;
   if (aligned16(g)) {
@@ -85,8 +84,7 @@ extern "C" __global__ void __launch_bounds__(256)
     }
   }
   for (unsigned long long i = vec_end + tid; i < n; i += stride) acc[0] += (double)g[i] * (double)g[i];
-  const double total = block_sum1((acc[0] + acc[1]) + (acc[2] + acc[3]), scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+  return block_sum1((acc[0] + acc[1]) + (acc[2] + acc[3]), scratch);
 }
 
 // HOT: grad_norm_finalize
@@ -106,15 +104,16 @@ extern "C" __global__ void __launch_bounds__(256)
   }
 }
 
-// HOT: adamw_bf16
-extern "C" __global__ void __launch_bounds__(256)
-    adamw_bf16(float* __restrict__ master, bf16* __restrict__ param, const float* __restrict__ grad,
-               float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq, unsigned long long n,
-               const float* __restrict__ clip, AdamWScalars s) {
-  if (!isfinite(clip[0])) return;
-  const float coef = clip[1];
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+// The update of elements [0, n) of one tensor by threads tid, tid + stride, … (the per-tensor
+// kernels' grid, or one block of the multi-tensor kernels over one chunk).
+__device__ __forceinline__ void adamw_bf16_range(float* __restrict__ master,
+                                                 bf16* __restrict__ param,
+                                                 const float* __restrict__ grad,
+                                                 float* __restrict__ exp_avg,
+                                                 float* __restrict__ exp_avg_sq,
+                                                 unsigned long long n, float coef,
+                                                 const AdamWScalars& s, unsigned long long tid,
+                                                 unsigned long long stride) {
   unsigned long long vec_end = 0;
   if (aligned16(master) && aligned16(grad) && aligned16(exp_avg) && aligned16(exp_avg_sq) &&
       (reinterpret_cast<uintptr_t>(param) & 7) == 0) {
@@ -147,15 +146,24 @@ extern "C" __global__ void __launch_bounds__(256)
   }
 }
 
-// HOT: adamw_f32
+// HOT: adamw_bf16
 extern "C" __global__ void __launch_bounds__(256)
-    adamw_f32(float* __restrict__ param, const float* __restrict__ grad,
-              float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq, unsigned long long n,
-              const float* __restrict__ clip, AdamWScalars s) {
+    adamw_bf16(float* __restrict__ master, bf16* __restrict__ param, const float* __restrict__ grad,
+               float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq, unsigned long long n,
+               const float* __restrict__ clip, AdamWScalars s) {
   if (!isfinite(clip[0])) return;
-  const float coef = clip[1];
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  adamw_bf16_range(master, param, grad, exp_avg, exp_avg_sq, n, clip[1], s,
+                   (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x,
+                   (unsigned long long)gridDim.x * blockDim.x);
+}
+
+__device__ __forceinline__ void adamw_f32_range(float* __restrict__ param,
+                                                const float* __restrict__ grad,
+                                                float* __restrict__ exp_avg,
+                                                float* __restrict__ exp_avg_sq,
+                                                unsigned long long n, float coef,
+                                                const AdamWScalars& s, unsigned long long tid,
+                                                unsigned long long stride) {
   unsigned long long vec_end = 0;
   if (aligned16(param) && aligned16(grad) && aligned16(exp_avg) && aligned16(exp_avg_sq)) {
     vec_end = n / 4 * 4;
@@ -180,6 +188,17 @@ extern "C" __global__ void __launch_bounds__(256)
   }
 }
 
+// HOT: adamw_f32
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_f32(float* __restrict__ param, const float* __restrict__ grad,
+              float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq, unsigned long long n,
+              const float* __restrict__ clip, AdamWScalars s) {
+  if (!isfinite(clip[0])) return;
+  adamw_f32_range(param, grad, exp_avg, exp_avg_sq, n, clip[1], s,
+                  (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x,
+                  (unsigned long long)gridDim.x * blockDim.x);
+}
+
 // Element i: p, m, v from bf16 (the low or high half of the 32-bit word they are read in), the
 // f32 update as adamw_bf16's, each written back stochastically rounded.
 __device__ __forceinline__ void adamw_sr_element(const AdamWScalars& s, unsigned long long key,
@@ -193,15 +212,17 @@ __device__ __forceinline__ void adamw_sr_element(const AdamWScalars& s, unsigned
   v = sr_bf16(vf, (unsigned int)(r >> 32));
 }
 
-// HOT: adamw_bf16_sr
-extern "C" __global__ void __launch_bounds__(256)
-    adamw_bf16_sr(bf16* __restrict__ param, const float* __restrict__ grad,
-                  bf16* __restrict__ exp_avg, bf16* __restrict__ exp_avg_sq, unsigned long long n,
-                  const float* __restrict__ clip, AdamWScalars s, unsigned long long key) {
-  if (!isfinite(clip[0])) return;
-  const float coef = clip[1];
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  const unsigned long long tid = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+// Elements [0, n) of a tensor whose element 0 is element `first` of the whole tensor (the
+// random bits are drawn by that index).
+__device__ __forceinline__ void adamw_bf16_sr_range(bf16* __restrict__ param,
+                                                    const float* __restrict__ grad,
+                                                    bf16* __restrict__ exp_avg,
+                                                    bf16* __restrict__ exp_avg_sq,
+                                                    unsigned long long n, float coef,
+                                                    const AdamWScalars& s, unsigned long long key,
+                                                    unsigned long long first,
+                                                    unsigned long long tid,
+                                                    unsigned long long stride) {
   unsigned short* const p16 = reinterpret_cast<unsigned short*>(param);
   unsigned short* const m16 = reinterpret_cast<unsigned short*>(exp_avg);
   unsigned short* const v16 = reinterpret_cast<unsigned short*>(exp_avg_sq);
@@ -223,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(256)
       unsigned int v[4] = {vw.x & 0xFFFFu, vw.x >> 16, vw.y & 0xFFFFu, vw.y >> 16};
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        adamw_sr_element(s, key, j * 4 + k, __fmul_rn(g[k], coef), p[k], m[k], v[k]);
+        adamw_sr_element(s, key, first + j * 4 + k, __fmul_rn(g[k], coef), p[k], m[k], v[k]);
       *reinterpret_cast<uint2*>(p16 + j * 4) = make_uint2(p[0] | (p[1] << 16), p[2] | (p[3] << 16));
       *reinterpret_cast<uint2*>(m16 + j * 4) = make_uint2(m[0] | (m[1] << 16), m[2] | (m[3] << 16));
       *reinterpret_cast<uint2*>(v16 + j * 4) = make_uint2(v[0] | (v[1] << 16), v[2] | (v[3] << 16));
@@ -231,9 +252,100 @@ extern "C" __global__ void __launch_bounds__(256)
   }
   for (unsigned long long i = vec_end + tid; i < n; i += stride) {
     unsigned int p = p16[i], m = m16[i], v = v16[i];
-    adamw_sr_element(s, key, i, __fmul_rn(grad[i], coef), p, m, v);
+    adamw_sr_element(s, key, first + i, __fmul_rn(grad[i], coef), p, m, v);
     p16[i] = (unsigned short)p;
     m16[i] = (unsigned short)m;
     v16[i] = (unsigned short)v;
   }
+}
+
+// HOT: adamw_bf16_sr
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_bf16_sr(bf16* __restrict__ param, const float* __restrict__ grad,
+                  bf16* __restrict__ exp_avg, bf16* __restrict__ exp_avg_sq, unsigned long long n,
+                  const float* __restrict__ clip, AdamWScalars s, unsigned long long key) {
+  if (!isfinite(clip[0])) return;
+  adamw_bf16_sr_range(param, grad, exp_avg, exp_avg_sq, n, clip[1], s, key, 0,
+                      (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x,
+                      (unsigned long long)gridDim.x * blockDim.x);
+}
+
+// Multi-tensor AdamW: one launch for every parameter of a step. Block b updates chunk b,
+// elements [start, start + ADAMW_CHUNK) of tensor chunks[b].tensor (fewer at its end); chunk
+// starts are multiples of ADAMW_CHUNK, so a chunk's pointers keep the tensor's alignment and it
+// takes the same vector or scalar path, and each element gets the per-tensor kernels' exact
+// arithmetic (and, stochastic rounding, the same random bits, drawn by its index in its
+// tensor): bit-identical results. Mirrored by adamw.rs's `AdamWTensorEntry` and `AdamWChunk`.
+#define ADAMW_CHUNK 65536ull
+
+struct AdamWTensorEntry {
+  unsigned long long param, master, grad, exp_avg, exp_avg_sq;  // device addresses
+  unsigned long long n, key;  // key: stochastic rounding's, this step
+};
+
+struct AdamWChunk {
+  unsigned long long tensor, start;
+};
+
+// HOT: adamw_multi_bf16 adamw_multi_f32 adamw_multi_bf16_sr
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_multi_bf16(const AdamWTensorEntry* __restrict__ tensors,
+                     const AdamWChunk* __restrict__ chunks, const float* __restrict__ clip,
+                     AdamWScalars s) {
+  if (!isfinite(clip[0])) return;
+  const AdamWChunk c = chunks[blockIdx.x];
+  const AdamWTensorEntry t = tensors[c.tensor];
+  const unsigned long long n = min(ADAMW_CHUNK, t.n - c.start);
+  adamw_bf16_range(reinterpret_cast<float*>(t.master) + c.start,
+                   reinterpret_cast<bf16*>(t.param) + c.start,
+                   reinterpret_cast<const float*>(t.grad) + c.start,
+                   reinterpret_cast<float*>(t.exp_avg) + c.start,
+                   reinterpret_cast<float*>(t.exp_avg_sq) + c.start, n, clip[1], s, threadIdx.x,
+                   blockDim.x);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_multi_f32(const AdamWTensorEntry* __restrict__ tensors,
+                    const AdamWChunk* __restrict__ chunks, const float* __restrict__ clip,
+                    AdamWScalars s) {
+  if (!isfinite(clip[0])) return;
+  const AdamWChunk c = chunks[blockIdx.x];
+  const AdamWTensorEntry t = tensors[c.tensor];
+  const unsigned long long n = min(ADAMW_CHUNK, t.n - c.start);
+  adamw_f32_range(reinterpret_cast<float*>(t.param) + c.start,
+                  reinterpret_cast<const float*>(t.grad) + c.start,
+                  reinterpret_cast<float*>(t.exp_avg) + c.start,
+                  reinterpret_cast<float*>(t.exp_avg_sq) + c.start, n, clip[1], s, threadIdx.x,
+                  blockDim.x);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_multi_bf16_sr(const AdamWTensorEntry* __restrict__ tensors,
+                        const AdamWChunk* __restrict__ chunks, const float* __restrict__ clip,
+                        AdamWScalars s) {
+  if (!isfinite(clip[0])) return;
+  const AdamWChunk c = chunks[blockIdx.x];
+  const AdamWTensorEntry t = tensors[c.tensor];
+  const unsigned long long n = min(ADAMW_CHUNK, t.n - c.start);
+  adamw_bf16_sr_range(reinterpret_cast<bf16*>(t.param) + c.start,
+                      reinterpret_cast<const float*>(t.grad) + c.start,
+                      reinterpret_cast<bf16*>(t.exp_avg) + c.start,
+                      reinterpret_cast<bf16*>(t.exp_avg_sq) + c.start, n, clip[1], s, t.key,
+                      c.start, threadIdx.x, blockDim.x);
+}
+
+// Σ g² of every gradient of a step in one launch: block b sums chunk b (elements [start, start +
+// ADAMW_CHUNK) of tensor chunks[b].tensor, whose address and length are tensors[2·i], [2·i + 1])
+// into partial[b]; grad_norm_finalize then adds the partials in order. Deterministic: the chunks
+// depend only on the tensors' lengths.
+// HOT: grad_sumsq_multi
+extern "C" __global__ void __launch_bounds__(256)
+    grad_sumsq_multi(const unsigned long long* __restrict__ tensors,
+                     const AdamWChunk* __restrict__ chunks, double* __restrict__ partial) {
+  __shared__ double scratch[32];
+  const AdamWChunk c = chunks[blockIdx.x];
+  const float* g = reinterpret_cast<const float*>(tensors[2 * c.tensor]) + c.start;
+  const unsigned long long n = min(ADAMW_CHUNK, tensors[2 * c.tensor + 1] - c.start);
+  const double total = sumsq_range(g, n, threadIdx.x, blockDim.x, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }

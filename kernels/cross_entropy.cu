@@ -8,6 +8,9 @@
 // read) and no one-hot term.
 #include "common.cuh"
 
+// 16-byte loads in flight per thread in the forward's pass over a row.
+#define CE_LOADS 4
+
 template <typename T>
 __device__ __forceinline__ void ce_fwd(const T* __restrict__ logits,
                                        const unsigned int* __restrict__ targets,
@@ -27,7 +30,23 @@ __device__ __forceinline__ void ce_fwd(const T* __restrict__ logits,
   const T* z = logits + (size_t)row * vocab;
   Lse st = lse_empty();
   if (vocab % N == 0 && aligned16(logits)) {
-    for (int j = threadIdx.x; j < vocab / N; j += blockDim.x) {
+    // CE_LOADS 16-byte loads issued before any is used (lse_add's branches kept the compiler
+    // from hoisting the next iteration's load), then added in the order of the plain loop.
+    const int vectors = vocab / N, stride = blockDim.x;
+    int j = threadIdx.x;
+    for (; j + (CE_LOADS - 1) * stride < vectors; j += CE_LOADS * stride) {
+      float v[CE_LOADS][N];
+#pragma unroll
+      for (int q = 0; q < CE_LOADS; ++q) load16(z + (j + q * stride) * N, v[q]);
+#pragma unroll
+      for (int q = 0; q < CE_LOADS; ++q) {
+        float vmax = v[q][0];
+#pragma unroll
+        for (int k = 1; k < N; ++k) vmax = fmaxf(vmax, v[q][k]);
+        lse_add(st, v[q], vmax);
+      }
+    }
+    for (; j < vectors; j += stride) {
       float v[N];
       load16(z + j * N, v);
       float vmax = v[0];

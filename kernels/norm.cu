@@ -144,6 +144,167 @@ __device__ __forceinline__ void rmsnorm_bwd(const T* __restrict__ x, const T* __
   }
 }
 
+// store_dx's 16-byte path: one access of dx (two when accumulating) and one of dx_bf16.
+template <typename T, int N>
+__device__ __forceinline__ void store_dx_vec(T* __restrict__ dx, bf16* __restrict__ dx_bf16,
+                                             int accumulate, size_t off, float (&v)[N]) {
+  if (accumulate) {
+    float old[N];
+    load16(dx + off, old);
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] += old[k];
+  }
+  store16(dx + off, v);
+  if (dx_bf16 != nullptr) {
+    __nv_bfloat162 h[N / 2];
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+    if constexpr (N == 8) {
+      *reinterpret_cast<uint4*>(dx_bf16 + off) = *reinterpret_cast<const uint4*>(h);
+    } else {
+      *reinterpret_cast<uint2*>(dx_bf16 + off) = *reinterpret_cast<const uint2*>(h);
+    }
+  }
+}
+
+// Where a norm backward's dx goes: dx = result, or dx += result (the residual stream's gradient,
+// so no separate add pass), and optionally also rounded to bf16 into dx_bf16 (the next matrix
+// product's input, so no separate cast pass). N values at column `col` of one row; `vec` as the
+// caller's 16-byte path, taken only when dx_bf16 (if given) is 2N-byte aligned too.
+template <typename T, int N>
+__device__ __forceinline__ void store_dx(T* __restrict__ dx, bf16* __restrict__ dx_bf16,
+                                         int accumulate, size_t off, int valid, bool vec,
+                                         float (&v)[N]) {
+  if constexpr (N == Pack<T>::N) {
+    if (vec) {
+      store_dx_vec(dx, dx_bf16, accumulate, off, v);
+      return;
+    }
+  }
+  for (int k = 0; k < valid; ++k) {
+    float out = v[k];
+    if (accumulate) out += to_float(dx[off + k]);
+    dx[off + k] = from_float<T>(out);
+    if (dx_bf16 != nullptr) dx_bf16[off + k] = __float2bfloat16_rn(out);
+  }
+}
+
+// N values of a row at column `col` (zeros past d), by one 16-byte access when `vec`.
+template <typename T, int N>
+__device__ __forceinline__ void load_cols(const T* __restrict__ p, int col, int d, bool vec,
+                                          float (&v)[N]) {
+  if (vec && col < d) {
+    load16(p + col, v);
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = col + k < d ? to_float(p[col + k]) : 0.0f;
+  }
+}
+
+// RMSNorm backward with the rows in registers (d ≤ VPT·N·ROW_THREADS): thread t owns the
+// columns of vectors t, t + 256, … of every row, so x and dy are read from DRAM exactly once,
+// dx is written once, and the thread's share of dw stays in registers across the block's rows.
+// R rows are loaded together (R·VPT 16-byte loads in flight per tensor and thread) and their
+// two sums each, Σx² and Σ w·dy·x, reduced through one barrier on a double-buffered scratch.
+// Block b owns rows [b·rows_per_block, …) and writes dw_partial[b·d, …) once, with no atomics;
+// every sum runs in a fixed order, so dx and dw are the same on every run.
+template <typename T, int VPT, int R>
+__device__ __forceinline__ void rmsnorm_bwd_regs(const T* __restrict__ x, const T* __restrict__ w,
+                                                 const T* __restrict__ dy, T* __restrict__ dx,
+                                                 bf16* __restrict__ dx_bf16, int dx_accumulate,
+                                                 float* __restrict__ dw_partial, int rows, int d,
+                                                 int rows_per_block, float eps) {
+  constexpr int N = Pack<T>::N;
+  constexpr int WARPS = ROW_THREADS / 32;
+  __shared__ float s_sums[2][2 * R][WARPS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool vec = d % N == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
+                   aligned16(dw_partial) &&
+                   (reinterpret_cast<uintptr_t>(dx_bf16) & (2 * N - 1)) == 0;
+  const int row0 = blockIdx.x * rows_per_block;
+  const int row_end = min(rows, row0 + rows_per_block);
+  const float inv_d = 1.0f / (float)d;
+  float wv[VPT][N], acc[VPT][N];
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    load_cols(w, (threadIdx.x + i * ROW_THREADS) * N, d, vec, wv[i]);
+#pragma unroll
+    for (int k = 0; k < N; ++k) acc[i][k] = 0.0f;
+  }
+  int parity = 0;
+  for (int row = row0; row < row_end; row += R, parity ^= 1) {
+    float xv[R][VPT][N], gv[R][VPT][N];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const bool live = row + r < row_end;
+      const size_t off = (size_t)(row + r) * d;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) {
+        const int col = (threadIdx.x + i * ROW_THREADS) * N;
+        load_cols(x + off, live ? col : d, d, vec, xv[r][i]);
+        load_cols(dy + off, live ? col : d, d, vec, gv[r][i]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float ss = 0.0f, dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) {
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          ss += xv[r][i][k] * xv[r][i][k];
+          dot += wv[i][k] * gv[r][i][k] * xv[r][i][k];
+        }
+      }
+      ss = warp_sum(ss);
+      dot = warp_sum(dot);
+      if (lane == 0) {
+        s_sums[parity][2 * r][warp] = ss;
+        s_sums[parity][2 * r + 1][warp] = dot;
+      }
+    }
+    // One barrier per R rows: the other buffer is rewritten only after the next barrier, which
+    // every warp reaches after reading this one.
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row + r >= row_end) break;
+      float ss = 0.0f, dot = 0.0f;
+#pragma unroll
+      for (int q = 0; q < WARPS; ++q) {
+        ss += s_sums[parity][2 * r][q];
+        dot += s_sums[parity][2 * r + 1][q];
+      }
+      const float rr = 1.0f / sqrtf(ss * inv_d + eps);
+      const float c = rr * rr * rr * inv_d * dot;
+      const size_t off = (size_t)(row + r) * d;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) {
+        const int col = (threadIdx.x + i * ROW_THREADS) * N;
+        if (col >= d) continue;
+        float out[N];
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          out[k] = rr * wv[i][k] * gv[r][i][k] - c * xv[r][i][k];
+          acc[i][k] += gv[r][i][k] * xv[r][i][k] * rr;
+        }
+        store_dx<T, N>(dx, dx_bf16, dx_accumulate, off + col, min(N, d - col), vec, out);
+      }
+    }
+  }
+  float* part = dw_partial + (size_t)blockIdx.x * d;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int col = (threadIdx.x + i * ROW_THREADS) * N;
+    if (col >= d) continue;
+    if (vec) {
+      store_f32s(part + col, acc[i]);
+    } else {
+      for (int k = 0; k < N && col + k < d; ++k) part[col + k] = acc[i][k];
+    }
+  }
+}
+
 // LayerNorm without parameters (OLMo): y = (x − μ)·r, r = 1/sqrt(var + eps), biased variance.
 // The sums are taken about the row's first element K (shifted data), so that a large mean does
 // not cancel: var = (Σ(x−K)² − (Σ(x−K))²/d)/d, μ = K + Σ(x−K)/d.
@@ -200,14 +361,15 @@ __device__ __forceinline__ void layernorm_fwd(const T* __restrict__ x, T* __rest
 // so one pass gathers all four sums and a second writes dx.
 template <typename T>
 __device__ __forceinline__ void layernorm_bwd(const T* __restrict__ x, const T* __restrict__ dy,
-                                              T* __restrict__ dx, int d, float eps) {
+                                              T* __restrict__ dx, bf16* __restrict__ dx_bf16,
+                                              int dx_accumulate, int d, float eps) {
   constexpr int N = Pack<T>::N;
   __shared__ float scratch[128];
   const size_t base = (size_t)blockIdx.x * d;
   const T* xr = x + base;
   const T* gr = dy + base;
-  T* outr = dx + base;
-  const bool vec = d % N == 0 && aligned16(x) && aligned16(dy) && aligned16(dx);
+  const bool vec = d % N == 0 && aligned16(x) && aligned16(dy) && aligned16(dx) &&
+                   (reinterpret_cast<uintptr_t>(dx_bf16) & (2 * N - 1)) == 0;
   const float shift = to_float(xr[0]);
   // s = {Σ(x−K), Σ(x−K)², Σdy, Σdy·(x−K)}
   float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -249,12 +411,13 @@ __device__ __forceinline__ void layernorm_bwd(const T* __restrict__ x, const T* 
       load16(gr + j * N, g);
 #pragma unroll
       for (int k = 0; k < N; ++k) v[k] = r * (g[k] - mean_dy - (v[k] - mean) * r * mean_dy_xhat);
-      store16(outr + j * N, v);
+      store_dx<T, N>(dx, dx_bf16, dx_accumulate, base + j * N, N, true, v);
     }
   } else {
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
       const float xhat = (to_float(xr[i]) - mean) * r;
-      outr[i] = from_float<T>(r * (to_float(gr[i]) - mean_dy - xhat * mean_dy_xhat));
+      float v[1] = {r * (to_float(gr[i]) - mean_dy - xhat * mean_dy_xhat)};
+      store_dx<T, 1>(dx, dx_bf16, dx_accumulate, base + i, 1, false, v);
     }
   }
 }
@@ -285,6 +448,9 @@ extern "C" __global__ void __launch_bounds__(256)
 
 // HOT: rmsnorm_fwd_f32 rmsnorm_fwd_bf16 rmsnorm_bwd_f32 rmsnorm_bwd_bf16 layernorm_fwd_f32
 // HOT: layernorm_fwd_bf16 layernorm_bwd_f32 layernorm_bwd_bf16
+// HOT: rmsnorm_bwd_regs_f32_v1 rmsnorm_bwd_regs_f32_v2 rmsnorm_bwd_regs_f32_v4
+// HOT: rmsnorm_bwd_regs_f32_v8 rmsnorm_bwd_regs_bf16_v1 rmsnorm_bwd_regs_bf16_v2
+// HOT: rmsnorm_bwd_regs_bf16_v4
 #define NORM_KERNELS(T, SUF)                                                                    \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                      \
       rmsnorm_fwd_##SUF(const T* x, const T* w, T* y, int d, float eps) {                        \
@@ -300,9 +466,30 @@ extern "C" __global__ void __launch_bounds__(256)
     layernorm_fwd<T>(x, y, d, eps);                                                              \
   }                                                                                              \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS)                                      \
-      layernorm_bwd_##SUF(const T* x, const T* dy, T* dx, int d, float eps) {                    \
-    layernorm_bwd<T>(x, dy, dx, d, eps);                                                         \
+      layernorm_bwd_##SUF(const T* x, const T* dy, T* dx, bf16* dx_bf16, int dx_accumulate,     \
+                          int d, float eps) {                                                    \
+    layernorm_bwd<T>(x, dy, dx, dx_bf16, dx_accumulate, d, eps);                                 \
   }
 
 NORM_KERNELS(float, f32)
 NORM_KERNELS(bf16, bf16)
+
+// The row-in-registers RMSNorm backward, one kernel per vectors-per-thread VPT; R rows at a time
+// so that each thread holds about 32 loaded values per tensor (norm.rs picks VPT from d); two
+// blocks per SM (128 registers) where that fits without spilling, one for the widest rows.
+#define RMS_BWD_REGS_KERNEL(T, SUF, VPT, R, MIN_BLOCKS)                                          \
+  extern "C" __global__ void __launch_bounds__(ROW_THREADS, MIN_BLOCKS)                          \
+      rmsnorm_bwd_regs_##SUF##_v##VPT(                                                           \
+      const T* x, const T* w, const T* dy, T* dx, bf16* dx_bf16, int dx_accumulate,             \
+      float* dw_partial, int rows, int d, int rows_per_block, float eps) {                      \
+    rmsnorm_bwd_regs<T, VPT, R>(x, w, dy, dx, dx_bf16, dx_accumulate, dw_partial, rows, d,      \
+                                rows_per_block, eps);                                           \
+  }
+
+RMS_BWD_REGS_KERNEL(float, f32, 1, 4, 2)
+RMS_BWD_REGS_KERNEL(float, f32, 2, 4, 2)
+RMS_BWD_REGS_KERNEL(float, f32, 4, 2, 2)
+RMS_BWD_REGS_KERNEL(float, f32, 8, 1, 1)
+RMS_BWD_REGS_KERNEL(bf16, bf16, 1, 4, 2)
+RMS_BWD_REGS_KERNEL(bf16, bf16, 2, 2, 2)
+RMS_BWD_REGS_KERNEL(bf16, bf16, 4, 1, 1)

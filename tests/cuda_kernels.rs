@@ -9,6 +9,8 @@ mod common;
 
 #[path = "cuda_kernels/adamw.rs"]
 mod adamw;
+#[path = "cuda_kernels/adamw_multi.rs"]
+mod adamw_multi;
 #[path = "cuda_kernels/attention.rs"]
 mod attention;
 #[path = "cuda_kernels/attention_hopper_bwd.rs"]
@@ -21,10 +23,14 @@ mod attention_plain;
 mod decode_fused;
 #[path = "cuda_kernels/elementwise.rs"]
 mod elementwise;
+#[path = "cuda_kernels/embedding_sorted.rs"]
+mod embedding_sorted;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
 #[path = "cuda_kernels/gemm_skinny.rs"]
 mod gemm_skinny;
+#[path = "cuda_kernels/norm_residual.rs"]
+mod norm_residual;
 
 use common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
 use half::bf16;
@@ -115,7 +121,7 @@ fn rms_norm_and_layer_norm_match_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng::new("norms");
     // d 7/33: scalar path; 4100: f32 vectors, bf16 scalar; 600 and 2100 rows: several blocks,
-    // and 2100 (9 rows a block) two tiles of the backward per block.
+    // and 2100 (9 rows a block) an odd count for the backward's two rows at a time.
     for (rows, d) in [
         (1, 7),
         (3, 33),
@@ -123,6 +129,7 @@ fn rms_norm_and_layer_norm_match_cpu() {
         (17, 4100),
         (600, 256),
         (2100, 4096),
+        (9, 9000), // wider than the rows-in-registers backward (8192): the tiled kernel
     ] {
         norms::<f32>(gpu, &mut rng, rows, d);
         norms::<bf16>(gpu, &mut rng, rows, d);

@@ -101,12 +101,13 @@ mod rule_adapter;
 mod staging;
 mod swiglu;
 
-pub use adamw::AdamWStep;
+pub use adamw::{AdamWStep, AdamWTensor};
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
     CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, QkvOutputs, RowList, RowNorm,
     MAX_HEAD_DIM,
 };
+pub use embedding::EmbeddingGradPlan;
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;
 pub use gemm_skinny::{skinny_plan, SkinnyPlan, SkinnySplit, SKINNY_MAX_ROWS};
@@ -117,6 +118,7 @@ pub use gemm_wgmma::{
 pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
+pub use norm::{NormGradOut, RMS_BWD_REGS_MAX_D};
 pub use profile::{ProfileSpan, RecordedProfile};
 pub use rule_adapter::RuleAdapterOutput;
 

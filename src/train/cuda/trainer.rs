@@ -392,18 +392,36 @@ impl<'g> CudaTrainer<'g> {
         }
         let t = self.steps + 1;
         let scalars = AdamWStep::new(&self.adamw, lr, t);
-        for i in 0..self.values.len() {
-            // The parameter's position, the same on every rank: one GPU and data parallelism
-            // draw the same roundings.
-            let key = stochastic_rounding_key(self.seed, t, i as u64);
-            self.optimizer[i].step(
-                gpu,
-                &mut self.values[i],
-                &self.grads[i],
-                &self.clip,
-                &scalars,
-                key,
-            )?;
+        // The parameter's position, the same on every rank: one GPU and data parallelism draw
+        // the same roundings.
+        let key = |i: usize| stochastic_rounding_key(self.seed, t, i as u64);
+        // One launch for all parameters whose state is on the GPU (bit-identical to the
+        // per-tensor kernels); state kept on the host takes the per-tensor path, which stages it.
+        let multi: Option<Vec<_>> = self
+            .optimizer
+            .iter_mut()
+            .zip(self.values.iter_mut())
+            .zip(&self.grads)
+            .enumerate()
+            .map(|(i, ((state, value), grad))| state.multi_operands(value, grad, key(i)))
+            .collect();
+        match multi {
+            Some(operands) => {
+                let operands: Vec<_> = operands.into_iter().flatten().collect();
+                gpu.adamw_step_multi(operands, Some(&self.clip), &scalars)?;
+            }
+            None => {
+                for i in 0..self.values.len() {
+                    self.optimizer[i].step(
+                        gpu,
+                        &mut self.values[i],
+                        &self.grads[i],
+                        &self.clip,
+                        &scalars,
+                        key(i),
+                    )?;
+                }
+            }
         }
         if let Some(p) = &self.parallel {
             // Every rank gets the values their owners computed.

@@ -6,7 +6,9 @@ use super::{
     HEADS, HEAD_DIM, MEMORY_TARGET, OPTIMIZER_PARAMS, RMS_EPS, SEQ, VOCAB,
 };
 use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
-use crate::backend::cuda::{AdamWStep, DeviceBuffer, Float, GemmLayout, RuleAdapterOutput};
+use crate::backend::cuda::{
+    AdamWStep, DeviceBuffer, Float, GemmLayout, NormGradOut, RuleAdapterOutput,
+};
 use crate::bench::inputs::{elem, gb_s, tflops, Sample};
 use crate::bench::timing::Timing;
 use crate::error::Result;
@@ -86,7 +88,14 @@ impl Bench<'_> {
     pub(super) fn rmsnorm<T: Sample + Float>(&mut self, tokens: usize) -> Result<()> {
         let fwd = T::pick("rmsnorm_fwd_f32", "rmsnorm_fwd_bf16");
         let bwd = T::pick("rmsnorm_bwd_f32", "rmsnorm_bwd_bf16");
-        if !self.wants(&[fwd, bwd, "rmsnorm_dw_reduce"]) {
+        let residual_names = ["rmsnorm_bwd_residual_f32", "rmsnorm_bwd_residual_bf16"];
+        if !self.wants(&[
+            fwd,
+            bwd,
+            "rmsnorm_dw_reduce",
+            residual_names[0],
+            residual_names[1],
+        ]) {
             return Ok(());
         }
         let (gpu, es, n, d) = (self.gpu, elem::<T>(), tokens * D_MODEL, D_MODEL);
@@ -115,6 +124,30 @@ impl Bench<'_> {
             let blocks = tokens.div_ceil(rows_per_block);
             let bytes = (es * (3 * n + d) + 8 * blocks * d + 4 * d) as f64;
             let name = format!("{bwd}+dw_reduce");
+            self.memory_result(&name, shape.clone(), Some(tokens), bytes, time);
+        }
+        let residual = T::pick("rmsnorm_bwd_residual_f32", "rmsnorm_bwd_residual_bf16");
+        if self.wants(&[residual]) {
+            // The trainer's form: dx added into the residual gradient, and the sum rounded to
+            // bf16 for the next product, in the same pass (NormGradOut).
+            let dys = self.randoms::<T>(sets, n, -1.0, 1.0)?;
+            let mut dx = self.random::<T>(n, -1.0, 1.0)?;
+            let mut copy = gpu.alloc::<bf16>(n)?;
+            let mut dw = gpu.alloc::<f32>(d)?;
+            let time = self.timer.time(&mut |i| {
+                let s = i % sets;
+                let out = NormGradOut {
+                    dx: &mut dx,
+                    accumulate: true,
+                    dx_bf16: Some(&mut copy),
+                };
+                gpu.rms_norm_backward_to(&xs[s], &w, RMS_EPS, &dys[s], out, &mut dw, true)
+            })?;
+            // x, dy and dx read, dx and its bf16 copy written; the dw partials; dw read+written.
+            let rows_per_block = tokens.div_ceil(256);
+            let blocks = tokens.div_ceil(rows_per_block);
+            let bytes = (es * (4 * n + d) + 2 * n + 8 * blocks * d + 8 * d) as f64;
+            let name = format!("{residual}+dw_reduce");
             self.memory_result(&name, shape, Some(tokens), bytes, time);
         }
         Ok(())
@@ -210,7 +243,8 @@ impl Bench<'_> {
     pub(super) fn embedding<T: Sample + Float>(&mut self, tokens: usize) -> Result<()> {
         let fwd = T::pick("embedding_fwd_f32", "embedding_fwd_bf16");
         let bwd = T::pick("embedding_bwd_f32", "embedding_bwd_bf16");
-        if !self.wants(&[fwd, bwd]) {
+        let sorted = T::pick("embedding_bwd_sorted_f32", "embedding_bwd_sorted_bf16");
+        if !self.wants(&[fwd, bwd, sorted]) {
             return Ok(());
         }
         let (gpu, es, n, d) = (self.gpu, elem::<T>(), tokens * D_MODEL, D_MODEL);
@@ -238,7 +272,29 @@ impl Bench<'_> {
             })?;
             // ids and dy read; each token's f32 row of d_table read and written (atomics).
             let bytes = (4 * tokens + n * es + 8 * n) as f64;
-            self.memory_result(bwd, shape, Some(tokens), bytes, time);
+            self.memory_result(bwd, shape.clone(), Some(tokens), bytes, time);
+        }
+        if self.wants(&[sorted]) {
+            // The trainer's path: the plan is made on the host once per micro-batch (not timed
+            // here: it overlaps the forward), the kernel reads dy once and each touched row of
+            // d_table once, and writes that row once.
+            let plans = (0..sets)
+                .map(|_| {
+                    let host: Vec<u32> =
+                        (0..tokens).map(|_| self.rng.below(VOCAB) as u32).collect();
+                    gpu.embedding_grad_plan(&host, VOCAB)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let dys = self.randoms::<T>(sets, n, -1.0, 1.0)?;
+            let mut d_table = gpu.zeros::<f32>(VOCAB * d)?;
+            let time = self.timer.time(&mut |i| {
+                let s = i % sets;
+                gpu.embedding_backward_planned(&plans[s], &dys[s], d, &mut d_table)
+            })?;
+            let touched = plans.iter().map(|p| p.segments()).sum::<usize>() / sets;
+            // The plan's three index arrays and dy read; each touched f32 row read and written.
+            let bytes = (4 * (2 * tokens + 2 * touched) + n * es + 8 * touched * d) as f64;
+            self.memory_result(sorted, shape, Some(tokens), bytes, time);
         }
         Ok(())
     }
@@ -336,7 +392,7 @@ impl Bench<'_> {
     }
 
     pub(super) fn grad_norm(&mut self) -> Result<()> {
-        let kernel = "grad_sumsq_partial+grad_norm_finalize";
+        let kernel = "grad_sumsq_multi+grad_norm_finalize";
         if !self.wants(&["grad_norm", "grad_sumsq"]) {
             return Ok(());
         }
@@ -348,8 +404,8 @@ impl Bench<'_> {
         let time = self
             .timer
             .time(&mut |_| gpu.grad_norm(&refs, 1.0, &mut clip))?;
-        // Gradients read; the f64 partial sums (≤ 1024 per tensor) written and read.
-        let partials = GRAD_TENSORS * per.div_ceil(256 * 4 * 8).clamp(1, 1024);
+        // Gradients read; the f64 partial sums (one per 65536-element chunk) written and read.
+        let partials = GRAD_TENSORS * per.div_ceil(65536);
         let bytes = (4 * OPTIMIZER_PARAMS + 16 * partials + 8) as f64;
         let shape = format!("{GRAD_TENSORS} x {per} f32");
         self.memory_result(kernel, shape, None, bytes, time);

@@ -8,7 +8,7 @@
 //! Saved and loaded as the others: the master is the parameter widened to f32, the moments
 //! widened; loading rounds f32 moments to nearest even.
 
-use crate::backend::cuda::{AdamWStep, CudaBackend, DeviceBuffer, HostBuffer};
+use crate::backend::cuda::{AdamWStep, AdamWTensor, CudaBackend, DeviceBuffer, HostBuffer};
 use crate::error::Result;
 use crate::optim::adamw::StepScalars;
 use crate::optim::AdamWConfig;
@@ -112,6 +112,35 @@ impl OptimizerState {
                 Ok(())
             }
             OptimizerState::Elsewhere => Ok(()),
+        }
+    }
+
+    /// This parameter's operands for the multi-tensor step (`CudaBackend::adamw_step_multi`):
+    /// None when its state lives on the host (it takes the per-tensor path, which stages it),
+    /// Some(None) when another rank keeps it.
+    pub(super) fn multi_operands<'a>(
+        &'a mut self,
+        value: &'a mut DeviceBuffer<bf16>,
+        grad: &'a DeviceBuffer<f32>,
+        key: u64,
+    ) -> Option<Option<AdamWTensor<'a>>> {
+        match self {
+            OptimizerState::Bf16([m, v]) => Some(Some(AdamWTensor::Bf16Stochastic {
+                param: value,
+                grad,
+                exp_avg: m,
+                exp_avg_sq: v,
+                key,
+            })),
+            OptimizerState::Device([master, m, v]) => Some(Some(AdamWTensor::Bf16 {
+                param: value,
+                master,
+                grad,
+                exp_avg: m,
+                exp_avg_sq: v,
+            })),
+            OptimizerState::Host(_) => None,
+            OptimizerState::Elsewhere => Some(None),
         }
     }
 

@@ -27,7 +27,9 @@
 use super::{CudaTrainer, LayerParams};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cpu::ops::RopeSpec;
-use crate::backend::cuda::{CudaBackend, DeviceBuffer, Float, GemmLayout, RowList, RowNorm};
+use crate::backend::cuda::{
+    CudaBackend, DeviceBuffer, Float, GemmLayout, NormGradOut, RowList, RowNorm, RMS_BWD_REGS_MAX_D,
+};
 use crate::bail;
 use crate::error::Result;
 use crate::model::train::TrainSequence;
@@ -174,6 +176,46 @@ impl Pass<'_> {
         Ok(dx)
     }
 
+    /// The norm's backward at x for dy, added straight into the residual stream's gradient
+    /// `dx` and, when `dx_bf16` is given, the new `dx` also rounded to bf16 there (the next
+    /// product's input): one pass where an add and a cast ran after the backward before.
+    /// dw is added to the weight's gradient (RMSNorm).
+    fn norm_backward_into(
+        &self,
+        x: &DeviceBuffer<f32>,
+        weight: Option<usize>,
+        dy: &DeviceBuffer<f32>,
+        dx: &mut DeviceBuffer<f32>,
+        dx_bf16: Option<&mut DeviceBuffer<bf16>>,
+        grads: &mut [DeviceBuffer<f32>],
+    ) -> Result<()> {
+        let d = self.c.hidden_size;
+        let out = NormGradOut {
+            dx,
+            accumulate: true,
+            dx_bf16,
+        };
+        match weight {
+            Some(i) if d <= RMS_BWD_REGS_MAX_D => {
+                let w = self.norm_values[i]
+                    .as_ref()
+                    .expect("norm weights have an f32 copy");
+                self.gpu
+                    .rms_norm_backward_to(x, w, self.eps(), dy, out, &mut grads[i], true)
+            }
+            Some(_) => {
+                // Rows too wide for the fused kernel: the backward, then the add and the cast.
+                let dx_norm = self.norm_backward(x, weight, dy, grads)?;
+                self.gpu.add_in_place(out.dx, &dx_norm)?;
+                match out.dx_bf16 {
+                    Some(copy) => self.gpu.convert_to_bf16(out.dx, copy),
+                    None => Ok(()),
+                }
+            }
+            None => self.gpu.layer_norm_backward_to(x, d, self.eps(), dy, out),
+        }
+    }
+
     fn rope(&self, heads: usize) -> RopeSpec {
         self.c.rope_spec(heads)
     }
@@ -298,6 +340,9 @@ impl CudaTrainer<'_> {
         // Forward. A layer that checkpointing recomputes keeps only its input, and its forward
         // runs again in the backward; the last layers keep everything (met first there).
         let ids = gpu.upload(&p.ids)?;
+        // The embedding's backward sums each row's tokens in a fixed order: sorted here, on the
+        // host, while the GPU runs the forward.
+        let embed_plan = gpu.embedding_grad_plan(&p.ids, c.vocab_size)?;
         let mut x = gpu.alloc::<f32>(rows * d)?;
         gpu.embedding_to_f32(&ids, &values[index.embed], d, &mut x)?;
         let layers = index.layers.len();
@@ -350,17 +395,20 @@ impl CudaTrainer<'_> {
                 .sum::<f64>();
         }
 
-        // Backward through the layers, last first.
-        for lp in index.layers.iter().rev() {
+        // Backward through the layers, last first. Each layer takes the residual gradient with
+        // its bf16 copy and hands both on (the first layer's copy is not needed).
+        let mut dy = Some(to_bf16(gpu, &dx)?);
+        for (i, lp) in index.layers.iter().enumerate().rev() {
             gpu.profile_phase("recompute");
             let s = match saved.pop().expect("one saved entry per layer") {
                 Kept::All(s) => *s,
                 Kept::Input(x) => layer_forward(&pass, lp, x, values, false)?.0,
             };
             gpu.profile_phase("backward");
-            dx = layer_backward(&pass, lp, s, dx, values, grads)?;
+            let dy_in = dy.take().expect("each layer hands on the bf16 gradient");
+            dy = layer_backward(&pass, lp, s, &mut dx, dy_in, i > 0, values, grads)?;
         }
-        gpu.embedding_backward(&ids, &dx, d, &mut grads[index.embed])?;
+        gpu.embedding_backward_planned(&embed_plan, &dx, d, &mut grads[index.embed])?;
         Ok(loss)
     }
 }
@@ -434,23 +482,26 @@ fn layer_forward(
     Ok((s, Some(out)))
 }
 
-/// One layer's backward: from the gradient of its output to that of its input, adding its
-/// weights' gradients.
+/// One layer's backward: from the gradient of its output `dx` (f32, and `dy`, the same rounded
+/// to bf16) to that of its input, in place in `dx`, adding its weights' gradients. Returns the
+/// new `dx` rounded to bf16 when `want_bf16` (the next layer's `dy`).
+#[allow(clippy::too_many_arguments)]
 fn layer_backward(
     pass: &Pass<'_>,
     lp: &LayerParams,
     s: Saved,
-    mut dx: DeviceBuffer<f32>,
+    dx: &mut DeviceBuffer<f32>,
+    dy: DeviceBuffer<bf16>,
+    want_bf16: bool,
     values: &[DeviceBuffer<bf16>],
     grads: &mut [DeviceBuffer<f32>],
-) -> Result<DeviceBuffer<f32>> {
+) -> Result<Option<DeviceBuffer<bf16>>> {
     let gpu = pass.gpu;
     let rows = pass.rows;
     let c = pass.c;
     let (d, f) = (c.hidden_size, c.intermediate_size);
 
     // MLP: x'' = x' + act·Wdᵀ, act = silu(g) ⊙ u, g = h'·Wgᵀ, u = h'·Wuᵀ, h' = norm(x').
-    let dy = to_bf16(gpu, &dx)?;
     let mut act = gpu.alloc::<bf16>(rows * f)?;
     gpu.swiglu(&s.gate, &s.up, &mut act)?;
     weight_grad(gpu, &dy, &act, rows, &mut grads[lp.down])?;
@@ -468,12 +519,14 @@ fn layer_backward(
     let mut dh = gpu.alloc::<f32>(rows * d)?;
     input_grad(gpu, &d_gate, &values[lp.gate], rows, &mut dh, false)?;
     input_grad(gpu, &d_up, &values[lp.up], rows, &mut dh, true)?;
-    let dx_norm = pass.norm_backward(&s.x_mid, lp.mlp_norm, &dh, grads)?;
-    gpu.add_in_place(&mut dx, &dx_norm)?;
-    drop((d_gate, d_up, dx_norm));
+    drop((d_gate, d_up));
+    // dx += the norm's backward, and dy = bf16(dx) for the attention's output product, in one
+    // pass (the buffer of the MLP's dy is reused: it is read no more).
+    let mut dy = dy;
+    pass.norm_backward_into(&s.x_mid, lp.mlp_norm, &dh, dx, Some(&mut dy), grads)?;
+    drop(dh);
 
     // Attention: x' = x + a·Woᵀ, a = attention(RoPE(clamp(h·Wqᵀ)), …), h = norm(x).
-    let dy = to_bf16(gpu, &dx)?;
     weight_grad(gpu, &dy, &s.attn, rows, &mut grads[lp.o])?;
     let mut d_attn = gpu.alloc::<bf16>(s.attn.len())?;
     input_grad(gpu, &dy, &values[lp.o], rows, &mut d_attn, false)?;
@@ -515,7 +568,10 @@ fn layer_backward(
     input_grad(gpu, &dq, &values[lp.q], rows, &mut dh, false)?;
     input_grad(gpu, &dk, &values[lp.k], rows, &mut dh, true)?;
     input_grad(gpu, &dv, &values[lp.v], rows, &mut dh, true)?;
-    let dx_norm = pass.norm_backward(&s.x, lp.attn_norm, &dh, grads)?;
-    gpu.add_in_place(&mut dx, &dx_norm)?;
-    Ok(dx)
+    let mut next_dy = match want_bf16 {
+        true => Some(gpu.alloc::<bf16>(rows * d)?),
+        false => None,
+    };
+    pass.norm_backward_into(&s.x, lp.attn_norm, &dh, dx, next_dy.as_mut(), grads)?;
+    Ok(next_dy)
 }
