@@ -7,7 +7,8 @@
 //! output's own bf16 rounding is ~1.1e-3 of it, P rounded to bf16 before dS and dV adds about as
 //! much). Every test skips unless the device has compute capability 9.0.
 
-use crate::common::gpu::{check, hopper_gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use super::attention_hopper_fwd::{draw, gather};
+use crate::common::gpu::{check, f64s, hopper_gpu, poisoned, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention_backward, AttentionShape};
 use implicit::backend::cuda::{attention_choice, AttentionChoice, CudaBackend, DeviceBuffer};
@@ -61,11 +62,6 @@ struct Inputs {
     out: DeviceBuffer<bf16>,
     lse: DeviceBuffer<f32>,
     host: [Vec<f32>; 4],
-}
-
-fn draw(gpu: &CudaBackend, rng: &mut Rng, n: usize, scale: f32) -> (DeviceBuffer<bf16>, Vec<f32>) {
-    let (stored, values) = bf16::quantize(&rng.vec(n, scale));
-    (gpu.upload(&stored).unwrap(), values)
 }
 
 /// Random q, k, v, dO (scores with standard deviation ~1.3, as tests/cuda_kernels/attention.rs
@@ -128,27 +124,6 @@ fn backward(
     )
 }
 
-/// Rows of `src` (`[batch, rows, heads_total, hd]`) for sequence `b`, heads `h0..h0+count`.
-fn gather<T: Copy>(
-    src: &[T],
-    b: usize,
-    rows: usize,
-    heads_total: usize,
-    (h0, count): (usize, usize),
-    hd: usize,
-) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows * count * hd);
-    for i in 0..rows {
-        let at = ((b * rows + i) * heads_total + h0) * hd;
-        out.extend_from_slice(&src[at..at + count * hd]);
-    }
-    out
-}
-
-fn f64s(v: Vec<f32>) -> Vec<f64> {
-    v.into_iter().map(f64::from).collect()
-}
-
 /// `check`, except where the reference is exactly zero (one query seeing one key: dq = dk = 0),
 /// where every output must be within 1e-4 of zero.
 fn check_grad(what: &str, out: &[bf16], reference: &[f64]) {
@@ -205,10 +180,10 @@ fn run_case(gpu: &CudaBackend, rng: &mut Rng, case: &Case) {
     let (mut want, mut got) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
     for &(b, kvh) in &pairs {
         let qh = (kvh * group, group);
-        let sq = f64s(gather(hq, b, s.queries, s.heads, qh, hd));
-        let sdo = f64s(gather(hdo, b, s.queries, s.heads, qh, hd));
-        let sk = f64s(gather(hk, b, s.keys, s.kv_heads, (kvh, 1), hd));
-        let sv = f64s(gather(hv, b, s.keys, s.kv_heads, (kvh, 1), hd));
+        let sq = f64s(&gather(hq, b, s.queries, s.heads, qh, hd));
+        let sdo = f64s(&gather(hdo, b, s.queries, s.heads, qh, hd));
+        let sk = f64s(&gather(hk, b, s.keys, s.kv_heads, (kvh, 1), hd));
+        let sv = f64s(&gather(hv, b, s.keys, s.kv_heads, (kvh, 1), hd));
         let mut r = [
             vec![f64::NAN; sq.len()],
             vec![f64::NAN; sk.len()],

@@ -17,7 +17,7 @@
 //! device other than compute capability 9.0, and fails on a 9.0 device where the sm_90a kernels
 //! cannot run.
 
-use crate::common::gpu::{check, hopper_gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use crate::common::gpu::{check, f64s, hopper_gpu, poisoned, Dtype, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cuda::{attention_choice, AttentionChoice, CudaBackend, DeviceBuffer};
@@ -51,7 +51,14 @@ struct Inputs {
     v: (DeviceBuffer<bf16>, Vec<f32>),
 }
 
-fn draw(gpu: &CudaBackend, rng: &mut Rng, n: usize, scale: f32) -> (DeviceBuffer<bf16>, Vec<f32>) {
+/// `n` random values of standard deviation ~`scale`, rounded to bf16: on the device and as f32
+/// (also tests/cuda_kernels/attention_hopper_bwd.rs's).
+pub(crate) fn draw(
+    gpu: &CudaBackend,
+    rng: &mut Rng,
+    n: usize,
+    scale: f32,
+) -> (DeviceBuffer<bf16>, Vec<f32>) {
     let (stored, values) = bf16::quantize(&rng.vec(n, scale));
     (gpu.upload(&stored).unwrap(), values)
 }
@@ -83,9 +90,9 @@ fn hopper_forward(
     (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap())
 }
 
-/// Rows `[rows, count, hd]` (f64) of heads h0..h0+count of sequence b in `[batch, rows, heads,
-/// hd]`.
-fn gather<T: Copy>(
+/// Rows `[rows, count, hd]` of heads h0..h0+count of sequence b in `[batch, rows, heads, hd]`
+/// (also tests/cuda_kernels/attention_hopper_bwd.rs's).
+pub(crate) fn gather<T: Copy>(
     src: &[T],
     b: usize,
     rows: usize,
@@ -99,10 +106,6 @@ fn gather<T: Copy>(
         out.extend_from_slice(&src[at..at + count * hd]);
     }
     out
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 /// ln Σ_j exp(q_i·k_j/√d) over the keys query i sees, for q `[queries, heads, hd]` and one KV

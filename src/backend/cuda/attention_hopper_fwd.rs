@@ -13,7 +13,7 @@
 //! [`CudaBackend::flash_attention_forward_hopper`] directly, which never falls back.
 
 use super::flash_attention::{
-    attention_choice, check_dims, describe, raise_smem_limit, AttentionChoice, Checked,
+    attention_choice, check_shape, describe, raise_smem_limit, AttentionChoice, Checked,
     FlashOffsets,
 };
 use super::tensor_map::encode_attention;
@@ -93,18 +93,6 @@ pub(super) fn hopper_forward_problem(
         }
     }
     None
-}
-
-/// The head_dim check of flash_attention.rs's `check_shape`, then [`check_dims`].
-fn check_shape(what: &str, shape: AttentionShape, batch: usize) -> Result<Checked> {
-    if shape.head_dim != 64 && shape.head_dim != 128 {
-        bail!(
-            "{what} ({}): head_dim {} is not supported (64 or 128)",
-            describe(shape, batch),
-            shape.head_dim
-        );
-    }
-    check_dims(what, shape, batch)
 }
 
 impl CudaBackend {
