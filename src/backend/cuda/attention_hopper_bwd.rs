@@ -13,7 +13,7 @@
 //! conversion).
 
 use super::flash_attention::{check_dims, describe, raise_smem_limit};
-use super::tensor_map::encode_attention;
+use super::tensor_map::{encode_attention, MAX_STRIDE_BYTES};
 use super::{CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
@@ -29,8 +29,6 @@ const QUERY_BLOCK: usize = 64;
 const THREADS: u32 = 256;
 /// Most blocks along a grid's y dimension (the key blocks).
 const MAX_GRID_Y: usize = 65535;
-/// TMA's limit on a global stride (bytes, exclusive).
-const MAX_STRIDE_BYTES: u64 = 1 << 40;
 
 /// Dynamic shared memory of the main kernel (kernels/attention_hopper_bwd.cu asserts the same).
 fn smem_bytes(head_dim: usize) -> u32 {

@@ -16,7 +16,7 @@ use super::flash_attention::{
     attention_choice, check_shape, describe, raise_smem_limit, AttentionChoice, Checked,
     FlashOffsets,
 };
-use super::tensor_map::encode_attention;
+use super::tensor_map::{encode_attention, MAX_STRIDE_BYTES};
 use super::{CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
@@ -30,8 +30,6 @@ const TILE_ROWS: usize = 128;
 const THREADS: u32 = 384;
 /// Most blocks along the grid's y and z dimensions (query tiles, batch).
 const MAX_GRID_YZ: usize = 65535;
-/// TMA's limit on a global stride (bytes, exclusive).
-const MAX_STRIDE_BYTES: u64 = 1 << 40;
 
 /// Dynamic shared memory: Q, two K and two V tiles of 128 rows × head_dim bf16, plus 1 KiB to
 /// align them to the 128-byte swizzle's atom (the kernel asserts the same numbers).

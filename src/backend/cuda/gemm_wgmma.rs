@@ -24,7 +24,7 @@
 //! the tests (every variant against the f64 reference) and the bench rows.
 
 use super::gemm::{check_shapes, GemmLayout};
-use super::tensor_map::{encode_tiled, TensorMap};
+use super::tensor_map::{encode_tiled, TensorMap, MAX_STRIDE_BYTES};
 use super::{kernel_error, CudaBackend, DeviceBuffer, Float};
 use crate::bail;
 use crate::error::{Error, Result};
@@ -47,8 +47,6 @@ const THREADS: u32 = 384;
 /// (128 + 128) × 64), 2 × 2 epilogue buffers of 8 KiB, plus 1 KiB to align them to the 128-byte
 /// swizzle's 1024-byte atom (the kernel asserts the same number).
 const SMEM_BYTES: u32 = 230_400;
-/// TMA's limit on a global stride (bytes, exclusive).
-pub(super) const MAX_STRIDE_BYTES: u64 = 1 << 40;
 /// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmChoice {

@@ -2,10 +2,14 @@
 //! memory: [`TensorMap`], one as a kernel argument, and [`encode_tiled`], the one call of
 //! `cuTensorMapEncodeTiled` that gemm_wgmma.rs, attention_hopper_fwd.rs and
 //! attention_hopper_bwd.rs make (128-byte swizzle, out-of-bounds elements read as zeros), with
-//! [`encode_attention`] for the attention tensors both attention directions read. No kernel
-//! file of its own (like buffer.rs).
+//! [`encode_attention`] for the attention tensors both attention directions read, and TMA's
+//! stride limit [`MAX_STRIDE_BYTES`] their checks share. No kernel file of its own (like
+//! buffer.rs).
 
 use cudarc::driver::{sys, DeviceRepr};
+
+/// TMA's limit on a global stride (bytes, exclusive), which the callers check.
+pub(super) const MAX_STRIDE_BYTES: u64 = 1 << 40;
 
 /// A tensor map as a kernel argument (`const __grid_constant__ CUtensorMap`).
 #[repr(transparent)]
