@@ -118,113 +118,8 @@ static_assert(Smem<128>::BYTES + 64 <= 232448, "over the 227 KiB a block may hav
 
 using namespace hopper;
 
-// d (+)= A·B, m64n64k16, A and B from shared memory (descriptors); TA / TB: 0 = K-major, 1 =
-// M/N-major; scale_d = 0 overwrites d.
-template <int TA, int TB>
-__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                             int scale_d) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "%32, %33, p, 1, 1, %35, %36;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TA), "n"(TB));
-}
-
-// d += A·B, m64n64k16, A (64 × 16 bf16) from registers in the mma.m16n8k16 A-fragment
-// layout (per warp: rows 16w..16w+15), B from shared memory M/N-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t* a,
-                                              uint64_t desc_b) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
-
-// d += A·B, m64n128k16, A (64 × 16 bf16) from registers in the mma.m16n8k16 A-fragment
-// layout (per warp: rows 16w..16w+15), B from shared memory M/N-major (imm-trans-b = 1).
-__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t* a,
-                                              uint64_t desc_b) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
-
-// Bulk copy (no tensor map) of `bytes` (multiple of 16, both ends 16-byte aligned) global →
-// shared, completing `bar` (PTX ISA §9.7.9.25.4.1 cp.async.bulk).
-__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
-                                          uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(dst),
-      "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
-      : "memory");
-}
-// global[dst..] += shared[src..] elementwise in f32, asynchronously (§9.7.9.25.4.2
-// cp.reduce.async.bulk, bulk-group completion: tma_store_commit / wait as for TMA stores).
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::
-                   "l"(reinterpret_cast<uint64_t>(dst)),
-               "r"(src), "r"(bytes)
-               : "memory");
-}
-// Waits until every bulk group of this thread has completed (writes included): before exit.
-__device__ __forceinline__ void bulk_wait_all() {
-  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 __device__ __forceinline__ float2 unpack_bf16(uint32_t v) {
   return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xFFFF0000u));
@@ -249,15 +144,6 @@ __device__ __forceinline__ uint64_t desc_mn(uint32_t addr) {
 __device__ __forceinline__ uint64_t opaque(uint64_t x) {
   asm volatile("" : "+l"(x));
   return x;
-}
-
-template <int D>
-__device__ __forceinline__ void wgmma_rs(float (&d)[D / 2], const uint32_t* a, uint64_t desc_b) {
-  if constexpr (D == 64) {
-    wgmma_rs_n64(d, a, desc_b);
-  } else {
-    wgmma_rs_n128(d, a, desc_b);
-  }
 }
 
 // Writes one warpgroup's 64 rows (keys key0 + 16·warp + lane/4 + {0, 8}) of dK or dV, scaled.
@@ -427,14 +313,14 @@ __device__ __forceinline__ void backward_block(const CUtensorMap* map_q, const C
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t at = ((kk / 4) * BOX_BYTES + (kk % 4) * 32) >> 4;
-      wgmma_ss_n64<0, 0>(s, k_desc + at, q_desc + at, kk > 0);
+      wgmma_ss<0, 0>(s, k_desc + at, q_desc + at, kk > 0);
     }
     wgmma_commit();
     const uint64_t v_desc = opaque(desc_k(v_rows)), do_desc = desc_k(dos);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const uint32_t at = ((kk / 4) * BOX_BYTES + (kk % 4) * 32) >> 4;
-      wgmma_ss_n64<0, 0>(dp, v_desc + at, do_desc + at, kk > 0);
+      wgmma_ss<0, 0>(dp, v_desc + at, do_desc + at, kk > 0);
     }
     wgmma_commit();
     wgmma_wait<1>();
@@ -491,9 +377,9 @@ __device__ __forceinline__ void backward_block(const CUtensorMap* map_q, const C
     const uint64_t do_mn = desc_mn(dos), q_mn = desc_mn(qs);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<D>(dv_acc, &pa[4 * kk], do_mn + kk * (2048 >> 4));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs(dv_acc, &pa[4 * kk], do_mn + kk * (2048 >> 4));
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs<D>(dk_acc, &da[4 * kk], q_mn + kk * (2048 >> 4));
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs(dk_acc, &da[4 * kk], q_mn + kk * (2048 >> 4));
     wgmma_commit();
 
     if (issuer) tma_store_wait_read<0>();  // the previous bulk reduce has read the staging
@@ -518,7 +404,7 @@ __device__ __forceinline__ void backward_block(const CUtensorMap* map_q, const C
       // k16 step kk: 16 rows (keys) on = 2048 B in dSᵀ; in K, 2048 B inside a key half and
       // CH boxes on from one half to the next.
       const uint32_t k_at = (((kk / 4) * CH * BOX_BYTES) + (kk % 4) * 2048) >> 4;
-      wgmma_ss_n64<1, 1>(dq, ds_desc + kk * (2048 >> 4), kt_desc + k_at, kk > 0);
+      wgmma_ss<1, 1>(dq, ds_desc + kk * (2048 >> 4), kt_desc + k_at, kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();

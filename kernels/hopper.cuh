@@ -116,6 +116,39 @@ template <int N>
 __device__ __forceinline__ void tma_store_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
 }
+// §9.7.9.25.6 cp.async.bulk.wait_group (without .read): every bulk group of this thread has
+// completed, writes included; the issuing threads wait so before the block exits.
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+// §9.7.9.25.5.2 / §9.7.9.26 cp.reduce.async.bulk.tensor: shared `src` added element-wise (f32,
+// in L2) into the box at (c0 .. c2) of global memory; elements past the bounds are skipped.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, uint32_t src, int c0,
+                                                  int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%2, %3, %4}], [%1];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(src), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+// Bulk copy (no tensor map) of `bytes` (multiple of 16, both ends 16-byte aligned) global →
+// shared, completing `bar` (§9.7.9.25.4.1 cp.async.bulk).
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
+      : "memory");
+}
+// global[dst..] += shared[src..] elementwise in f32, asynchronously (§9.7.9.25.4.2
+// cp.reduce.async.bulk, bulk-group completion: tma_store_commit / wait as for TMA stores).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::
+                   "l"(reinterpret_cast<uint64_t>(dst)),
+               "r"(src), "r"(bytes)
+               : "memory");
+}
 // §9.7.13.4 membar/fence: makes the generic-proxy writes to shared memory before it visible to
 // the async proxy (a TMA store reading them, or wgmma reading operands written by threads).
 __device__ __forceinline__ void fence_proxy_async_shared() {
@@ -157,12 +190,130 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
+// The wgmma products, one overload per accumulator size (N = 64, 128, 256: d has N / 2 f32 per
+// thread), each a single wgmma.mma_async (§9.7.15.5.2) of shape m64nNk16 with f32 accumulators
+// and bf16 inputs. The accumulators are operands %0 .. %(N/2 − 1); the macros below spell their
+// operand and register lists, so that the overloads differ only in the shape and the numbering
+// of the operands after them.
+#define HOPPER_ACC8(i)                                                                            \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]),    \
+      "+f"(d[i + 6]), "+f"(d[i + 7])
+#define HOPPER_ACC32 HOPPER_ACC8(0), HOPPER_ACC8(8), HOPPER_ACC8(16), HOPPER_ACC8(24)
+#define HOPPER_ACC64 HOPPER_ACC32, HOPPER_ACC8(32), HOPPER_ACC8(40), HOPPER_ACC8(48), HOPPER_ACC8(56)
+#define HOPPER_ACC128                                                                             \
+  HOPPER_ACC64, HOPPER_ACC8(64), HOPPER_ACC8(72), HOPPER_ACC8(80), HOPPER_ACC8(88),               \
+      HOPPER_ACC8(96), HOPPER_ACC8(104), HOPPER_ACC8(112), HOPPER_ACC8(120)
+#define HOPPER_REGS32                                                                             \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                        \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define HOPPER_REGS64                                                                             \
+  HOPPER_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, "   \
+                "%47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, " \
+                "%63"
+#define HOPPER_REGS128                                                                            \
+  HOPPER_REGS64 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, "   \
+                "%79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, " \
+                "%95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, "  \
+                "%109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, "   \
+                "%122, %123, %124, %125, %126, %127"
+
+// d (+)= A·B, A (64×16) and B (16×N) both from shared memory through descriptors (the "SS"
+// form); TRANS_A / TRANS_B (imm-trans-a / -b): 0 = K-major, 1 = M/N-major. scale_d = 0
+// overwrites d.
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                         int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" HOPPER_REGS32
+      "}, %32, %33, p, 1, 1, %35, %36;\n"
+      "}\n"
+      : HOPPER_ACC32
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B));
+}
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                         int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" HOPPER_REGS64
+      "}, %64, %65, p, 1, 1, %67, %68;\n"
+      "}\n"
+      : HOPPER_ACC64
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B));
+}
+template <int TRANS_A, int TRANS_B>
+__device__ __forceinline__ void wgmma_ss(float (&d)[128], uint64_t desc_a, uint64_t desc_b,
+                                         int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {" HOPPER_REGS128
+      "}, %128, %129, p, 1, 1, %131, %132;\n"
+      "}\n"
+      : HOPPER_ACC128
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TRANS_A), "n"(TRANS_B));
+}
+
+// d += A·B, A (64×16 bf16) from REGISTERS (the "RS" form: a[0..3] in the A-fragment layout of
+// §9.7.15.5.1.1.1, Figure "WGMMA .m64nNk16 register fragment layout for matrix A", the same as
+// mma.m16n8k16's per warp of 16 rows), B (16×N) from shared memory M/N-major (imm-trans-b = 1).
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t* a, uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" HOPPER_REGS32
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"
+      "}\n"
+      : HOPPER_ACC32
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t* a, uint64_t desc_b) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" HOPPER_REGS64
+      "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
+      "}\n"
+      : HOPPER_ACC64
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+}
+
+#undef HOPPER_ACC8
+#undef HOPPER_ACC32
+#undef HOPPER_ACC64
+#undef HOPPER_ACC128
+#undef HOPPER_REGS32
+#undef HOPPER_REGS64
+#undef HOPPER_REGS128
+
 // Tells the compiler that every accumulator may change here, so no read or write of them moves
 // across a wait_group (the wgmma writes them asynchronously, behind the compiler's back).
 template <int N>
 __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// ---- scalar helpers of the attention kernels ----
+// 2^x on the SFU (ex2.approx.ftz.f32: relative error ~2⁻²²; exp2(−inf) = +0, as the masking
+// needs).
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// Two floats as a bf16x2 (rounded to nearest even), `lo` in the low half.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 }  // namespace hopper

@@ -34,6 +34,26 @@ fn hold_the_gpu() {
     });
 }
 
+/// The backend where the Hopper (sm_90a: wgmma, TMA) kernels apply: None (after printing why
+/// `what` skips) without a GPU or on a device other than compute capability 9.0; a panic on a
+/// 9.0 device where the sm_90a images cannot run, since there they must.
+#[allow(dead_code)] // not every test crate asks
+pub fn hopper_gpu(what: &str) -> Option<&'static CudaBackend> {
+    let gpu = gpu()?;
+    if gpu.compute_capability() != (9, 0) {
+        println!(
+            "SKIPPED ({what} needs compute capability 9.0): {} is {:?}",
+            gpu.device_name(),
+            gpu.compute_capability()
+        );
+        return None;
+    }
+    if let Err(e) = gpu.wgmma_available() {
+        panic!("{}: {e}", gpu.device_name());
+    }
+    Some(gpu)
+}
+
 /// Whether a GPU is there, without the "SKIPPED" line [`gpu`] prints: for a test that checks
 /// something on the CPU either way and only changes what it expects (tools/skip_summary.py
 /// counts a test that prints SKIPPED as one that ran nothing).

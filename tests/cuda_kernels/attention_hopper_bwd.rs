@@ -7,27 +7,14 @@
 //! output's own bf16 rounding is ~1.1e-3 of it, P rounded to bf16 before dS and dV adds about as
 //! much). Every test skips unless the device has compute capability 9.0.
 
-use crate::common::gpu::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use super::attention_hopper_fwd::{draw, gather};
+use crate::common::gpu::{check, f64s, hopper_gpu, poisoned, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention_backward, AttentionShape};
 use implicit::backend::cuda::{attention_choice, AttentionChoice, CudaBackend, DeviceBuffer};
 
-/// The backend on a compute-capability-9.0 device, or None after printing why the test skips.
-fn hopper_gpu() -> Option<&'static CudaBackend> {
-    let gpu = gpu()?;
-    if gpu.compute_capability() != (9, 0) {
-        println!(
-            "SKIPPED (the Hopper attention backward needs compute capability 9.0): {} is {:?}",
-            gpu.device_name(),
-            gpu.compute_capability()
-        );
-        return None;
-    }
-    if let Err(e) = gpu.wgmma_available() {
-        panic!("{}: {e}", gpu.device_name());
-    }
-    Some(gpu)
-}
+/// What a test here names when it skips off compute capability 9.0 (`hopper_gpu`).
+const KERNEL: &str = "the Hopper attention backward";
 
 struct Case {
     batch: usize,
@@ -75,11 +62,6 @@ struct Inputs {
     out: DeviceBuffer<bf16>,
     lse: DeviceBuffer<f32>,
     host: [Vec<f32>; 4],
-}
-
-fn draw(gpu: &CudaBackend, rng: &mut Rng, n: usize, scale: f32) -> (DeviceBuffer<bf16>, Vec<f32>) {
-    let (stored, values) = bf16::quantize(&rng.vec(n, scale));
-    (gpu.upload(&stored).unwrap(), values)
 }
 
 /// Random q, k, v, dO (scores with standard deviation ~1.3, as tests/cuda_kernels/attention.rs
@@ -142,27 +124,6 @@ fn backward(
     )
 }
 
-/// Rows of `src` (`[batch, rows, heads_total, hd]`) for sequence `b`, heads `h0..h0+count`.
-fn gather<T: Copy>(
-    src: &[T],
-    b: usize,
-    rows: usize,
-    heads_total: usize,
-    (h0, count): (usize, usize),
-    hd: usize,
-) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows * count * hd);
-    for i in 0..rows {
-        let at = ((b * rows + i) * heads_total + h0) * hd;
-        out.extend_from_slice(&src[at..at + count * hd]);
-    }
-    out
-}
-
-fn f64s(v: Vec<f32>) -> Vec<f64> {
-    v.into_iter().map(f64::from).collect()
-}
-
 /// `check`, except where the reference is exactly zero (one query seeing one key: dq = dk = 0),
 /// where every output must be within 1e-4 of zero.
 fn check_grad(what: &str, out: &[bf16], reference: &[f64]) {
@@ -219,10 +180,10 @@ fn run_case(gpu: &CudaBackend, rng: &mut Rng, case: &Case) {
     let (mut want, mut got) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
     for &(b, kvh) in &pairs {
         let qh = (kvh * group, group);
-        let sq = f64s(gather(hq, b, s.queries, s.heads, qh, hd));
-        let sdo = f64s(gather(hdo, b, s.queries, s.heads, qh, hd));
-        let sk = f64s(gather(hk, b, s.keys, s.kv_heads, (kvh, 1), hd));
-        let sv = f64s(gather(hv, b, s.keys, s.kv_heads, (kvh, 1), hd));
+        let sq = f64s(&gather(hq, b, s.queries, s.heads, qh, hd));
+        let sdo = f64s(&gather(hdo, b, s.queries, s.heads, qh, hd));
+        let sk = f64s(&gather(hk, b, s.keys, s.kv_heads, (kvh, 1), hd));
+        let sv = f64s(&gather(hv, b, s.keys, s.kv_heads, (kvh, 1), hd));
         let mut r = [
             vec![f64::NAN; sq.len()],
             vec![f64::NAN; sk.len()],
@@ -249,7 +210,9 @@ fn run_case(gpu: &CudaBackend, rng: &mut Rng, case: &Case) {
 
 #[test]
 fn hopper_attention_backward_self_attention_matches_cpu() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_attention_bwd_self");
     // Lengths 1 (one key), 17 (part of a query block), 100 (under one key block of 128), 130
     // (a second key block holding 2 keys: its second half wholly past the end), 257 (three key
@@ -265,7 +228,9 @@ fn hopper_attention_backward_self_attention_matches_cpu() {
 
 #[test]
 fn hopper_attention_backward_kv_cache_matches_cpu() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_attention_bwd_cache");
     // queries < keys: query i at position keys − queries + i; key blocks before the first query
     // see every query, and (1, 300) leaves one query for three key blocks.
@@ -286,7 +251,9 @@ fn hopper_attention_backward_kv_cache_matches_cpu() {
 
 #[test]
 fn hopper_attention_backward_paper_size_matches_cpu() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_attention_bwd_paper");
     // Llama-2-7B's attention at training length: 2 × 2048 tokens, 32 heads of 128; the f64
     // reference runs on two (sequence, head) pairs.
@@ -304,7 +271,9 @@ fn hopper_attention_backward_paper_size_matches_cpu() {
 
 #[test]
 fn hopper_attention_backward_dk_dv_are_deterministic() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_attention_bwd_determinism");
     for hd in [64, 128] {
         let case = Case::new(2, 300, 300, 8, 2).hd(hd);
@@ -327,7 +296,9 @@ fn hopper_attention_backward_dk_dv_are_deterministic() {
 
 #[test]
 fn flash_attention_backward_takes_the_hopper_kernel_on_hopper() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_attention_bwd_dispatch");
     let case = Case::new(1, 200, 200, 8, 2).hd(128);
     let choice = gpu

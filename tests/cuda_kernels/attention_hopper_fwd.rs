@@ -17,30 +17,15 @@
 //! device other than compute capability 9.0, and fails on a 9.0 device where the sm_90a kernels
 //! cannot run.
 
-use crate::common::gpu::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use crate::common::gpu::{check, f64s, hopper_gpu, poisoned, Dtype, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cuda::{attention_choice, AttentionChoice, CudaBackend, DeviceBuffer};
 
-const LSE_BOUND: f64 = 1e-4;
+/// What a test here names when it skips off compute capability 9.0 (`hopper_gpu`).
+const KERNEL: &str = "the Hopper attention";
 
-/// The backend on compute capability 9.0 with the sm_90a images loaded; None (after printing
-/// why) elsewhere.
-fn hopper_gpu() -> Option<&'static CudaBackend> {
-    let gpu = gpu()?;
-    if gpu.compute_capability() != (9, 0) {
-        println!(
-            "SKIPPED (the Hopper attention needs compute capability 9.0): {} is {:?}",
-            gpu.device_name(),
-            gpu.compute_capability()
-        );
-        return None;
-    }
-    if let Err(e) = gpu.wgmma_available() {
-        panic!("{}: {e}", gpu.device_name());
-    }
-    Some(gpu)
-}
+const LSE_BOUND: f64 = 1e-4;
 
 fn shape(queries: usize, keys: usize, heads: usize, kv_heads: usize, hd: usize) -> AttentionShape {
     AttentionShape {
@@ -66,7 +51,14 @@ struct Inputs {
     v: (DeviceBuffer<bf16>, Vec<f32>),
 }
 
-fn draw(gpu: &CudaBackend, rng: &mut Rng, n: usize, scale: f32) -> (DeviceBuffer<bf16>, Vec<f32>) {
+/// `n` random values of standard deviation ~`scale`, rounded to bf16: on the device and as f32
+/// (also tests/cuda_kernels/attention_hopper_bwd.rs's).
+pub(crate) fn draw(
+    gpu: &CudaBackend,
+    rng: &mut Rng,
+    n: usize,
+    scale: f32,
+) -> (DeviceBuffer<bf16>, Vec<f32>) {
     let (stored, values) = bf16::quantize(&rng.vec(n, scale));
     (gpu.upload(&stored).unwrap(), values)
 }
@@ -98,9 +90,9 @@ fn hopper_forward(
     (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap())
 }
 
-/// Rows `[rows, count, hd]` (f64) of heads h0..h0+count of sequence b in `[batch, rows, heads,
-/// hd]`.
-fn gather<T: Copy>(
+/// Rows `[rows, count, hd]` of heads h0..h0+count of sequence b in `[batch, rows, heads, hd]`
+/// (also tests/cuda_kernels/attention_hopper_bwd.rs's).
+pub(crate) fn gather<T: Copy>(
     src: &[T],
     b: usize,
     rows: usize,
@@ -114,10 +106,6 @@ fn gather<T: Copy>(
         out.extend_from_slice(&src[at..at + count * hd]);
     }
     out
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 /// ln Σ_j exp(q_i·k_j/√d) over the keys query i sees, for q `[queries, heads, hd]` and one KV
@@ -205,7 +193,9 @@ fn run_case(
 
 #[test]
 fn hopper_forward_self_attention_matches_cpu() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_forward_self");
     // One key; part of a tile; a tile less one, exactly one, one more; past two (a third,
     // partial key block, masked on the diagonal). GQA 8/2 with batch 2, MHA 4/4, GQA 8/1.
@@ -220,7 +210,9 @@ fn hopper_forward_self_attention_matches_cpu() {
 
 #[test]
 fn hopper_forward_kv_cache_matches_cpu() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_forward_cache");
     // queries < keys: query i at position keys − queries + i. (1, 100): one query over a
     // partial block; (17, 257), (100, 257): the first position off the 128-key grid; (5, 130);
@@ -247,7 +239,9 @@ fn hopper_forward_kv_cache_matches_cpu() {
 
 #[test]
 fn hopper_forward_paper_size_matches_cpu() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let mut rng = Rng::new("hopper_forward_paper");
     // Llama-2-7B's attention at training length: 2 × 2048 tokens, 32 heads of 128, two
     // (sequence, head) pairs checked against the f64 reference (all written and finite).
@@ -278,7 +272,9 @@ fn hopper_forward_paper_size_matches_cpu() {
 
 #[test]
 fn hopper_forward_is_what_the_dispatch_runs() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     if attention_choice().unwrap() != AttentionChoice::Hopper {
         println!("SKIPPED (IMPLICIT_ATTENTION forces the sm80 kernel in this process)");
         return;
@@ -330,7 +326,9 @@ fn hopper_forward_is_what_the_dispatch_runs() {
 
 #[test]
 fn hopper_forward_rejects_bad_calls() {
-    let Some(gpu) = hopper_gpu() else { return };
+    let Some(gpu) = hopper_gpu(KERNEL) else {
+        return;
+    };
     let s = shape(4, 4, 2, 1, 64);
     let q = gpu.zeros::<bf16>(4 * 2 * 64).unwrap();
     let k = gpu.zeros::<bf16>(4 * 64).unwrap();

@@ -14,12 +14,15 @@
 //! (`IMPLICIT_GEMM=mma` forces kernels/gemm.cu): `wgmma_is_the_default_gemm_on_hopper` checks
 //! which kernel the dispatch ran, bit for bit.
 
-use crate::common::gpu::{gpu, poisoned, rel_err, Dtype, Rng};
+use crate::common::gpu::{gpu, hopper_gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
     gemm_choice, tma_epilogue_problem, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout,
     WgmmaConfig, WgmmaEpilogue, WgmmaTile, GEMM_ENV,
 };
+
+/// What a test here names when it skips off compute capability 9.0 (`hopper_gpu`).
+const WGMMA: &str = "wgmma";
 
 const BF16_OUT_BOUND: f64 = 8e-3;
 const F32_OUT_BOUND: f64 = 2e-3;
@@ -633,24 +636,6 @@ fn gemm_speed() {
     println!("{}", table.join("\n"));
 }
 
-/// The backend when the wgmma kernels apply: None (after printing why) without a GPU or on a
-/// device other than compute capability 9.0; a panic on a 9.0 device where they cannot run.
-fn wgmma_gpu() -> Option<&'static CudaBackend> {
-    let gpu = gpu()?;
-    if gpu.compute_capability() != (9, 0) {
-        println!(
-            "SKIPPED (wgmma needs compute capability 9.0): {} is {:?}",
-            gpu.device_name(),
-            gpu.compute_capability()
-        );
-        return None;
-    }
-    if let Err(e) = gpu.wgmma_available() {
-        panic!("{}: {e}", gpu.device_name());
-    }
-    Some(gpu)
-}
-
 /// (m, n, k, batch) for the wgmma kernels (128 × 256 tiles, k steps of 64, 4 stages) in every
 /// layout: all dimensions multiples of 8, as TMA needs for any layout.
 const WGMMA_SHAPES: &[(usize, usize, usize, usize)] = &[
@@ -725,7 +710,7 @@ fn wgmma_shapes_are_ones_tma_can_read() {
 
 #[test]
 fn wgmma_gemm_matches_f64_on_tile_edges() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let mut rng = Rng::new("wgmma_tile_edges");
     for (layout, m, n, k, batch) in wgmma_cases() {
         gemm_case(
@@ -739,7 +724,7 @@ fn wgmma_gemm_matches_f64_on_tile_edges() {
 
 #[test]
 fn wgmma_gemm_matches_f64_on_model_shapes() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let mut rng = Rng::new("wgmma_model");
     for &(layout, m, n, k, batch) in WGMMA_MODEL_SHAPES {
         gemm_case(
@@ -784,7 +769,7 @@ fn forced_engines() -> Vec<Engine> {
 /// (bf16 C += A·B, rows of C that are not 16-byte multiples).
 #[test]
 fn wgmma_every_tile_and_epilogue_matches_f64_on_tile_edges() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let mut rng = Rng::new("wgmma_variants_edges");
     let engines = forced_engines();
     for (layout, m, n, k, batch) in wgmma_cases() {
@@ -797,7 +782,7 @@ fn wgmma_every_tile_and_epilogue_matches_f64_on_tile_edges() {
 /// reduce-add), each on every variant.
 #[test]
 fn wgmma_every_tile_and_epilogue_matches_f64_at_2048_tokens() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let mut rng = Rng::new("wgmma_variants_model");
     let mut engines = forced_engines();
     engines.push(Engine::Wgmma);
@@ -818,7 +803,7 @@ fn wgmma_every_tile_and_epilogue_matches_f64_at_2048_tokens() {
 /// 1e-5 as these are the same k steps).
 #[test]
 fn wgmma_epilogues_agree_bit_for_bit_and_tiles_to_rounding() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let mut rng = Rng::new("wgmma_variants_bits");
     for case in [
         Case::new(GemmLayout::NT, 1040, 2056, 1032, 1),
@@ -876,7 +861,7 @@ fn wgmma_epilogues_agree_bit_for_bit_and_tiles_to_rounding() {
 /// products as kernels/gemm.cu to within rounding.
 #[test]
 fn wgmma_gemm_is_deterministic_and_agrees_with_the_mma_kernel() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let mut rng = Rng::new("wgmma_deterministic");
     for &(layout, m, n, k, batch) in &[
         (GemmLayout::NT, 1040, 2056, 1032, 1),
@@ -916,7 +901,7 @@ fn wgmma_gemm_is_deterministic_and_agrees_with_the_mma_kernel() {
 
 #[test]
 fn wgmma_gemm_refuses_what_tma_cannot_read() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let a = gpu.upload(&[bf16::ONE; 8 * 12]).unwrap();
     let b = gpu.upload(&[bf16::ONE; 12 * 8]).unwrap();
     let mut c64 = poisoned::<f32>(gpu, 8 * 8);
@@ -974,7 +959,7 @@ fn implicit_gemm_names_the_kernels_or_is_an_error() {
 /// mma.sync kernel for shapes it cannot; under `IMPLICIT_GEMM=mma` the mma.sync kernel always.
 #[test]
 fn wgmma_is_the_default_gemm_on_hopper() {
-    let Some(gpu) = wgmma_gpu() else { return };
+    let Some(gpu) = hopper_gpu(WGMMA) else { return };
     let choice = gemm_choice().unwrap();
     eprintln!("{GEMM_ENV}: {choice:?}");
     let mut rng = Rng::new("wgmma_default");

@@ -13,11 +13,12 @@
 //! conversion).
 
 use super::flash_attention::{check_dims, describe, raise_smem_limit};
+use super::tensor_map::{encode_attention, MAX_STRIDE_BYTES};
 use super::{CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
 use crate::error::{Error, Result};
-use cudarc::driver::{sys, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DevicePtr, LaunchConfig};
 use half::bf16;
 
 /// Keys per block of the main kernel (two warpgroups of 64).
@@ -28,8 +29,6 @@ const QUERY_BLOCK: usize = 64;
 const THREADS: u32 = 256;
 /// Most blocks along a grid's y dimension (the key blocks).
 const MAX_GRID_Y: usize = 65535;
-/// TMA's limit on a global stride (bytes, exclusive).
-const MAX_STRIDE_BYTES: u64 = 1 << 40;
 
 /// Dynamic shared memory of the main kernel (kernels/attention_hopper_bwd.cu asserts the same).
 fn smem_bytes(head_dim: usize) -> u32 {
@@ -38,59 +37,6 @@ fn smem_bytes(head_dim: usize) -> u32 {
     } else {
         231_936
     }
-}
-
-/// A tensor map as a kernel argument (`const __grid_constant__ CUtensorMap`).
-#[repr(transparent)]
-struct TensorMap(sys::CUtensorMap);
-
-// SAFETY: a CUtensorMap is 128 plain bytes (64-byte aligned, as the driver wants them) that the
-// kernel takes by value; the driver copies them into the parameter space at launch.
-unsafe impl DeviceRepr for TensorMap {}
-
-/// `cuTensorMapEncodeTiled` for a bf16 `[batch, seq, heads, head_dim]` tensor at `ptr`: 4-d
-/// (head_dim, heads, seq, batch), boxes of 64 dims × 1 head × 64 rows, 128-byte swizzle,
-/// rows past `seq` read as zeros.
-fn encode(
-    ptr: u64,
-    head_dim: usize,
-    heads: usize,
-    seq: usize,
-    batch: usize,
-) -> std::result::Result<TensorMap, String> {
-    let dims: [u64; 4] = [head_dim as u64, heads as u64, seq as u64, batch as u64];
-    // Bytes between heads, rows and sequences (dimension 0 is contiguous and not given).
-    let row = 2 * (heads * head_dim) as u64;
-    let strides: [u64; 3] = [2 * head_dim as u64, row, row * seq as u64];
-    let boxes: [u32; 4] = [64, 1, QUERY_BLOCK as u32, 1];
-    let element_strides: [u32; 4] = [1; 4];
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
-    // suitably aligned CUtensorMap; the address is 16-byte aligned and the strides multiples of
-    // 16 below 2^40 (checked by the caller). The driver only writes `map`.
-    let status = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            4,
-            ptr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    status.result().map_err(|e| {
-        format!(
-            "cuTensorMapEncodeTiled (dims {dims:?}, strides {strides:?} bytes, box {boxes:?}) \
-             failed: {e}"
-        )
-    })?;
-    Ok(TensorMap(map))
 }
 
 /// Why the kernel cannot take a shape (None: it can), beyond what [`check_dims`] checks.
@@ -203,7 +149,7 @@ impl CudaBackend {
         let hd = shape.head_dim;
         let shapes = || describe(shape, batch);
         let map = |ptr: u64, heads: usize, seq: usize, name: &str| {
-            encode(ptr, hd, heads, seq, batch)
+            encode_attention(ptr, batch, seq, heads, hd, QUERY_BLOCK as u32)
                 .map_err(|e| Error(format!("{WHAT} ({}): {name}: {e}", shapes())))
         };
         let map_q = map(ptrs[0].0, shape.heads, shape.queries, "q")?;

@@ -13,14 +13,15 @@
 //! [`CudaBackend::flash_attention_forward_hopper`] directly, which never falls back.
 
 use super::flash_attention::{
-    attention_choice, check_dims, describe, raise_smem_limit, AttentionChoice, Checked,
+    attention_choice, check_shape, describe, raise_smem_limit, AttentionChoice, Checked,
     FlashOffsets,
 };
+use super::tensor_map::{encode_attention, MAX_STRIDE_BYTES};
 use super::{CudaBackend, DeviceBuffer};
 use crate::backend::cpu::attention::AttentionShape;
 use crate::bail;
 use crate::error::{Error, Result};
-use cudarc::driver::{sys, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DevicePtr, LaunchConfig};
 use half::bf16;
 
 /// Queries per block (two consumer warpgroups of 64) and rows of every TMA box.
@@ -29,8 +30,6 @@ const TILE_ROWS: usize = 128;
 const THREADS: u32 = 384;
 /// Most blocks along the grid's y and z dimensions (query tiles, batch).
 const MAX_GRID_YZ: usize = 65535;
-/// TMA's limit on a global stride (bytes, exclusive).
-const MAX_STRIDE_BYTES: u64 = 1 << 40;
 
 /// Dynamic shared memory: Q, two K and two V tiles of 128 rows × head_dim bf16, plus 1 KiB to
 /// align them to the 128-byte swizzle's atom (the kernel asserts the same numbers).
@@ -49,14 +48,6 @@ fn kernel_name(head_dim: usize) -> &'static str {
         "attention_hopper_fwd_hd128"
     }
 }
-
-/// A tensor map as a kernel argument (`const __grid_constant__ CUtensorMap`).
-#[repr(transparent)]
-struct TensorMap(sys::CUtensorMap);
-
-// SAFETY: a CUtensorMap is 128 plain bytes (64-byte aligned, as the driver wants them) that the
-// kernel takes by value; the driver copies them into the parameter space at launch.
-unsafe impl DeviceRepr for TensorMap {}
 
 /// Why the Hopper forward cannot take this shape (None: it can), on buffers whose q/out and
 /// k/v start at device addresses `q_addr` and `kv_addr` (after any offset). The shape itself
@@ -100,64 +91,6 @@ pub(super) fn hopper_forward_problem(
         }
     }
     None
-}
-
-/// `cuTensorMapEncodeTiled` for one bf16 tensor `[batch, rows, heads, head_dim]` at `addr`:
-/// 4-d (head_dim, heads, rows, batch), so that the strides grow with the dimension; boxes of
-/// 64 columns × 1 head × 128 rows (128 rows of 128 bytes in shared memory), 128-byte swizzle,
-/// rows past the end read as zeros.
-fn encode(
-    addr: u64,
-    batch: usize,
-    rows: usize,
-    heads: usize,
-    head_dim: usize,
-) -> std::result::Result<TensorMap, String> {
-    let dims: [u64; 4] = [head_dim as u64, heads as u64, rows as u64, batch as u64];
-    // Bytes between heads, rows and sequences (dimension 0 is contiguous and not given).
-    let row = 2 * (heads * head_dim) as u64;
-    let strides: [u64; 3] = [2 * head_dim as u64, row, row * rows as u64];
-    let boxes: [u32; 4] = [64, 1, TILE_ROWS as u32, 1];
-    let element_strides: [u32; 4] = [1, 1, 1, 1];
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
-    // suitably aligned CUtensorMap; the address is 16-byte aligned and the strides are multiples
-    // of 16 below 2^40 (`hopper_forward_problem`). The driver only writes `map`.
-    let status = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            4,
-            addr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    status.result().map_err(|e| {
-        format!(
-            "cuTensorMapEncodeTiled (dims {dims:?}, strides {strides:?} bytes, box {boxes:?}) \
-             failed: {e}"
-        )
-    })?;
-    Ok(TensorMap(map))
-}
-
-/// The head_dim check of flash_attention.rs's `check_shape`, then [`check_dims`].
-fn check_shape(what: &str, shape: AttentionShape, batch: usize) -> Result<Checked> {
-    if shape.head_dim != 64 && shape.head_dim != 128 {
-        bail!(
-            "{what} ({}): head_dim {} is not supported (64 or 128)",
-            describe(shape, batch),
-            shape.head_dim
-        );
-    }
-    check_dims(what, shape, batch)
 }
 
 impl CudaBackend {
@@ -306,7 +239,7 @@ impl CudaBackend {
         let (oq, okv) = (2 * at.q as u64, 2 * at.kv as u64);
         let hd = shape.head_dim;
         let map = |name: &str, addr: u64, rows: usize, heads: usize| {
-            encode(addr, batch, rows, heads, hd)
+            encode_attention(addr, batch, rows, heads, hd, TILE_ROWS as u32)
                 .map_err(|e| Error(format!("{what} {kernel} ({}): {name}: {e}", shapes())))
         };
         let map_q = map("q", pq + oq, shape.queries, shape.heads)?;

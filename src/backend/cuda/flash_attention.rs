@@ -121,7 +121,7 @@ pub(super) fn describe(s: AttentionShape, batch: usize) -> String {
 
 /// Checks the shape itself (head_dim 64 or 128, heads a multiple of kv_heads, queries ≤ keys,
 /// sizes that fit the kernels' ints and a grid); the errors name the shapes.
-fn check_shape(what: &str, s: AttentionShape, batch: usize) -> Result<Checked> {
+pub(super) fn check_shape(what: &str, s: AttentionShape, batch: usize) -> Result<Checked> {
     let desc = || describe(s, batch);
     if s.head_dim != 64 && s.head_dim != 128 {
         bail!(

@@ -24,10 +24,11 @@
 //! the tests (every variant against the f64 reference) and the bench rows.
 
 use super::gemm::{check_shapes, GemmLayout};
+use super::tensor_map::{encode_tiled, TensorMap, MAX_STRIDE_BYTES};
 use super::{kernel_error, CudaBackend, DeviceBuffer, Float};
 use crate::bail;
 use crate::error::{Error, Result};
-use cudarc::driver::{sys, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{sys, DevicePtr, LaunchConfig};
 use half::bf16;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,8 +47,6 @@ const THREADS: u32 = 384;
 /// (128 + 128) × 64), 2 × 2 epilogue buffers of 8 KiB, plus 1 KiB to align them to the 128-byte
 /// swizzle's 1024-byte atom (the kernel asserts the same number).
 const SMEM_BYTES: u32 = 230_400;
-/// TMA's limit on a global stride (bytes, exclusive).
-pub(super) const MAX_STRIDE_BYTES: u64 = 1 << 40;
 /// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmChoice {
@@ -82,14 +81,6 @@ pub fn gemm_choice() -> Result<GemmChoice> {
     });
     choice.clone().map_err(Error)
 }
-
-/// A tensor map as a kernel argument (`const __grid_constant__ CUtensorMap`).
-#[repr(transparent)]
-struct TensorMap(sys::CUtensorMap);
-
-// SAFETY: a CUtensorMap is 128 plain bytes (64- or 128-byte aligned, as the driver wants them)
-// that the kernel takes by value; the driver copies them into the parameter space at launch.
-unsafe impl DeviceRepr for TensorMap {}
 
 /// Per stream: whether the wgmma kernels can run there (Err: why not), found on first use.
 type Availability = HashMap<usize, std::result::Result<(), String>>;
@@ -222,7 +213,8 @@ fn encode_c<O: Float>(
 
 /// `cuTensorMapEncodeTiled`: 3-D (inner, rows, batch) of `elem_bytes`-byte elements, boxes of
 /// `box_2d` (inner, rows) × 1, 128-byte swizzle, out-of-bounds elements read as zeros (and
-/// not written by stores).
+/// not written by stores). The address and strides were checked (16-byte aligned, multiples of
+/// 16, below 2^40) by `shape_problem` or `tma_epilogue_problem`.
 fn encode_3d(
     dtype: sys::CUtensorMapDataType,
     elem_bytes: usize,
@@ -234,36 +226,7 @@ fn encode_3d(
     // Bytes between rows and between matrices (dimension 0 is contiguous and not given).
     let e = elem_bytes as u64;
     let strides: [u64; 2] = [e * inner as u64, e * (inner * rows) as u64];
-    let boxes: [u32; 3] = [box_2d[0], box_2d[1], 1];
-    let element_strides: [u32; 3] = [1, 1, 1];
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: every array has the rank's length (strides one less); `map` is a writable,
-    // suitably aligned CUtensorMap; the address and strides were checked (16-byte aligned,
-    // multiples of 16, below 2^40) by `shape_problem` or `tma_epilogue_problem`. The driver
-    // only writes `map`.
-    let status = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            &mut map,
-            dtype,
-            3,
-            ptr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    status.result().map_err(|e| {
-        format!(
-            "cuTensorMapEncodeTiled (dims {dims:?}, strides {strides:?} bytes, box {boxes:?}) \
-             failed: {e}"
-        )
-    })?;
-    Ok(TensorMap(map))
+    encode_tiled(dtype, ptr, dims, &strides, [box_2d[0], box_2d[1], 1])
 }
 
 /// Whether the driver library has `cuTensorMapEncodeTiled` (CUDA 12.0+ drivers). cudarc
@@ -497,7 +460,7 @@ impl CudaBackend {
                 .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): C: {e}", shapes())))?
         } else {
             // Not read by the kernel's register epilogue.
-            TensorMap(sys::CUtensorMap { opaque: [0; 16] })
+            TensorMap::unused()
         };
 
         // Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set on every call.

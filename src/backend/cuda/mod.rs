@@ -22,6 +22,7 @@
 //! - `nccl`: [`Communicator`], the collectives of data parallelism;
 //! - `profile`: the step profile's recorder (timing events around every launch and copy when
 //!   on, [`RecordedProfile`]);
+//! - `tensor_map`: the TMA tensor maps of the Hopper kernels (`cuTensorMapEncodeTiled`);
 //!
 //! and one module per kernel file, named after it: kernels/X.cu is launched from X.rs (and its
 //! children) only, and tests/architecture.rs fails when a kernel file has no such module:
@@ -100,6 +101,7 @@ mod rope;
 mod rule_adapter;
 mod staging;
 mod swiglu;
+mod tensor_map;
 
 pub use adamw::{AdamWStep, AdamWTensor};
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
