@@ -104,8 +104,7 @@ impl CudaBackend {
         buffers: [&DeviceBuffer<bf16>; 4],
         at: FlashOffsets,
     ) -> Result<bool> {
-        Ok(attention_choice()? == AttentionChoice::Hopper
-            && self.compute_capability() == (9, 0)
+        Ok(self.hopper_attention_allowed()?
             && self
                 .hopper_forward_supports(shape, batch, buffers, at)
                 .is_ok())

@@ -486,15 +486,22 @@ impl CudaBackend {
         shape: AttentionShape,
         batch: usize,
     ) -> Result<AttentionChoice> {
-        Ok(match attention_choice()? {
-            AttentionChoice::Hopper
-                if self.compute_capability() == (9, 0)
-                    && self.attention_hopper_bwd_supports(shape, batch).is_ok() =>
+        Ok(
+            if self.hopper_attention_allowed()?
+                && self.attention_hopper_bwd_supports(shape, batch).is_ok()
             {
                 AttentionChoice::Hopper
-            }
-            _ => AttentionChoice::Sm80,
-        })
+            } else {
+                AttentionChoice::Sm80
+            },
+        )
+    }
+
+    /// Whether `IMPLICIT_ATTENTION` and the device (compute capability 9.0) allow the Hopper
+    /// attention kernels at all; each direction then asks whether its kernel takes the call.
+    /// Err only for an unknown `IMPLICIT_ATTENTION`.
+    pub(super) fn hopper_attention_allowed(&self) -> Result<bool> {
+        Ok(attention_choice()? == AttentionChoice::Hopper && self.compute_capability() == (9, 0))
     }
 
     /// The FlashAttention-2 backward (kernels/flash_attention.cu, mma.sync, sm_80 and later)
