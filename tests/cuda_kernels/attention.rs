@@ -5,7 +5,7 @@
 //! Bounds: ‖out − ref‖/‖ref‖ ≤ 8e-3 for every bf16 output and gradient; lse elementwise
 //! |lse − ref| ≤ 1e-4·max(1, |ref|).
 
-use crate::common::gpu::{check, gpu, poisoned, Dtype, Rng, BF16_BOUND};
+use crate::common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{
     causal_attention, causal_attention_backward, AttentionShape,
@@ -62,38 +62,19 @@ fn f32_poisoned(gpu: &CudaBackend, n: usize) -> DeviceBuffer<f32> {
     gpu.upload(&vec![f32::NAN; n]).unwrap()
 }
 
-/// Rows of `src` (`[batch, rows, heads_total, hd]`) for sequence `b` and heads `h0..h0+count`,
-/// as `[rows, count, hd]` f64.
-fn gather(
-    src: &[f32],
+/// Rows of `src` (`[batch, rows, heads, hd]`) for sequence `b` and heads `h0..h0+count`, as
+/// `[rows, count, hd]`.
+pub(crate) fn gather<T: Copy>(
+    src: &[T],
     b: usize,
     rows: usize,
-    heads_total: usize,
-    h0: usize,
-    count: usize,
+    heads: usize,
+    (h0, count): (usize, usize),
     hd: usize,
-) -> Vec<f64> {
+) -> Vec<T> {
     let mut out = Vec::with_capacity(rows * count * hd);
     for i in 0..rows {
-        let at = ((b * rows + i) * heads_total + h0) * hd;
-        out.extend(src[at..at + count * hd].iter().map(|&x| x as f64));
-    }
-    out
-}
-
-/// The same gather over the GPU's bf16 output.
-fn gather_bf16(
-    src: &[bf16],
-    b: usize,
-    rows: usize,
-    heads_total: usize,
-    h0: usize,
-    count: usize,
-    hd: usize,
-) -> Vec<bf16> {
-    let mut out = Vec::with_capacity(rows * count * hd);
-    for i in 0..rows {
-        let at = ((b * rows + i) * heads_total + h0) * hd;
+        let at = ((b * rows + i) * heads + h0) * hd;
         out.extend_from_slice(&src[at..at + count * hd]);
     }
     out
@@ -101,7 +82,7 @@ fn gather_bf16(
 
 /// ln Σ_j exp(q_i·k_j/√d) over the keys each query sees, for `q` `[queries, heads, hd]` and
 /// `k` `[keys, 1, hd]` (one KV head), as `[heads, queries]`.
-fn lse_reference(q: &[f64], k: &[f64], s: AttentionShape) -> Vec<f64> {
+pub(crate) fn lse_reference(q: &[f64], k: &[f64], s: AttentionShape) -> Vec<f64> {
     let hd = s.head_dim;
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out = Vec::with_capacity(s.heads * s.queries);
@@ -194,15 +175,15 @@ fn run_case(gpu: &CudaBackend, rng: &mut Rng, case: &Case) {
     let mut worst_lse = 0.0f64;
     for &(b, kvh) in &pairs {
         let h0 = kvh * group;
-        let sq = gather(&q, b, s.queries, s.heads, h0, group, hd);
-        let sdo = gather(&d_out, b, s.queries, s.heads, h0, group, hd);
-        let sk = gather(&k, b, s.keys, s.kv_heads, kvh, 1, hd);
-        let sv = gather(&v, b, s.keys, s.kv_heads, kvh, 1, hd);
+        let sq = f64s(&gather(&q, b, s.queries, s.heads, (h0, group), hd));
+        let sdo = f64s(&gather(&d_out, b, s.queries, s.heads, (h0, group), hd));
+        let sk = f64s(&gather(&k, b, s.keys, s.kv_heads, (kvh, 1), hd));
+        let sv = f64s(&gather(&v, b, s.keys, s.kv_heads, (kvh, 1), hd));
 
         let mut o = vec![f64::NAN; sq.len()];
         causal_attention(&sq, &sk, &sv, sub, &mut o);
         want_out.extend(o);
-        got_out.extend(gather_bf16(&out, b, s.queries, s.heads, h0, group, hd));
+        got_out.extend(gather(&out, b, s.queries, s.heads, (h0, group), hd));
 
         let want_lse = lse_reference(&sq, &sk, sub);
         for g in 0..group {
@@ -227,9 +208,9 @@ fn run_case(gpu: &CudaBackend, rng: &mut Rng, case: &Case) {
         want_dq.extend(rdq);
         want_dk.extend(rdk);
         want_dv.extend(rdv);
-        got_dq.extend(gather_bf16(&dq, b, s.queries, s.heads, h0, group, hd));
-        got_dk.extend(gather_bf16(&dk, b, s.keys, s.kv_heads, kvh, 1, hd));
-        got_dv.extend(gather_bf16(&dv, b, s.keys, s.kv_heads, kvh, 1, hd));
+        got_dq.extend(gather(&dq, b, s.queries, s.heads, (h0, group), hd));
+        got_dk.extend(gather(&dk, b, s.keys, s.kv_heads, (kvh, 1), hd));
+        got_dv.extend(gather(&dv, b, s.keys, s.kv_heads, (kvh, 1), hd));
     }
     // Every element written (the poison gone), including the heads not checked against the CPU.
     for (name, values) in [("out", &out), ("dq", &dq), ("dk", &dk), ("dv", &dv)] {

@@ -7,7 +7,8 @@
 //! output's own bf16 rounding is ~1.1e-3 of it, P rounded to bf16 before dS and dV adds about as
 //! much). Every test skips unless the device has compute capability 9.0.
 
-use super::attention_hopper_fwd::{draw, gather};
+use super::attention::gather;
+use super::attention_hopper_fwd::draw;
 use crate::common::gpu::{check, f64s, hopper_gpu, poisoned, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention_backward, AttentionShape};

@@ -17,6 +17,8 @@
 //! device other than compute capability 9.0, and fails on a 9.0 device where the sm_90a kernels
 //! cannot run.
 
+use super::attention::gather;
+use super::attention::lse_reference;
 use crate::common::gpu::{check, f64s, hopper_gpu, poisoned, Dtype, Rng, BF16_BOUND};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
@@ -88,46 +90,6 @@ fn hopper_forward(
     gpu.flash_attention_forward_hopper(s, batch, &x.q.0, &x.k.0, &x.v.0, &mut out, &mut lse)
         .unwrap();
     (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap())
-}
-
-/// Rows `[rows, count, hd]` of heads h0..h0+count of sequence b in `[batch, rows, heads, hd]`
-/// (also tests/cuda_kernels/attention_hopper_bwd.rs's).
-pub(crate) fn gather<T: Copy>(
-    src: &[T],
-    b: usize,
-    rows: usize,
-    heads: usize,
-    (h0, count): (usize, usize),
-    hd: usize,
-) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows * count * hd);
-    for i in 0..rows {
-        let at = ((b * rows + i) * heads + h0) * hd;
-        out.extend_from_slice(&src[at..at + count * hd]);
-    }
-    out
-}
-
-/// ln Σ_j exp(q_i·k_j/√d) over the keys query i sees, for q `[queries, heads, hd]` and one KV
-/// head's k `[keys, 1, hd]`, as `[heads, queries]`.
-fn lse_reference(q: &[f64], k: &[f64], s: AttentionShape) -> Vec<f64> {
-    let hd = s.head_dim;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let mut out = Vec::with_capacity(s.heads * s.queries);
-    for h in 0..s.heads {
-        for i in 0..s.queries {
-            let qi = &q[(i * s.heads + h) * hd..][..hd];
-            let scores: Vec<f64> = (0..=s.keys - s.queries + i)
-                .map(|j| {
-                    let kj = &k[j * hd..][..hd];
-                    qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale
-                })
-                .collect();
-            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            out.push(m + scores.iter().map(|x| (x - m).exp()).sum::<f64>().ln());
-        }
-    }
-    out
 }
 
 /// One call against the CPU on the (sequence, KV head) pairs `checked` (all when None): each
