@@ -19,6 +19,8 @@ mod attention_hopper_bwd;
 mod attention_hopper_fwd;
 #[path = "cuda_kernels/attention_plain.rs"]
 mod attention_plain;
+#[path = "cuda_kernels/attention_split_kv.rs"]
+mod attention_split_kv;
 #[path = "cuda_kernels/decode_fused.rs"]
 mod decode_fused;
 #[path = "cuda_kernels/elementwise.rs"]

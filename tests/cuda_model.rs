@@ -19,6 +19,7 @@ use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cpu::ops;
 use implicit::backend::cuda::{
     CudaBackend, CudaKvCache, DeviceBuffer, Float, KeySplit, KvBatch, RowList, RowNorm,
+    SplitKvWorkspace,
 };
 use implicit::generate::{generate, GenerateOptions, Sampler};
 use implicit::model::cuda::{AttentionPath, CudaTransformer};
@@ -232,22 +233,41 @@ fn cache_and_attention(gpu: &CudaBackend, rng: &mut Rng, heads: usize, kv_heads:
             )
             .unwrap();
             let gq = gpu.upload(&qq).unwrap();
-            // Both kernels (one warp per row and head, and the keys split over a block's
-            // warps), on every row and on sequence 1's rows only (the others stay poisoned).
+            // The three kernels (one warp per row and head, the keys split over a block's
+            // warps, and over 3 blocks), on every row and on sequence 1's rows only (the
+            // others stay poisoned).
             let (s1, n1) = batch.sequence_rows(1);
             let subset: Vec<u32> = (s1 as u32..(s1 + n1) as u32).collect();
             let subset = RowList::new(gpu, &subset, rows).unwrap();
-            let runs: Vec<(KeySplit, Vec<f32>, Vec<f32>)> = [KeySplit::None, KeySplit::Warps]
+            let mut ws = SplitKvWorkspace::new(gpu, rows, heads, hd, 3).unwrap();
+            let splits = [KeySplit::None, KeySplit::Warps, KeySplit::Blocks(3)];
+            let runs: Vec<(KeySplit, Vec<f32>, Vec<f32>)> = splits
                 .into_iter()
                 .map(|split| {
                     let mut out = poisoned::<bf16>(gpu, rows * qd);
                     gpu.cached_attention_split(
-                        &batch, layer, &gq, heads, hd, &all, &mut out, split,
+                        &batch,
+                        layer,
+                        &gq,
+                        heads,
+                        hd,
+                        &all,
+                        &mut out,
+                        split,
+                        Some(&mut ws),
                     )
                     .unwrap();
                     let mut part = poisoned::<bf16>(gpu, rows * qd);
                     gpu.cached_attention_split(
-                        &batch, layer, &gq, heads, hd, &subset, &mut part, split,
+                        &batch,
+                        layer,
+                        &gq,
+                        heads,
+                        hd,
+                        &subset,
+                        &mut part,
+                        split,
+                        Some(&mut ws),
                     )
                     .unwrap();
                     (split, download(gpu, &out), download(gpu, &part))

@@ -1,15 +1,18 @@
 //! The launchers of kernels/decode.cu, the small kernels of the forward pass: the embedding into
 //! the f32 residual stream, the norms from f32 rows into bf16 (or f32) GEMM inputs, OLMo's
 //! clamp, and the KV cache's append and attention (the cache itself: kv_cache.rs; the kernels
-//! that read the fused q|k|v and gate|up products: fused.rs). References:
+//! that read the fused q|k|v and gate|up products: fused.rs; the keys split over blocks:
+//! split_kv.rs). References:
 //! `backend::cpu::ops::{embedding, rms_norm, layer_norm_no_params, clamp_in_place}` and
 //! `backend::cpu::attention::causal_attention`.
 
 mod fused;
 mod kv_cache;
+mod split_kv;
 
 pub use fused::QkvOutputs;
 pub use kv_cache::{CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, MAX_HEAD_DIM};
+pub use split_kv::{SplitKvWorkspace, MAX_KV_SPLITS};
 
 use super::flash_attention::FlashOffsets;
 use super::{as_int, check_len, per_row, rows_of, CudaBackend, DeviceBuffer, Float, THREADS};
@@ -200,10 +203,12 @@ impl CudaBackend {
     /// head_dim]` bf16, after RoPE) against layer `layer` of their own sequence's cache (which
     /// must already hold the batch's new keys, [`CudaBackend::kv_append`]), into the same rows of
     /// `out` (other rows untouched). Row t at position p sees keys 0..=p. Scale 1/√head_dim;
-    /// softmax and sums in f32. Any even head_dim up to 256. With few (row, head) pairs (fewer
-    /// than 8 per multiprocessor, e.g. a decode step of a small batch) each pair's keys are
-    /// split over the 8 warps of a block ([`KeySplit::Warps`]); otherwise one warp takes them
-    /// all.
+    /// softmax and sums in f32. Any even head_dim up to 256. With a `workspace` (made by
+    /// [`SplitKvWorkspace::for_decode`] for a step whose (row, head) pairs leave the GPU
+    /// short of blocks: fewer than 32 per SM) each pair's keys are split over
+    /// `workspace.splits()` blocks ([`KeySplit::Blocks`]). Without one: with fewer than 8 pairs
+    /// per multiprocessor each pair's keys are split over the 8 warps of a block
+    /// ([`KeySplit::Warps`]); otherwise one warp takes them all.
     #[allow(clippy::too_many_arguments)]
     pub fn cached_attention(
         &self,
@@ -214,18 +219,22 @@ impl CudaBackend {
         head_dim: usize,
         rows: &RowList,
         out: &mut DeviceBuffer<bf16>,
+        workspace: Option<&mut SplitKvWorkspace>,
     ) -> Result<()> {
         let pairs = rows.len.saturating_mul(heads);
-        let split = if pairs < 8 * self.multiprocessors as usize {
-            KeySplit::Warps
-        } else {
-            KeySplit::None
+        let split = match &workspace {
+            Some(ws) if ws.splits() > 1 => KeySplit::Blocks(ws.splits()),
+            _ if pairs < 8 * self.multiprocessors as usize => KeySplit::Warps,
+            _ => KeySplit::None,
         };
-        self.cached_attention_split(batch, layer, q, heads, head_dim, rows, out, split)
+        self.cached_attention_split(
+            batch, layer, q, heads, head_dim, rows, out, split, workspace,
+        )
     }
 
     /// [`CudaBackend::cached_attention`] with the kernel chosen by the caller (the tests check
-    /// both on the same inputs).
+    /// each on the same inputs). [`KeySplit::Blocks`] needs a workspace with room for its
+    /// splits of every listed row's heads; the other splits do not read it.
     #[allow(clippy::too_many_arguments)]
     pub fn cached_attention_split(
         &self,
@@ -237,6 +246,7 @@ impl CudaBackend {
         rows: &RowList,
         out: &mut DeviceBuffer<bf16>,
         split: KeySplit,
+        workspace: Option<&mut SplitKvWorkspace>,
     ) -> Result<()> {
         let j = head_dim.div_ceil(64).clamp(1, 4);
         let kernel = match (split, j) {
@@ -248,6 +258,7 @@ impl CudaBackend {
             (KeySplit::Warps, 2) => "model_attention_split_j2",
             (KeySplit::Warps, 3) => "model_attention_split_j3",
             (KeySplit::Warps, _) => "model_attention_split_j4",
+            (KeySplit::Blocks(_), _) => "model_attention_part_j*",
         };
         let kv_heads = attention_heads(kernel, batch, layer, heads, head_dim)?;
         let n = batch.rows.saturating_mul(heads).saturating_mul(head_dim);
@@ -263,10 +274,18 @@ impl CudaBackend {
         if rows.is_empty() {
             return Ok(());
         }
+        let splits = match split {
+            KeySplit::Blocks(splits) => splits,
+            KeySplit::None | KeySplit::Warps => 0,
+        };
+        if splits > 0 {
+            let shape = (heads, kv_heads, head_dim);
+            return self.attention_blocks(batch, layer, q, shape, rows, out, splits, workspace);
+        }
         let pairs = rows.len.saturating_mul(heads);
         let threads = match split {
-            KeySplit::None => pairs.saturating_mul(32),
             KeySplit::Warps => pairs,
+            _ => pairs.saturating_mul(32),
         };
         // The one-warp kernel runs 32 threads per (row, head) pair; the split kernel one block per
         // pair, and a grid's x dimension takes at most 2^31 - 1 blocks.
@@ -288,7 +307,7 @@ impl CudaBackend {
             )
         };
         match split {
-            KeySplit::None => {
+            KeySplit::None | KeySplit::Blocks(_) => {
                 let cfg = LaunchConfig {
                     grid_dim: (threads.div_ceil(THREADS as usize) as u32, 1, 1),
                     block_dim: (THREADS, 1, 1),

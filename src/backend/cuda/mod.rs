@@ -47,7 +47,8 @@
 //! - `adamw` (adamw.cu): grad-norm clipping and the fused AdamW ([`AdamWStep`]);
 //! - `decode` (decode.cu): the decode-time kernels: embedding to f32, row norms ([`RowNorm`]),
 //!   clamp, KV append and the attention over the cache ([`KeySplit`]); its child `kv_cache`:
-//!   [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`].
+//!   [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`]; its child
+//!   `split_kv`: the keys split over blocks ([`SplitKvWorkspace`]).
 
 use crate::bail;
 use crate::error::{Error, Result};
@@ -107,7 +108,7 @@ pub use adamw::{AdamWStep, AdamWTensor};
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
 pub use decode::{
     CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, QkvOutputs, RowList, RowNorm,
-    MAX_HEAD_DIM,
+    SplitKvWorkspace, MAX_HEAD_DIM, MAX_KV_SPLITS,
 };
 pub use embedding::EmbeddingGradPlan;
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};

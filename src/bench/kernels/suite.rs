@@ -321,6 +321,8 @@ pub fn measure(
     }
     // The same products at decode batches of 1..256 rows (kernels/gemm_skinny.cu above 8).
     bench.decode_products()?;
+    // And a decode step's attention over the KV cache, before and with the split over blocks.
+    bench.decode_attentions()?;
 
     for (i, &mb) in config.micro_batches.iter().enumerate() {
         let tokens = mb * SEQ;

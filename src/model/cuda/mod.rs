@@ -27,7 +27,7 @@ use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::backend::cuda::{
     CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, QkvOutputs,
-    RowList, RowNorm, RuleAdapterOutput, MAX_HEAD_DIM,
+    RowList, RowNorm, RuleAdapterOutput, SplitKvWorkspace, MAX_HEAD_DIM,
 };
 use crate::bail;
 use crate::error::Result;
@@ -403,6 +403,7 @@ impl<'g> CudaTransformer<'g> {
             attn,
             gate_up,
             act,
+            split_kv,
         } = acts;
         gpu.embedding_to_f32(ids, &self.embed_tokens, d, x)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -436,7 +437,7 @@ impl<'g> CudaTransformer<'g> {
                         kv: None,
                     };
                     gpu.qkv_rope_append(kv, li, qkv, heads, rope, out)?;
-                    gpu.cached_attention(kv, li, q, heads, hd, plain, attn)?;
+                    gpu.cached_attention(kv, li, q, heads, hd, plain, attn, split_kv.as_mut())?;
                     for (s, _) in flash.iter().enumerate().filter(|(_, &fl)| fl) {
                         gpu.cached_flash_attention(kv, li, s, q, heads, hd, attn)?;
                     }
@@ -497,6 +498,9 @@ struct Activations {
     /// `[rows, 2·ffn]`: the fused gate|up product.
     gate_up: DeviceBuffer<bf16>,
     act: DeviceBuffer<bf16>,
+    /// The split-KV attention's parts when a step of `rows` rows splits its keys over blocks
+    /// (fixed by the row count and the model's context, so a captured step keeps it).
+    split_kv: Option<SplitKvWorkspace>,
 }
 
 impl Activations {
@@ -514,6 +518,13 @@ impl Activations {
             attn: gpu.alloc(rows * q_dim)?,
             gate_up: gpu.alloc(rows * 2 * f)?,
             act: gpu.alloc(rows * f)?,
+            split_kv: SplitKvWorkspace::for_decode(
+                gpu,
+                rows,
+                c.num_heads,
+                c.head_dim,
+                c.max_position_embeddings,
+            )?,
         })
     }
 }

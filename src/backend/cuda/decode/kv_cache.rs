@@ -361,6 +361,10 @@ pub enum KeySplit {
     None,
     /// The keys are split over the 8 warps of one block and the parts combined (few rows).
     Warps,
+    /// The keys are split over this many blocks of 8 warps each, whose parts a second kernel
+    /// combines (split_kv.rs: few rows over long contexts, or a batch-1 step, whose pairs alone
+    /// leave SMs idle). Needs a [`super::SplitKvWorkspace`].
+    Blocks(usize),
 }
 
 /// Row indices on the GPU, each checked to be below `bound` (the rows of the batch they index).

@@ -4,15 +4,31 @@
 //! bf16 out. Each row gives the weights' bytes per second (the product's floor is reading them
 //! once), its fraction of the copy bandwidth measured in the same run, and cuBLAS at the same
 //! shape on the same inputs.
+//!
+//! And the attention of a decode step over the KV cache at Llama-2-7B's heads (32 × 128) and
+//! 2048 keys, at batch 1 and 64: the kernel `cached_attention` picked before the split over
+//! blocks (the keys over a block's warps at batch 1, one warp per pair at 64) and the split-KV
+//! kernels, each with GB/s of K/V read and its fraction of copy.
 
-use super::{Bench, BenchResult, Reference, D_MODEL, FFN, MEMORY_TARGET, VOCAB};
-use crate::backend::cuda::{GemmLayout, SkinnySplit, GEMV_MAX_ROWS, SKINNY_MAX_ROWS};
+use super::{
+    Bench, BenchResult, Reference, DECODE_BATCH, D_MODEL, FFN, HEADS, HEAD_DIM, MEMORY_TARGET,
+    VOCAB,
+};
+use crate::backend::cuda::{
+    CudaKvCache, GemmLayout, KeySplit, KvBatch, KvCacheShape, RowList, SkinnySplit,
+    SplitKvWorkspace, GEMV_MAX_ROWS, SKINNY_MAX_ROWS,
+};
 use crate::bench::inputs::{gb_s, rel_diff, tflops};
 use crate::error::Result;
 use half::bf16;
 
 /// Decode batches benchmarked.
 pub(super) const DECODE_ROWS: [usize; 5] = [1, 16, 64, 128, 256];
+/// Keys each decode row attends to in the attention rows, and the model context the split is
+/// planned for (Llama-2's).
+const ATTENTION_KEYS: usize = 2048;
+const MODEL_CONTEXT: usize = 4096;
+
 /// Rows up to which a product is bound by the weights' bytes on paper (at m = 128 mma.sync's
 /// FLOPs take about as long as the bytes on an H100; above, longer): rows past it have no
 /// bandwidth target.
@@ -106,6 +122,133 @@ impl Bench<'_> {
             meets_target: bound.then_some(fraction >= MEMORY_TARGET),
             check_rel_diff: check,
         });
+        Ok(())
+    }
+
+    /// One decode step's attention over caches of [`ATTENTION_KEYS`] keys at batch 1 and
+    /// [`DECODE_BATCH`], old kernel and split-KV, on the same caches and queries.
+    pub(super) fn decode_attentions(&mut self) -> Result<()> {
+        for batch in [1, DECODE_BATCH] {
+            self.decode_attention(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Random k, v (in [−1, 1]) for every row of `batch` into layers 0..layers of its caches.
+    fn fill_cache(&mut self, batch: &KvBatch<'_>, layers: usize) -> Result<()> {
+        let n = batch.rows() * HEADS * HEAD_DIM;
+        let k = self.random::<bf16>(n, -1.0, 1.0)?;
+        let v = self.random::<bf16>(n, -1.0, 1.0)?;
+        for layer in 0..layers {
+            self.gpu.kv_append(batch, layer, &k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn decode_attention(&mut self, b: usize) -> Result<()> {
+        let part = "model_attention_part_j2+combine_j2";
+        let old_kernel = if b * HEADS < 8 * self.gpu.multiprocessors as usize {
+            ("model_attention_split_j2", KeySplit::Warps)
+        } else {
+            ("model_attention_j2", KeySplit::None)
+        };
+        if !self.wants(&[part, old_kernel.0, "decode", "cached_attention"]) {
+            return Ok(());
+        }
+        let gpu = self.gpu;
+        let kv_dim = HEADS * HEAD_DIM;
+        // K and V of one layer: rotated over `sets` layers so that batch 1's 34 MB is not
+        // served from L2.
+        let kv_bytes = (b * ATTENTION_KEYS * kv_dim * 2 * 2) as f64;
+        let sets = self.sets(kv_bytes as usize);
+        let shape = KvCacheShape {
+            layers: sets,
+            kv_dim,
+            max_positions: ATTENTION_KEYS,
+        };
+        let mut caches: Vec<CudaKvCache> = (0..b).map(|_| CudaKvCache::new(shape)).collect();
+        // The history (finite values, so that both kernels' outputs can be compared), then one
+        // decode row per sequence at position ATTENTION_KEYS − 1, whose batch the launches read
+        // (never finished: only its tables matter).
+        let prefill = KvBatch::new(
+            gpu,
+            caches.iter_mut().collect(),
+            &vec![ATTENTION_KEYS - 1; b],
+        )?;
+        self.fill_cache(&prefill, sets)?;
+        prefill.finish();
+        let batch = KvBatch::new(gpu, caches.iter_mut().collect(), &vec![1; b])?;
+        self.fill_cache(&batch, sets)?;
+        let rows = RowList::all(gpu, b)?;
+        let q = self.random::<bf16>(b * HEADS * HEAD_DIM, -1.0, 1.0)?;
+        let mut out = gpu.alloc::<bf16>(b * HEADS * HEAD_DIM)?;
+        let splits = gpu.kv_splits(b, HEADS, MODEL_CONTEXT);
+        let mut ws = SplitKvWorkspace::new(gpu, b, HEADS, HEAD_DIM, splits)?;
+        let bytes = kv_bytes + (2 * b * HEADS * HEAD_DIM * 2) as f64;
+        let mut outputs = Vec::new();
+        let mut times = Vec::new();
+        for (kernel, split) in [old_kernel, (part, KeySplit::Blocks(splits))] {
+            let time = self.timer.time(&mut |i| {
+                let layer = i % sets;
+                gpu.cached_attention_split(
+                    &batch,
+                    layer,
+                    &q,
+                    HEADS,
+                    HEAD_DIM,
+                    &rows,
+                    &mut out,
+                    split,
+                    Some(&mut ws),
+                )
+            })?;
+            gpu.cached_attention_split(
+                &batch,
+                0,
+                &q,
+                HEADS,
+                HEAD_DIM,
+                &rows,
+                &mut out,
+                split,
+                Some(&mut ws),
+            )?;
+            outputs.push(self.download_prefix(&out, out.len())?);
+            let rate = gb_s(bytes, time.median_us);
+            let fraction = rate / self.copy_gb_s;
+            let reference = times.first().map(|&old: &f64| Reference {
+                name: "previous kernel's time ÷ ours",
+                median_us: old,
+                tflops: None,
+                speed_ratio: old / time.median_us,
+            });
+            let split_shape = match split {
+                KeySplit::Blocks(n) => format!(", {n} splits"),
+                _ => String::new(),
+            };
+            let check = (outputs.len() == 2).then(|| rel_diff(&outputs[1], &outputs[0]));
+            times.push(time.median_us);
+            self.push(BenchResult {
+                kernel: kernel.to_string(),
+                group: "decode",
+                shape: format!(
+                    "decode attention batch {b}: {HEADS} heads × {HEAD_DIM}, {ATTENTION_KEYS} keys{split_shape}"
+                ),
+                tokens: Some(b),
+                bytes,
+                flops: (4 * b * HEADS * HEAD_DIM * ATTENTION_KEYS) as f64,
+                time,
+                gb_s: rate,
+                tflops: None,
+                ceiling: Some("copy"),
+                ceiling_fraction: Some(fraction),
+                reference,
+                target: Some(format!("≥{:.0}% of copy", MEMORY_TARGET * 100.0)),
+                meets_target: Some(fraction >= MEMORY_TARGET),
+                check_rel_diff: check,
+            });
+        }
+        drop(batch);
         Ok(())
     }
 }
