@@ -11,6 +11,9 @@
 //   model_swiglu_fused_bf16    act[r, i] = silu(g)·u of the fused gate|up product row
 //   model_attention_j{1..4}    causal grouped-query attention of rows against their sequence's
 //                              cache: one warp per (row, head), online softmax in f32
+//   model_attention_split_j*   the same, each (row, head)'s keys over the 8 warps of one block
+//   model_attention_part_j*,   the same, each (row, head)'s keys over several blocks (split-KV):
+//   model_attention_combine_j*   partial outputs into a workspace, then their log-sum-exp combine
 // CPU references: backend::cpu::ops::{embedding, rms_norm, layer_norm_no_params,
 // clamp_in_place, rope, swiglu} and backend::cpu::attention::causal_attention; tests in
 // tests/cuda_model.rs and tests/cuda_kernels/decode_fused.rs.
