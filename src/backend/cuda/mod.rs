@@ -42,7 +42,8 @@
 //! - `norm` (norm.cu): RMSNorm and LayerNorm, forward and backward;
 //! - `rope` (rope.cu), `swiglu` (swiglu.cu), `embedding` (embedding.cu): forward and backward;
 //! - `cross_entropy` (cross_entropy.cu): the fused softmax cross-entropy;
-//! - `rule_adapter` (rule_adapter.cu): the rule adapter ([`RuleAdapterOutput`]);
+//! - `rule_adapter` (rule_adapter.cu): the rule adapter ([`RuleAdapterOutput`]), a row per block
+//!   or split over blocks at decode sizes ([`RulePlan`]);
 //! - `elementwise` (elementwise.cu): conversions, an in-place add, clamp's backward;
 //! - `adamw` (adamw.cu): grad-norm clipping and the fused AdamW ([`AdamWStep`]);
 //! - `decode` (decode.cu): the decode-time kernels: embedding to f32, row norms ([`RowNorm`]),
@@ -123,7 +124,7 @@ pub use memory::MemoryUse;
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
 pub use norm::{NormGradOut, RMS_BWD_REGS_MAX_D};
 pub use profile::{ProfileSpan, RecordedProfile};
-pub use rule_adapter::RuleAdapterOutput;
+pub use rule_adapter::{rule_adapter_plan, RuleAdapterKernel, RuleAdapterOutput, RulePlan};
 
 /// Threads per block of every kernel (kernels/common.cuh's ROW_THREADS, and the element-wise
 /// kernels' `__launch_bounds__(256)`).
@@ -160,6 +161,8 @@ pub struct CudaBackend {
     /// The skinny GEMM's split-K partials and counters (gemm_skinny.rs), allocated here since
     /// a decode step captured as a CUDA graph cannot allocate.
     skinny_workspace: gemm_skinny::SplitWorkspace,
+    /// The split rule adapter's records and counters (rule_adapter.rs), for the same reason.
+    rule_workspace: rule_adapter::RuleWorkspace,
     /// Page-locked buffers for large uploads (staging.rs), made on first use.
     stages: Mutex<Option<Box<staging::Stages>>>,
     /// Whether a step profile is being recorded (profile.rs): the one branch a launch pays.
@@ -281,6 +284,7 @@ impl CudaBackend {
         let sync_each_launch = std::env::var("IMPLICIT_CUDA_SYNC").is_ok_and(|v| v == "1");
         let unit_clip = DeviceBuffer::from_slice(&stream, &[0.0f32, 1.0])?;
         let skinny_workspace = gemm_skinny::SplitWorkspace::new(&stream, multiprocessors)?;
+        let rule_workspace = rule_adapter::RuleWorkspace::new(&stream, multiprocessors)?;
         let backend = CudaBackend {
             ctx,
             stream,
@@ -292,6 +296,7 @@ impl CudaBackend {
             unit_clip,
             rope_tables: Mutex::new(HashMap::new()),
             skinny_workspace,
+            rule_workspace,
             stages: Mutex::new(None),
             profiling: AtomicBool::new(false),
             profiler: Mutex::new(profile::Recorder::default()),

@@ -34,6 +34,9 @@ pub const SEQ: usize = 2048;
 pub const VOCAB: usize = 32000;
 /// Sequences decoded together (the rule adapter's rows).
 pub const DECODE_BATCH: usize = 64;
+/// The rule adapter's rows: batch 1, [`DECODE_BATCH`], and the largest decode batch (256, the
+/// skinny GEMM's limit).
+const RULE_ADAPTER_ROWS: [usize; 3] = [1, DECODE_BATCH, 256];
 /// Parameters of the AdamW and grad-norm benchmarks (a 7B model's 6.74e9 would need 200 GB).
 pub const OPTIMIZER_PARAMS: usize = 1 << 28;
 /// The grad-norm benchmark's tensors (each OPTIMIZER_PARAMS / GRAD_TENSORS = 4096² elements).

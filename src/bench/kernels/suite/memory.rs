@@ -2,12 +2,13 @@
 //! the rule adapter, the gradient norm and AdamW, each against the copy bandwidth.
 
 use super::{
-    Bench, BenchResult, CopyCeiling, GemmCeiling, DECODE_BATCH, D_MODEL, EOS_ID, FFN, GRAD_TENSORS,
-    HEADS, HEAD_DIM, MEMORY_TARGET, OPTIMIZER_PARAMS, RMS_EPS, SEQ, VOCAB,
+    Bench, BenchResult, CopyCeiling, GemmCeiling, D_MODEL, EOS_ID, FFN, GRAD_TENSORS, HEADS,
+    HEAD_DIM, MEMORY_TARGET, OPTIMIZER_PARAMS, RMS_EPS, RULE_ADAPTER_ROWS, SEQ, VOCAB,
 };
 use crate::backend::cpu::ops::{RopeLayout, RopeSpec};
 use crate::backend::cuda::{
-    AdamWStep, DeviceBuffer, Float, GemmLayout, NormGradOut, RuleAdapterOutput,
+    AdamWStep, DeviceBuffer, Float, GemmLayout, NormGradOut, RuleAdapterKernel, RuleAdapterOutput,
+    RulePlan,
 };
 use crate::bench::inputs::{elem, gb_s, tflops, Sample};
 use crate::bench::timing::Timing;
@@ -356,12 +357,50 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// The rule adapter at decode batches of [`RULE_ADAPTER_ROWS`]: the per-row kernel against
+    /// the split one (what `rule_adapter` picks; at 256 rows, where it picks the per-row kernel,
+    /// a split into 2 chunks forced), both in this run against the same copy ceiling.
     pub(super) fn rule_adapter<T: Sample + Float>(&mut self) -> Result<()> {
-        let kernel = T::pick("rule_adapter_f32", "rule_adapter_bf16");
-        if !self.wants(&[kernel]) {
+        let (per_row, split) = (
+            T::pick("rule_adapter_f32", "rule_adapter_bf16"),
+            T::pick("rule_adapter_split_f32", "rule_adapter_split_bf16"),
+        );
+        if !self.wants(&[per_row, split]) {
             return Ok(());
         }
-        let (gpu, es, rows) = (self.gpu, elem::<T>(), DECODE_BATCH);
+        for rows in RULE_ADAPTER_ROWS {
+            let auto = self
+                .gpu
+                .rule_adapter_plan(rows, VOCAB, RuleAdapterKernel::Auto)?;
+            let split_kernel = match auto {
+                RulePlan::Split { chunks, .. } => RuleAdapterKernel::Split(chunks),
+                RulePlan::PerRow => RuleAdapterKernel::Split(2),
+            };
+            for (name, kernel) in [(per_row, RuleAdapterKernel::PerRow), (split, split_kernel)] {
+                let plan = self.gpu.rule_adapter_plan(rows, VOCAB, kernel)?;
+                let picked = if plan == auto {
+                    "rule_adapter's pick"
+                } else {
+                    "forced"
+                };
+                let time = self.time_rule_adapter::<T>(rows, kernel)?;
+                // logits, the shared bias and eos_bias read; three values per row written (the
+                // split's records, 32 bytes per block written and read, are not counted).
+                let es = elem::<T>();
+                let bytes = (rows * VOCAB * es + 4 * VOCAB + 4 * rows + 12 * rows) as f64;
+                let shape = format!("[{rows}, {VOCAB}], shared bias, {plan:?} ({picked})");
+                self.memory_result(name, shape, None, bytes, time);
+            }
+        }
+        Ok(())
+    }
+
+    fn time_rule_adapter<T: Sample + Float>(
+        &mut self,
+        rows: usize,
+        kernel: RuleAdapterKernel,
+    ) -> Result<Timing> {
+        let (gpu, es) = (self.gpu, elem::<T>());
         let n = rows * VOCAB;
         let sets = self.sets(n * es);
         let logits = self.randoms::<T>(sets, n, -8.0, 8.0)?;
@@ -370,8 +409,9 @@ impl Bench<'_> {
         let mut tokens = gpu.alloc::<u32>(rows)?;
         let mut logprobs = gpu.alloc::<f32>(rows)?;
         let mut base_logprobs = gpu.alloc::<f32>(rows)?;
-        let time = self.timer.time(&mut |i| {
-            gpu.rule_adapter(
+        self.timer.time(&mut |i| {
+            gpu.rule_adapter_with(
+                kernel,
                 &logits[i % sets],
                 VOCAB,
                 &bias,
@@ -383,12 +423,7 @@ impl Bench<'_> {
                     base_logprobs: &mut base_logprobs,
                 },
             )
-        })?;
-        // logits, the shared bias and eos_bias read; three values per row written.
-        let bytes = (n * es + 4 * VOCAB + 4 * rows + 12 * rows) as f64;
-        let shape = format!("[{rows}, {VOCAB}], shared bias");
-        self.memory_result(kernel, shape, None, bytes, time);
-        Ok(())
+        })
     }
 
     pub(super) fn grad_norm(&mut self) -> Result<()> {
