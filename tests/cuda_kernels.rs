@@ -29,8 +29,14 @@ mod elementwise;
 mod embedding_sorted;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
+#[path = "cuda_kernels/gemm_dispatch.rs"]
+mod gemm_dispatch;
 #[path = "cuda_kernels/gemm_skinny.rs"]
 mod gemm_skinny;
+#[path = "cuda_kernels/gemm_support.rs"]
+mod gemm_support;
+#[path = "cuda_kernels/gemm_wgmma.rs"]
+mod gemm_wgmma;
 #[path = "cuda_kernels/norm_residual.rs"]
 mod norm_residual;
 #[path = "cuda_kernels/rule_adapter.rs"]
