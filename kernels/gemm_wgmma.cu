@@ -121,7 +121,7 @@ namespace wgmma_gemm {
 
 constexpr int BM = 128, BK = 64, CONSUMERS = 2;
 constexpr int THREADS = 128 * (CONSUMERS + 1);
-constexpr int GROUP_M = 16;                      // tile rows per group of the tile order
+[[maybe_unused]] constexpr int GROUP_M = 16;  // tile rows per group of the tile order (sm_90a)
 constexpr uint32_t A_BYTES = BM * BK * 2;        // 16 KiB
 constexpr uint32_t BOX_BYTES = 64 * BK * 2;      // one 64 (M/N) × 64 (K) box: 8 KiB
 constexpr uint32_t SWIZZLE_ATOM = 1024;          // 8 rows × 128 B

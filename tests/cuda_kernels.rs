@@ -27,6 +27,8 @@ mod elementwise;
 mod embedding_sorted;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
+#[path = "cuda_kernels/gemm_multicast.rs"]
+mod gemm_multicast;
 #[path = "cuda_kernels/gemm_skinny.rs"]
 mod gemm_skinny;
 #[path = "cuda_kernels/norm_residual.rs"]
