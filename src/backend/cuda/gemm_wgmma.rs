@@ -508,10 +508,7 @@ impl CudaBackend {
         batch: usize,
     ) -> Result<WgmmaCluster> {
         let kernel = kernel_name::<O>(layout, tile, true);
-        let slots = || -> Result<usize> {
-            self.raise_shared_limit(kernel, &|| format!("{layout:?} m {m} n {n} batch {batch}"))?;
-            self.cluster_slots(kernel, THREADS, SMEM_BYTES)
-        };
+        let slots = || self.cluster_slots(kernel, THREADS, SMEM_BYTES);
         match cluster {
             WgmmaCluster::Off => Ok(WgmmaCluster::Off),
             WgmmaCluster::Pair => slots().map(|_| WgmmaCluster::Pair),

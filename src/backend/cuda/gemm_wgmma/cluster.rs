@@ -54,8 +54,8 @@ fn zeroed_attribute() -> sys::CUlaunchAttribute {
 }
 
 impl CudaBackend {
-    /// How many 2-block clusters of `kernel` (an `_mc` kernel whose shared-memory limit was
-    /// raised to `shared_bytes`) can be resident at once on this device: Err when none can
+    /// How many 2-block clusters of `kernel` (an `_mc` kernel, its shared-memory limit raised
+    /// to `shared_bytes` here first) can be resident at once on this device: Err when none can
     /// (the driver's `cuOccupancyMaxActiveClusters` says 0 or fails). Asked once per stream and
     /// kernel.
     pub(super) fn cluster_slots(
@@ -71,6 +71,9 @@ impl CudaBackend {
             Err(poisoned) => poisoned.into_inner(), // a cache: any contents are still valid
         };
         let found = cache.entry(key).or_insert_with(|| {
+            // The occupancy answer depends on the shared-memory opt-in, which the launch sets.
+            self.raise_shared_limit(kernel, &|| "occupancy query".to_string())
+                .map_err(|e| e.to_string())?;
             let func = self.function(kernel).map_err(|e| e.to_string())?;
             let mut attr = zeroed_attribute();
             // The grid size does not matter to the query; one cluster's worth.
