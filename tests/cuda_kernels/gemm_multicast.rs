@@ -21,8 +21,8 @@
 use crate::common::gpu::{hopper_gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
-    wgmma_clusters_allowed, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout, WgmmaCluster,
-    WgmmaConfig, WgmmaEpilogue, WgmmaTile, GEMM_ENV, GEMM_NO_CLUSTER,
+    wgmma_cluster_for, wgmma_clusters_allowed, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout,
+    WgmmaCluster, WgmmaConfig, WgmmaEpilogue, WgmmaTile, GEMM_ENV, GEMM_NO_CLUSTER,
 };
 
 /// What a test here names when it skips off compute capability 9.0.
@@ -93,6 +93,13 @@ const MODEL_SHAPES: &[(GemmLayout, usize, usize, usize, usize)] = &[
     (GemmLayout::NN, 2048, 4096, 11008, 1), // dX of gate/up
     (GemmLayout::TN, 4096, 4096, 2048, 1),  // dW of q/k/v/o (f32 +=)
 ];
+
+fn tile_columns(tile: WgmmaTile) -> usize {
+    match tile {
+        WgmmaTile::Square => 128,
+        WgmmaTile::Wide | WgmmaTile::Auto => 256,
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -437,7 +444,9 @@ fn wgmma_multicast_is_deterministic() {
 }
 
 /// What the automatic choice (the one `gemm_bf16` and `gemm_bf16_wgmma` take) resolves to on
-/// this device: clusters at the model's 2048-token products, unless `IMPLICIT_GEMM` says
+/// this device: 2-block clusters fit (the driver's count is printed), and at the model's
+/// 2048-token products Auto takes the plan's choice for that count (Pair wherever pairs cost
+/// no wave: all of them with 66 clusters, plan.rs's unit test), unless `IMPLICIT_GEMM` says
 /// wgmma-nocluster; one block for a lone tile row.
 #[test]
 fn wgmma_multicast_is_what_the_dispatch_picks_at_model_shapes() {
@@ -449,16 +458,18 @@ fn wgmma_multicast_is_what_the_dispatch_picks_at_model_shapes() {
         "{GEMM_ENV}: clusters allowed {allowed}; {}",
         gpu.large_gemm_kernel()
     );
-    let want = if allowed {
-        WgmmaCluster::Pair
-    } else {
-        WgmmaCluster::Off
-    };
+    let sms = gpu.multiprocessor_count();
     for &(layout, m, n, _, batch) in MODEL_SHAPES {
         for tile in [WgmmaTile::Wide, WgmmaTile::Square] {
+            let slots = gpu.wgmma_cluster_slots::<f32>(layout, tile).unwrap();
+            let planned = wgmma_cluster_for(m, n, batch, tile_columns(tile), sms, slots);
+            let want = if allowed { planned } else { WgmmaCluster::Off };
             let got = gpu
                 .wgmma_cluster::<f32>(WgmmaCluster::Auto, layout, tile, m, n, batch)
                 .unwrap();
+            eprintln!(
+                "{layout:?} {m}x{n} {tile:?}: {slots} clusters of 2 fit on {sms} SMs; {got:?}"
+            );
             assert_eq!(got, want, "{layout:?} {m}x{n} {tile:?}");
         }
     }

@@ -531,6 +531,24 @@ impl CudaBackend {
         }
     }
 
+    /// The device's multiprocessors, which the tile and cluster choices count waves on.
+    #[doc(hidden)]
+    pub fn multiprocessor_count(&self) -> usize {
+        self.multiprocessors as usize
+    }
+
+    /// How many 2-block clusters of the `_mc` kernel for `layout`, `O` and `tile` (not Auto)
+    /// fit on this device at once (the driver's occupancy answer the choice and the grid use);
+    /// Err where none does.
+    #[doc(hidden)]
+    pub fn wgmma_cluster_slots<O: Float>(
+        &self,
+        layout: GemmLayout,
+        tile: WgmmaTile,
+    ) -> Result<usize> {
+        self.cluster_slots(kernel_name::<O>(layout, tile, true), THREADS, SMEM_BYTES)
+    }
+
     /// Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set before every use.
     fn raise_shared_limit(&self, kernel: &'static str, shapes: &dyn Fn() -> String) -> Result<()> {
         self.function(kernel)?
