@@ -40,16 +40,15 @@ use half::bf16;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod choice;
 mod cluster;
 mod plan;
+pub use choice::{gemm_choice, wgmma_clusters_allowed, GemmChoice, GEMM_ENV, GEMM_NO_CLUSTER};
 use cluster::CLUSTER_BLOCKS;
 pub use plan::{
     tma_epilogue_problem, wgmma_cluster_for, wgmma_tile_for, WgmmaCluster, WgmmaConfig,
     WgmmaEpilogue, WgmmaTile,
 };
-
-/// The environment variable that chooses [`CudaBackend::gemm_bf16`]'s kernels ([`GemmChoice`]).
-pub const GEMM_ENV: &str = "IMPLICIT_GEMM";
 
 /// Block tile rows of kernels/gemm_wgmma.cu (K steps of 64).
 pub(super) const TILE_M: usize = 128;
@@ -59,64 +58,6 @@ const THREADS: u32 = 384;
 /// (128 + 128) × 64), 2 × 2 epilogue buffers of 8 KiB, plus 1 KiB to align them to the 128-byte
 /// swizzle's 1024-byte atom (the kernel asserts the same number).
 const SMEM_BYTES: u32 = 230_400;
-/// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemmChoice {
-    /// kernels/gemm_wgmma.cu where the device, driver and shapes allow, else kernels/gemm.cu:
-    /// `IMPLICIT_GEMM` unset, empty, `auto` or `wgmma`.
-    Wgmma,
-    /// kernels/gemm.cu (mma.sync) everywhere: `IMPLICIT_GEMM=mma`.
-    Mma,
-}
-
-/// The value of `IMPLICIT_GEMM` that keeps the wgmma kernels but never pairs their blocks in
-/// clusters ([`WgmmaCluster::Auto`] resolves to Off).
-pub const GEMM_NO_CLUSTER: &str = "wgmma-nocluster";
-
-impl GemmChoice {
-    /// The choice a value of `IMPLICIT_GEMM` names (None: unset).
-    pub fn parse(value: Option<&str>) -> Result<GemmChoice> {
-        parse_gemm_env(value).map(|(choice, _)| choice)
-    }
-}
-
-/// `IMPLICIT_GEMM`: the kernels, and whether the wgmma kernels may use 2-block clusters.
-fn parse_gemm_env(value: Option<&str>) -> Result<(GemmChoice, bool)> {
-    match value.map(str::trim) {
-        None | Some("" | "auto" | "wgmma") => Ok((GemmChoice::Wgmma, true)),
-        Some(GEMM_NO_CLUSTER) => Ok((GemmChoice::Wgmma, false)),
-        Some("mma") => Ok((GemmChoice::Mma, false)),
-        Some(other) => bail!(
-            "{GEMM_ENV}={other:?}: expected 'wgmma' (the default: the Hopper GEMM where it \
-             runs), '{GEMM_NO_CLUSTER}' (the same without 2-block clusters) or 'mma' \
-             (kernels/gemm.cu everywhere)"
-        ),
-    }
-}
-
-/// `IMPLICIT_GEMM`, read once per process; an unknown value is an error at every product,
-/// naming the variable.
-fn gemm_env() -> Result<(GemmChoice, bool)> {
-    static CHOICE: OnceLock<std::result::Result<(GemmChoice, bool), String>> = OnceLock::new();
-    let choice = CHOICE.get_or_init(|| {
-        let value = std::env::var(GEMM_ENV).ok();
-        parse_gemm_env(value.as_deref()).map_err(|e| e.to_string())
-    });
-    choice.clone().map_err(Error)
-}
-
-/// `IMPLICIT_GEMM`'s choice of kernels, read once per process; an unknown value is an error at
-/// every product, naming the variable.
-pub fn gemm_choice() -> Result<GemmChoice> {
-    gemm_env().map(|(choice, _)| choice)
-}
-
-/// Whether [`WgmmaCluster::Auto`] may pick 2-block clusters: false under
-/// `IMPLICIT_GEMM=wgmma-nocluster` (and `mma`, which runs no wgmma kernel through the dispatch).
-pub fn wgmma_clusters_allowed() -> Result<bool> {
-    gemm_env().map(|(_, clusters)| clusters)
-}
-
 /// Per stream: whether the wgmma kernels can run there (Err: why not), found on first use.
 type Availability = HashMap<usize, std::result::Result<(), String>>;
 static AVAILABLE: OnceLock<Mutex<Availability>> = OnceLock::new();
@@ -491,62 +432,6 @@ impl CudaBackend {
             c,
             accumulate,
         )
-    }
-
-    /// Whether a product on `tile` (chosen, not Auto) runs on 2-block clusters (Pair) or not
-    /// (Off), as [`CudaBackend::gemm_bf16_wgmma_variant`] resolves `cluster`: Auto is Off under
-    /// `IMPLICIT_GEMM=wgmma-nocluster` or where the device fits no 2-block cluster of the
-    /// kernel, else [`wgmma_cluster_for`]; Pair is an error where no cluster fits.
-    #[doc(hidden)]
-    pub fn wgmma_cluster<O: Float>(
-        &self,
-        cluster: WgmmaCluster,
-        layout: GemmLayout,
-        tile: WgmmaTile,
-        m: usize,
-        n: usize,
-        batch: usize,
-    ) -> Result<WgmmaCluster> {
-        let kernel = kernel_name::<O>(layout, tile, true);
-        let slots = || self.cluster_slots(kernel, THREADS, SMEM_BYTES);
-        match cluster {
-            WgmmaCluster::Off => Ok(WgmmaCluster::Off),
-            WgmmaCluster::Pair => slots().map(|_| WgmmaCluster::Pair),
-            WgmmaCluster::Auto => {
-                if !wgmma_clusters_allowed()? {
-                    return Ok(WgmmaCluster::Off);
-                }
-                Ok(match slots() {
-                    Ok(clusters) => wgmma_cluster_for(
-                        m,
-                        n,
-                        batch,
-                        tile.columns(),
-                        self.multiprocessors as usize,
-                        clusters,
-                    ),
-                    Err(_) => WgmmaCluster::Off, // the 1-block kernels run anywhere wgmma does
-                })
-            }
-        }
-    }
-
-    /// The device's multiprocessors, which the tile and cluster choices count waves on.
-    #[doc(hidden)]
-    pub fn multiprocessor_count(&self) -> usize {
-        self.multiprocessors as usize
-    }
-
-    /// How many 2-block clusters of the `_mc` kernel for `layout`, `O` and `tile` (not Auto)
-    /// fit on this device at once (the driver's occupancy answer the choice and the grid use);
-    /// Err where none does.
-    #[doc(hidden)]
-    pub fn wgmma_cluster_slots<O: Float>(
-        &self,
-        layout: GemmLayout,
-        tile: WgmmaTile,
-    ) -> Result<usize> {
-        self.cluster_slots(kernel_name::<O>(layout, tile, true), THREADS, SMEM_BYTES)
     }
 
     /// Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set before every use.

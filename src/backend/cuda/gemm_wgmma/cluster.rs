@@ -2,9 +2,14 @@
 //! cluster share B through TMA multicast): cudarc's launch builder has no cluster dimension, so
 //! this calls the driver's `cuLaunchKernelEx` with `CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`
 //! (2, 1, 1), and `cuOccupancyMaxActiveClusters` for how many such clusters fit at once (the
-//! persistent grid's size).
+//! persistent grid's size, and the count the cluster choice weighs waves on).
 
-use super::super::{kernel_error, CudaBackend};
+use super::super::gemm::GemmLayout;
+use super::super::{kernel_error, CudaBackend, Float};
+use super::{
+    kernel_name, wgmma_cluster_for, wgmma_clusters_allowed, WgmmaCluster, WgmmaTile, SMEM_BYTES,
+    THREADS,
+};
 use crate::error::{Error, Result};
 use cudarc::driver::sys;
 use std::collections::HashMap;
@@ -150,5 +155,64 @@ impl CudaBackend {
         .map_err(|e| kernel_error(kernel, &shapes(), "cluster launch", e))?;
         self.profile_after(mark)?;
         self.after_launch(kernel, shapes)
+    }
+}
+
+/// The cluster choice of a product, as [`CudaBackend::gemm_bf16_wgmma_variant`] resolves it.
+impl CudaBackend {
+    /// Whether a product on `tile` (chosen, not Auto) runs on 2-block clusters (Pair) or not
+    /// (Off), as [`CudaBackend::gemm_bf16_wgmma_variant`] resolves `cluster`: Auto is Off under
+    /// `IMPLICIT_GEMM=wgmma-nocluster` or where the device fits no 2-block cluster of the
+    /// kernel, else [`wgmma_cluster_for`]; Pair is an error where no cluster fits.
+    #[doc(hidden)]
+    pub fn wgmma_cluster<O: Float>(
+        &self,
+        cluster: WgmmaCluster,
+        layout: GemmLayout,
+        tile: WgmmaTile,
+        m: usize,
+        n: usize,
+        batch: usize,
+    ) -> Result<WgmmaCluster> {
+        let kernel = kernel_name::<O>(layout, tile, true);
+        let slots = || self.cluster_slots(kernel, THREADS, SMEM_BYTES);
+        match cluster {
+            WgmmaCluster::Off => Ok(WgmmaCluster::Off),
+            WgmmaCluster::Pair => slots().map(|_| WgmmaCluster::Pair),
+            WgmmaCluster::Auto => {
+                if !wgmma_clusters_allowed()? {
+                    return Ok(WgmmaCluster::Off);
+                }
+                Ok(match slots() {
+                    Ok(clusters) => wgmma_cluster_for(
+                        m,
+                        n,
+                        batch,
+                        tile.columns(),
+                        self.multiprocessors as usize,
+                        clusters,
+                    ),
+                    Err(_) => WgmmaCluster::Off, // the 1-block kernels run anywhere wgmma does
+                })
+            }
+        }
+    }
+
+    /// The device's multiprocessors, which the tile and cluster choices count waves on.
+    #[doc(hidden)]
+    pub fn multiprocessor_count(&self) -> usize {
+        self.multiprocessors as usize
+    }
+
+    /// How many 2-block clusters of the `_mc` kernel for `layout`, `O` and `tile` (not Auto)
+    /// fit on this device at once (the driver's occupancy answer the choice and the grid use);
+    /// Err where none does.
+    #[doc(hidden)]
+    pub fn wgmma_cluster_slots<O: Float>(
+        &self,
+        layout: GemmLayout,
+        tile: WgmmaTile,
+    ) -> Result<usize> {
+        self.cluster_slots(kernel_name::<O>(layout, tile, true), THREADS, SMEM_BYTES)
     }
 }
