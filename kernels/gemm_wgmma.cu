@@ -57,6 +57,22 @@
 //   straight from the accumulator fragments to global memory, pairs (c, c+1) as 8-byte (f32)
 //   or 4-byte (bf16) stores when N is even, scalar otherwise; with `accumulate` the old values
 //   are loaded 8 pairs at a time before the adds, to keep loads in flight.
+// - 2-CTA clusters (`_mc` kernels; the host picks them per product, gemm_wgmma/plan.rs): a
+//   cluster of 2 blocks (x) takes a pair of tiles one above the other, (m0, n0) and
+//   (m0 + 128, n0), which read the same B. Each block loads its own A and one half of B
+//   (N-wise) with `cp.async.bulk.tensor ... .multicast::cluster`, CTA mask 0b11, so both halves
+//   land in both blocks' rings at the same offsets and signal both blocks' `full` barriers:
+//   L2 → SM traffic per pair falls from 2·(A + B) to 2·A + B (48 → 32 KiB per block and
+//   k-block at 128 × 256). Each `full` barrier expects its block's A bytes plus all of B's
+//   (half from each producer); each `empty` barrier counts 16 arrivals, the 8 consumer warps
+//   of both blocks (a remote arrival through mapa), because either producer writes into both
+//   rings. Both blocks walk the same pairs and k-blocks in the same order, so the barriers'
+//   phases stay in step. A cluster-wide barrier follows the barrier inits (nothing reaches a
+//   peer's barrier before it exists) and precedes the exit (no block leaves while its peer may
+//   still arrive on its barriers). When the tile rows are odd, the last pair row has no second
+//   tile: rank 1 then loads no A, still multicasts its half of B and runs the barrier protocol,
+//   and stores nothing. Same k order and instructions per tile as the 1-block kernels, so C
+//   is bit-identical to theirs.
 //
 // PTX ISA references (PTX ISA 9.0 numbering; sections move between versions, names do not):
 // - §9.7.15.5.1.1.1 "Matrix Fragments for wgmma.mma_async.m64nNk16", Figure "WGMMA .m64nNk16
@@ -89,6 +105,10 @@
 //   with parity phase^1 and its first STAGES waits pass.
 // - §9.7.9.25.5.2 "cp.async.bulk.tensor": `.3d.shared::cluster.global.tile.mbarrier::
 //   complete_tx::bytes [dst], [tensorMap, {c0, c1, c2}], [mbar]`, c0 innermost, in elements.
+// - Clusters (hopper.cuh's wrappers, end of the file): §9.7.9.25.5.2 `.multicast::cluster`
+//   with a 16-bit ctaMask; §9.7.13.15.13 mbarrier.arrive `.release.cluster.shared::cluster`
+//   on an address from §9.7.9.22 mapa; §9.7.13.4 barrier.cluster.arrive/wait; special
+//   registers %cluster_ctarank, %clusterid, %nclusterid (§10).
 // - §9.7.19.5 "setmaxnreg" (sm_90a): `setmaxnreg.{inc,dec}.sync.aligned.u32 N`, executed by
 //   every warp of the warpgroup.
 #include "common.cuh"
@@ -101,7 +121,7 @@ namespace wgmma_gemm {
 
 constexpr int BM = 128, BK = 64, CONSUMERS = 2;
 constexpr int THREADS = 128 * (CONSUMERS + 1);
-constexpr int GROUP_M = 16;                      // tile rows per group of the tile order
+[[maybe_unused]] constexpr int GROUP_M = 16;  // tile rows per group of the tile order (sm_90a)
 constexpr uint32_t A_BYTES = BM * BK * 2;        // 16 KiB
 constexpr uint32_t BOX_BYTES = 64 * BK * 2;      // one 64 (M/N) × 64 (K) box: 8 KiB
 constexpr uint32_t SWIZZLE_ATOM = 1024;          // 8 rows × 128 B
@@ -143,18 +163,21 @@ struct TileCoord {
   int m0, n0, b;
 };
 
-// Tile t of the grouped order: batch outermost; inside a batch, groups of GROUP_M tile rows, each
-// walked column by column (the existing kernels' order, kernels/gemm.cu).
-__device__ __forceinline__ TileCoord tile_coord(int t, int tiles_m, int tiles_n, int bn) {
-  const int tiles_mn = tiles_m * tiles_n;
-  const int b = t / tiles_mn;
-  const int r = t - b * tiles_mn;
-  const int width = GROUP_M * tiles_n;
+// Unit t of the grouped order, a unit being `bm` rows × `bn` columns: batch outermost; inside a
+// batch, groups of `group_m` unit rows, each walked column by column (the existing kernels'
+// order, kernels/gemm.cu). A unit is one tile (bm = BM), or with 2-CTA clusters a pair of tiles
+// one above the other (bm = 2·BM, group_m = GROUP_M / 2: the same 16 tile rows per group).
+__device__ __forceinline__ TileCoord tile_coord(int t, int units_m, int units_n, int bm, int bn,
+                                                int group_m) {
+  const int units_mn = units_m * units_n;
+  const int b = t / units_mn;
+  const int r = t - b * units_mn;
+  const int width = group_m * units_n;
   const int group = r / width;
-  const int first_m = group * GROUP_M;
-  const int rows = min(tiles_m - first_m, GROUP_M);
+  const int first_m = group * group_m;
+  const int rows = min(units_m - first_m, group_m);
   const int q = r - group * width;
-  return {(first_m + q % rows) * BM, (q / rows) * bn, b};
+  return {(first_m + q % rows) * bm, (q / rows) * bn, b};
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -299,8 +322,12 @@ __device__ __forceinline__ void store_tile_tma(const float (&d)[BN / 2],
 
 // The whole kernel. A_MN / B_MN: the operand is stored M/N-major (transposed for wgmma).
 // `tma_epilogue`: store C through tma_c (accumulate: TMA reduce-add, f32 only), else from
-// registers.
-template <int BN, bool A_MN, bool B_MN, bool TMA_EPILOGUE, typename OutT>
+// registers. CLUSTER = 2: launched in clusters of 2 blocks (x) that take the two tiles of a
+// pair (m0, n0) and (m0 + BM, n0), which share B: each block loads its own A and half of B
+// (N-wise: rows n0 + rank·BN/2 .. of a K-major B, whose tensor map then has BN/2-row boxes;
+// boxes rank·BN/128 .. of an N-major B) and multicasts that half to both blocks (see the
+// header's "2-CTA clusters").
+template <int BN, int CLUSTER, bool A_MN, bool B_MN, bool TMA_EPILOGUE, typename OutT>
 __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const CUtensorMap* tma_b,
                                                 const CUtensorMap* tma_c, OutT* __restrict__ C,
                                                 int M, int N, int K, int batch, int accumulate) {
@@ -315,20 +342,36 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
   const uint32_t full0 = smem_u32(&bars[0]);
   const uint32_t empty0 = smem_u32(&bars[STAGES]);
   const int warpgroup = threadIdx.x / 128;
+  static_assert(CLUSTER == 1 || CLUSTER == 2, "clusters of 1 or 2 blocks");
+  // This block's rank in its cluster: which tile of the pair and which half of B it loads.
+  const uint32_t rank = CLUSTER == 2 ? cluster_ctarank() : 0;
 
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, CONSUMERS * 4);
+      // With a cluster, the stage is written by both blocks' producers (the multicast halves of
+      // B), so it is free only once the consumers of both blocks are done with it.
+      mbar_init(empty0 + 8 * s, CONSUMERS * 4 * CLUSTER);
     }
     mbar_fence_init();
   }
-  __syncthreads();
+  // With a cluster: the peer's barriers are initialised before any multicast or remote arrival
+  // reaches them.
+  if constexpr (CLUSTER == 2) {
+    cluster_sync();
+  } else {
+    __syncthreads();
+  }
 
   const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
-  const int tiles = tiles_m * tiles_n * batch;  // the host checked that it fits an int
-  const int k_blocks = (K + BK - 1) / BK;       // ≥ 1: the host never launches K = 0
+  // Units of work: tiles, or pairs of tiles (the last pair row lacks its second tile when
+  // tiles_m is odd). The host checked that the tile count fits an int.
+  const int units_m = (tiles_m + CLUSTER - 1) / CLUSTER;
+  const int units = units_m * tiles_n * batch;
+  const int first_unit = CLUSTER == 2 ? static_cast<int>(cluster_id_x()) : blockIdx.x;
+  const int unit_step = CLUSTER == 2 ? static_cast<int>(cluster_count_x()) : gridDim.x;
+  const int k_blocks = (K + BK - 1) / BK;  // ≥ 1: the host never launches K = 0
 
   if (warpgroup == 0) {
     // ---- producer ----
@@ -338,17 +381,29 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
       tma_prefetch_map(tma_b);
       int stage = 0;
       uint32_t phase = 0;
-      for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-        const TileCoord tc = tile_coord(t, tiles_m, tiles_n, BN);
+      for (int t = first_unit; t < units; t += unit_step) {
+        TileCoord tc = tile_coord(t, units_m, tiles_n, CLUSTER * BM, BN, GROUP_M / CLUSTER);
+        tc.m0 += rank * BM;
+        // Rank 1 of the last pair row when tiles_m is odd: no tile of its own, but it still
+        // loads and multicasts its half of B (its peer needs it) and keeps the barriers going.
+        const bool has_tile = tc.m0 < M;
         // Bytes this tile's stages receive: MN-major 64-wide sub-boxes wholly past M or N are
-        // skipped (see the header); a K-major box always starts inside the matrix.
-        const int a_boxes = A_MN ? (tc.m0 + 64 < M ? 2 : 1) : 1;
-        int b_boxes = 1;
+        // skipped (see the header); a K-major box always starts inside the matrix, except a
+        // second half of B that starts past N (skipped as well).
+        const int a_boxes = !has_tile ? 0 : A_MN ? (tc.m0 + 64 < M ? 2 : 1) : 1;
+        const uint32_t a_tx = A_MN ? a_boxes * BOX_BYTES : a_boxes * A_BYTES;
+        int b_boxes = 1;  // N-major: 64-wide boxes; K-major with a cluster: halves
         if (B_MN) b_boxes = min(BN / 64, (N - tc.n0 + 63) / 64);
-        const uint32_t tx = (A_MN ? a_boxes * BOX_BYTES : A_BYTES) +
-                            (B_MN ? b_boxes * BOX_BYTES : T::B_BYTES);
+        if (!B_MN && CLUSTER == 2) b_boxes = tc.n0 + BN / 2 < N ? 2 : 1;
+        const uint32_t b_tx = B_MN ? b_boxes * BOX_BYTES : b_boxes * (T::B_BYTES / CLUSTER);
+        const uint32_t tx = a_tx + b_tx;  // both halves of B land here, one from each block
         for (int kb = 0; kb < k_blocks; ++kb) {
-          mbar_wait(empty0 + 8 * stage, phase ^ 1);  // consumers released this stage
+          // The consumers (of both blocks, with a cluster) released this stage.
+          if constexpr (CLUSTER == 2) {
+            mbar_wait_cluster(empty0 + 8 * stage, phase ^ 1);
+          } else {
+            mbar_wait(empty0 + 8 * stage, phase ^ 1);
+          }
           const uint32_t full = full0 + 8 * stage;
           mbar_arrive_expect_tx(full, tx);
           const uint32_t sa = ring + stage * STAGE_BYTES, sb = sa + A_BYTES;
@@ -356,10 +411,25 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
           if (A_MN) {  // A [K][M]: boxes {64 m, 64 k} at m0, m0 + 64
             for (int j = 0; j < a_boxes; ++j)
               tma_load_3d(sa + j * BOX_BYTES, tma_a, full, tc.m0 + 64 * j, k0, tc.b);
-          } else {  // A [M][K]: one box {64 k, 128 m}
+          } else if (has_tile) {  // A [M][K]: one box {64 k, 128 m}
             tma_load_3d(sa, tma_a, full, k0, tc.m0, tc.b);
           }
-          if (B_MN) {  // B [K][N]: boxes {64 n, 64 k} at n0 + 64j
+          if constexpr (CLUSTER == 2) {
+            // This block's half of B, to both blocks (mask 0b11), at the same offsets.
+            constexpr int HALF = BN / 2;
+            if (B_MN) {  // boxes {64 n, 64 k} j = rank·HALF/64 .. of those inside N
+#pragma unroll
+              for (int jj = 0; jj < HALF / 64; ++jj) {
+                const int j = rank * (HALF / 64) + jj;
+                if (j < b_boxes)
+                  tma_load_3d_multicast(sb + j * BOX_BYTES, tma_b, full, tc.n0 + 64 * j, k0,
+                                        tc.b, 0x3);
+              }
+            } else if (rank < b_boxes) {  // one box {64 k, BN/2 n} at n0 + rank·BN/2
+              tma_load_3d_multicast(sb + rank * (T::B_BYTES / 2), tma_b, full,
+                                    k0, tc.n0 + rank * HALF, tc.b, 0x3);
+            }
+          } else if (B_MN) {  // B [K][N]: boxes {64 n, 64 k} at n0 + 64j
             for (int j = 0; j < b_boxes; ++j)
               tma_load_3d(sb + j * BOX_BYTES, tma_b, full, tc.n0 + 64 * j, k0, tc.b);
           } else {  // B [N][K]: one box {64 k, BN n}
@@ -396,8 +466,22 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
     for (int i = 0; i < T::ACC; ++i) acc[i] = 0.0f;
     int stage = 0;
     uint32_t phase = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const TileCoord tc = tile_coord(t, tiles_m, tiles_n, BN);
+    // Releases a stage: one arrival per warp on its empty barrier, in both blocks with a
+    // cluster (either block's producer multicasts into it).
+    const auto release = [&](int s) {
+      if constexpr (CLUSTER == 2) {
+#pragma unroll
+        for (uint32_t r = 0; r < 2; ++r) mbar_arrive_cluster(mapa_shared(empty0 + 8 * s, r));
+      } else {
+        mbar_arrive(empty0 + 8 * s);
+      }
+    };
+    for (int t = first_unit; t < units; t += unit_step) {
+      TileCoord tc = tile_coord(t, units_m, tiles_n, CLUSTER * BM, BN, GROUP_M / CLUSTER);
+      tc.m0 += rank * BM;
+      // No tile (rank 1 of an odd last pair row): run the loop for the barriers, store nothing.
+      // Its A stages are stale; the products only feed the accumulators, which are dropped.
+      const bool has_tile = tc.m0 < M;
       int prev_stage = 0;
       for (int kb = 0; kb < k_blocks; ++kb) {
         mbar_wait(full0 + 8 * stage, phase);  // the TMA bytes of this stage have landed
@@ -414,7 +498,7 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
         // The previous k-block's group is complete: its stage can be refilled.
         wgmma_wait<1>();
         fence_accumulators(acc);
-        if (kb > 0 && lane == 0) mbar_arrive(empty0 + 8 * prev_stage);
+        if (kb > 0 && lane == 0) release(prev_stage);
         prev_stage = stage;
         if (++stage == STAGES) {
           stage = 0;
@@ -423,8 +507,9 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
       }
       wgmma_wait<0>();
       fence_accumulators(acc);
-      if (lane == 0) mbar_arrive(empty0 + 8 * prev_stage);
+      if (lane == 0) release(prev_stage);
 
+      if (!has_tile) continue;
       if constexpr (use_tma) {
         // Rows wholly past M: nothing to store (the same for the whole warpgroup).
         if (tc.m0 + 64 * cw < M)
@@ -441,57 +526,81 @@ __device__ __forceinline__ void gemm_persistent(const CUtensorMap* tma_a, const 
     // complete before the block ends.
     if (use_tma && threadIdx.x % 128 == 0) bulk_wait_all();
   }
+  // With a cluster, no block exits while its peer may still arrive on its barriers (the
+  // consumers' last releases) or multicast into its ring: all of both blocks meet here first.
+  if constexpr (CLUSTER == 2) cluster_sync();
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 }  // namespace wgmma_gemm
 
-// One kernel per (tile, layout, output type); `tma_epilogue` picks the epilogue at run time (two
-// instantiations, so that each fits 168 registers without spills). Launch (gemm_wgmma.rs):
-// block 384, grid (min(tiles, SMs), 1, 1), dynamic shared memory wgmma_gemm::SMEM_BYTES
-// (opt-in attribute); tma_c is C's tensor map (unused, zeros, with the register epilogue).
+// One kernel per (tile, cluster, layout, output type); `tma_epilogue` picks the epilogue at run
+// time (two instantiations, so that each fits 168 registers without spills). Launch
+// (gemm_wgmma.rs): block 384, grid (min(tiles, SMs), 1, 1), dynamic shared memory
+// wgmma_gemm::SMEM_BYTES (opt-in attribute); tma_c is C's tensor map (unused, zeros, with the
+// register epilogue). The `_mc` kernels (2-CTA clusters, B multicast) are launched with
+// cuLaunchKernelEx and a cluster dimension of (2, 1, 1), an even grid of at most 2 × the
+// clusters that fit at once, and B's tensor map in boxes of BN/2 rows when B is K-major.
 // Built for sm_80/sm_90 too (build.rs compiles every file for them): there the body traps, and
 // the host never launches these kernels on anything but a compute-capability-9.0 device whose
 // loaded image is the sm_90a one (gemm_wgmma_probe).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WGMMA_BODY(BN, AMN, BMN, OUT)                                                   \
-  if (tma_epilogue)                                                                     \
-    wgmma_gemm::gemm_persistent<BN, AMN, BMN, true, OUT>(&tma_a, &tma_b, &tma_c, C, M, N, K,   \
-                                                         batch, accumulate);                 \
-  else                                                                                      \
-    wgmma_gemm::gemm_persistent<BN, AMN, BMN, false, OUT>(&tma_a, &tma_b, &tma_c, C, M, N, K,  \
-                                                          batch, accumulate)
+#define WGMMA_BODY(BN, CL, AMN, BMN, OUT)                                                      \
+  if (tma_epilogue)                                                                            \
+    wgmma_gemm::gemm_persistent<BN, CL, AMN, BMN, true, OUT>(&tma_a, &tma_b, &tma_c, C, M, N, K, \
+                                                             batch, accumulate);               \
+  else                                                                                         \
+    wgmma_gemm::gemm_persistent<BN, CL, AMN, BMN, false, OUT>(&tma_a, &tma_b, &tma_c, C, M, N,   \
+                                                              K, batch, accumulate)
 #else
-#define WGMMA_BODY(BN, AMN, BMN, OUT) __trap()
+#define WGMMA_BODY(BN, CL, AMN, BMN, OUT) __trap()
 #endif
 
-#define WGMMA_KERNEL(NAME, BN, AMN, BMN, OUT)                                                 \
+#define WGMMA_KERNEL(NAME, BN, CL, AMN, BMN, OUT)                                             \
   extern "C" __global__ void __launch_bounds__(wgmma_gemm::THREADS, 1)                       \
       NAME(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b, \
            const __grid_constant__ CUtensorMap tma_c, OUT* __restrict__ C, int M, int N, int K, \
            int batch, int accumulate, int tma_epilogue) {                                     \
-    WGMMA_BODY(BN, AMN, BMN, OUT);                                                            \
+    WGMMA_BODY(BN, CL, AMN, BMN, OUT);                                                        \
   }
 
 // 128 × 256 tiles.
 // HOT: gemm_wgmma_nt_bf16 gemm_wgmma_nt_f32 gemm_wgmma_nn_bf16 gemm_wgmma_nn_f32 gemm_wgmma_tn_bf16
 // HOT: gemm_wgmma_tn_f32
-WGMMA_KERNEL(gemm_wgmma_nt_bf16, 256, false, false, bf16)
-WGMMA_KERNEL(gemm_wgmma_nt_f32, 256, false, false, float)
-WGMMA_KERNEL(gemm_wgmma_nn_bf16, 256, false, true, bf16)
-WGMMA_KERNEL(gemm_wgmma_nn_f32, 256, false, true, float)
-WGMMA_KERNEL(gemm_wgmma_tn_bf16, 256, true, true, bf16)
-WGMMA_KERNEL(gemm_wgmma_tn_f32, 256, true, true, float)
+WGMMA_KERNEL(gemm_wgmma_nt_bf16, 256, 1, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32, 256, 1, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16, 256, 1, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32, 256, 1, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16, 256, 1, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32, 256, 1, true, true, float)
 // 128 × 128 tiles.
 // HOT: gemm_wgmma_nt_bf16_n128 gemm_wgmma_nt_f32_n128 gemm_wgmma_nn_bf16_n128
 // HOT: gemm_wgmma_nn_f32_n128 gemm_wgmma_tn_bf16_n128 gemm_wgmma_tn_f32_n128
-WGMMA_KERNEL(gemm_wgmma_nt_bf16_n128, 128, false, false, bf16)
-WGMMA_KERNEL(gemm_wgmma_nt_f32_n128, 128, false, false, float)
-WGMMA_KERNEL(gemm_wgmma_nn_bf16_n128, 128, false, true, bf16)
-WGMMA_KERNEL(gemm_wgmma_nn_f32_n128, 128, false, true, float)
-WGMMA_KERNEL(gemm_wgmma_tn_bf16_n128, 128, true, true, bf16)
-WGMMA_KERNEL(gemm_wgmma_tn_f32_n128, 128, true, true, float)
+WGMMA_KERNEL(gemm_wgmma_nt_bf16_n128, 128, 1, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32_n128, 128, 1, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16_n128, 128, 1, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32_n128, 128, 1, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16_n128, 128, 1, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32_n128, 128, 1, true, true, float)
+// 2-CTA clusters with B multicast, 128 × 256 tiles.
+// HOT: gemm_wgmma_nt_bf16_mc gemm_wgmma_nt_f32_mc gemm_wgmma_nn_bf16_mc gemm_wgmma_nn_f32_mc
+// HOT: gemm_wgmma_tn_bf16_mc gemm_wgmma_tn_f32_mc
+WGMMA_KERNEL(gemm_wgmma_nt_bf16_mc, 256, 2, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32_mc, 256, 2, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16_mc, 256, 2, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32_mc, 256, 2, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16_mc, 256, 2, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32_mc, 256, 2, true, true, float)
+// 2-CTA clusters with B multicast, 128 × 128 tiles.
+// HOT: gemm_wgmma_nt_bf16_n128_mc gemm_wgmma_nt_f32_n128_mc gemm_wgmma_nn_bf16_n128_mc
+// HOT: gemm_wgmma_nn_f32_n128_mc gemm_wgmma_tn_bf16_n128_mc gemm_wgmma_tn_f32_n128_mc
+WGMMA_KERNEL(gemm_wgmma_nt_bf16_n128_mc, 128, 2, false, false, bf16)
+WGMMA_KERNEL(gemm_wgmma_nt_f32_n128_mc, 128, 2, false, false, float)
+WGMMA_KERNEL(gemm_wgmma_nn_bf16_n128_mc, 128, 2, false, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_nn_f32_n128_mc, 128, 2, false, true, float)
+WGMMA_KERNEL(gemm_wgmma_tn_bf16_n128_mc, 128, 2, true, true, bf16)
+WGMMA_KERNEL(gemm_wgmma_tn_f32_n128_mc, 128, 2, true, true, float)
 
 // Which image of this file the driver loaded: 1 for the sm_90a one (the only one whose GEMM
 // kernels do anything), 0 otherwise. The host runs it once per context before the first GEMM.

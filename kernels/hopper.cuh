@@ -319,3 +319,90 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }  // namespace hopper
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// ---- thread-block clusters (PTX ISA 9.0: §9.7.13.4 barrier.cluster, §9.7.9.22 mapa,
+// §9.7.13.15.13 mbarrier.arrive, §9.7.13.15.16 mbarrier.try_wait, §9.7.9.25.5.2
+// cp.async.bulk.tensor .multicast::cluster, §10.13 special registers %cluster_ctarank,
+// %clusterid, %nclusterid). Used by kernels/gemm_wgmma.cu's 2-CTA variant. ----
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+namespace hopper {
+
+// This block's rank in its cluster, the cluster's index in the grid (x) and the clusters in the
+// grid (x).
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_id_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_count_x() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+// Every non-exited thread of every block of the cluster arrives (release: its earlier writes,
+// the mbarrier inits included, become visible cluster-wide) and waits (acquire) for all others.
+// Not .aligned: callers may reach it from divergent code.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile(
+      "barrier.cluster.arrive.release;\n"
+      "barrier.cluster.wait.acquire;\n" ::
+          : "memory");
+}
+// The shared::cluster address of `addr` (this block's shared window) in block `rank`'s window.
+__device__ __forceinline__ uint32_t mapa_shared(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+// One arrival on an mbarrier of any block of the cluster (`cluster_addr` from mapa_shared),
+// releasing this thread's earlier accesses at cluster scope (the barrier's owner may then
+// overwrite the memory they read).
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t cluster_addr) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(
+                   cluster_addr)
+               : "memory");
+}
+// mbar_wait with cluster-scope acquire: for a barrier that the other blocks of the cluster
+// arrive on (their releases pair with it). The same 4 s trap.
+__device__ __forceinline__ uint32_t mbar_try_wait_cluster(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done;
+}
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  if (mbar_try_wait_cluster(bar, parity)) return;
+  const uint64_t start = global_ns();
+  while (!mbar_try_wait_cluster(bar, parity)) {
+    if (global_ns() - start > 4000000000ull) __trap();
+  }
+}
+// tma_load_3d to every block of the cluster named in `cta_mask` (bit r: rank r): the box lands
+// at the same shared offset `dst` in each, and each block's mbarrier at offset `bar` receives
+// the complete_tx of the bytes written into that block.
+__device__ __forceinline__ void tma_load_3d_multicast(uint32_t dst, const CUtensorMap* map,
+                                                      uint32_t bar, int c0, int c1, int c2,
+                                                      uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "h"(cta_mask)
+      : "memory");
+}
+
+}  // namespace hopper
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL

@@ -31,6 +31,9 @@ mod embedding_sorted;
 mod gemm;
 #[path = "cuda_kernels/gemm_dispatch.rs"]
 mod gemm_dispatch;
+
+#[path = "cuda_kernels/gemm_multicast.rs"]
+mod gemm_multicast;
 #[path = "cuda_kernels/gemm_skinny.rs"]
 mod gemm_skinny;
 #[path = "cuda_kernels/gemm_support.rs"]

@@ -74,6 +74,7 @@ fn bash(script: &Path, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Outpu
         "MODEL_DIR",
         "DRY_RUN",
         "LD_LIBRARY_PATH",
+        "IMPLICIT_GEMM",
     ] {
         command.env_remove(name);
     }
@@ -477,6 +478,61 @@ fn gpu_check_serve_step_reports_a_server_that_does_not_start() {
             .file_type()
             .is_symlink());
         assert!(serve_model.join("tokenizer.json").is_file());
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Step "kernels" when the wgmma tests fail: the 1-block wgmma tests (without "multicast") run
+/// again under IMPLICIT_GEMM=wgmma-nocluster, and the later steps keep that value if they pass,
+/// or fall back to IMPLICIT_GEMM=mma if they fail too. A stand-in cuda_kernels fails the plain
+/// wgmma filter, answers the nocluster rerun with the given status, and records each call.
+#[test]
+fn gpu_check_falls_back_to_the_wgmma_kernels_without_clusters() {
+    let root = common::temp_dir("gpu-check-wgmma-fallback");
+    let Some(repo) = gpu_machine(&root) else {
+        return;
+    };
+    let calls = root.join("cuda-kernels-calls");
+    let script = repo.join("tools/gpu_check.sh");
+    for (rerun_rc, want) in [(0, "wgmma-nocluster"), (1, "mma")] {
+        let path = root.join("build/cuda_kernels");
+        write(
+            &path,
+            &format!(
+                "#!/bin/sh\necho \"IMPLICIT_GEMM=$IMPLICIT_GEMM $*\" >> '{}'\n\
+                 if [ \"$*\" = '--nocapture --test-threads=1 wgmma' ]; then exit 1; fi\n\
+                 if [ \"$*\" = '--nocapture --test-threads=1 --skip multicast wgmma' ]; then \
+                 exit {rerun_rc}; fi\nexit 0\n",
+                calls.display()
+            ),
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        pack(&root);
+        let _ = std::fs::remove_file(&calls);
+        let out = root.join(format!("out-{rerun_rc}"));
+        let env = [("STEPS", "kernels"), ("OUT", out.to_str().unwrap())];
+        let run = bash(&script, &[], &root.join("elsewhere"), &env);
+        // steps.txt goes into logs.tar.gz at the end; its lines are on stdout too.
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            stdout.contains(&format!("later steps run with IMPLICIT_GEMM={want}")),
+            "rerun rc {rerun_rc}: no fallback line in {stdout}"
+        );
+        let calls = std::fs::read_to_string(&calls).unwrap();
+        let lines: Vec<&str> = calls.lines().collect();
+        assert!(
+            lines.contains(&"IMPLICIT_GEMM=wgmma-nocluster --nocapture --test-threads=1 --skip multicast wgmma"),
+            "no nocluster rerun: {lines:?}"
+        );
+        // The remaining kernel tests ran under the chosen value.
+        let rest = lines
+            .iter()
+            .find(|l| l.contains("--skip wgmma --skip hopper"))
+            .unwrap_or_else(|| panic!("no cuda_kernels step: {lines:?}"));
+        assert!(
+            rest.starts_with(&format!("IMPLICIT_GEMM={want} ")),
+            "{rest}"
+        );
     }
     let _ = std::fs::remove_dir_all(&root);
 }

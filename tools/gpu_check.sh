@@ -10,7 +10,9 @@
 #   1. nvidia-smi (device, driver, clocks)                            -> nvidia-smi.log
 #   2. IMPLICIT_CUDA_SYNC=1 target/gpu/cuda_kernels (every kernel against its CPU reference;
 #      the wgmma GEMM's tests, then the Hopper attention's ("hopper"), first and apart, each
-#      under a 120 s limit; a family that fails is switched off for the later steps)
+#      under a short limit; a family that fails is switched off for the later steps; when the
+#      wgmma tests fail, those without "multicast" run again under IMPLICIT_GEMM=wgmma-nocluster,
+#      and if they pass the later steps keep the 1-block wgmma kernels)
 #                               -> cuda_kernels_wgmma.log, cuda_kernels_hopper.log, cuda_kernels.log
 #   3. target/gpu/cuda_model and cuda_generate                        -> cuda_model.log, cuda_generate.log
 #   3b. target/gpu/cuda_train (the training step against the CPU)     -> cuda_train.log
@@ -361,11 +363,19 @@ if wants kernels && [ -x "$BIN/cuda_kernels" ]; then
     # one family fails, the later steps of this call run without it (IMPLICIT_GEMM=mma,
     # IMPLICIT_ATTENTION=sm80; a value the caller set is kept), so that one broken kernel does
     # not cost the model, training and benchmark figures too.
-    step cuda_kernels_wgmma 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 wgmma
+    step cuda_kernels_wgmma 180 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 wgmma
     wgmma_ok=$((last_rc == 0))
     if [ "$wgmma_ok" = 0 ] && [ -z "${IMPLICIT_GEMM:-}" ]; then
-        echo "gpu_check: the wgmma GEMM's tests failed: the later steps run with IMPLICIT_GEMM=mma" | tee -a "$OUT/steps.txt"
-        export IMPLICIT_GEMM=mma
+        # The 1-block wgmma kernels alone (the 2-block-cluster ones are the "multicast" tests):
+        # if they pass, the later steps keep them (IMPLICIT_GEMM=wgmma-nocluster), else mma.sync.
+        step cuda_kernels_wgmma_nocluster 120 env IMPLICIT_GEMM=wgmma-nocluster IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 --skip multicast wgmma
+        if [ "$last_rc" = 0 ]; then
+            echo "gpu_check: the wgmma GEMM's cluster tests failed: the later steps run with IMPLICIT_GEMM=wgmma-nocluster" | tee -a "$OUT/steps.txt"
+            export IMPLICIT_GEMM=wgmma-nocluster
+        else
+            echo "gpu_check: the wgmma GEMM's tests failed: the later steps run with IMPLICIT_GEMM=mma" | tee -a "$OUT/steps.txt"
+            export IMPLICIT_GEMM=mma
+        fi
     fi
     step cuda_kernels_hopper 120 env IMPLICIT_CUDA_SYNC=1 "$BIN/cuda_kernels" --nocapture --test-threads=1 hopper
     if [ "$last_rc" != 0 ] && [ -z "${IMPLICIT_ATTENTION:-}" ]; then
@@ -595,7 +605,7 @@ fi
 # ---- summary (last, so the device tool's 12k-character tail holds it) ----
 echo
 echo "================ gpu_check summary (full logs in \$OUT: $OUT) ================"
-for t in cuda_kernels_wgmma cuda_kernels_hopper cuda_kernels cuda_model cuda_generate cuda_train cuda_model_mma cuda_train_mma; do
+for t in cuda_kernels_wgmma cuda_kernels_wgmma_nocluster cuda_kernels_hopper cuda_kernels cuda_model cuda_generate cuda_train cuda_model_mma cuda_train_mma; do
     log="$OUT/$t.log"
     step_of_t=kernels
     if [ "$t" = cuda_model ] || [ "$t" = cuda_generate ]; then step_of_t=model; fi

@@ -22,22 +22,33 @@
 //! runs) wherever [`tma_epilogue_problem`] allows, else from registers as before (odd n,
 //! unaligned C, bf16 accumulation). [`CudaBackend::gemm_bf16_wgmma_with`] forces either, for
 //! the tests (every variant against the f64 reference) and the bench rows.
+//!
+//! **2-block clusters** (issue 17 part 3, unmeasured): where [`wgmma_cluster_for`] finds that
+//! pairs of tiles cost no wave (every model shape), the `_mc` kernels run in clusters of 2
+//! blocks whose tiles share B, each block loading half of B and multicasting it to both
+//! (gemm_wgmma/cluster.rs launches them with `cuLaunchKernelEx`). `IMPLICIT_GEMM=wgmma-nocluster`
+//! keeps the wgmma kernels but turns the clusters off (what tools/gpu_check.sh falls back to
+//! when only the cluster tests fail); [`CudaBackend::gemm_bf16_wgmma_variant`] forces either.
 
 use super::gemm::{check_shapes, GemmLayout};
 use super::tensor_map::{encode_tiled, TensorMap, MAX_STRIDE_BYTES};
 use super::{kernel_error, CudaBackend, DeviceBuffer, Float};
 use crate::bail;
 use crate::error::{Error, Result};
-use cudarc::driver::{sys, DevicePtr, LaunchConfig};
+use cudarc::driver::{sys, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod choice;
+mod cluster;
 mod plan;
-pub use plan::{tma_epilogue_problem, wgmma_tile_for, WgmmaConfig, WgmmaEpilogue, WgmmaTile};
-
-/// The environment variable that chooses [`CudaBackend::gemm_bf16`]'s kernels ([`GemmChoice`]).
-pub const GEMM_ENV: &str = "IMPLICIT_GEMM";
+pub use choice::{gemm_choice, wgmma_clusters_allowed, GemmChoice, GEMM_ENV, GEMM_NO_CLUSTER};
+use cluster::CLUSTER_BLOCKS;
+pub use plan::{
+    tma_epilogue_problem, wgmma_cluster_for, wgmma_tile_for, WgmmaCluster, WgmmaConfig,
+    WgmmaEpilogue, WgmmaTile,
+};
 
 /// Block tile rows of kernels/gemm_wgmma.cu (K steps of 64).
 pub(super) const TILE_M: usize = 128;
@@ -47,55 +58,38 @@ const THREADS: u32 = 384;
 /// (128 + 128) × 64), 2 × 2 epilogue buffers of 8 KiB, plus 1 KiB to align them to the 128-byte
 /// swizzle's 1024-byte atom (the kernel asserts the same number).
 const SMEM_BYTES: u32 = 230_400;
-/// Which kernels take [`CudaBackend::gemm_bf16`]'s large products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GemmChoice {
-    /// kernels/gemm_wgmma.cu where the device, driver and shapes allow, else kernels/gemm.cu:
-    /// `IMPLICIT_GEMM` unset, empty, `auto` or `wgmma`.
-    Wgmma,
-    /// kernels/gemm.cu (mma.sync) everywhere: `IMPLICIT_GEMM=mma`.
-    Mma,
-}
-
-impl GemmChoice {
-    /// The choice a value of `IMPLICIT_GEMM` names (None: unset).
-    pub fn parse(value: Option<&str>) -> Result<GemmChoice> {
-        match value.map(str::trim) {
-            None | Some("" | "auto" | "wgmma") => Ok(GemmChoice::Wgmma),
-            Some("mma") => Ok(GemmChoice::Mma),
-            Some(other) => bail!(
-                "{GEMM_ENV}={other:?}: expected 'wgmma' (the default: the Hopper GEMM where \
-                 it runs) or 'mma' (kernels/gemm.cu everywhere)"
-            ),
-        }
-    }
-}
-
-/// `IMPLICIT_GEMM`'s choice, read once per process; an unknown value is an error at every
-/// product, naming the variable.
-pub fn gemm_choice() -> Result<GemmChoice> {
-    static CHOICE: OnceLock<std::result::Result<GemmChoice, String>> = OnceLock::new();
-    let choice = CHOICE.get_or_init(|| {
-        let value = std::env::var(GEMM_ENV).ok();
-        GemmChoice::parse(value.as_deref()).map_err(|e| e.to_string())
-    });
-    choice.clone().map_err(Error)
-}
-
 /// Per stream: whether the wgmma kernels can run there (Err: why not), found on first use.
 type Availability = HashMap<usize, std::result::Result<(), String>>;
 static AVAILABLE: OnceLock<Mutex<Availability>> = OnceLock::new();
 
-/// The kernel of a layout, output type and (chosen, not Auto) tile.
-fn kernel_name<O: Float>(layout: GemmLayout, tile: WgmmaTile) -> &'static str {
+/// The kernel of a layout, output type, (chosen, not Auto) tile, and clusters (Pair) or not.
+fn kernel_name<O: Float>(layout: GemmLayout, tile: WgmmaTile, pair: bool) -> &'static str {
     let square = tile == WgmmaTile::Square;
-    match (layout, square) {
-        (GemmLayout::NT, false) => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
-        (GemmLayout::NN, false) => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
-        (GemmLayout::TN, false) => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
-        (GemmLayout::NT, true) => O::pick("gemm_wgmma_nt_f32_n128", "gemm_wgmma_nt_bf16_n128"),
-        (GemmLayout::NN, true) => O::pick("gemm_wgmma_nn_f32_n128", "gemm_wgmma_nn_bf16_n128"),
-        (GemmLayout::TN, true) => O::pick("gemm_wgmma_tn_f32_n128", "gemm_wgmma_tn_bf16_n128"),
+    match (layout, square, pair) {
+        (GemmLayout::NT, false, false) => O::pick("gemm_wgmma_nt_f32", "gemm_wgmma_nt_bf16"),
+        (GemmLayout::NN, false, false) => O::pick("gemm_wgmma_nn_f32", "gemm_wgmma_nn_bf16"),
+        (GemmLayout::TN, false, false) => O::pick("gemm_wgmma_tn_f32", "gemm_wgmma_tn_bf16"),
+        (GemmLayout::NT, true, false) => {
+            O::pick("gemm_wgmma_nt_f32_n128", "gemm_wgmma_nt_bf16_n128")
+        }
+        (GemmLayout::NN, true, false) => {
+            O::pick("gemm_wgmma_nn_f32_n128", "gemm_wgmma_nn_bf16_n128")
+        }
+        (GemmLayout::TN, true, false) => {
+            O::pick("gemm_wgmma_tn_f32_n128", "gemm_wgmma_tn_bf16_n128")
+        }
+        (GemmLayout::NT, false, true) => O::pick("gemm_wgmma_nt_f32_mc", "gemm_wgmma_nt_bf16_mc"),
+        (GemmLayout::NN, false, true) => O::pick("gemm_wgmma_nn_f32_mc", "gemm_wgmma_nn_bf16_mc"),
+        (GemmLayout::TN, false, true) => O::pick("gemm_wgmma_tn_f32_mc", "gemm_wgmma_tn_bf16_mc"),
+        (GemmLayout::NT, true, true) => {
+            O::pick("gemm_wgmma_nt_f32_n128_mc", "gemm_wgmma_nt_bf16_n128_mc")
+        }
+        (GemmLayout::NN, true, true) => {
+            O::pick("gemm_wgmma_nn_f32_n128_mc", "gemm_wgmma_nn_bf16_n128_mc")
+        }
+        (GemmLayout::TN, true, true) => {
+            O::pick("gemm_wgmma_tn_f32_n128_mc", "gemm_wgmma_tn_bf16_n128_mc")
+        }
     }
 }
 
@@ -108,9 +102,9 @@ struct Operand {
 }
 
 /// A's and B's tensor-map shapes for a layout (kernels/gemm_wgmma.cu's boxes: a K-major A tile
-/// is one 64 × 128 box, a K-major B tile one 64 × `tile_n` box, an MN-major tile 64 × 64
-/// boxes).
-fn operands(layout: GemmLayout, m: usize, n: usize, k: usize, tile_n: usize) -> (Operand, Operand) {
+/// is one 64 × 128 box, a K-major B tile one 64 × `b_rows` box (the tile's width, or half of it
+/// per block of a 2-block cluster), an MN-major tile 64 × 64 boxes).
+fn operands(layout: GemmLayout, m: usize, n: usize, k: usize, b_rows: usize) -> (Operand, Operand) {
     let k_major = |rows: usize, box_rows: u32| Operand {
         inner: k,
         rows,
@@ -122,7 +116,7 @@ fn operands(layout: GemmLayout, m: usize, n: usize, k: usize, tile_n: usize) -> 
         box_rows: 64,
     };
     match layout {
-        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, tile_n as u32)),
+        GemmLayout::NT => (k_major(m, TILE_M as u32), k_major(n, b_rows as u32)),
         GemmLayout::NN => (k_major(m, TILE_M as u32), mn_major(n)),
         GemmLayout::TN => (mn_major(m), mn_major(n)),
     }
@@ -277,10 +271,17 @@ impl CudaBackend {
         match gemm_choice() {
             Err(e) => format!("none ({e})"),
             Ok(GemmChoice::Mma) => format!("mma.sync (kernels/gemm.cu; {GEMM_ENV}=mma)"),
-            Ok(GemmChoice::Wgmma) => match self.wgmma_available() {
-                Ok(()) => "wgmma (kernels/gemm_wgmma.cu)".to_string(),
-                Err(e) => format!("mma.sync (kernels/gemm.cu; {e})"),
-            },
+            Ok(GemmChoice::Wgmma) => {
+                match (self.wgmma_available(), wgmma_clusters_allowed()) {
+                    (Ok(()), Ok(true)) => {
+                        "wgmma (kernels/gemm_wgmma.cu, 2-block clusters where they fit)".to_string()
+                    }
+                    (Ok(()), _) => {
+                        format!("wgmma (kernels/gemm_wgmma.cu, no clusters: {GEMM_ENV}={GEMM_NO_CLUSTER})")
+                    }
+                    (Err(e), _) => format!("mma.sync (kernels/gemm.cu; {e})"),
+                }
+            }
         }
     }
 
@@ -401,7 +402,8 @@ impl CudaBackend {
     }
 
     /// [`CudaBackend::gemm_bf16_wgmma`] with the tile and epilogue forced (Auto: chosen as
-    /// there): what the tests use to cover every variant, and the benchmark to time each.
+    /// there), clusters as [`WgmmaCluster::Auto`] decides: what the tests use to cover every
+    /// variant, and the benchmark to time each.
     #[doc(hidden)]
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_bf16_wgmma_with<O: Float>(
@@ -417,17 +419,61 @@ impl CudaBackend {
         c: &mut DeviceBuffer<O>,
         accumulate: bool,
     ) -> Result<()> {
+        self.gemm_bf16_wgmma_variant(
+            config,
+            WgmmaCluster::Auto,
+            layout,
+            m,
+            n,
+            k,
+            batch,
+            a,
+            b,
+            c,
+            accumulate,
+        )
+    }
+
+    /// Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set before every use.
+    fn raise_shared_limit(&self, kernel: &'static str, shapes: &dyn Fn() -> String) -> Result<()> {
+        self.function(kernel)?
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                SMEM_BYTES as i32,
+            )
+            .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))
+    }
+
+    /// [`CudaBackend::gemm_bf16_wgmma_with`] with the clusters forced too (Auto: as there):
+    /// what the cluster tests and the benchmark's cluster rows use.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_wgmma_variant<O: Float>(
+        &self,
+        config: WgmmaConfig,
+        cluster: WgmmaCluster,
+        layout: GemmLayout,
+        m: usize,
+        n: usize,
+        k: usize,
+        batch: usize,
+        a: &DeviceBuffer<bf16>,
+        b: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+    ) -> Result<()> {
         let shapes =
             || format!("{layout:?} m {m} n {n} k {k} batch {batch} accumulate {accumulate}");
+        let pair_asked = cluster == WgmmaCluster::Pair;
         let chosen = self
             .wgmma_config(config, m, n, batch, c, accumulate)
             .map_err(|e| {
-                let kernel = kernel_name::<O>(layout, config.tile);
+                let kernel = kernel_name::<O>(layout, config.tile, pair_asked);
                 Error(format!("CUDA kernel {kernel} ({}): {e}", shapes()))
             })?;
-        let kernel = kernel_name::<O>(layout, chosen.tile);
+        let named = kernel_name::<O>(layout, chosen.tile, pair_asked);
         let checked = check_shapes(
-            &format!("CUDA GEMM {kernel}"),
+            &format!("CUDA GEMM {named}"),
             layout,
             m,
             n,
@@ -441,14 +487,25 @@ impl CudaBackend {
             return Ok(());
         }
         if let Err(e) = self.wgmma_supports(layout, m, n, k, batch, a, b) {
-            bail!("CUDA kernel {kernel} ({}): {e}", shapes());
+            bail!("CUDA kernel {named} ({}): {e}", shapes());
         }
+        let pair = self
+            .wgmma_cluster::<O>(cluster, layout, chosen.tile, m, n, batch)
+            .map_err(|e| Error(format!("CUDA kernel {named} ({}): {e}", shapes())))?
+            == WgmmaCluster::Pair;
+        let kernel = kernel_name::<O>(layout, chosen.tile, pair);
         let stream = self.stream();
         // The guards keep the buffers' stream-ordering records alive until after the launch.
         let (pa, _ra) = a.slice.device_ptr(stream);
         let (pb, _rb) = b.slice.device_ptr(stream);
         let tile_n = chosen.tile.columns();
-        let (op_a, op_b) = operands(layout, m, n, k, tile_n);
+        // With a cluster, each block loads half of a K-major B tile.
+        let b_rows = if pair {
+            tile_n / CLUSTER_BLOCKS as usize
+        } else {
+            tile_n
+        };
+        let (op_a, op_b) = operands(layout, m, n, k, b_rows);
         let map_a = encode(&op_a, batch, pa)
             .map_err(|e| Error(format!("CUDA kernel {kernel} ({}): A: {e}", shapes())))?;
         let map_b = encode(&op_b, batch, pb)
@@ -462,26 +519,49 @@ impl CudaBackend {
             // Not read by the kernel's register epilogue.
             TensorMap::unused()
         };
-
-        // Over 48 KiB of dynamic shared memory needs the opt-in; cheap, so set on every call.
-        self.function(kernel)?
-            .set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                SMEM_BYTES as i32,
-            )
-            .map_err(|e| kernel_error(kernel, &shapes(), "raising the shared-memory limit", e))?;
+        self.raise_shared_limit(kernel, &shapes)?;
+        let tiles = m.div_ceil(TILE_M) * n.div_ceil(tile_n) * batch;
+        let batch_i = batch as i32; // ≤ 65535 (check_shapes)
+        let acc = accumulate as i32;
+        let tma_i = tma_epilogue as i32;
+        if pair {
+            // Persistent: one cluster per pair of tiles (one above the other), at most as many
+            // as fit at once; `wgmma_cluster` found that at least one fits.
+            let pairs = m.div_ceil(2 * TILE_M) * n.div_ceil(tile_n) * batch;
+            let slots = self.cluster_slots(kernel, THREADS, SMEM_BYTES)?;
+            let blocks = pairs.min(slots).max(1) as u32 * CLUSTER_BLOCKS;
+            let (mut pc, _wc) = c.slice.device_ptr_mut(stream);
+            let (mut m_i, mut n_i, mut k_i) = (checked.m, checked.n, checked.k);
+            let (mut batch_i, mut acc, mut tma_i) = (batch_i, acc, tma_i);
+            let (mut map_a, mut map_b, mut map_c) = (map_a, map_b, map_c);
+            let mut args: [*mut std::ffi::c_void; 10] = [
+                (&mut map_a as *mut TensorMap).cast(),
+                (&mut map_b as *mut TensorMap).cast(),
+                (&mut map_c as *mut TensorMap).cast(),
+                (&mut pc as *mut sys::CUdeviceptr).cast(),
+                (&mut m_i as *mut i32).cast(),
+                (&mut n_i as *mut i32).cast(),
+                (&mut k_i as *mut i32).cast(),
+                (&mut batch_i as *mut i32).cast(),
+                (&mut acc as *mut i32).cast(),
+                (&mut tma_i as *mut i32).cast(),
+            ];
+            // SAFETY: the ten pointers follow kernels/gemm_wgmma.cu's WGMMA_KERNEL signature
+            // type for type (three CUtensorMaps, C's device pointer, six ints) and live until
+            // the call returns; check_shapes checked C's length against the shapes, and the
+            // tensor maps bound every read of A and B.
+            return unsafe {
+                self.launch_clustered(kernel, blocks, THREADS, SMEM_BYTES, &mut args, &shapes)
+            };
+        }
         // Persistent: one block per multiprocessor (225 KiB of shared memory each), at most one
         // per tile. `shape_problem` checked that the tile count fits an int.
-        let tiles = m.div_ceil(TILE_M) * n.div_ceil(tile_n) * batch;
         let blocks = tiles.min(self.multiprocessors as usize).max(1);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: SMEM_BYTES,
         };
-        let batch_i = batch as i32; // ≤ 65535 (check_shapes)
-        let acc = accumulate as i32;
-        let tma_i = tma_epilogue as i32;
         launch!(
             self,
             kernel,

@@ -116,8 +116,8 @@ pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};
 pub use gemm::GemmLayout;
 pub use gemm_skinny::{skinny_plan, SkinnyPlan, SkinnySplit, SKINNY_MAX_ROWS};
 pub use gemm_wgmma::{
-    gemm_choice, tma_epilogue_problem, wgmma_tile_for, GemmChoice, WgmmaConfig, WgmmaEpilogue,
-    WgmmaTile, GEMM_ENV,
+    gemm_choice, tma_epilogue_problem, wgmma_cluster_for, wgmma_clusters_allowed, wgmma_tile_for,
+    GemmChoice, WgmmaCluster, WgmmaConfig, WgmmaEpilogue, WgmmaTile, GEMM_ENV, GEMM_NO_CLUSTER,
 };
 pub use gemv::GEMV_MAX_ROWS;
 pub use memory::MemoryUse;

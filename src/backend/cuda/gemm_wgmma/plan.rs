@@ -1,7 +1,8 @@
 //! Which variant of kernels/gemm_wgmma.cu a product runs (launched from gemm_wgmma.rs): the
-//! block tile, from the waves each tiling takes on the device's multiprocessors, and the
-//! epilogue, TMA wherever C allows it. Both can be forced ([`WgmmaConfig`]) by the tests and the
-//! benchmark, which cover and time every variant.
+//! block tile, from the waves each tiling takes on the device's multiprocessors, the epilogue,
+//! TMA wherever C allows it, and whether blocks pair up in 2-block clusters that share B by
+//! TMA multicast ([`wgmma_cluster_for`]). Each can be forced ([`WgmmaConfig`],
+//! [`WgmmaCluster`]) by the tests and the benchmark, which cover and time every variant.
 
 use super::{MAX_STRIDE_BYTES, TILE_M};
 
@@ -83,6 +84,50 @@ pub fn wgmma_tile_for(m: usize, n: usize, batch: usize, sms: usize) -> WgmmaTile
     }
 }
 
+/// Whether a product's blocks pair up in clusters of 2 (kernels/gemm_wgmma.cu's `_mc` kernels:
+/// the two tiles of a pair, one above the other, share B, each block loading half of it and
+/// multicasting it to both).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgmmaCluster {
+    /// [`wgmma_cluster_for`]'s choice, or Off under `IMPLICIT_GEMM=wgmma-nocluster`.
+    Auto,
+    /// One block per tile, alone.
+    Off,
+    /// Clusters of 2 blocks sharing B (an error where the device fits no such cluster).
+    Pair,
+}
+
+/// Whether a product of these sizes on `tile_n`-column tiles runs on 2-block clusters, given
+/// `sms` multiprocessors and `clusters` 2-block clusters resident at once (the driver's
+/// occupancy answer): Pair when there are at least 2 tile rows (a lone row would leave every
+/// second block without a tile of its own) and the pairs take no more waves on the clusters
+/// than the tiles on the multiprocessors (an odd row count leaves one block per column of the
+/// last pair row idle, and the driver may fit fewer than sms / 2 clusters). Multicast then only
+/// removes L2 → shared-memory traffic: B's bytes per pair of tiles are loaded once.
+#[doc(hidden)]
+pub fn wgmma_cluster_for(
+    m: usize,
+    n: usize,
+    batch: usize,
+    tile_n: usize,
+    sms: usize,
+    clusters: usize,
+) -> WgmmaCluster {
+    let tiles_m = m.div_ceil(TILE_M);
+    if tiles_m < 2 || clusters == 0 {
+        return WgmmaCluster::Off;
+    }
+    let columns = n.div_ceil(tile_n) * batch;
+    let single_waves = (tiles_m * columns).div_ceil(sms.max(1));
+    let pair_waves = (tiles_m.div_ceil(2) * columns).div_ceil(clusters);
+    if pair_waves <= single_waves {
+        WgmmaCluster::Pair
+    } else {
+        WgmmaCluster::Off
+    }
+}
+
 /// Why C cannot be written through TMA (None: it can): bf16 accumulation (TMA's reduce-add
 /// would round A·B to bf16 before adding, a second rounding), rows that are not 16-byte
 /// multiples, an unaligned C, or a matrix over TMA's stride limit.
@@ -143,6 +188,59 @@ mod tests {
         // Batches count: 32 heads of 512 × 512 are 256 wide tiles (2 waves) or 512 square (4 of
         // half the time): a tie.
         assert_eq!(wgmma_tile_for(512, 512, 32, sms), WgmmaTile::Wide);
+    }
+
+    /// The cluster choice at Llama-2-7B's products (T = 2048) on an H100: 132 multiprocessors
+    /// and, assumed here, 66 resident 2-block clusters (one per pair of SMs; the driver's
+    /// answer is read at run time).
+    #[test]
+    fn clusters_are_chosen_where_they_cost_no_wave() {
+        let (sms, clusters) = (132, 66);
+        for (m, n, tile_n) in [
+            (2048, 4096, 256),  // q/k/v/o fwd, dX: 256 tiles = 128 pairs, 2 waves either way
+            (2048, 11008, 128), // gate/up fwd (square tile): 1376 tiles, 11 waves either way
+            (4096, 4096, 256),  // dW q/k/v/o
+            (11008, 4096, 256), // dW gate/up: 86 tile rows
+            (32000, 4096, 256), // dW lm_head: 250 tile rows
+            (2048, 32000, 256), // lm_head fwd
+        ] {
+            assert_eq!(
+                wgmma_cluster_for(m, n, 1, tile_n, sms, clusters),
+                WgmmaCluster::Pair,
+                "{m} x {n}"
+            );
+        }
+        // One tile row: every second block would have nothing of its own.
+        assert_eq!(
+            wgmma_cluster_for(128, 4096, 1, 256, sms, clusters),
+            WgmmaCluster::Off
+        );
+        assert_eq!(
+            wgmma_cluster_for(100, 4096, 4, 256, sms, clusters),
+            WgmmaCluster::Off
+        );
+        // No cluster fits: never.
+        assert_eq!(
+            wgmma_cluster_for(2048, 4096, 1, 256, sms, 0),
+            WgmmaCluster::Off
+        );
+        // Three tile rows × 88 columns: 264 tiles are 2 waves alone, 176 pairs 3 waves on 66
+        // clusters (the idle third of the last pair row costs a wave): alone.
+        assert_eq!(
+            wgmma_cluster_for(384, 88 * 256, 1, 256, sms, clusters),
+            WgmmaCluster::Off
+        );
+        // Three tile rows × 10 columns: 30 tiles, 20 pairs, one wave either way: pairs.
+        assert_eq!(
+            wgmma_cluster_for(384, 2560, 1, 256, sms, clusters),
+            WgmmaCluster::Pair
+        );
+        // Fewer clusters than sms / 2 fit: 256 tiles on 132 SMs are 2 waves, 128 pairs on 60
+        // clusters 3: alone.
+        assert_eq!(
+            wgmma_cluster_for(2048, 4096, 1, 256, sms, 60),
+            WgmmaCluster::Off
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The compute-bound kernels: our GEMM against cuBLAS at the same shape (and, on compute
-//! capability 9.0, the Hopper wgmma kernel as its own rows: the variant it picks, the other
-//! tile, and the register epilogue), and causal flash attention against PyTorch SDPA.
+//! capability 9.0, the Hopper wgmma kernel as its own rows: the variant it picks, the same
+//! without 2-block clusters, the other tile, and the register epilogue), and causal flash
+//! attention against PyTorch SDPA.
 
 use super::{
     Bench, BenchResult, GemmTimes, Reference, ATTENTION_BWD_TARGET, ATTENTION_FWD_TARGET,
@@ -8,8 +9,8 @@ use super::{
 };
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cuda::{
-    wgmma_tile_for, AttentionChoice, DeviceBuffer, Float, GemmLayout, WgmmaConfig, WgmmaEpilogue,
-    WgmmaTile, GEMV_MAX_ROWS,
+    wgmma_tile_for, AttentionChoice, DeviceBuffer, Float, GemmLayout, WgmmaCluster, WgmmaConfig,
+    WgmmaEpilogue, WgmmaTile, GEMV_MAX_ROWS,
 };
 use crate::bench::inputs::{gb_s, rel_diff, tflops, Sample};
 use crate::bench::timing::Timing;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Per timed wgmma variant: its time, and ‖wgmma − cuBLAS‖/‖cuBLAS‖ on one product when
 /// cuBLAS ran.
-type WgmmaTimes = Vec<(WgmmaConfig, Timing, Option<f64>)>;
+type WgmmaTimes = Vec<((WgmmaConfig, WgmmaCluster), Timing, Option<f64>)>;
 
 /// A wgmma tile as the bench rows name it.
 fn tile_name(tile: WgmmaTile) -> &'static str {
@@ -61,7 +62,7 @@ impl Bench<'_> {
         accumulate: bool,
         with_cublas: bool,
         ours: bool,
-        wgmma: &[WgmmaConfig],
+        wgmma: &[(WgmmaConfig, WgmmaCluster)],
     ) -> Result<(GemmTimes, WgmmaTimes)> {
         let gpu = self.gpu;
         let sets = self.sets(2 * (m * k + k * n));
@@ -105,20 +106,20 @@ impl Bench<'_> {
             }
         }
         let mut wgmma_times = Vec::new();
-        for &config in wgmma {
+        for &(config, cluster) in wgmma {
             // Its failure (e.g. on a driver the first H100 run did not see) is a note, and the
             // other rows go on (unless it left the GPU unusable, which the next row reports).
             let mut timed = || -> Result<(Timing, Option<f64>)> {
                 let time = self.timer.time(&mut |i| {
                     let s = i % sets;
-                    gpu.gemm_bf16_wgmma_with(
-                        config, layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate,
+                    gpu.gemm_bf16_wgmma_variant(
+                        config, cluster, layout, m, n, k, 1, &a[s], &b[s], &mut c, accumulate,
                     )
                 })?;
                 let mut check = None;
                 if let Some(y) = &reference {
-                    gpu.gemm_bf16_wgmma_with(
-                        config, layout, m, n, k, 1, &a[0], &b[0], &mut c, false,
+                    gpu.gemm_bf16_wgmma_variant(
+                        config, cluster, layout, m, n, k, 1, &a[0], &b[0], &mut c, false,
                     )?;
                     let x = self.download_prefix(&c, count)?;
                     check = Some(rel_diff(&x, y));
@@ -126,9 +127,9 @@ impl Bench<'_> {
                 Ok((time, check))
             };
             match timed() {
-                Ok((time, check)) => wgmma_times.push((config, time, check)),
+                Ok((time, check)) => wgmma_times.push(((config, cluster), time, check)),
                 Err(e) => self.sink.note(&format!(
-                    "gemm_wgmma {config:?} {layout:?} m {m} n {n} k {k} failed: {e}"
+                    "gemm_wgmma {config:?} {cluster:?} {layout:?} m {m} n {n} k {k} failed: {e}"
                 )),
             }
         }
@@ -151,10 +152,12 @@ impl Bench<'_> {
     }
 
     /// Our GEMM against cuBLAS at one shape; on Hopper also the wgmma kernel as its own rows:
-    /// `gemm_wgmma_<layout>_<out>` is the variant `gemm_bf16_wgmma` picks (the default path),
-    /// `… [128x256]` / `… [128x128]` the other tile with the TMA epilogue where C allows it,
-    /// and `… [regs]` the picked tile with the register epilogue (the kernel of the first H100
-    /// run), so that one run shows what each lever is worth beside cuBLAS.
+    /// `gemm_wgmma_<layout>_<out>` is the variant `gemm_bf16_wgmma` picks (the default path:
+    /// 2-block clusters with B multicast where they cost no wave), `… [<tile>, 1 block]` the
+    /// same without clusters, `… [128x256]` / `… [128x128]` the other tile with the TMA
+    /// epilogue where C allows it (clusters as picked), and `… [<tile>, regs]` the picked tile
+    /// with the register epilogue and no clusters (the kernel of the first H100 run), so that
+    /// one run shows what each lever is worth beside cuBLAS.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(
         &mut self,
@@ -210,15 +213,28 @@ impl Bench<'_> {
                 _ => WgmmaTile::Square,
             };
             vec![
-                WgmmaConfig::AUTO,
-                WgmmaConfig {
-                    tile: other,
-                    epilogue: WgmmaEpilogue::Auto,
-                },
-                WgmmaConfig {
-                    tile: picked,
-                    epilogue: WgmmaEpilogue::Registers,
-                },
+                (WgmmaConfig::AUTO, WgmmaCluster::Auto),
+                (
+                    WgmmaConfig {
+                        tile: picked,
+                        epilogue: WgmmaEpilogue::Auto,
+                    },
+                    WgmmaCluster::Off,
+                ),
+                (
+                    WgmmaConfig {
+                        tile: other,
+                        epilogue: WgmmaEpilogue::Auto,
+                    },
+                    WgmmaCluster::Auto,
+                ),
+                (
+                    WgmmaConfig {
+                        tile: picked,
+                        epilogue: WgmmaEpilogue::Registers,
+                    },
+                    WgmmaCluster::Off,
+                ),
             ]
         } else {
             Vec::new()
@@ -240,18 +256,21 @@ impl Bench<'_> {
                 &times,
             );
         }
-        for (config, time, check) in wgmma {
+        for ((config, cluster), time, check) in wgmma {
             let theirs = GemmTimes {
                 cublas: times.cublas.clone(),
                 ours: None,
                 check,
             };
-            let kernel = match (config.tile, config.epilogue) {
-                (WgmmaTile::Auto, _) => wgmma_kernel.to_string(),
-                (tile, WgmmaEpilogue::Registers) => {
+            let kernel = match (config.tile, config.epilogue, cluster) {
+                (WgmmaTile::Auto, _, _) => wgmma_kernel.to_string(),
+                (tile, WgmmaEpilogue::Registers, _) => {
                     format!("{wgmma_kernel} [{}, regs]", tile_name(tile))
                 }
-                (tile, _) => format!("{wgmma_kernel} [{}]", tile_name(tile)),
+                (tile, _, WgmmaCluster::Off) => {
+                    format!("{wgmma_kernel} [{}, 1 block]", tile_name(tile))
+                }
+                (tile, _, _) => format!("{wgmma_kernel} [{}]", tile_name(tile)),
             };
             self.gemm_result(
                 &kernel,
