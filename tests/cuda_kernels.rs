@@ -31,7 +31,6 @@ mod embedding_sorted;
 mod gemm;
 #[path = "cuda_kernels/gemm_dispatch.rs"]
 mod gemm_dispatch;
-
 #[path = "cuda_kernels/gemm_multicast.rs"]
 mod gemm_multicast;
 #[path = "cuda_kernels/gemm_skinny.rs"]
