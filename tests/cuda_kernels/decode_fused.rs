@@ -5,11 +5,12 @@
 //!
 //! Bounds (‖out − ref‖/‖ref‖): bf16 outputs 8e-3, the bound of the rope, swiglu and GEMM tests
 //! (one bf16 rounding is ≤ 2^-9 relative, ~1.1e-3 in the norm for uniform rounding errors);
-//! f32 outputs of the products 2e-3, tests/cuda_kernels/gemm.rs's (f32 sums over k ≤ 11008
+//! f32 outputs of the products 2e-3, tests/cuda_kernels/gemm_support.rs's (f32 sums over k ≤ 11008
 //! of bf16 products: ~√k·2^-24 ≈ 6e-6 expected). Copies (v into the cache) are bit-exact, and
 //! the fused SwiGLU is bit-identical to kernels/swiglu.cu on the separated halves (the same f32
 //! arithmetic).
 
+use super::gemm_support::{BF16_OUT_BOUND, F32_OUT_BOUND};
 use crate::common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cpu::ops::{self, RopeLayout, RopeSpec};
@@ -17,8 +18,6 @@ use implicit::backend::cuda::{
     CudaBackend, CudaKvCache, GemmLayout, KvBatch, KvCacheShape, QkvOutputs,
 };
 
-const BF16_OUT_BOUND: f64 = 8e-3;
-const F32_OUT_BOUND: f64 = 2e-3;
 
 fn bits(v: &[bf16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()

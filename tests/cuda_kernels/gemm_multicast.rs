@@ -3,7 +3,7 @@
 //! both), forced through `gemm_bf16_wgmma_variant` on every layout (NT, NN, TN), both tiles and
 //! both epilogues, in every output mode (bf16 out, f32 out, f32 += twice, bf16 +=):
 //! - against an f64 reference on the CPU from the same bf16 inputs, C poisoned with NaN first;
-//!   bounds 8e-3 (bf16 out) and 2e-3 (f32 out), those of the 1-block wgmma tests in gemm.rs
+//!   bounds 8e-3 (bf16 out) and 2e-3 (f32 out), those of the 1-block wgmma tests (gemm_support.rs)
 //!   (which the first H100 run passed): the cluster changes where B's bytes come from, not
 //!   the arithmetic;
 //! - bit for bit against the 1-block kernel on the same inputs: each tile runs the same
@@ -18,6 +18,8 @@
 //! `IMPLICIT_GEMM=wgmma-nocluster`). They skip without a GPU or off compute capability 9.0.
 //! Every test name holds "wgmma", so tools/gpu_check.sh's wgmma step runs them.
 
+// The 1-block wgmma tests' bounds, which passed on the H100.
+use super::gemm_support::{BF16_OUT_BOUND, F32_OUT_BOUND};
 use crate::common::gpu::{hopper_gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
@@ -27,9 +29,6 @@ use implicit::backend::cuda::{
 
 /// What a test here names when it skips off compute capability 9.0.
 const WGMMA_MULTICAST: &str = "wgmma multicast";
-/// The 1-block wgmma tests' bounds (tests/cuda_kernels/gemm.rs), passed on the H100.
-const BF16_OUT_BOUND: f64 = 8e-3;
-const F32_OUT_BOUND: f64 = 2e-3;
 /// Products (m·n·k·batch) above this are checked against f64 on a sample of rows (every
 /// element is still checked to be written, and bit-compared with the 1-block kernel).
 const FULL_CHECK_MACS: usize = 1 << 27;

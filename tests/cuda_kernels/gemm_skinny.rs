@@ -4,18 +4,17 @@
 //! the 128-row slab, k not a multiple of the 64-wide step), K split off, forced on and chosen
 //! by the planner, bf16 and f32 out, accumulation into both; Llama-2-7B's decode products at
 //! batch 64 on a sample of rows. Outputs are poisoned with NaN first, so an unwritten element
-//! fails. Bounds (‖out − ref‖/‖ref‖) are tests/cuda_kernels/gemm.rs's, measured on the tiled
+//! fails. Bounds (‖out − ref‖/‖ref‖) are tests/cuda_kernels/gemm_support.rs's, measured on the tiled
 //! kernels with the same inputs and f32 accumulation: 8e-3 for bf16 outputs (storage rounding,
 //! 2⁻⁹ relative per element), 2e-3 for f32 outputs.
 
+use super::gemm_support::{BF16_OUT_BOUND, F32_OUT_BOUND};
 use crate::common::gpu::{gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
     CudaBackend, DeviceBuffer, GemmLayout, SkinnySplit, GEMV_MAX_ROWS, SKINNY_MAX_ROWS,
 };
 
-const BF16_OUT_BOUND: f64 = 8e-3;
-const F32_OUT_BOUND: f64 = 2e-3;
 /// Products (m·n·k) above this are checked on a sample of rows.
 const FULL_CHECK_MACS: usize = 1 << 27;
 const SAMPLED_ROWS: usize = 12;
