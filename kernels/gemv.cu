@@ -18,6 +18,14 @@
 // _r2, _r4, _r8 keep exactly as many accumulators as rows (m ≤ R). Needs k % 8 == 0 and
 // 16-byte aligned A and B (gemm.rs checks and otherwise uses the tiled kernel). CPU reference:
 // tests/cuda_kernels/gemm.rs.
+//
+// norm_gemv_nt_*: the norm before a decode product (RMSNorm with weight g, or OLMo's LayerNorm)
+// inside it. Each block normalises the M ≤ 8 f32 residual rows into shared memory (bf16, 2·M·K
+// bytes) with decode.cu's norm_rows arithmetic, then runs the loop above over them: the same
+// bits as model_norm_bf16 then gemv_nt, one launch and no bf16 copy in memory. The cost is each
+// block reading x (4·M·K bytes) and g (4·K) from L2: at M = 1, K = 4096, 32 KB beside the 128 KB
+// of weights a block streams; its warps' first weight loads are issued before the norm. Tests:
+// tests/cuda_kernels/norm_gemv.rs.
 #include "common.cuh"
 
 #define GEMV_MAX_ROWS 8

@@ -29,6 +29,8 @@ mod embedding_sorted;
 mod gemm;
 #[path = "cuda_kernels/gemm_skinny.rs"]
 mod gemm_skinny;
+#[path = "cuda_kernels/norm_gemv.rs"]
+mod norm_gemv;
 #[path = "cuda_kernels/norm_residual.rs"]
 mod norm_residual;
 

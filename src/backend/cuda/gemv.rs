@@ -182,16 +182,16 @@ impl CudaBackend {
             eps,
         } = input;
         let m = rows.len();
-        let kernel = norm_gemv_kernel::<O>(m)?;
         if k == 0 || !w.len().is_multiple_of(k) {
             bail!(
-                "CUDA kernel {kernel}: W has {} elements, not a whole number of rows of dim {k}",
+                "fused norm + GEMV: W has {} elements, not a whole number of rows of dim {k}",
                 w.len()
             );
         }
         let n = w.len() / k;
-        let checked = check_shapes(kernel, GemmLayout::NT, m, n, k, 1, m * k, w.len(), c.len())?;
         self.norm_gemv_supports(m, n, k, w)?;
+        let kernel = norm_gemv_kernel::<O>(m)?;
+        let checked = check_shapes(kernel, GemmLayout::NT, m, n, k, 1, m * k, w.len(), c.len())?;
         if !x.len().is_multiple_of(k) || x.is_empty() {
             bail!(
                 "CUDA kernel {kernel}: x has {} elements, not a positive number of rows of dim {k}",
@@ -203,7 +203,10 @@ impl CudaBackend {
         let (g, layer_norm) = match norm {
             RowNorm::Rms(g) => {
                 if g.len() != k {
-                    bail!("CUDA kernel {kernel}: the norm weight has {} elements, dim is {k}", g.len());
+                    bail!(
+                        "CUDA kernel {kernel}: the norm weight has {} elements, dim is {k}",
+                        g.len()
+                    );
                 }
                 (&g.slice, 0i32)
             }
@@ -211,8 +214,9 @@ impl CudaBackend {
         };
         let smem = 2 * m * k;
         let shapes = || format!("m {m} n {n} k {k} of {x_rows} rows, {norm:?} (norm + gemv)");
-        // Over 48 KiB needs the opt-in; the same limit on every call.
-        if smem > 48 * 1024 {
+        // Over 48 KiB with the static scratch (at most 1 KiB) needs the opt-in; the same limit
+        // on every call, so concurrent calls cannot lower it under one another.
+        if smem + 32 * GEMV_MAX_ROWS * 4 > 48 * 1024 {
             let budget = self.norm_gemv_smem_budget(kernel)?;
             raise_smem_limit(self, kernel, budget as u32, shapes)?;
         }

@@ -493,7 +493,14 @@ impl<'g> CudaTransformer<'g> {
                 }
             }
             self.linear(attn, &layer.o_proj, (total, q_dim), x, true)?;
-            self.norm_linear(x, all_rows, layer.mlp_norm.as_ref(), h, &layer.gate_up, gate_up)?;
+            self.norm_linear(
+                x,
+                all_rows,
+                layer.mlp_norm.as_ref(),
+                h,
+                &layer.gate_up,
+                gate_up,
+            )?;
             gpu.swiglu_fused(gate_up, c.intermediate_size, act)?;
             self.linear(act, &layer.down_proj, (total, c.intermediate_size), x, true)?;
         }
