@@ -24,15 +24,17 @@
 
 mod decode_graph;
 mod fused;
+mod greedy;
 
 use decode_graph::{DecodeGraph, DecodeOutput};
 use fused::{CudaLayer, Prefill};
+use greedy::GreedyPicks;
 
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::backend::cuda::{
     CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, NormedRows,
-    QkvOutputs, RowList, RowNorm, RuleAdapterOutput, MAX_HEAD_DIM,
+    QkvOutputs, RowList, RowNorm, MAX_HEAD_DIM,
 };
 use crate::bail;
 use crate::error::Result;
@@ -578,55 +580,4 @@ fn split_rows(flat: &[f32], width: usize, per_seq: &[usize]) -> Vec<Vec<f32>> {
         start += m;
     }
     out
-}
-
-/// The greedy choice of each row of `[rows, vocab]` logits, made on the GPU by the rule adapter's
-/// kernel with no rules (a zero bias, no EOS term): the argmax and its log-softmax.
-struct GreedyPicks {
-    tokens: DeviceBuffer<u32>,
-    logprobs: DeviceBuffer<f32>,
-    base_logprobs: DeviceBuffer<f32>,
-    /// `[vocab]` zeros.
-    no_bias: DeviceBuffer<f32>,
-    /// `[rows]` zeros.
-    no_eos_bias: DeviceBuffer<f32>,
-    vocab: usize,
-}
-
-impl GreedyPicks {
-    fn new(gpu: &CudaBackend, rows: usize, vocab: usize) -> Result<GreedyPicks> {
-        Ok(GreedyPicks {
-            tokens: gpu.alloc(rows)?,
-            logprobs: gpu.alloc(rows)?,
-            base_logprobs: gpu.alloc(rows)?,
-            no_bias: gpu.zeros(vocab)?,
-            no_eos_bias: gpu.zeros(rows)?,
-            vocab,
-        })
-    }
-
-    /// Queues the picks of every row of `logits`.
-    fn compute(&mut self, gpu: &CudaBackend, logits: &DeviceBuffer<f32>) -> Result<()> {
-        let out = RuleAdapterOutput {
-            tokens: &mut self.tokens,
-            logprobs: &mut self.logprobs,
-            base_logprobs: &mut self.base_logprobs,
-        };
-        // An EOS id past the vocabulary adds no EOS term.
-        gpu.rule_adapter(
-            logits,
-            self.vocab,
-            &self.no_bias,
-            u32::MAX,
-            &self.no_eos_bias,
-            out,
-        )
-    }
-
-    /// Each row's token and log-probability, after the queued work.
-    fn download(&self, gpu: &CudaBackend) -> Result<Vec<(u32, f32)>> {
-        let tokens = gpu.download(&self.tokens)?;
-        let logprobs = gpu.download(&self.logprobs)?;
-        Ok(tokens.into_iter().zip(logprobs).collect())
-    }
 }
