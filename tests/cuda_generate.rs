@@ -295,6 +295,41 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
     }
 }
 
+/// The norms fused into the products of batches of at most 8 rows change no bit over the whole
+/// decode schedule (batches 1, 2, 3 fused; 12 and 140 take the separate norms either way).
+#[test]
+fn fused_norms_give_the_separate_norms_logits_over_the_decode_schedule() {
+    let Some(gpu) = gpu() else { return };
+    let Some(dir) = common::stories260k("cuda-fused-norms") else {
+        return;
+    };
+    let cpu = Transformer::load(&dir).unwrap();
+    let bos = cpu.config.bos_token_id.unwrap_or(1);
+    let ids = |n, salt| made_up_prompt(bos, n, salt);
+    let prompts = [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)];
+    let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
+    model.set_fused_norms(false);
+    let separate = decode_schedule(&mut model, &prompts);
+    model.set_fused_norms(true);
+    assert!(
+        model.captured_batch_sizes().is_empty(),
+        "switching the fusion drops the graphs"
+    );
+    let fused = decode_schedule(&mut model, &prompts);
+    assert_eq!(fused.len(), separate.len());
+    for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
+        let differ = f
+            .iter()
+            .zip(s)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "logits row {i}: {differ} values differ from the separate norms'"
+        );
+    }
+}
+
 #[test]
 fn decode_graphs_over_their_memory_budget_drop_the_least_recently_used() {
     let Some(gpu) = gpu() else { return };

@@ -39,6 +39,8 @@ mod gemm_skinny;
 mod gemm_support;
 #[path = "cuda_kernels/gemm_wgmma.rs"]
 mod gemm_wgmma;
+#[path = "cuda_kernels/norm_gemv.rs"]
+mod norm_gemv;
 #[path = "cuda_kernels/norm_residual.rs"]
 mod norm_residual;
 #[path = "cuda_kernels/rule_adapter.rs"]

@@ -495,6 +495,71 @@ fn olmo_fixture_matches_the_cpu() {
     model_matches_the_cpu(&dir, [41, 23], AttentionPath::Auto, "olmo_fixture");
 }
 
+/// The norms fused into the decode products (`CudaTransformer::set_fused_norms`, on by default)
+/// change no bit: the same prefill (ragged, so the final norm gathers the last rows) and decode
+/// steps of 1 and 2 sequences (graphed, and eager), with the fusion off then on, give the same
+/// logits, for RMSNorm (llama-gqa) and OLMo's LayerNorm.
+#[test]
+fn fused_norms_give_the_separate_norms_logits_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new("fused_norms_bit_for_bit");
+    for name in ["llama-gqa", "olmo"] {
+        let cpu = Transformer::load(&common::fixtures().join(name)).unwrap();
+        let mut model = CudaTransformer::load(gpu, &cpu).unwrap();
+        assert!(model.fused_norms(), "fused norms should be the default");
+        let seqs = [
+            rng.tokens(7, cpu.config.vocab_size),
+            rng.tokens(4, cpu.config.vocab_size),
+        ];
+        let mut runs = Vec::new();
+        for (fused, graphs) in [(false, true), (true, true), (false, false), (true, false)] {
+            model.set_fused_norms(fused);
+            model.decode_graphs = graphs;
+            let mut caches: Vec<CudaKvCache> = seqs.iter().map(|_| model.new_cache()).collect();
+            let mut logits = Vec::new();
+            let mut batch: Vec<(&[u32], &mut CudaKvCache)> = seqs
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(s, c)| (&s[..3 + s.len() % 2], c))
+                .collect();
+            logits.extend(model.forward(&mut batch, Logits::Last).unwrap());
+            let mut next: Vec<u32> = logits.iter().map(|l| ops::argmax(l) as u32).collect();
+            for step in 0..6 {
+                // Both sequences, then the first alone every third step.
+                let live = if step % 3 == 2 { 1 } else { 2 };
+                let mut batch: Vec<(&[u32], &mut CudaKvCache)> = caches
+                    .iter_mut()
+                    .zip(next.chunks(1))
+                    .take(live)
+                    .map(|(c, t)| (t, c))
+                    .collect();
+                let out = model.forward(&mut batch, Logits::Last).unwrap();
+                for (s, l) in out.iter().enumerate() {
+                    next[s] = ops::argmax(l) as u32;
+                }
+                logits.extend(out);
+            }
+            runs.push((fused, graphs, logits));
+        }
+        let (_, _, first) = &runs[0];
+        for (fused, graphs, logits) in &runs[1..] {
+            assert_eq!(logits.len(), first.len());
+            for (i, (a, b)) in logits.iter().zip(first).enumerate() {
+                let differ = a
+                    .iter()
+                    .zip(b)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{name} fused {fused} graphs {graphs}: logits row {i} has {differ} values \
+                     unlike the separate norms' (graphed)"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn hidden_states_match_the_cpu() {
     let Some(gpu) = gpu() else { return };

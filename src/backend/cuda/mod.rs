@@ -29,7 +29,8 @@
 //!
 //! - `gemm` (gemm.cu): [`GemmLayout`], the mma.sync GEMM, the choice of kernel, the cuBLAS
 //!   reference;
-//! - `gemv` (gemv.cu): products of at most [`GEMV_MAX_ROWS`] rows (a decode step's);
+//! - `gemv` (gemv.cu): products of at most [`GEMV_MAX_ROWS`] rows (a decode step's), also with
+//!   the norm before them fused in ([`NormedRows`]);
 //! - `gemm_skinny` (gemm_skinny.cu): NT products of a decode batch (up to [`SKINNY_MAX_ROWS`]
 //!   rows) on the tensor cores, K split across blocks when the GPU would idle;
 //! - `gemm_wgmma` (gemm_wgmma.cu): the Hopper wgmma GEMM and [`gemm_choice`];
@@ -119,7 +120,7 @@ pub use gemm_wgmma::{
     gemm_choice, tma_epilogue_problem, wgmma_cluster_for, wgmma_clusters_allowed, wgmma_tile_for,
     GemmChoice, WgmmaCluster, WgmmaConfig, WgmmaEpilogue, WgmmaTile, GEMM_ENV, GEMM_NO_CLUSTER,
 };
-pub use gemv::GEMV_MAX_ROWS;
+pub use gemv::{NormedRows, GEMV_MAX_ROWS};
 pub use memory::MemoryUse;
 pub use nccl::{nccl_unique_id, Communicator, NCCL_ID_BYTES};
 pub use norm::{NormGradOut, RMS_BWD_REGS_MAX_D};

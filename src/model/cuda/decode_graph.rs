@@ -4,7 +4,8 @@
 //! each are a large share of the step. Captured once per batch size and replayed, the step is a
 //! single launch (benches/NOTES.md, "Decode step as a CUDA graph"). With the fused weights
 //! (fused.rs) a Llama layer is 9 kernels (norm, QKV product, RoPE + KV append, attention, output
-//! product, norm, gate|up product, SwiGLU, down product), 292 for a 32-layer step.
+//! product, norm, gate|up product, SwiGLU, down product), 292 for a 32-layer step; with the norms
+//! inside the products at up to 8 rows (mod.rs), 7 per layer and 227 for the step.
 //!
 //! What makes one graph serve every step of every sequence:
 //! - the step's activations, token ids, row lists, final-norm rows and logits live in buffers

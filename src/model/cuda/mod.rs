@@ -16,18 +16,25 @@
 //! row) → x += attn·Woᵀ (the GEMM accumulates into the f32 residual) → h = norm(x) →
 //! [g|u] = h·W_guᵀ → silu(g) ⊙ u → x += act·Wdᵀ. Then the final norm of only the rows whose
 //! logits are wanted, and the LM head (the embedding when tied) in f32.
+//!
+//! With at most `GEMV_MAX_ROWS` rows (a decode step of up to 8 sequences) each norm runs inside
+//! the product after it (`CudaBackend::norm_gemm_bf16`: the GEMV normalises x itself, bit for
+//! bit as the norm kernel would), two launches fewer per layer and one before the LM head,
+//! unless [`CudaTransformer::set_fused_norms`] (or `IMPLICIT_FUSED_NORMS=0`) turns that off.
 
 mod decode_graph;
 mod fused;
+mod greedy;
 
 use decode_graph::{DecodeGraph, DecodeOutput};
 use fused::{CudaLayer, Prefill};
+use greedy::GreedyPicks;
 
 use crate::backend::cpu::attention::AttentionShape;
 use crate::backend::cpu::parallel::parallel_chunks_mut;
 use crate::backend::cuda::{
-    CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, QkvOutputs,
-    RowList, RowNorm, RuleAdapterOutput, SplitKvWorkspace, MAX_HEAD_DIM,
+    CudaBackend, CudaKvCache, DeviceBuffer, Float, GemmLayout, KvBatch, KvCacheShape, NormedRows,
+    QkvOutputs, RowList, RowNorm, SplitKvWorkspace, MAX_HEAD_DIM,
 };
 use crate::bail;
 use crate::error::Result;
@@ -47,6 +54,10 @@ impl From<&ModelConfig> for KvCacheShape {
         }
     }
 }
+
+/// Environment variable: `0` runs the norms before decode products as separate launches
+/// ([`CudaTransformer::set_fused_norms`]).
+pub const FUSED_NORMS_ENV: &str = "IMPLICIT_FUSED_NORMS";
 
 /// Which attention kernel a forward pass uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +82,9 @@ pub struct CudaTransformer<'g> {
     /// 7B model, so every batch size up to 256 would take ~8.5 GB): beyond it the least
     /// recently used graphs are dropped. `IMPLICIT_CUDA_GRAPH_MIB`, 1024 MiB by default.
     pub decode_graph_budget: usize,
+    /// Whether the norms before the products of at most `GEMV_MAX_ROWS` rows run inside them
+    /// ([`CudaTransformer::set_fused_norms`]).
+    fuse_norms: bool,
     /// One captured decode step per batch size. Declared before the weights, so that the
     /// graphs, which hold the weights' addresses, go first.
     graphs: std::collections::HashMap<usize, DecodeGraph>,
@@ -91,6 +105,7 @@ impl std::fmt::Debug for CudaTransformer<'_> {
             .field("attention", &self.attention)
             .field("decode_graphs", &self.decode_graphs)
             .field("decode_graph_budget", &self.decode_graph_budget)
+            .field("fuse_norms", &self.fuse_norms)
             .field("captured_batch_sizes", &self.captured_batch_sizes())
             .finish()
     }
@@ -171,6 +186,7 @@ impl<'g> CudaTransformer<'g> {
             attention: AttentionPath::Auto,
             decode_graphs: std::env::var("IMPLICIT_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             decode_graph_budget: decode_graph::budget_from_env()?,
+            fuse_norms: std::env::var(FUSED_NORMS_ENV).map_or(true, |v| v != "0"),
             graphs: std::collections::HashMap::new(),
             graph_clock: 0,
             embed_tokens: w.embed_tokens,
@@ -185,6 +201,22 @@ impl<'g> CudaTransformer<'g> {
         self.gpu
     }
 
+    /// Whether the norms before the products of decode-sized batches (at most `GEMV_MAX_ROWS`
+    /// rows) run inside those products: on unless `IMPLICIT_FUSED_NORMS=0`.
+    pub fn fused_norms(&self) -> bool {
+        self.fuse_norms
+    }
+
+    /// Turns the fused norms on or off (the results are the same bits either way; off keeps
+    /// the separate norm launches, to compare). Drops the captured decode steps, which were
+    /// recorded with the other choice.
+    pub fn set_fused_norms(&mut self, on: bool) {
+        if on != self.fuse_norms {
+            self.fuse_norms = on;
+            self.clear_decode_graphs();
+        }
+    }
+
     /// An empty KV cache for this model.
     pub fn new_cache(&self) -> CudaKvCache {
         CudaKvCache::new(&self.config)
@@ -195,6 +227,29 @@ impl<'g> CudaTransformer<'g> {
             Some(w) => RowNorm::Rms(w),
             None => RowNorm::LayerNorm,
         }
+    }
+
+    /// y[rows, out] = norm(x[rows])·Wᵀ (W `[out, hidden]`, the norm with `weight` or OLMo's
+    /// LayerNorm): one fused launch for up to `GEMV_MAX_ROWS` rows when
+    /// [`CudaTransformer::fused_norms`], else the norm into `h` (bf16) and the product.
+    fn norm_linear<O: Float>(
+        &self,
+        x: &DeviceBuffer<f32>,
+        rows: &RowList,
+        weight: Option<&DeviceBuffer<f32>>,
+        h: &mut DeviceBuffer<bf16>,
+        w: &DeviceBuffer<bf16>,
+        y: &mut DeviceBuffer<O>,
+    ) -> Result<()> {
+        let input = NormedRows {
+            x,
+            dim: self.config.hidden_size,
+            rows: rows.device(),
+            norm: self.norm(weight),
+            eps: self.config.norm_eps as f64,
+        };
+        self.gpu
+            .norm_gemm_bf16(input, h, w, y, false, self.fuse_norms)
     }
 
     /// y[rows, out] = x[rows, inp] · Wᵀ for W `[out, inp]` (bf16 in, f32 sums; `O` out, added
@@ -390,7 +445,6 @@ impl<'g> CudaTransformer<'g> {
         let (heads, kv_heads) = (c.num_heads, c.num_kv_heads);
         let q_dim = heads * hd;
         let total = kv.rows();
-        let eps = c.norm_eps as f64;
         let rope = c.rope_spec(heads);
         let Activations {
             ids,
@@ -407,9 +461,7 @@ impl<'g> CudaTransformer<'g> {
         } = acts;
         gpu.embedding_to_f32(ids, &self.embed_tokens, d, x)?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let attn_norm = self.norm(layer.attn_norm.as_ref());
-            gpu.norm_rows(x, d, all_rows.device(), attn_norm, eps, h)?;
-            self.linear(h, &layer.qkv, (total, d), qkv, false)?;
+            self.norm_linear(x, all_rows, layer.attn_norm.as_ref(), h, &layer.qkv, qkv)?;
             if let Some(clip) = c.clip_qkv {
                 // q, k and v are all clamped: one launch over the fused rows.
                 gpu.clamp_bf16(qkv, clip)?;
@@ -444,9 +496,14 @@ impl<'g> CudaTransformer<'g> {
                 }
             }
             self.linear(attn, &layer.o_proj, (total, q_dim), x, true)?;
-            let mlp_norm = self.norm(layer.mlp_norm.as_ref());
-            gpu.norm_rows(x, d, all_rows.device(), mlp_norm, eps, h)?;
-            self.linear(h, &layer.gate_up, (total, d), gate_up, false)?;
+            self.norm_linear(
+                x,
+                all_rows,
+                layer.mlp_norm.as_ref(),
+                h,
+                &layer.gate_up,
+                gate_up,
+            )?;
             gpu.swiglu_fused(gate_up, c.intermediate_size, act)?;
             self.linear(act, &layer.down_proj, (total, c.intermediate_size), x, true)?;
         }
@@ -454,7 +511,8 @@ impl<'g> CudaTransformer<'g> {
     }
 
     /// The final norm of the listed rows of the residual stream `x` into `normed` (bf16), and
-    /// the LM head (the embedding when tied) into `logits` (`[rows, vocab]`, f32).
+    /// the LM head (the embedding when tied) into `logits` (`[rows, vocab]`, f32); one fused
+    /// launch for up to `GEMV_MAX_ROWS` rows ([`CudaTransformer::norm_linear`]).
     fn lm_head(
         &self,
         x: &DeviceBuffer<f32>,
@@ -462,13 +520,8 @@ impl<'g> CudaTransformer<'g> {
         normed: &mut DeviceBuffer<bf16>,
         logits: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        let c = &self.config;
-        let d = c.hidden_size;
-        let final_norm = self.norm(self.final_norm.as_ref());
-        self.gpu
-            .norm_rows(x, d, rows.device(), final_norm, c.norm_eps as f64, normed)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        self.linear(normed, head, (rows.len(), d), logits, false)
+        self.norm_linear(x, rows, self.final_norm.as_ref(), normed, head, logits)
     }
 
     /// Logits of every position of one sequence, from an empty cache: `[tokens, vocab]`.
@@ -538,55 +591,4 @@ fn split_rows(flat: &[f32], width: usize, per_seq: &[usize]) -> Vec<Vec<f32>> {
         start += m;
     }
     out
-}
-
-/// The greedy choice of each row of `[rows, vocab]` logits, made on the GPU by the rule adapter's
-/// kernel with no rules (a zero bias, no EOS term): the argmax and its log-softmax.
-struct GreedyPicks {
-    tokens: DeviceBuffer<u32>,
-    logprobs: DeviceBuffer<f32>,
-    base_logprobs: DeviceBuffer<f32>,
-    /// `[vocab]` zeros.
-    no_bias: DeviceBuffer<f32>,
-    /// `[rows]` zeros.
-    no_eos_bias: DeviceBuffer<f32>,
-    vocab: usize,
-}
-
-impl GreedyPicks {
-    fn new(gpu: &CudaBackend, rows: usize, vocab: usize) -> Result<GreedyPicks> {
-        Ok(GreedyPicks {
-            tokens: gpu.alloc(rows)?,
-            logprobs: gpu.alloc(rows)?,
-            base_logprobs: gpu.alloc(rows)?,
-            no_bias: gpu.zeros(vocab)?,
-            no_eos_bias: gpu.zeros(rows)?,
-            vocab,
-        })
-    }
-
-    /// Queues the picks of every row of `logits`.
-    fn compute(&mut self, gpu: &CudaBackend, logits: &DeviceBuffer<f32>) -> Result<()> {
-        let out = RuleAdapterOutput {
-            tokens: &mut self.tokens,
-            logprobs: &mut self.logprobs,
-            base_logprobs: &mut self.base_logprobs,
-        };
-        // An EOS id past the vocabulary adds no EOS term.
-        gpu.rule_adapter(
-            logits,
-            self.vocab,
-            &self.no_bias,
-            u32::MAX,
-            &self.no_eos_bias,
-            out,
-        )
-    }
-
-    /// Each row's token and log-probability, after the queued work.
-    fn download(&self, gpu: &CudaBackend) -> Result<Vec<(u32, f32)>> {
-        let tokens = gpu.download(&self.tokens)?;
-        let logprobs = gpu.download(&self.logprobs)?;
-        Ok(tokens.into_iter().zip(logprobs).collect())
-    }
 }

@@ -9,16 +9,21 @@
 //! 2048 keys, at batch 1 and 64: the kernel `cached_attention` picked before the split over
 //! blocks (the keys over a block's warps at batch 1, one warp per pair at 64) and the split-KV
 //! kernels, each with GB/s of K/V read and its fraction of copy.
+//!
+//! Then, at batch 1, the norm before each normed product run inside the GEMV
+//! (`CudaBackend::norm_gemv_nt`, kernels/gemv.cu) against the separate norm + GEMV the model ran
+//! before, on the 7B's fused q|k|v, fused gate|up and LM head (f32 out): the fused launch's
+//! time, the pair's (the reference), and their outputs' difference (0: the same bits).
 
 use super::{
     Bench, BenchResult, Reference, DECODE_BATCH, D_MODEL, FFN, HEADS, HEAD_DIM, MEMORY_TARGET,
     VOCAB,
 };
 use crate::backend::cuda::{
-    CudaKvCache, GemmLayout, KeySplit, KvBatch, KvCacheShape, RowList, SkinnySplit,
-    SplitKvWorkspace, GEMV_MAX_ROWS, SKINNY_MAX_ROWS,
+    CudaKvCache, Float, GemmLayout, KeySplit, KvBatch, KvCacheShape, NormedRows, RowList, RowNorm,
+    SkinnySplit, SplitKvWorkspace, GEMV_MAX_ROWS, SKINNY_MAX_ROWS,
 };
-use crate::bench::inputs::{gb_s, rel_diff, tflops};
+use crate::bench::inputs::{gb_s, rel_diff, tflops, Sample};
 use crate::error::Result;
 use half::bf16;
 
@@ -47,6 +52,70 @@ impl Bench<'_> {
                 self.decode_product(label, m, d_out, d_in)?;
             }
         }
+        self.norm_product::<bf16>("fused q|k|v", 3 * D_MODEL)?;
+        self.norm_product::<bf16>("fused gate|up", 2 * FFN)?;
+        self.norm_product::<f32>("lm_head", VOCAB)
+    }
+
+    /// y[1, n] = rmsnorm(x)·Wᵀ (W `[n, D_MODEL]`, f32 x and norm weight, `O` out): fused
+    /// (`norm_gemv_nt`) against `norm_rows` + `gemm_bf16` on the same inputs.
+    fn norm_product<O: Float + Sample>(&mut self, label: &str, n: usize) -> Result<()> {
+        let kernel = O::pick("norm_gemv_nt_f32", "norm_gemv_nt_bf16").to_string();
+        if !self.wants(&[&kernel, label, "decode", "norm_gemv"]) {
+            return Ok(());
+        }
+        let (gpu, k) = (self.gpu, D_MODEL);
+        let sets = self.sets(2 * k * n);
+        let w = self.randoms::<bf16>(sets, n * k, -1.0, 1.0)?;
+        let x = self.random::<f32>(k, -3.0, 3.0)?;
+        let g = self.random::<f32>(k, 0.5, 1.5)?;
+        let rows = gpu.upload(&[0u32])?;
+        let input = NormedRows {
+            x: &x,
+            dim: k,
+            rows: &rows,
+            norm: RowNorm::Rms(&g),
+            eps: 1e-5,
+        };
+        let mut h = gpu.alloc::<bf16>(k)?;
+        let mut c = gpu.alloc::<O>(n)?;
+        let fused = self
+            .timer
+            .time(&mut |i| gpu.norm_gemv_nt(input, &w[i % sets], &mut c, false))?;
+        let separate = self
+            .timer
+            .time(&mut |i| gpu.norm_gemm_bf16(input, &mut h, &w[i % sets], &mut c, false, false))?;
+        gpu.norm_gemm_bf16(input, &mut h, &w[0], &mut c, false, false)?;
+        let separate_out = self.download_prefix(&c, n)?;
+        gpu.norm_gemv_nt(input, &w[0], &mut c, false)?;
+        let check = rel_diff(&self.download_prefix(&c, n)?, &separate_out);
+        // The fused launch reads the weights once, and x and g in f32.
+        let bytes = (2 * n * k + 8 * k) as f64;
+        let rate = gb_s(bytes, fused.median_us);
+        let fraction = rate / self.copy_gb_s;
+        let speed_ratio = separate.median_us / fused.median_us;
+        self.push(BenchResult {
+            kernel,
+            group: "decode",
+            shape: format!("decode rmsnorm + {label} m 1: 1x{n}x{k}"),
+            tokens: Some(1),
+            bytes,
+            flops: 2.0 * (n * k) as f64,
+            time: fused,
+            gb_s: rate,
+            tflops: None,
+            ceiling: Some("copy"),
+            ceiling_fraction: Some(fraction),
+            reference: Some(Reference {
+                name: "norm + GEMV time ÷ fused",
+                median_us: separate.median_us,
+                tflops: None,
+                speed_ratio,
+            }),
+            target: Some(format!("≥{:.0}% of copy", MEMORY_TARGET * 100.0)),
+            meets_target: Some(fraction >= MEMORY_TARGET),
+            check_rel_diff: Some(check),
+        });
         Ok(())
     }
 
