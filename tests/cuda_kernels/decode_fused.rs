@@ -18,7 +18,6 @@ use implicit::backend::cuda::{
     CudaBackend, CudaKvCache, GemmLayout, KvBatch, KvCacheShape, QkvOutputs,
 };
 
-
 fn bits(v: &[bf16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()
 }
