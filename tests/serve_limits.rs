@@ -5,102 +5,23 @@
 
 mod common;
 
+use common::serve::{self, post, read_response, start_server};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The server process; killed when dropped, so also when a test fails.
-struct ServerGuard {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(model: &Path, extra: &[&str]) -> ServerGuard {
-    let mut child = Command::new(common::implicit_bin())
-        .arg("serve")
-        .arg("--model")
-        .arg(model)
-        .args(["--port", "0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start implicit serve");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(120))
-        .unwrap_or_default();
-    let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok());
-    let Some(port) = port else {
-        let _ = child.kill();
-        panic!("no port in the server's first line {line:?}");
-    };
-    ServerGuard { child, port }
-}
+/// Longer than any wait these tests expect, so that a stuck server fails the test instead of
+/// hanging it.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s
-}
-
-/// Reads one response: (status, lower-cased head, body by Content-Length).
-fn read_response(stream: &mut TcpStream) -> (u16, String, String) {
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line);
-    }
-    assert!(head.len() > 12, "no response head: {head:?}");
-    let status = head[9..12].parse().unwrap();
-    let head = head.to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, head, String::from_utf8(body).unwrap())
+    serve::connect(port, READ_TIMEOUT)
 }
 
 fn request(port: u16, raw: &str) -> (u16, String, Value) {
-    let mut s = connect(port);
-    s.write_all(raw.as_bytes()).unwrap();
-    let (status, head, body) = read_response(&mut s);
-    (
-        status,
-        head,
-        serde_json::from_str(&body).unwrap_or(Value::Null),
-    )
-}
-
-fn post(path: &str, body: &str) -> String {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    serve::request(port, raw, READ_TIMEOUT)
 }
 
 /// An OpenAI-style error with this status, type and param.
@@ -118,7 +39,7 @@ fn bodies_over_the_limit_are_refused_at_once_and_bad_options_get_openai_errors()
     let Some(dir) = common::stories260k("serve-limits-body") else {
         return;
     };
-    let server = start_server(&dir, &[]);
+    let server = start_server(&dir, &[], dir.join("../server.log"));
     let port = server.port;
 
     // A 7 MB prompt (the case) with its Content-Length: 413 before the body is read or
@@ -213,7 +134,11 @@ fn prompts_longer_in_bytes_than_the_context_can_hold_are_refused_before_tokenizi
         return;
     };
     // Bodies up to 16 MB let the 7 MB prompt past the body limit, to the prompt check.
-    let server = start_server(&dir, &["--max-body-bytes", "16000000"]);
+    let server = start_server(
+        &dir,
+        &["--max-body-bytes", "16000000"],
+        dir.join("../server.log"),
+    );
     let port = server.port;
     let before = peak_rss_kb(server.child.id());
     let prompt = "Once upon a time there was a dog. ".repeat(7_000_000 / 34);
@@ -271,6 +196,7 @@ fn slow_clients_are_dropped_and_full_queues_and_tables_get_429_and_503() {
             "--max-connections",
             "3",
         ],
+        dir.join("../server.log"),
     );
     let port = server.port;
     let completion = post(
@@ -289,7 +215,11 @@ fn slow_clients_are_dropped_and_full_queues_and_tables_get_429_and_503() {
     std::thread::sleep(Duration::from_millis(300));
     let busy = request(port, &completion);
     assert_error(&busy, 429, None);
-    assert!(busy.1.contains("retry-after: 1"), "{}", busy.1);
+    assert!(
+        busy.1.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        busy.1
+    );
     let models = request(port, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(models.0, 200);
     // The stalled body times out (408) after --read-timeout, which frees the slot.
@@ -327,7 +257,11 @@ fn slow_clients_are_dropped_and_full_queues_and_tables_get_429_and_503() {
     std::thread::sleep(Duration::from_millis(200));
     let full = request(port, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_error(&full, 503, None);
-    assert!(full.1.contains("retry-after"), "{}", full.1);
+    assert!(
+        full.1.to_ascii_lowercase().contains("retry-after"),
+        "{}",
+        full.1
+    );
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -341,7 +275,7 @@ fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
     let Some(dir) = common::stories260k("serve-limits-shutdown") else {
         return;
     };
-    let mut server = start_server(&dir, &[]);
+    let mut server = start_server(&dir, &[], dir.join("../server.log"));
     let port = server.port;
     let body = json!({"model": "stories", "prompt": "Once upon a time", "max_tokens": 200,
                       "temperature": 0, "stream": true});

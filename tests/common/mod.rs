@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod serve;
 
 /// The path in environment variable `name`, when it is set and not empty. Paths compiled in with
 /// `env!` name the build machine's folders, but the GPU machine runs these test binaries from

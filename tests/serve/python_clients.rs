@@ -2,8 +2,9 @@
 //! tools/serve_bench.py's concurrent-against-single comparison driven through it. Both skip
 //! where `python3 -c 'import openai'` fails, except under CI, where that is a failure.
 
-use super::harness::{greedy, load, start_server, user, ServerGuard};
+use super::harness::{greedy, load, user};
 use crate::common;
+use crate::common::serve::{start_server, ServerGuard};
 use implicit::adapter::{RuleAdapter, RuleSet};
 use implicit::generate::vocab::VocabText;
 use implicit::generate::ScoreAdjuster;

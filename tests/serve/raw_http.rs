@@ -3,9 +3,10 @@
 //! own 400 for what it cannot parse), stop strings streamed or not, and concurrent requests
 //! answered as one after another.
 
-use super::harness::{greedy, load, start_server, user};
-use super::http_client::{chat_request, exchange, post, request, sse};
+use super::harness::{greedy, load, user};
+use super::http_client::{chat_request, request, sse};
 use crate::common;
+use crate::common::serve::{exchange, post, start_server};
 use implicit::adapter::{RuleAdapter, RuleSet};
 use implicit::generate::ScoreAdjuster;
 use implicit::io::tokenizer::chat_prompt;

@@ -2,9 +2,10 @@
 //! the paper's rule adapter or the plain model as it asks, alone or batched with others that
 //! ask the opposite.
 
-use super::harness::{greedy, load, start_server, user};
-use super::http_client::{post, request};
+use super::harness::{greedy, load, user};
+use super::http_client::request;
 use crate::common;
+use crate::common::serve::{post, start_server};
 use implicit::adapter::{RuleAdapter, RuleSet};
 use implicit::generate::ScoreAdjuster;
 use implicit::io::tokenizer::chat_prompt;
