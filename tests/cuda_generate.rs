@@ -19,6 +19,7 @@ use implicit::generate::{
 use implicit::io::tokenizer::Tokenizer;
 use implicit::model::cuda::CudaTransformer;
 use implicit::model::{LanguageModel, Logits, Transformer};
+use std::path::Path;
 
 /// Greedy tokens must agree with the CPU's on at least this many leading tokens.
 const AGREE: usize = 10;
@@ -199,6 +200,34 @@ fn made_up_prompt(bos: u32, n: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
+/// [`decode_schedule`]'s prompts for the model in `dir`: BOS alone, then 5, 60 and 3 tokens.
+fn schedule_prompts(dir: &Path) -> [Vec<u32>; 4] {
+    let bos = Transformer::load(dir)
+        .unwrap()
+        .config
+        .bos_token_id
+        .unwrap_or(1);
+    let ids = |n, salt| made_up_prompt(bos, n, salt);
+    [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)]
+}
+
+/// Asserts that every logits row of `got` equals `want`'s (`whose`: whose logits those are)
+/// bit for bit.
+fn assert_same_bits(got: &[Vec<f32>], want: &[Vec<f32>], whose: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let differ = g
+            .iter()
+            .zip(w)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "logits row {i}: {differ} values differ from {whose}"
+        );
+    }
+}
+
 /// A fixed schedule of forwards over GPU caches, greedy tokens fed back, every step's logits
 /// kept: a 1-token prompt alone (a decode-shaped first step on an empty cache), two prompts
 /// joining it (ragged, eager), 70 steps of 3 sequences (the 60-token prompt's cache grows past
@@ -263,10 +292,7 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
     let Some(dir) = common::stories260k("cuda-decode-graphs") else {
         return;
     };
-    let cpu = Transformer::load(&dir).unwrap();
-    let bos = cpu.config.bos_token_id.unwrap_or(1);
-    let ids = |n, salt| made_up_prompt(bos, n, salt);
-    let prompts = [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)];
+    let prompts = schedule_prompts(&dir);
 
     // The eager reference first, so that nothing the graphs might leave behind in the shared
     // backend reaches it.
@@ -281,18 +307,7 @@ fn decode_graphs_give_the_eager_logits_bit_for_bit() {
         vec![1, 2, 3, 12, 140],
         "every decode step of batch 1, 2, 3, 12 and 140 should have gone through a graph"
     );
-    assert_eq!(graphed.len(), eager.len());
-    for (i, (g, e)) in graphed.iter().zip(&eager).enumerate() {
-        let differ = g
-            .iter()
-            .zip(e)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert_eq!(
-            differ, 0,
-            "logits row {i}: {differ} values differ from the eager step's"
-        );
-    }
+    assert_same_bits(&graphed, &eager, "the eager step's");
 }
 
 /// The norms fused into the products of batches of at most 8 rows change no bit over the whole
@@ -303,10 +318,7 @@ fn fused_norms_give_the_separate_norms_logits_over_the_decode_schedule() {
     let Some(dir) = common::stories260k("cuda-fused-norms") else {
         return;
     };
-    let cpu = Transformer::load(&dir).unwrap();
-    let bos = cpu.config.bos_token_id.unwrap_or(1);
-    let ids = |n, salt| made_up_prompt(bos, n, salt);
-    let prompts = [vec![bos], ids(5, 1), ids(60, 2), ids(3, 3)];
+    let prompts = schedule_prompts(&dir);
     let mut model = CudaTransformer::from_dir(gpu, &dir).unwrap();
     model.set_fused_norms(false);
     let separate = decode_schedule(&mut model, &prompts);
@@ -316,18 +328,7 @@ fn fused_norms_give_the_separate_norms_logits_over_the_decode_schedule() {
         "switching the fusion drops the graphs"
     );
     let fused = decode_schedule(&mut model, &prompts);
-    assert_eq!(fused.len(), separate.len());
-    for (i, (f, s)) in fused.iter().zip(&separate).enumerate() {
-        let differ = f
-            .iter()
-            .zip(s)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert_eq!(
-            differ, 0,
-            "logits row {i}: {differ} values differ from the separate norms'"
-        );
-    }
+    assert_same_bits(&fused, &separate, "the separate norms'");
 }
 
 #[test]
