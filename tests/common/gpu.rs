@@ -195,3 +195,9 @@ pub fn poisoned<T: Dtype>(gpu: &CudaBackend, n: usize) -> DeviceBuffer<T> {
 pub fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
+
+/// The values' bits as f32 (exact for bf16, whose f32 widening is one-to-one), for asserting
+/// that two runs agree bit for bit.
+pub fn bits<T: Dtype>(v: &[T]) -> Vec<u32> {
+    v.iter().map(|&x| x.to_f32().to_bits()).collect()
+}

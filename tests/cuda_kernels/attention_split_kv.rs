@@ -8,19 +8,15 @@
 //! norm for uniform rounding errors) after softmax and sums in f32, whose own error over ≤ 2k
 //! keys is ~1e-6. Determinism is bit-exact: the combine adds the splits in order.
 
-use crate::common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng};
+use crate::common::gpu::{bits, check, f64s, gpu, poisoned, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cpu::attention::{causal_attention, AttentionShape};
 use implicit::backend::cuda::{
-    CudaBackend, CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, RowList, SplitKvWorkspace,
-    MAX_KV_SPLITS,
+    CudaBackend, CudaKvCache, DeviceBuffer, KeySplit, KvBatch, KvCacheShape, KvTables, RowList,
+    SplitKvWorkspace, MAX_KV_SPLITS,
 };
 
 const BOUND: f64 = 8e-3;
-
-fn bits(v: &[bf16]) -> Vec<u16> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Heads {
@@ -48,6 +44,16 @@ fn caches(n: usize, h: Heads) -> Vec<CudaKvCache> {
 struct History {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+}
+
+impl History {
+    /// No keys yet, for `sequences` sequences.
+    fn new(sequences: usize) -> Self {
+        History {
+            k: vec![Vec::new(); sequences],
+            v: vec![Vec::new(); sequences],
+        }
+    }
 }
 
 /// Appends random k, v for the batch's rows to layer 1 of the caches and to `hist`.
@@ -89,6 +95,22 @@ fn reference(batch: &KvBatch<'_>, h: Heads, q: &[f32], hist: &History) -> Vec<f6
     want
 }
 
+/// The split-KV attention of layer 1 for `rows` of the batch, over as many splits of the
+/// keys as `ws` has room for.
+fn attention_split(
+    gpu: &CudaBackend,
+    batch: &KvBatch<'_>,
+    q: &DeviceBuffer<bf16>,
+    h: Heads,
+    rows: &RowList,
+    out: &mut DeviceBuffer<bf16>,
+    ws: &mut SplitKvWorkspace,
+) {
+    let split = KeySplit::Blocks(ws.splits());
+    gpu.cached_attention_split(batch, 1, q, h.heads, h.head_dim, rows, out, split, Some(ws))
+        .unwrap();
+}
+
 /// A prefill of `lengths[s]` tokens per sequence (every row checked: positions 0 to
 /// length − 1, most of them shorter than one split), then a decode step (one row per
 /// sequence), each through `KeySplit::Blocks(splits)` for each of `splits_list` (the rows
@@ -102,10 +124,7 @@ fn split_case(
 ) {
     let qd = h.heads * h.head_dim;
     let mut cs = caches(lengths.len(), h);
-    let mut hist = History {
-        k: vec![Vec::new(); lengths.len()],
-        v: vec![Vec::new(); lengths.len()],
-    };
+    let mut hist = History::new(lengths.len());
     let decode = vec![1; lengths.len()];
     for (step, new) in [lengths, &decode[..]].into_iter().enumerate() {
         let batch = KvBatch::new(gpu, cs.iter_mut().collect(), new).unwrap();
@@ -122,18 +141,7 @@ fn split_case(
             for _ in 0..2 {
                 ws.poison(gpu).unwrap();
                 let mut out = poisoned::<bf16>(gpu, rows * qd);
-                gpu.cached_attention_split(
-                    &batch,
-                    1,
-                    &gq,
-                    h.heads,
-                    h.head_dim,
-                    &all,
-                    &mut out,
-                    KeySplit::Blocks(splits),
-                    Some(&mut ws),
-                )
-                .unwrap();
+                attention_split(gpu, &batch, &gq, h, &all, &mut out, &mut ws);
                 runs.push(gpu.download(&out).unwrap());
             }
             check(&format!("split-KV attention {tag}"), &runs[0], &want, BOUND);
@@ -187,10 +195,7 @@ fn split_kv_attention_long_context() {
         head_dim: 128,
     };
     let mut cs = caches(3, h);
-    let mut hist = History {
-        k: vec![Vec::new(); 3],
-        v: vec![Vec::new(); 3],
-    };
+    let mut hist = History::new(3);
     let qd = h.heads * h.head_dim;
     for (step, new) in [[2047usize, 2046, 1], [1, 1, 1]].iter().enumerate() {
         let batch = KvBatch::new(gpu, cs.iter_mut().collect(), new).unwrap();
@@ -207,18 +212,7 @@ fn split_kv_attention_long_context() {
             ws.poison(gpu).unwrap();
             let mut out = poisoned::<bf16>(gpu, 3 * qd);
             let gq = gpu.upload(&qq).unwrap();
-            gpu.cached_attention_split(
-                &batch,
-                1,
-                &gq,
-                h.heads,
-                h.head_dim,
-                &all,
-                &mut out,
-                KeySplit::Blocks(splits),
-                Some(&mut ws),
-            )
-            .unwrap();
+            attention_split(gpu, &batch, &gq, h, &all, &mut out, &mut ws);
             let got = gpu.download(&out).unwrap();
             check(
                 &format!("split-KV attention, keys 2048/2047/2, splits {splits}"),
@@ -247,10 +241,7 @@ fn split_kv_attention_same_launch_as_the_cache_grows() {
     };
     let qd = h.heads * h.head_dim;
     let mut cs = caches(3, h);
-    let mut hist = History {
-        k: vec![Vec::new(); 3],
-        v: vec![Vec::new(); 3],
-    };
+    let mut hist = History::new(3);
     let prefill = KvBatch::new(gpu, cs.iter_mut().collect(), &[189, 60, 1]).unwrap();
     append(gpu, &mut rng, &prefill, h, &mut hist);
     prefill.finish();
@@ -269,18 +260,7 @@ fn split_kv_attention_same_launch_as_the_cache_grows() {
         gpu.upload_into(&qq, &mut gq).unwrap();
         let want = reference(&batch, h, &q, &hist);
         let keys: Vec<usize> = (0..3).map(|s| batch.past(s) + 1).collect();
-        gpu.cached_attention_split(
-            &batch,
-            1,
-            &gq,
-            h.heads,
-            h.head_dim,
-            &rows,
-            &mut out,
-            KeySplit::Blocks(splits),
-            Some(&mut ws),
-        )
-        .unwrap();
+        attention_split(gpu, &batch, &gq, h, &rows, &mut out, &mut ws);
         let got = gpu.download(&out).unwrap();
         check(
             &format!("split-KV attention replayed, step {step}, keys {keys:?}"),
@@ -341,10 +321,7 @@ fn split_kv_plan_and_dispatch() {
         .expect("a 2-row step of a 4096-position model splits over blocks");
     let mut cs = caches(2, h);
     let batch = KvBatch::new(gpu, cs.iter_mut().collect(), &[300, 7]).unwrap();
-    let mut hist = History {
-        k: vec![Vec::new(); 2],
-        v: vec![Vec::new(); 2],
-    };
+    let mut hist = History::new(2);
     append(gpu, &mut rng, &batch, h, &mut hist);
     let rows = batch.rows();
     let (qq, q) = bf16::quantize(&rng.vec(rows * qd, 1.0));
@@ -367,18 +344,7 @@ fn split_kv_plan_and_dispatch() {
     .unwrap();
     let mut explicit = poisoned::<bf16>(gpu, rows * qd);
     let split = KeySplit::Blocks(ws.splits());
-    gpu.cached_attention_split(
-        &batch,
-        1,
-        &gq,
-        h.heads,
-        h.head_dim,
-        &last2,
-        &mut explicit,
-        split,
-        Some(&mut ws),
-    )
-    .unwrap();
+    attention_split(gpu, &batch, &gq, h, &last2, &mut explicit, &mut ws);
     let (auto, explicit) = (
         gpu.download(&auto).unwrap(),
         gpu.download(&explicit).unwrap(),
@@ -404,18 +370,7 @@ fn split_kv_plan_and_dispatch() {
     // And the full list through the explicit launch with a workspace for all its rows.
     let mut big = SplitKvWorkspace::new(gpu, rows, h.heads, h.head_dim, 2).unwrap();
     let mut out = poisoned::<bf16>(gpu, rows * qd);
-    gpu.cached_attention_split(
-        &batch,
-        1,
-        &gq,
-        h.heads,
-        h.head_dim,
-        &all,
-        &mut out,
-        KeySplit::Blocks(2),
-        Some(&mut big),
-    )
-    .unwrap();
+    attention_split(gpu, &batch, &gq, h, &all, &mut out, &mut big);
     check(
         "split-KV attention, 2 splits, all rows",
         &gpu.download(&out).unwrap(),

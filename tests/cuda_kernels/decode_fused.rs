@@ -11,16 +11,12 @@
 //! arithmetic).
 
 use super::gemm_support::{BF16_OUT_BOUND, F32_OUT_BOUND};
-use crate::common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng};
+use crate::common::gpu::{bits, check, f64s, gpu, poisoned, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cpu::ops::{self, RopeLayout, RopeSpec};
 use implicit::backend::cuda::{
     CudaBackend, CudaKvCache, GemmLayout, KvBatch, KvCacheShape, QkvOutputs,
 };
-
-fn bits(v: &[bf16]) -> Vec<u16> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 /// The model's shapes for one case of [`qkv_case`].
 #[derive(Clone, Copy, Debug)]
@@ -296,7 +292,7 @@ fn gemv_matches_f64_at_fused_widths() {
         let (bq, b) = bf16::quantize(&rng.vec(n * k, 1.0));
         let gb = gpu.upload(&bq).unwrap();
         let (aq, a) = bf16::quantize(&rng.vec(8 * k, 1.0));
-        let mut first_row: Option<Vec<u16>> = None;
+        let mut first_row: Option<Vec<u32>> = None;
         for m in [1, 3, 8] {
             let tag = format!("gemv m {m} n {n} k {k}");
             let ga = gpu.upload(&aq[..m * k]).unwrap();

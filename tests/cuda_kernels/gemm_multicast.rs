@@ -18,9 +18,12 @@
 //! `IMPLICIT_GEMM=wgmma-nocluster`). They skip without a GPU or off compute capability 9.0.
 //! Every test name holds "wgmma", so tools/gpu_check.sh's wgmma step runs them.
 
-// The 1-block wgmma tests' bounds, which passed on the H100.
-use super::gemm_support::{BF16_OUT_BOUND, F32_OUT_BOUND};
-use crate::common::gpu::{hopper_gpu, poisoned, rel_err, Dtype, Rng};
+// The 1-block wgmma tests' bounds (which passed on the H100), reference and row sampling.
+use super::gemm_support::{
+    check_out, pick_rows, reference, sample_rows, Case, BF16_OUT_BOUND, F32_OUT_BOUND,
+    FULL_CHECK_MACS, SAMPLED_ROWS,
+};
+use crate::common::gpu::{bits, hopper_gpu, poisoned, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
     wgmma_cluster_for, wgmma_clusters_allowed, CudaBackend, DeviceBuffer, GemmChoice, GemmLayout,
@@ -29,10 +32,6 @@ use implicit::backend::cuda::{
 
 /// What a test here names when it skips off compute capability 9.0.
 const WGMMA_MULTICAST: &str = "wgmma multicast";
-/// Products (m·n·k·batch) above this are checked against f64 on a sample of rows (every
-/// element is still checked to be written, and bit-compared with the 1-block kernel).
-const FULL_CHECK_MACS: usize = 1 << 27;
-const SAMPLED_ROWS: usize = 12;
 
 /// The forced variants: both tiles, the automatic epilogue (TMA where C allows it, else
 /// registers) and the register epilogue.
@@ -100,95 +99,15 @@ fn tile_columns(tile: WgmmaTile) -> usize {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    layout: GemmLayout,
-    m: usize,
-    n: usize,
-    k: usize,
-    batch: usize,
-}
-
-impl Case {
-    fn c_len(&self) -> usize {
-        self.batch * self.m * self.n
-    }
-}
-
-/// C[b][i][j] = Σ_p A(b,i,p)·B(b,p,j) in f64 for i in `rows`, laid out [batch][rows][n].
-fn reference(case: &Case, a: &[f32], b: &[f32], rows: &[usize]) -> Vec<f64> {
-    let Case {
-        layout,
-        m,
-        n,
-        k,
-        batch,
-    } = *case;
-    let mut out = vec![0.0f64; batch * rows.len() * n];
-    for bi in 0..batch {
-        let (a, b) = (&a[bi * m * k..][..m * k], &b[bi * k * n..][..k * n]);
-        for (ri, &i) in rows.iter().enumerate() {
-            let c = &mut out[(bi * rows.len() + ri) * n..][..n];
-            let a_row: Vec<f64> = (0..k)
-                .map(|p| match layout {
-                    GemmLayout::NN | GemmLayout::NT => a[i * k + p] as f64,
-                    GemmLayout::TN => a[p * m + i] as f64,
-                })
-                .collect();
-            // Loops in the order that reads B contiguously.
-            match layout {
-                GemmLayout::NN | GemmLayout::TN => {
-                    for (p, &av) in a_row.iter().enumerate() {
-                        for (cj, &bv) in c.iter_mut().zip(&b[p * n..][..n]) {
-                            *cj += av * bv as f64;
-                        }
-                    }
-                }
-                GemmLayout::NT => {
-                    for (j, cj) in c.iter_mut().enumerate() {
-                        *cj = a_row
-                            .iter()
-                            .zip(&b[j * k..][..k])
-                            .map(|(&av, &bv)| av * bv as f64)
-                            .sum();
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// All rows, or for large products the first, last, middle and random ones (both tiles of a
-/// pair get some: they are spread over m).
+/// All rows, or for products over [`FULL_CHECK_MACS`] the first, last, middle, 128th and random
+/// ones (both tiles of a pair get some: they are spread over m); every element is still checked
+/// to be written, and bit-compared with the 1-block kernel.
 fn rows_to_check(case: &Case, rng: &mut Rng) -> Vec<usize> {
     let Case { m, n, k, batch, .. } = *case;
     if m * n * k * batch <= FULL_CHECK_MACS || m <= SAMPLED_ROWS {
         return (0..m).collect();
     }
-    let mut rows = vec![0, m - 1, m / 2, 128.min(m - 1)];
-    while rows.len() < SAMPLED_ROWS {
-        let r = rng.below(m);
-        if !rows.contains(&r) {
-            rows.push(r);
-        }
-    }
-    rows.sort();
-    rows
-}
-
-fn pick_rows<T: Copy>(case: &Case, c: &[T], rows: &[usize]) -> Vec<T> {
-    let mut out = Vec::with_capacity(case.batch * rows.len() * case.n);
-    for bi in 0..case.batch {
-        for &i in rows {
-            out.extend_from_slice(&c[(bi * case.m + i) * case.n..][..case.n]);
-        }
-    }
-    out
-}
-
-fn bits<T: Dtype>(v: &[T]) -> Vec<u32> {
-    v.iter().map(|x| x.to_f32().to_bits()).collect()
+    sample_rows(m, vec![0, m - 1, m / 2, 128.min(m - 1)], rng)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -215,7 +134,8 @@ fn run<O: Dtype>(
 
 /// One output mode: C starts as `c0` (None: NaN), gets `times` products (accumulating when c0
 /// is given) with clusters, then again from the same start without; the two must agree bit
-/// for bit, every element must be finite, and the rows must match `want` within `bound`.
+/// for bit, every element must be finite, and the rows must match `want` within `bound`
+/// (`check_out`, the 1-block tests' check).
 #[allow(clippy::too_many_arguments)]
 fn check_mode<O: Dtype>(
     gpu: &CudaBackend,
@@ -239,9 +159,7 @@ fn check_mode<O: Dtype>(
         outs.push(gpu.download(&c).unwrap());
     }
     let tag = format!("{what} {config:?} {case:?}");
-    if let Some(i) = outs[0].iter().position(|v| !v.to_f32().is_finite()) {
-        panic!("{tag}: C[{i}] = {} (not written?)", outs[0][i].to_f32());
-    }
+    check_out(&tag, case, &outs[0], want, rows, bound);
     let differ = bits(&outs[0])
         .iter()
         .zip(bits(&outs[1]))
@@ -251,9 +169,6 @@ fn check_mode<O: Dtype>(
         differ, 0,
         "{tag}: {differ} elements differ from the 1-block kernel"
     );
-    let e = rel_err(&pick_rows(case, &outs[0], rows), want);
-    eprintln!("{tag}: rel err {e:.2e} (bound {bound:.0e}), bit-equal to 1 block");
-    assert!(e <= bound, "{tag}: rel err {e:.3e} > {bound:.0e}");
 }
 
 /// Every output mode of one case on fresh inputs, for each of `configs`.

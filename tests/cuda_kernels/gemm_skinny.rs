@@ -8,16 +8,12 @@
 //! kernels with the same inputs and f32 accumulation: 8e-3 for bf16 outputs (storage rounding,
 //! 2⁻⁹ relative per element), 2e-3 for f32 outputs.
 
-use super::gemm_support::{BF16_OUT_BOUND, F32_OUT_BOUND};
+use super::gemm_support::{sample_rows, BF16_OUT_BOUND, F32_OUT_BOUND, FULL_CHECK_MACS};
 use crate::common::gpu::{gpu, poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
     CudaBackend, DeviceBuffer, GemmLayout, SkinnySplit, GEMV_MAX_ROWS, SKINNY_MAX_ROWS,
 };
-
-/// Products (m·n·k) above this are checked on a sample of rows.
-const FULL_CHECK_MACS: usize = 1 << 27;
-const SAMPLED_ROWS: usize = 12;
 
 /// One product's inputs (as uploaded and as the reference sees them) and the rows checked.
 struct Product {
@@ -38,15 +34,7 @@ impl Product {
         let rows: Vec<usize> = if m * n * k <= FULL_CHECK_MACS {
             (0..m).collect()
         } else {
-            let mut rows = vec![0, m - 1, m / 2];
-            while rows.len() < SAMPLED_ROWS {
-                let r = rng.below(m);
-                if !rows.contains(&r) {
-                    rows.push(r);
-                }
-            }
-            rows.sort();
-            rows
+            sample_rows(m, vec![0, m - 1, m / 2], rng)
         };
         let mut want = vec![0.0f64; rows.len() * n];
         for (ri, &i) in rows.iter().enumerate() {

@@ -1,9 +1,11 @@
 //! What every GEMM test here shares (tests/cuda_kernels/gemm.rs, gemm_wgmma.rs,
-//! gemm_dispatch.rs): the f64 reference computed on the CPU from the same bf16-rounded inputs
-//! ([`reference`], on all rows of C or a sample of them, [`rows_to_check`], [`pick_rows`]), the
-//! products under test ([`Engine`], [`run`]), and [`gemm_case`], which checks one shape on some
-//! engines in every output mode: bf16 out, f32 out, f32 accumulated twice (micro-batches), bf16
-//! accumulated. Outputs are poisoned with NaN first, so that every element is checked to be
+//! gemm_dispatch.rs; gemm_skinny.rs and gemm_multicast.rs take its bounds, reference and row
+//! sampling): the f64 reference computed on the CPU from the same bf16-rounded inputs
+//! ([`reference`], on all rows of C or a sample of them, [`rows_to_check`], [`sample_rows`],
+//! [`pick_rows`]), the products under test ([`Engine`], [`run`]), [`gemm_case`], which checks
+//! one shape on some engines in every output mode: bf16 out, f32 out, f32 accumulated twice
+//! (micro-batches), bf16 accumulated, and [`refusal`], the error of a product that must be
+//! refused. Outputs are poisoned with NaN first, so that every element is checked to be
 //! written even where only sampled rows are compared. Bounds (‖out − ref‖/‖ref‖): 8e-3 for bf16
 //! outputs, 2e-3 for f32 outputs.
 
@@ -16,9 +18,9 @@ use implicit::backend::cuda::{
 pub(crate) const BF16_OUT_BOUND: f64 = 8e-3;
 pub(crate) const F32_OUT_BOUND: f64 = 2e-3;
 /// Products (m·n·k·batch) above this are checked on a sample of rows.
-const FULL_CHECK_MACS: usize = 1 << 27;
+pub(crate) const FULL_CHECK_MACS: usize = 1 << 27;
 /// Rows of C checked (in every batch) when sampling.
-const SAMPLED_ROWS: usize = 12;
+pub(crate) const SAMPLED_ROWS: usize = 12;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Engine {
@@ -80,7 +82,12 @@ pub(crate) fn rows_to_check(case: &Case, rng: &mut Rng) -> Vec<usize> {
     if m * n * k.max(1) * batch <= FULL_CHECK_MACS || m <= SAMPLED_ROWS {
         return (0..m).collect();
     }
-    let mut rows = vec![0, m - 1, m / 2];
+    sample_rows(m, vec![0, m - 1, m / 2], rng)
+}
+
+/// `rows` (rows of an m-row C that must be checked) and random others, distinct, up to
+/// [`SAMPLED_ROWS`] in all, sorted.
+pub(crate) fn sample_rows(m: usize, mut rows: Vec<usize>, rng: &mut Rng) -> Vec<usize> {
     while rows.len() < SAMPLED_ROWS {
         let r = rng.below(m);
         if !rows.contains(&r) {
@@ -216,6 +223,17 @@ fn refused_tma_epilogue<O: Dtype>(
         "{case:?}: refused, yet wrote C"
     );
     true
+}
+
+/// The error of a product that must be refused (printed; a product accepted fails the test).
+pub(crate) fn refusal(what: &str, result: implicit::Result<()>) -> String {
+    match result {
+        Ok(()) => panic!("{what}: accepted"),
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            e.to_string()
+        }
+    }
 }
 
 /// Checks `out` (all of C) against the reference rows: every element finite, then the error.
