@@ -20,7 +20,7 @@
 
 // The 1-block wgmma tests' bounds (which passed on the H100), reference and row sampling.
 use super::gemm_support::{
-    check_out, pick_rows, reference, sample_rows, Case, BF16_OUT_BOUND, F32_OUT_BOUND,
+    check_out, pick_rows, reference, run, sample_rows, Case, Engine, BF16_OUT_BOUND, F32_OUT_BOUND,
     FULL_CHECK_MACS, SAMPLED_ROWS,
 };
 use crate::common::gpu::{bits, hopper_gpu, poisoned, Dtype, Rng};
@@ -110,28 +110,6 @@ fn rows_to_check(case: &Case, rng: &mut Rng) -> Vec<usize> {
     sample_rows(m, vec![0, m - 1, m / 2, 128.min(m - 1)], rng)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run<O: Dtype>(
-    gpu: &CudaBackend,
-    config: WgmmaConfig,
-    cluster: WgmmaCluster,
-    case: &Case,
-    a: &DeviceBuffer<bf16>,
-    b: &DeviceBuffer<bf16>,
-    c: &mut DeviceBuffer<O>,
-    accumulate: bool,
-) {
-    let Case {
-        layout,
-        m,
-        n,
-        k,
-        batch,
-    } = *case;
-    gpu.gemm_bf16_wgmma_variant(config, cluster, layout, m, n, k, batch, a, b, c, accumulate)
-        .unwrap_or_else(|e| panic!("{config:?} {cluster:?} {case:?} accumulate {accumulate}: {e}"));
-}
-
 /// One output mode: C starts as `c0` (None: NaN), gets `times` products (accumulating when c0
 /// is given) with clusters, then again from the same start without; the two must agree bit
 /// for bit, every element must be finite, and the rows must match `want` within `bound`
@@ -154,7 +132,8 @@ fn check_mode<O: Dtype>(
             None => poisoned::<O>(gpu, case.c_len()),
         };
         for _ in 0..times {
-            run(gpu, config, cluster, case, a, b, &mut c, c0.is_some());
+            let engine = Engine::WgmmaVariant(config, cluster);
+            run(engine, gpu, case, a, b, &mut c, c0.is_some());
         }
         outs.push(gpu.download(&c).unwrap());
     }
@@ -330,23 +309,13 @@ fn wgmma_multicast_is_deterministic() {
             k,
             batch,
         };
-        let (aq, _) = bf16::quantize(&rng.vec(batch * m * k, 1.0));
-        let (bq, _) = bf16::quantize(&rng.vec(batch * k * n, 1.0));
-        let (ga, gb) = (gpu.upload(&aq).unwrap(), gpu.upload(&bq).unwrap());
+        let (ga, gb) = case.random_operands(gpu, &mut rng);
         for config in CONFIGS {
             let mut outs = Vec::new();
             for _ in 0..3 {
                 let mut c = poisoned::<f32>(gpu, case.c_len());
-                run(
-                    gpu,
-                    config,
-                    WgmmaCluster::Pair,
-                    &case,
-                    &ga,
-                    &gb,
-                    &mut c,
-                    false,
-                );
+                let engine = Engine::WgmmaVariant(config, WgmmaCluster::Pair);
+                run(engine, gpu, &case, &ga, &gb, &mut c, false);
                 outs.push(bits(&gpu.download(&c).unwrap()));
             }
             for run_outs in &outs[1..] {

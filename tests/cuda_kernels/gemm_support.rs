@@ -12,7 +12,8 @@
 use crate::common::gpu::{poisoned, rel_err, Dtype, Rng};
 use half::bf16;
 use implicit::backend::cuda::{
-    tma_epilogue_problem, CudaBackend, DeviceBuffer, GemmLayout, WgmmaConfig, WgmmaEpilogue,
+    tma_epilogue_problem, CudaBackend, DeviceBuffer, GemmLayout, WgmmaCluster, WgmmaConfig,
+    WgmmaEpilogue,
 };
 
 pub(crate) const BF16_OUT_BOUND: f64 = 8e-3;
@@ -32,6 +33,8 @@ pub(crate) enum Engine {
     Dispatch,
     /// kernels/gemm_wgmma.cu with its tile and epilogue forced.
     WgmmaWith(WgmmaConfig),
+    /// kernels/gemm_wgmma.cu with its tile, epilogue and clusters forced.
+    WgmmaVariant(WgmmaConfig, WgmmaCluster),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -181,8 +184,10 @@ pub(crate) fn run<O: Dtype>(
         Engine::WgmmaWith(config) => {
             gpu.gemm_bf16_wgmma_with(config, layout, m, n, k, batch, a, b, c, accumulate)
         }
+        Engine::WgmmaVariant(config, cluster) => gpu
+            .gemm_bf16_wgmma_variant(config, cluster, layout, m, n, k, batch, a, b, c, accumulate),
     };
-    result.unwrap_or_else(|e| panic!("{engine:?} {case:?}: {e}"));
+    result.unwrap_or_else(|e| panic!("{engine:?} {case:?} accumulate {accumulate}: {e}"));
 }
 
 /// Whether `engine` forces the TMA epilogue where C cannot take it (bf16 C += A·B, rows not
