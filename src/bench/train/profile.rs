@@ -70,7 +70,8 @@ impl Family {
 /// The family of a kernel (kernels/*.cu) or of the backend's copy spans.
 pub fn family(name: &str) -> Family {
     let starts = |prefixes: &[&str]| prefixes.iter().any(|p| name.starts_with(p));
-    if starts(&["gemm_", "gemv_", "cublas"]) {
+    // norm_gemv_: a decode product with its input norm inside; the product dominates.
+    if starts(&["gemm_", "gemv_", "norm_gemv_", "cublas"]) {
         Family::Gemm
     } else if starts(&[
         "flash_fwd",
