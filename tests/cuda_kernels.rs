@@ -29,8 +29,12 @@ mod embedding_sorted;
 mod gemm;
 #[path = "cuda_kernels/gemm_skinny.rs"]
 mod gemm_skinny;
+#[path = "cuda_kernels/layernorm_regs.rs"]
+mod layernorm_regs;
 #[path = "cuda_kernels/norm_residual.rs"]
 mod norm_residual;
+#[path = "cuda_kernels/rope_vec.rs"]
+mod rope_vec;
 
 use common::gpu::{check, f64s, gpu, poisoned, Dtype, Rng, F32_BOUND};
 use half::bf16;
