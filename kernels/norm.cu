@@ -203,6 +203,20 @@ __device__ __forceinline__ void load_cols(const T* __restrict__ p, int col, int 
   }
 }
 
+// N values of a row at column `col`. VEC (16-byte path): one access with no branch around it, a
+// column past d re-reading column 0 for the caller to discard, so that all of a thread's loads
+// issue before the first use; a load under a branch whose result is used inside it (load_cols)
+// makes the thread wait for each load in turn. Else load_cols' scalar path (zeros past d).
+template <typename T, int N, bool VEC>
+__device__ __forceinline__ void load_cols_unbranched(const T* __restrict__ p, int col, int d,
+                                                     float (&v)[N]) {
+  if constexpr (VEC) {
+    load16(p + (col < d ? col : 0), v);
+  } else {
+    load_cols(p, col, d, false, v);
+  }
+}
+
 // RMSNorm backward with the rows in registers (d ≤ VPT·N·ROW_THREADS): thread t owns the
 // columns of vectors t, t + 256, … of every row, so x and dy are read from DRAM exactly once,
 // dx is written once, and the thread's share of dw stays in registers across the block's rows.
@@ -210,28 +224,32 @@ __device__ __forceinline__ void load_cols(const T* __restrict__ p, int col, int 
 // two sums each, Σx² and Σ w·dy·x, reduced through one barrier on a double-buffered scratch.
 // Block b owns rows [b·rows_per_block, …) and writes dw_partial[b·d, …) once, with no atomics;
 // every sum runs in a fixed order, so dx and dw are the same on every run.
-template <typename T, int VPT, int R>
-__device__ __forceinline__ void rmsnorm_bwd_regs(const T* __restrict__ x, const T* __restrict__ w,
+//
+// VEC is the unbranched 16-byte instantiation (load_cols_unbranched): a dead row re-reads row
+// `row`, and the vectors past d are zeroed after loading, so every sum adds exactly the values
+// the scalar path adds (zeros past d), in the same order.
+template <typename T, int VPT, int R, bool VEC>
+__device__ __forceinline__ void rmsnorm_bwd_rows(const T* __restrict__ x, const T* __restrict__ w,
                                                  const T* __restrict__ dy, T* __restrict__ dx,
                                                  bf16* __restrict__ dx_bf16, int dx_accumulate,
                                                  float* __restrict__ dw_partial, int rows, int d,
-                                                 int rows_per_block, float eps) {
+                                                 int rows_per_block, float eps, float inv_d,
+                                                 float (*s_sums)[2 * R][ROW_THREADS / 32]) {
   constexpr int N = Pack<T>::N;
   constexpr int WARPS = ROW_THREADS / 32;
-  __shared__ float s_sums[2][2 * R][WARPS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const bool vec = d % N == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
-                   aligned16(dw_partial) &&
-                   (reinterpret_cast<uintptr_t>(dx_bf16) & (2 * N - 1)) == 0;
   const int row0 = blockIdx.x * rows_per_block;
   const int row_end = min(rows, row0 + rows_per_block);
-  const float inv_d = 1.0f / (float)d;
   float wv[VPT][N], acc[VPT][N];
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
-    load_cols(w, (threadIdx.x + i * ROW_THREADS) * N, d, vec, wv[i]);
+    const int col = (threadIdx.x + i * ROW_THREADS) * N;
+    load_cols_unbranched<T, N, VEC>(w, col, d, wv[i]);
 #pragma unroll
-    for (int k = 0; k < N; ++k) acc[i][k] = 0.0f;
+    for (int k = 0; k < N; ++k) {
+      if constexpr (VEC) wv[i][k] = col < d ? wv[i][k] : 0.0f;
+      acc[i][k] = 0.0f;
+    }
   }
   int parity = 0;
   for (int row = row0; row < row_end; row += R, parity ^= 1) {
@@ -239,12 +257,33 @@ __device__ __forceinline__ void rmsnorm_bwd_regs(const T* __restrict__ x, const 
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const bool live = row + r < row_end;
-      const size_t off = (size_t)(row + r) * d;
 #pragma unroll
       for (int i = 0; i < VPT; ++i) {
         const int col = (threadIdx.x + i * ROW_THREADS) * N;
-        load_cols(x + off, live ? col : d, d, vec, xv[r][i]);
-        load_cols(dy + off, live ? col : d, d, vec, gv[r][i]);
+        if constexpr (VEC) {
+          const size_t off = (size_t)(live ? row + r : row) * d;
+          load_cols_unbranched<T, N, true>(x + off, col, d, xv[r][i]);
+          load_cols_unbranched<T, N, true>(dy + off, col, d, gv[r][i]);
+        } else {
+          const size_t off = (size_t)(row + r) * d;
+          load_cols(x + off, live ? col : d, d, false, xv[r][i]);
+          load_cols(dy + off, live ? col : d, d, false, gv[r][i]);
+        }
+      }
+    }
+    if constexpr (VEC) {
+      // After all the loads: the vectors past d count for nothing, as in the scalar path.
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+          const bool valid = (threadIdx.x + i * ROW_THREADS) * N < d;
+#pragma unroll
+          for (int k = 0; k < N; ++k) {
+            xv[r][i][k] = valid ? xv[r][i][k] : 0.0f;
+            gv[r][i][k] = valid ? gv[r][i][k] : 0.0f;
+          }
+        }
       }
     }
 #pragma unroll
@@ -280,17 +319,48 @@ __device__ __forceinline__ void rmsnorm_bwd_regs(const T* __restrict__ x, const 
       const float rr = 1.0f / sqrtf(ss * inv_d + eps);
       const float c = rr * rr * rr * inv_d * dot;
       const size_t off = (size_t)(row + r) * d;
+      if constexpr (VEC) {
+        float out[VPT][N];
 #pragma unroll
-      for (int i = 0; i < VPT; ++i) {
-        const int col = (threadIdx.x + i * ROW_THREADS) * N;
-        if (col >= d) continue;
-        float out[N];
+        for (int i = 0; i < VPT; ++i) {
+          const bool valid = (threadIdx.x + i * ROW_THREADS) * N < d;
 #pragma unroll
-        for (int k = 0; k < N; ++k) {
-          out[k] = rr * wv[i][k] * gv[r][i][k] - c * xv[r][i][k];
-          acc[i][k] += gv[r][i][k] * xv[r][i][k] * rr;
+          for (int k = 0; k < N; ++k) {
+            out[i][k] = rr * wv[i][k] * gv[r][i][k] - c * xv[r][i][k];
+            if (valid) acc[i][k] += gv[r][i][k] * xv[r][i][k] * rr;
+          }
         }
-        store_dx<T, N>(dx, dx_bf16, dx_accumulate, off + col, min(N, d - col), vec, out);
+        // The residual's old dx: the row's VPT loads issued together, not one per store.
+        if (dx_accumulate) {
+          float old[VPT][N];
+#pragma unroll
+          for (int i = 0; i < VPT; ++i)
+            load_cols_unbranched<T, N, true>(dx + off, (threadIdx.x + i * ROW_THREADS) * N, d,
+                                             old[i]);
+#pragma unroll
+          for (int i = 0; i < VPT; ++i) {
+#pragma unroll
+            for (int k = 0; k < N; ++k) out[i][k] += old[i][k];
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+          const int col = (threadIdx.x + i * ROW_THREADS) * N;
+          if (col < d) store_dx_vec<T, N>(dx, dx_bf16, 0, off + col, out[i]);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+          const int col = (threadIdx.x + i * ROW_THREADS) * N;
+          if (col >= d) continue;
+          float out[N];
+#pragma unroll
+          for (int k = 0; k < N; ++k) {
+            out[k] = rr * wv[i][k] * gv[r][i][k] - c * xv[r][i][k];
+            acc[i][k] += gv[r][i][k] * xv[r][i][k] * rr;
+          }
+          store_dx<T, N>(dx, dx_bf16, dx_accumulate, off + col, min(N, d - col), false, out);
+        }
       }
     }
   }
@@ -299,11 +369,32 @@ __device__ __forceinline__ void rmsnorm_bwd_regs(const T* __restrict__ x, const 
   for (int i = 0; i < VPT; ++i) {
     const int col = (threadIdx.x + i * ROW_THREADS) * N;
     if (col >= d) continue;
-    if (vec) {
+    if constexpr (VEC) {
       store_f32s(part + col, acc[i]);
     } else {
       for (int k = 0; k < N && col + k < d; ++k) part[col + k] = acc[i][k];
     }
+  }
+}
+
+template <typename T, int VPT, int R>
+__device__ __forceinline__ void rmsnorm_bwd_regs(const T* __restrict__ x, const T* __restrict__ w,
+                                                 const T* __restrict__ dy, T* __restrict__ dx,
+                                                 bf16* __restrict__ dx_bf16, int dx_accumulate,
+                                                 float* __restrict__ dw_partial, int rows, int d,
+                                                 int rows_per_block, float eps) {
+  constexpr int N = Pack<T>::N;
+  __shared__ float s_sums[2][2 * R][ROW_THREADS / 32];
+  const float inv_d = 1.0f / (float)d;  // once, not in each instantiation
+  const bool vec = d % N == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
+                   aligned16(dw_partial) &&
+                   (reinterpret_cast<uintptr_t>(dx_bf16) & (2 * N - 1)) == 0;
+  if (vec) {
+    rmsnorm_bwd_rows<T, VPT, R, true>(x, w, dy, dx, dx_bf16, dx_accumulate, dw_partial, rows, d,
+                                      rows_per_block, eps, inv_d, s_sums);
+  } else {
+    rmsnorm_bwd_rows<T, VPT, R, false>(x, w, dy, dx, dx_bf16, dx_accumulate, dw_partial, rows, d,
+                                       rows_per_block, eps, inv_d, s_sums);
   }
 }
 
@@ -432,9 +523,8 @@ __device__ __forceinline__ void layernorm_bwd(const T* __restrict__ x, const T* 
 // (the row's first element, which every thread loads too) as layernorm_bwd; every sum runs in a
 // fixed order, so dx is the same on every run. No weight, so no partial sums across rows.
 //
-// VEC (16-byte accesses) is a separate instantiation with no branch around any load: a dead row
-// re-reads row b·R and a column past d re-reads column 0, both discarded. A load under a branch
-// whose result is used inside it (load_cols) makes the thread wait for each load in turn.
+// VEC (16-byte accesses) is a separate instantiation with no branch around any load
+// (load_cols_unbranched): a dead row re-reads row b·R and a column past d column 0, discarded.
 template <typename T, int VPT, int R, bool VEC>
 __device__ __forceinline__ void layernorm_bwd_rows(const T* __restrict__ x,
                                                    const T* __restrict__ dy, T* __restrict__ dx,
@@ -454,14 +544,8 @@ __device__ __forceinline__ void layernorm_bwd_rows(const T* __restrict__ x,
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
       const int col = (threadIdx.x + i * ROW_THREADS) * N;
-      if constexpr (VEC) {
-        const int at = col < d ? col : 0;
-        load16(x + off + at, xv[r][i]);
-        load16(dy + off + at, gv[r][i]);
-      } else {
-        load_cols(x + off, col, d, false, xv[r][i]);
-        load_cols(dy + off, col, d, false, gv[r][i]);
-      }
+      load_cols_unbranched<T, N, VEC>(x + off, col, d, xv[r][i]);
+      load_cols_unbranched<T, N, VEC>(dy + off, col, d, gv[r][i]);
     }
   }
   // s = {Σ(x−K), Σ(x−K)², Σdy, Σdy·(x−K)} per row; columns past d count for nothing.
@@ -519,8 +603,8 @@ __device__ __forceinline__ void layernorm_bwd_rows(const T* __restrict__ x,
         float old[VPT][N];
 #pragma unroll
         for (int i = 0; i < VPT; ++i) {
-          const int col = (threadIdx.x + i * ROW_THREADS) * N;
-          load16(dx + off + (col < d ? col : 0), old[i]);
+          load_cols_unbranched<T, N, true>(dx + off, (threadIdx.x + i * ROW_THREADS) * N, d,
+                                           old[i]);
         }
 #pragma unroll
         for (int i = 0; i < VPT; ++i) {
@@ -612,9 +696,11 @@ extern "C" __global__ void __launch_bounds__(256)
 NORM_KERNELS(float, f32)
 NORM_KERNELS(bf16, bf16)
 
-// The row-in-registers RMSNorm backward, one kernel per vectors-per-thread VPT; R rows at a time
-// so that each thread holds about 32 loaded values per tensor (norm.rs picks VPT from d); two
-// blocks per SM (128 registers) where that fits without spilling, one for the widest rows.
+// The row-in-registers RMSNorm backward, one kernel per vectors-per-thread VPT (norm.rs picks it
+// from d); R rows at a time, up to about 32 loaded values per tensor and thread; two blocks per
+// SM (128 registers) where that fits without spilling, one for the widest rows. f32 v4 and bf16
+// v2 take one row at a time: with their loads unbranched, two rows need more than 128 registers
+// (ptxas spilled), and one row's 8 and 4 loads a thread already cover DRAM latency (NOTES.md).
 #define RMS_BWD_REGS_KERNEL(T, SUF, VPT, R, MIN_BLOCKS)                                          \
   extern "C" __global__ void __launch_bounds__(ROW_THREADS, MIN_BLOCKS)                          \
       rmsnorm_bwd_regs_##SUF##_v##VPT(                                                           \
@@ -626,10 +712,10 @@ NORM_KERNELS(bf16, bf16)
 
 RMS_BWD_REGS_KERNEL(float, f32, 1, 4, 2)
 RMS_BWD_REGS_KERNEL(float, f32, 2, 4, 2)
-RMS_BWD_REGS_KERNEL(float, f32, 4, 2, 2)
+RMS_BWD_REGS_KERNEL(float, f32, 4, 1, 2)
 RMS_BWD_REGS_KERNEL(float, f32, 8, 1, 1)
 RMS_BWD_REGS_KERNEL(bf16, bf16, 1, 4, 2)
-RMS_BWD_REGS_KERNEL(bf16, bf16, 2, 2, 2)
+RMS_BWD_REGS_KERNEL(bf16, bf16, 2, 1, 2)
 RMS_BWD_REGS_KERNEL(bf16, bf16, 4, 1, 1)
 
 // The row-in-registers LayerNorm backward, one kernel per VPT as for RMSNorm; R rows a block

@@ -33,6 +33,8 @@ mod gemm_skinny;
 mod layernorm_regs;
 #[path = "cuda_kernels/norm_residual.rs"]
 mod norm_residual;
+#[path = "cuda_kernels/rmsnorm_regs.rs"]
+mod rmsnorm_regs;
 #[path = "cuda_kernels/rope_vec.rs"]
 mod rope_vec;
 
