@@ -1,5 +1,5 @@
-//! The rows-in-registers LayerNorm backward (kernels/norm.cu `layernorm_bwd_regs_*`, d ≤ 8192)
-//! against the CPU reference `backend::cpu::backward::layer_norm_backward`, on fresh random
+//! The rows-in-registers LayerNorm backward (kernels/layernorm.cu `layernorm_bwd_regs_*`, d ≤
+//! 8192) against the CPU reference `backend::cpu::backward::layer_norm_backward`, on fresh random
 //! inputs with dx poisoned (NaN) first: every instantiation (f32 v1/v2/v4/v8, bf16 v1/v2/v4),
 //! on the 16-byte path and the scalar one (d not a multiple of the vector), row counts that
 //! leave the last block's rows partly dead, and widths where some threads own no column. Then
