@@ -39,10 +39,16 @@ mod gemm_skinny;
 mod gemm_support;
 #[path = "cuda_kernels/gemm_wgmma.rs"]
 mod gemm_wgmma;
+#[path = "cuda_kernels/layernorm_regs.rs"]
+mod layernorm_regs;
 #[path = "cuda_kernels/norm_gemv.rs"]
 mod norm_gemv;
 #[path = "cuda_kernels/norm_residual.rs"]
 mod norm_residual;
+#[path = "cuda_kernels/rmsnorm_regs.rs"]
+mod rmsnorm_regs;
+#[path = "cuda_kernels/rope_vec.rs"]
+mod rope_vec;
 #[path = "cuda_kernels/rule_adapter.rs"]
 mod rule_adapter;
 

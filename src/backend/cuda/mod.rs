@@ -40,7 +40,8 @@
 //! - `attention_hopper_bwd` (attention_hopper_bwd.cu): the Hopper (wgmma, TMA) flash attention
 //!   backward that `flash_attention_backward` takes on compute capability 9.0;
 //! - `attention_plain` (attention_plain.cu): plain attention for any head_dim up to 256;
-//! - `norm` (norm.cu): RMSNorm and LayerNorm, forward and backward;
+//! - `norm` (norm.cu): RMSNorm, forward and backward; `layernorm` (layernorm.cu): the
+//!   parameter-free LayerNorm, forward and backward;
 //! - `rope` (rope.cu), `swiglu` (swiglu.cu), `embedding` (embedding.cu): forward and backward;
 //! - `cross_entropy` (cross_entropy.cu): the fused softmax cross-entropy;
 //! - `rule_adapter` (rule_adapter.cu): the rule adapter ([`RuleAdapterOutput`]), a row per block
@@ -96,6 +97,7 @@ mod gemm;
 mod gemm_skinny;
 mod gemm_wgmma;
 mod gemv;
+mod layernorm;
 mod memory;
 mod nccl;
 mod norm;

@@ -1,6 +1,6 @@
-//! RMSNorm and parameter-free LayerNorm on the GPU (kernels/norm.cu). References:
-//! `backend::cpu::ops::{rms_norm, layer_norm_no_params}`,
-//! `backend::cpu::backward::{rms_norm_backward, layer_norm_backward}`.
+//! RMSNorm on the GPU (kernels/norm.cu), and [`NormGradOut`], where both norm backwards (this
+//! and layernorm.rs's) put dx. References: `backend::cpu::ops::rms_norm`,
+//! `backend::cpu::backward::rms_norm_backward`.
 
 use super::{as_int, check_len, per_row, rows_of, CudaBackend, DeviceBuffer, Float, THREADS};
 use crate::bail;
@@ -14,7 +14,8 @@ use half::bf16;
 const RMS_BWD_BLOCKS: usize = 256;
 
 /// The widest row the rows-in-registers RMSNorm backward takes (both f32 and bf16: 256 threads
-/// × 8 or 4 16-byte vectors); only it delivers dx into the residual gradient.
+/// × 8 or 4 16-byte vectors); only it delivers dx into the residual gradient. LayerNorm's
+/// rows-in-registers backward (layernorm.rs) has the same limit.
 pub const RMS_BWD_REGS_MAX_D: usize = 8192;
 
 impl CudaBackend {
@@ -212,104 +213,6 @@ impl CudaBackend {
             shapes(),
             [&partial.slice, &mut dw.slice, &blocks_int, &d_int, &acc_int]
         )
-    }
-
-    /// Parameter-free LayerNorm per row of `x` (`[rows, dim]`): y = (x − mean)/sqrt(var + eps),
-    /// biased variance (OLMo-7B).
-    pub fn layer_norm<T: Float>(
-        &self,
-        x: &DeviceBuffer<T>,
-        dim: usize,
-        eps: f64,
-        y: &mut DeviceBuffer<T>,
-    ) -> Result<()> {
-        let kernel = T::pick("layernorm_fwd_f32", "layernorm_fwd_bf16");
-        let rows = rows_of(kernel, "x", x.len(), dim)?;
-        check_len(kernel, "y", y.len(), x.len())?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let (d_int, eps) = (as_int(kernel, "dim", dim)?, eps as f32);
-        launch!(
-            self,
-            kernel,
-            per_row(rows, 0),
-            format!("rows {rows}, dim {dim}"),
-            [&x.slice, &mut y.slice, &d_int, &eps]
-        )
-    }
-
-    /// Parameter-free LayerNorm's backward: dx = r·(dy − mean(dy) − x̂·mean(dy⊙x̂)) per row.
-    pub fn layer_norm_backward<T: Float>(
-        &self,
-        x: &DeviceBuffer<T>,
-        dim: usize,
-        eps: f64,
-        dy: &DeviceBuffer<T>,
-        dx: &mut DeviceBuffer<T>,
-    ) -> Result<()> {
-        let out = NormGradOut {
-            dx,
-            accumulate: false,
-            dx_bf16: None,
-        };
-        self.layer_norm_backward_to(x, dim, eps, dy, out)
-    }
-
-    /// [`CudaBackend::layer_norm_backward`] with its input gradient delivered as `out` says.
-    pub fn layer_norm_backward_to<T: Float>(
-        &self,
-        x: &DeviceBuffer<T>,
-        dim: usize,
-        eps: f64,
-        dy: &DeviceBuffer<T>,
-        out: NormGradOut<'_, T>,
-    ) -> Result<()> {
-        let kernel = T::pick("layernorm_bwd_f32", "layernorm_bwd_bf16");
-        let rows = rows_of(kernel, "x", x.len(), dim)?;
-        check_len(kernel, "dy", dy.len(), x.len())?;
-        check_len(kernel, "dx", out.dx.len(), x.len())?;
-        if let Some(copy) = &out.dx_bf16 {
-            check_len(kernel, "dx_bf16", copy.len(), x.len())?;
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let (d_int, eps) = (as_int(kernel, "dim", dim)?, eps as f32);
-        let dx_accumulate = out.accumulate as i32;
-        let shapes = format!("rows {rows}, dim {dim}");
-        match out.dx_bf16 {
-            Some(copy) => launch!(
-                self,
-                kernel,
-                per_row(rows, 0),
-                shapes,
-                [
-                    &x.slice,
-                    &dy.slice,
-                    &mut out.dx.slice,
-                    &mut copy.slice,
-                    &dx_accumulate,
-                    &d_int,
-                    &eps
-                ]
-            ),
-            None => launch!(
-                self,
-                kernel,
-                per_row(rows, 0),
-                shapes,
-                [
-                    &x.slice,
-                    &dy.slice,
-                    &mut out.dx.slice,
-                    &0u64,
-                    &dx_accumulate,
-                    &d_int,
-                    &eps
-                ]
-            ),
-        }
     }
 }
 

@@ -338,6 +338,7 @@ pub fn measure(
             // The f32 path and OLMo's LayerNorm, at one size.
             bench.rmsnorm::<f32>(tokens)?;
             bench.layernorm::<bf16>(tokens)?;
+            bench.layernorm::<f32>(tokens)?; // the trainer's dtype (OLMo's backward rows)
             bench.rope::<f32>(tokens)?;
             bench.cross_entropy::<f32>(tokens)?;
         }

@@ -156,8 +156,12 @@ impl Bench<'_> {
 
     pub(super) fn layernorm<T: Sample + Float>(&mut self, tokens: usize) -> Result<()> {
         let fwd = T::pick("layernorm_fwd_f32", "layernorm_fwd_bf16");
+        // The row names stay those of the first run; at d 4096 the backward runs
+        // `layernorm_bwd_regs_*` (rows in registers), which the filter also matches.
         let bwd = T::pick("layernorm_bwd_f32", "layernorm_bwd_bf16");
-        if !self.wants(&[fwd, bwd]) {
+        let regs = T::pick("layernorm_bwd_regs_f32", "layernorm_bwd_regs_bf16");
+        let residual = T::pick("layernorm_bwd_residual_f32", "layernorm_bwd_residual_bf16");
+        if !self.wants(&[fwd, bwd, regs, residual]) {
             return Ok(());
         }
         let (gpu, es, n, d) = (self.gpu, elem::<T>(), tokens * D_MODEL, D_MODEL);
@@ -171,19 +175,40 @@ impl Bench<'_> {
                 .time(&mut |i| gpu.layer_norm(&xs[i % sets], d, RMS_EPS, &mut y))?;
             self.memory_result(fwd, shape.clone(), Some(tokens), (2 * n * es) as f64, time);
         }
-        if self.wants(&[bwd]) {
+        if self.wants(&[bwd, regs]) {
             let dys = self.randoms::<T>(sets, n, -1.0, 1.0)?;
             let mut dx = gpu.alloc::<T>(n)?;
             let time = self.timer.time(&mut |i| {
                 let s = i % sets;
                 gpu.layer_norm_backward(&xs[s], d, RMS_EPS, &dys[s], &mut dx)
             })?;
-            self.memory_result(bwd, shape, Some(tokens), (3 * n * es) as f64, time);
+            self.memory_result(bwd, shape.clone(), Some(tokens), (3 * n * es) as f64, time);
+        }
+        if self.wants(&[residual]) {
+            // The trainer's form (OLMo): dx added into the residual gradient and the sum
+            // rounded to bf16 for the next product, in the same pass (NormGradOut).
+            let dys = self.randoms::<T>(sets, n, -1.0, 1.0)?;
+            let mut dx = self.random::<T>(n, -1.0, 1.0)?;
+            let mut copy = gpu.alloc::<bf16>(n)?;
+            let time = self.timer.time(&mut |i| {
+                let s = i % sets;
+                let out = NormGradOut {
+                    dx: &mut dx,
+                    accumulate: true,
+                    dx_bf16: Some(&mut copy),
+                };
+                gpu.layer_norm_backward_to(&xs[s], d, RMS_EPS, &dys[s], out)
+            })?;
+            // x, dy and dx read, dx and its bf16 copy written.
+            let bytes = (4 * n * es + 2 * n) as f64;
+            self.memory_result(residual, shape, Some(tokens), bytes, time);
         }
         Ok(())
     }
 
     pub(super) fn rope<T: Sample + Float>(&mut self, tokens: usize) -> Result<()> {
+        // The row names stay those of the first run; head_dim 128 in bf16 runs `rope_bf16_vec`,
+        // which "rope_bf16" also matches as a filter.
         let kernel = T::pick("rope_f32", "rope_bf16");
         if !self.wants(&[kernel]) {
             return Ok(());
