@@ -1,7 +1,7 @@
 //! The model's forward pass on the GPU (`model::cuda::CudaTransformer`) against the CPU
-//! `Transformer`, and its small kernels (kernels/decode.cu) against their CPU references, on
-//! fresh random inputs (seed printed; set IMPLICIT_TEST_SEED to replay), outputs poisoned with
-//! NaN first.
+//! `Transformer`, and its small kernels (kernels/decode.cu, kernels/cached_attention.cu) against
+//! their CPU references, on fresh random inputs (seed printed; set IMPLICIT_TEST_SEED to
+//! replay), outputs poisoned with NaN first.
 //!
 //! Bounds (‖out − ref‖/‖ref‖): the whole model with bf16 weights and activations ≤ 3e-2 and the
 //! argmax equal on ≥ 90% of positions (a CPU emulation of the same roundings measured 0.6–1.4e-2

@@ -1,4 +1,4 @@
-//! The split-KV decode attention (kernels/decode.cu `model_attention_part_j*` and
+//! The split-KV decode attention (kernels/cached_attention.cu `model_attention_part_j*` and
 //! `model_attention_combine_j*` through `CudaBackend::cached_attention_split` with
 //! `KeySplit::Blocks`) against `backend::cpu::attention::causal_attention` in f64 on the same
 //! bf16 inputs, outputs and workspace poisoned with NaN first.

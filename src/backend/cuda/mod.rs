@@ -49,9 +49,10 @@
 //! - `elementwise` (elementwise.cu): conversions, an in-place add, clamp's backward;
 //! - `adamw` (adamw.cu): grad-norm clipping and the fused AdamW ([`AdamWStep`]);
 //! - `decode` (decode.cu): the decode-time kernels: embedding to f32, row norms ([`RowNorm`]),
-//!   clamp, KV append and the attention over the cache ([`KeySplit`]); its child `kv_cache`:
-//!   [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`]; its child
-//!   `split_kv`: the keys split over blocks ([`SplitKvWorkspace`]).
+//!   clamp, KV append, RoPE and SwiGLU on the fused products ([`QkvOutputs`]); its child
+//!   `kv_cache`: [`CudaKvCache`], [`KvCacheShape`], [`KvBatch`], [`KvTables`], [`RowList`];
+//! - `cached_attention` (cached_attention.cu): the attention over the KV cache ([`KeySplit`]);
+//!   its child `split_kv`: the keys split over blocks ([`SplitKvWorkspace`]).
 
 use crate::bail;
 use crate::error::{Error, Result};
@@ -88,6 +89,7 @@ mod attention_hopper_bwd;
 mod attention_hopper_fwd;
 mod attention_plain;
 mod buffer;
+mod cached_attention;
 mod cross_entropy;
 mod decode;
 mod elementwise;
@@ -110,9 +112,9 @@ mod tensor_map;
 
 pub use adamw::{AdamWStep, AdamWTensor};
 pub use buffer::{DeviceBuffer, DeviceElem, Float, HostBuffer};
+pub use cached_attention::{KeySplit, SplitKvWorkspace, MAX_KV_SPLITS};
 pub use decode::{
-    CudaKvCache, KeySplit, KvBatch, KvCacheShape, KvTables, QkvOutputs, RowList, RowNorm,
-    SplitKvWorkspace, MAX_HEAD_DIM, MAX_KV_SPLITS,
+    CudaKvCache, KvBatch, KvCacheShape, KvTables, QkvOutputs, RowList, RowNorm, MAX_HEAD_DIM,
 };
 pub use embedding::EmbeddingGradPlan;
 pub use flash_attention::{attention_choice, AttentionChoice, ATTENTION_ENV};

@@ -1,5 +1,5 @@
-//! The KV cache on the GPU (the attention over it is launched from decode.rs: kernels/decode.cu,
-//! and kernels/flash_attention.cu for prefill): each sequence's keys and values stay on the GPU as
+//! The KV cache on the GPU (the attention over it is launched from cached_attention.rs:
+//! kernels/cached_attention.cu, and kernels/flash_attention.cu for prefill): each sequence's keys and values stay on the GPU as
 //! bf16 `[layers, capacity, kv_heads, head_dim]`, growing geometrically (doubling, from 64
 //! positions, up to the model's context) and copied over when they grow.
 //!
@@ -35,13 +35,13 @@ pub struct KvCacheShape {
 
 /// Keys and values of one sequence on the GPU, per layer (bf16). Empty until its first forward.
 pub struct CudaKvCache {
-    pub(super) layers: usize,
-    pub(super) kv_dim: usize,
-    pub(super) max_positions: usize,
+    pub(in crate::backend::cuda) layers: usize,
+    pub(in crate::backend::cuda) kv_dim: usize,
+    pub(in crate::backend::cuda) max_positions: usize,
     /// K and V, each `[layers, capacity, kv_dim]`.
-    pub(super) buffers: Option<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)>,
-    pub(super) capacity: usize,
-    pub(super) len: usize,
+    pub(in crate::backend::cuda) buffers: Option<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)>,
+    pub(in crate::backend::cuda) capacity: usize,
+    pub(in crate::backend::cuda) len: usize,
 }
 
 impl std::fmt::Debug for CudaKvCache {
@@ -196,11 +196,11 @@ impl CudaKvCache {
 /// run time, never as launch arguments, so a captured decode step (a CUDA graph, decode_graph.rs)
 /// serves any caches: each replay overwrites the same tables.
 pub struct KvTables {
-    pub(super) row_seq: DeviceBuffer<u32>,
-    pub(super) positions: DeviceBuffer<u32>,
-    pub(super) table: CudaSlice<u64>,
-    pub(super) rows: usize,
-    pub(super) sequences: usize,
+    pub(in crate::backend::cuda) row_seq: DeviceBuffer<u32>,
+    pub(in crate::backend::cuda) positions: DeviceBuffer<u32>,
+    pub(in crate::backend::cuda) table: CudaSlice<u64>,
+    pub(in crate::backend::cuda) rows: usize,
+    pub(in crate::backend::cuda) sequences: usize,
 }
 
 impl KvTables {
@@ -224,14 +224,14 @@ impl KvTables {
 /// The caches of one forward pass over a ragged batch (see the module docs). Borrows the caches
 /// until [`KvBatch::finish`], so none can grow or be dropped while kernels hold their addresses.
 pub struct KvBatch<'c> {
-    pub(super) caches: Vec<&'c mut CudaKvCache>,
-    pub(super) new_tokens: Vec<usize>,
+    pub(in crate::backend::cuda) caches: Vec<&'c mut CudaKvCache>,
+    pub(in crate::backend::cuda) new_tokens: Vec<usize>,
     /// First row of each sequence.
-    pub(super) starts: Vec<usize>,
-    pub(super) rows: usize,
-    pub(super) layers: usize,
-    pub(super) kv_dim: usize,
-    pub(super) tables: KvTables,
+    pub(in crate::backend::cuda) starts: Vec<usize>,
+    pub(in crate::backend::cuda) rows: usize,
+    pub(in crate::backend::cuda) layers: usize,
+    pub(in crate::backend::cuda) kv_dim: usize,
+    pub(in crate::backend::cuda) tables: KvTables,
 }
 
 impl<'c> KvBatch<'c> {
@@ -354,24 +354,11 @@ impl<'c> KvBatch<'c> {
     }
 }
 
-/// How [`CudaBackend::cached_attention_split`] spreads each (row, head)'s keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeySplit {
-    /// One warp walks all the keys (many rows: the warps fill the GPU).
-    None,
-    /// The keys are split over the 8 warps of one block and the parts combined (few rows).
-    Warps,
-    /// The keys are split over this many blocks of 8 warps each, whose parts a second kernel
-    /// combines (split_kv.rs: few rows over long contexts, or a batch-1 step, whose pairs alone
-    /// leave SMs idle). Needs a [`super::SplitKvWorkspace`].
-    Blocks(usize),
-}
-
 /// Row indices on the GPU, each checked to be below `bound` (the rows of the batch they index).
 pub struct RowList {
-    pub(super) rows: DeviceBuffer<u32>,
-    pub(super) len: usize,
-    pub(super) bound: usize,
+    pub(in crate::backend::cuda) rows: DeviceBuffer<u32>,
+    pub(in crate::backend::cuda) len: usize,
+    pub(in crate::backend::cuda) bound: usize,
 }
 
 impl RowList {

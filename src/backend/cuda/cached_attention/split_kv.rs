@@ -1,4 +1,4 @@
-//! Split-KV decode attention ("flash-decoding" over blocks; kernels/decode.cu,
+//! Split-KV decode attention ("flash-decoding" over blocks; kernels/cached_attention.cu,
 //! `model_attention_part_j*` and `model_attention_combine_j*`): each (row, head)'s keys are
 //! split over several blocks of 8 warps, each block writing its partial output, max and sum of
 //! exponentials into a [`SplitKvWorkspace`], and a second kernel combining the parts in split
