@@ -309,6 +309,15 @@ fn split_kv_plan_and_dispatch() {
     assert!(SplitKvWorkspace::for_decode(gpu, 4096, 32, 128, 4096)
         .unwrap()
         .is_none());
+    // The decode graphs' memory budget counts what for_decode allocates.
+    for rows in [1, 2, 8, 64, 131, 4096] {
+        let made = SplitKvWorkspace::for_decode(gpu, rows, 32, 128, 4096).unwrap();
+        assert_eq!(
+            SplitKvWorkspace::decode_bytes(gpu, rows, 32, 128, 4096),
+            made.map_or(0, |w| w.bytes()),
+            "{rows} rows"
+        );
+    }
 
     let h = Heads {
         heads: 8,

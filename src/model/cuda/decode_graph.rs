@@ -31,7 +31,7 @@ use super::{
     split_rows, Activations, CudaKvCache, CudaTransformer, GreedyPicks, KvBatch, Prefill, RowList,
 };
 use crate::backend::cuda::{
-    driver_error, gemm_choice, CudaBackend, DeviceBuffer, GemmChoice, KvTables,
+    driver_error, gemm_choice, CudaBackend, DeviceBuffer, GemmChoice, KvTables, SplitKvWorkspace,
 };
 use crate::bail;
 use crate::error::Result;
@@ -58,16 +58,27 @@ pub fn budget_from_env() -> Result<usize> {
     Ok(mib.saturating_mul(1 << 20))
 }
 
-/// Bytes of the buffers [`DecodeGraph::new`] allocates for `batch` rows (the activations, the
-/// logits, the tables and the picks; the graph itself is small beside them).
-fn graph_bytes(c: &ModelConfig, batch: usize) -> usize {
+/// Bytes of the buffers [`DecodeGraph::new`] allocates for `batch` rows (the activations with
+/// the split-KV attention's workspace, the logits, the tables and the picks; the graph itself
+/// is small beside them).
+fn graph_bytes(gpu: &CudaBackend, c: &ModelConfig, batch: usize) -> usize {
+    let split_kv = SplitKvWorkspace::decode_bytes(
+        gpu,
+        batch,
+        c.num_heads,
+        c.head_dim,
+        c.max_position_embeddings,
+    );
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q_dim, kv_dim) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     // Per row: ids, x (f32), h, qkv, q, k, v, attn, gate_up, act (bf16), normed (bf16),
     // logits (f32), the KV tables' and the picks' few words.
     let qkv = q_dim + 2 * kv_dim;
     let per_row = 4 + 4 * d + 2 * d + 2 * qkv + 4 * q_dim + 4 * kv_dim + 6 * f + 2 * d + 4 * v + 64;
-    batch.saturating_mul(per_row).saturating_add(4 * v)
+    batch
+        .saturating_mul(per_row)
+        .saturating_add(4 * v)
+        .saturating_add(split_kv)
 }
 
 /// One captured decode step of `batch` sequences and the buffers it reads and writes.
@@ -134,15 +145,15 @@ impl CudaTransformer<'_> {
     /// [`CudaTransformer::decode_graph_budget`], or none is left (the step being graphed gets
     /// its graph whatever the budget).
     fn make_room_for_graph(&mut self, bytes: usize) {
-        let c = &self.config;
-        let mut held: usize = self.graphs.keys().map(|&b| graph_bytes(c, b)).sum();
+        let (gpu, c) = (self.gpu, &self.config);
+        let mut held: usize = self.graphs.keys().map(|&b| graph_bytes(gpu, c, b)).sum();
         while held.saturating_add(bytes) > self.decode_graph_budget {
             let oldest = self.graphs.iter().min_by_key(|(_, g)| g.last_used);
             let Some(oldest) = oldest.map(|(&b, _)| b) else {
                 break;
             };
             self.graphs.remove(&oldest);
-            held -= graph_bytes(c, oldest);
+            held -= graph_bytes(gpu, c, oldest);
         }
     }
 
@@ -168,7 +179,7 @@ impl CudaTransformer<'_> {
         let mut step = match self.graphs.remove(&b) {
             Some(step) => step,
             None => {
-                self.make_room_for_graph(graph_bytes(&self.config, b));
+                self.make_room_for_graph(graph_bytes(gpu, &self.config, b));
                 DecodeGraph::new(gpu, self, b)?
             }
         };

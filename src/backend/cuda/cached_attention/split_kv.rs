@@ -102,6 +102,25 @@ impl SplitKvWorkspace {
         }
     }
 
+    /// Bytes [`SplitKvWorkspace::for_decode`] allocates for the same arguments (0 when it
+    /// makes none), without allocating: for the decode graphs' memory budget.
+    pub fn decode_bytes(
+        gpu: &CudaBackend,
+        rows: usize,
+        heads: usize,
+        head_dim: usize,
+        max_keys: usize,
+    ) -> usize {
+        match gpu.kv_splits(rows, heads, max_keys) {
+            0 | 1 => 0,
+            splits => rows
+                .saturating_mul(heads)
+                .saturating_mul(splits)
+                .saturating_mul(head_dim + 2)
+                .saturating_mul(4),
+        }
+    }
+
     /// The splits it was made for ([`CudaBackend::cached_attention`] launches that many).
     pub fn splits(&self) -> usize {
         self.splits
