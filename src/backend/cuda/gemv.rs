@@ -104,8 +104,10 @@ impl CudaBackend {
             );
         }
         let n = w.len() / k;
-        if fuse && self.norm_gemv_supports(m, n, k, w).is_ok() {
-            return self.norm_gemv_nt(input, w, c, accumulate);
+        if fuse {
+            if let Ok(budget) = self.norm_gemv_budget(m, n, k, w) {
+                return self.launch_norm_gemv(input, w, c, accumulate, budget);
+            }
         }
         self.norm_rows(input.x, k, input.rows, input.norm, input.eps, h)?;
         self.gemm_bf16(GemmLayout::NT, m, n, k, 1, h, w, c, accumulate)
@@ -121,6 +123,18 @@ impl CudaBackend {
         k: usize,
         w: &DeviceBuffer<bf16>,
     ) -> Result<()> {
+        self.norm_gemv_budget(m, n, k, w).map(|_| ())
+    }
+
+    /// [`CudaBackend::norm_gemv_supports`]'s checks, handing back the dynamic shared memory a
+    /// block may have, so that the launch need not ask the driver again.
+    fn norm_gemv_budget(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        w: &DeviceBuffer<bf16>,
+    ) -> Result<usize> {
         let what = || format!("fused norm + GEMV (m {m} n {n} k {k})");
         if m == 0 || m > GEMV_MAX_ROWS {
             bail!("{}: takes 1 to {GEMV_MAX_ROWS} rows", what());
@@ -144,7 +158,7 @@ impl CudaBackend {
                 2 * m * k
             );
         }
-        Ok(())
+        Ok(budget)
     }
 
     /// Dynamic shared memory a block of the fused kernels may have (the device's opt-in limit
@@ -174,6 +188,27 @@ impl CudaBackend {
         c: &mut DeviceBuffer<O>,
         accumulate: bool,
     ) -> Result<()> {
+        let (m, k) = (input.rows.len(), input.dim);
+        if k == 0 || !w.len().is_multiple_of(k) {
+            bail!(
+                "fused norm + GEMV: W has {} elements, not a whole number of rows of dim {k}",
+                w.len()
+            );
+        }
+        let budget = self.norm_gemv_budget(m, w.len() / k, k, w)?;
+        self.launch_norm_gemv(input, w, c, accumulate, budget)
+    }
+
+    /// [`CudaBackend::norm_gemv_nt`] once [`CudaBackend::norm_gemv_budget`] has passed the
+    /// shapes and said how much shared memory a block may have.
+    fn launch_norm_gemv<O: Float>(
+        &self,
+        input: NormedRows<'_>,
+        w: &DeviceBuffer<bf16>,
+        c: &mut DeviceBuffer<O>,
+        accumulate: bool,
+        budget: usize,
+    ) -> Result<()> {
         let NormedRows {
             x,
             dim: k,
@@ -181,15 +216,7 @@ impl CudaBackend {
             norm,
             eps,
         } = input;
-        let m = rows.len();
-        if k == 0 || !w.len().is_multiple_of(k) {
-            bail!(
-                "fused norm + GEMV: W has {} elements, not a whole number of rows of dim {k}",
-                w.len()
-            );
-        }
-        let n = w.len() / k;
-        self.norm_gemv_supports(m, n, k, w)?;
+        let (m, n) = (rows.len(), w.len() / k);
         let kernel = norm_gemv_kernel::<O>(m)?;
         let checked = check_shapes(kernel, GemmLayout::NT, m, n, k, 1, m * k, w.len(), c.len())?;
         if !x.len().is_multiple_of(k) || x.is_empty() {
@@ -217,7 +244,6 @@ impl CudaBackend {
         // Over 48 KiB with the static scratch (at most 1 KiB) needs the opt-in; the same limit
         // on every call, so concurrent calls cannot lower it under one another.
         if smem + 32 * GEMV_MAX_ROWS * 4 > 48 * 1024 {
-            let budget = self.norm_gemv_smem_budget(kernel)?;
             raise_smem_limit(self, kernel, budget as u32, shapes)?;
         }
         let cfg = LaunchConfig {
